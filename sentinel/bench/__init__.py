@@ -1,0 +1,1 @@
+"""Benchmarks: print figures, assert nothing (performance is measured, not tested)."""

@@ -1,0 +1,25 @@
+"""The ``sentinel`` command: one typer app, one sub-app per concern."""
+
+from __future__ import annotations
+
+import typer
+
+from sentinel import __version__
+from sentinel.cli import bench
+
+app = typer.Typer(
+    help="Sentinel: a Kafka-class log streaming engine on Trio.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(bench.app, name="bench")
+
+
+@app.command()
+def version() -> None:
+    """Print Sentinel's version."""
+    print(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,51 @@
+"""The error tree every Sentinel component raises.
+
+Components raise these typed errors; exactly one boundary (the gRPC front end, the CLI)
+turns them into a status code or a readable line. Nothing below that boundary formats
+errors for humans beyond a precise message.
+"""
+
+from __future__ import annotations
+
+
+class SentinelError(Exception):
+    """Base class of every error Sentinel raises on purpose."""
+
+
+class InvalidArgument(SentinelError):
+    """The caller sent something malformed or out of range."""
+
+
+class CorruptionError(SentinelError):
+    """Bytes on disk (or on the wire) failed a checksum or a structural check.
+
+    Always names where: the file (or source) and the byte position, so an operator can
+    find the damage.
+    """
+
+    def __init__(self, source: str, position: int | None, detail: str) -> None:
+        self.source = source
+        self.position = position
+        self.detail = detail
+        where = source if position is None else f"{source} at byte {position}"
+        super().__init__(f"corruption in {where}: {detail}")
+
+
+class InvalidRecordBatch(InvalidArgument):
+    """A record batch failed validation (length, magic, CRC, record count)."""
+
+
+class StorageError(SentinelError):
+    """The storage engine failed; the node cannot continue safely."""
+
+
+class StorageClosed(StorageError):
+    """The storage engine has shut down and takes no more requests."""
+
+
+class ActorClosed(SentinelError):
+    """The actor a request was sent to is no longer running."""
+
+
+class MailboxFull(SentinelError):
+    """A non-blocking send found the actor's mailbox full (back-pressure)."""

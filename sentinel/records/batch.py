@@ -1,0 +1,768 @@
+"""Sans-IO codec for Kafka RecordBatch v2: build batches, validate untrusted bytes, decode records.
+
+The layout lives in ``batch_format``. Roles:
+
+- ``build_batch`` encodes records into one batch (the producer side). Its loop is the hot
+  path of a producer: varints of small values come from a precomputed table instead of an
+  encoder call, and only headers, unusual values and long batches take slower paths.
+- ``RecordBatch.parse`` validates bytes that arrived from outside (the broker's produce path,
+  a consumer's fetch) and exposes the header fields, unpacked once. It does not touch the
+  records: the broker never needs them. ``records()`` decodes them on demand.
+- ``iter_batches`` / ``split_batches`` cut a concatenation of batches (one fetch response).
+
+Invariants:
+- A ``RecordBatch`` only exists for bytes that passed every header check (length, magic,
+  CRC unless the caller opted out, codec, record count); its ``data`` is exactly one batch.
+- Malformed input raises ``InvalidRecordBatch`` saying which check failed with the expected
+  and found values; never IndexError/struct.error, never wrong data. ``records()`` decodes
+  and checks the whole records section before handing out the first record, so a consumer
+  never acts on part of a malformed batch.
+- ``with_base_offset`` / ``with_partition_leader_epoch`` rewrite fields outside the CRC and
+  keep a valid batch valid.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from typing import Final, NamedTuple
+
+import attrs
+from crc32c import crc32c
+
+from sentinel.errors import InvalidArgument, InvalidRecordBatch
+from sentinel.records import batch_format as fmt
+from sentinel.records.compression import DEFAULT_MAX_UNCOMPRESSED_BYTES, Compression, compress, decompress
+from sentinel.varint import decode_uvarint, encode_varint
+
+# Largest batch accepted by default: Kafka's default message.max.bytes is ~1 MiB; 16 MiB
+# leaves room for large-record producers while keeping one hostile batch cheap to reject.
+DEFAULT_MAX_BATCH_BYTES: Final = 16 * 1024 * 1024
+
+Header = tuple[str, bytes | None]
+# (key, value, headers, timestamp_ms): what build_batch takes per record.
+RecordTuple = tuple[bytes | None, bytes | None, Sequence[Header], int]
+
+
+@attrs.frozen
+class Record:
+    """One decoded record: its absolute offset and timestamp, key, value and headers."""
+
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[Header, ...] = ()
+
+
+class RecordInput(NamedTuple):
+    """A record to build: a plain ``(key, value, headers, timestamp)`` tuple works as well."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[Header]
+    timestamp: int
+
+
+class TimestampType(enum.IntEnum):
+    """Attributes bit 3: who set the timestamps."""
+
+    CREATE_TIME = 0  # the producer, per record
+    LOG_APPEND_TIME = 1  # the broker: every record's timestamp is the batch's maxTimestamp
+
+
+# Encodings of the zig-zag varints 0 .. _SMALL_VARINTS - 1, looked up by the build loop
+# instead of calling an encoder: covers the offset deltas of batches up to 4096 records and
+# the lengths of keys, values and records up to 4 KiB. 4096 short bytes objects is ~150 KiB.
+_SMALL_VARINTS: Final = 4096
+_VARINT: Final[tuple[bytes, ...]] = tuple(encode_varint(v) for v in range(_SMALL_VARINTS))
+_NULL_LENGTH: Final = encode_varint(fmt.NULL_LENGTH)
+_NO_HEADERS: Final = encode_varint(0)
+_RECORD_ATTRIBUTES: Final = bytes((fmt.RECORD_ATTRIBUTES,))
+# A varint of a 64-bit field never carries more than 64 bits of payload.
+_UINT64_LIMIT: Final = 1 << 64
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+
+
+def build_batch(
+    records: Sequence[RecordTuple],
+    *,
+    base_offset: int = 0,
+    compression: Compression = Compression.NONE,
+    compression_level: int | None = None,
+    producer_id: int = fmt.NO_PRODUCER_ID,
+    producer_epoch: int = fmt.NO_PRODUCER_EPOCH,
+    base_sequence: int = fmt.NO_SEQUENCE,
+    partition_leader_epoch: int = fmt.NO_PARTITION_LEADER_EPOCH,
+    timestamp_type: TimestampType = TimestampType.CREATE_TIME,
+) -> bytes:
+    """Encode ``(key, value, headers, timestamp_ms)`` records into one RecordBatch v2.
+
+    baseTimestamp is the first record's timestamp (later ones may be smaller: deltas are
+    signed); maxTimestamp the largest. Raises ``InvalidArgument`` for anything the format
+    cannot carry (no records, out-of-range fields, non-bytes keys/values, an unavailable codec).
+    """
+    count = len(records)
+    if count == 0:
+        raise InvalidArgument("a record batch needs at least one record")
+    _check_range("record count", count, 1, fmt.INT32_MAX)
+    _check_range("base_offset", base_offset, 0, fmt.INT64_MAX - (count - 1))
+    _check_range("producer_id", producer_id, fmt.INT64_MIN, fmt.INT64_MAX)
+    _check_range("producer_epoch", producer_epoch, fmt.INT16_MIN, fmt.INT16_MAX)
+    _check_range("base_sequence", base_sequence, fmt.INT32_MIN, fmt.INT32_MAX)
+    _check_range("partition_leader_epoch", partition_leader_epoch, fmt.INT32_MIN, fmt.INT32_MAX)
+    try:
+        codec = Compression(compression)
+        ts_type = TimestampType(timestamp_type)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+    body, first_timestamp, max_timestamp = _encode_records(records)
+
+    attributes = codec | (fmt.TIMESTAMP_TYPE_FLAG if ts_type is TimestampType.LOG_APPEND_TIME else 0)
+    payload: bytes | bytearray = (
+        body if codec is Compression.NONE else compress(codec, body, compression_level)
+    )
+    batch_length = fmt.MIN_BATCH_LENGTH + len(payload)
+    if batch_length > fmt.INT32_MAX:
+        raise InvalidArgument(
+            f"batch of {batch_length + fmt.LOG_OVERHEAD} bytes does not fit batchLength (int32)"
+        )
+    covered = fmt.HEADER_CRC_COVERED.pack(
+        attributes,
+        count - 1,  # lastOffsetDelta: records take consecutive offsets
+        first_timestamp,
+        max_timestamp,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        count,
+    )
+    crc = crc32c(payload, value=crc32c(covered))
+    prefix = fmt.HEADER_PREFIX.pack(base_offset, batch_length, partition_leader_epoch, fmt.MAGIC, crc)
+    return prefix + covered + payload
+
+
+def _encode_records(records: Sequence[RecordTuple]) -> tuple[bytearray, int, int]:
+    """The uncompressed records section, the first and the largest timestamp."""
+    first_timestamp = records[0][3]
+    _check_timestamp(first_timestamp, 0)
+    max_timestamp = first_timestamp
+    out = bytearray()
+    table = _VARINT
+    small = _SMALL_VARINTS
+    null = _NULL_LENGTH
+    attributes = _RECORD_ATTRIBUTES
+    no_headers = _NO_HEADERS
+    join = b"".join
+    index = 0
+    try:
+        for index, (key, value, headers, timestamp) in enumerate(records):
+            ts_delta = timestamp - first_timestamp
+            if 0 <= ts_delta < small:
+                ts_part = table[ts_delta]
+            else:
+                ts_part = _encode_timestamp_delta(timestamp, ts_delta, index)
+            if timestamp > max_timestamp:
+                max_timestamp = timestamp
+            if key is None:
+                key_len = null
+                key = b""
+            else:
+                if type(key) is not bytes:
+                    key = _as_bytes(key, "key", index)
+                n = len(key)
+                key_len = table[n] if n < small else encode_varint(n)
+            if value is None:
+                value_len = null
+                value = b""
+            else:
+                if type(value) is not bytes:
+                    value = _as_bytes(value, "value", index)
+                n = len(value)
+                value_len = table[n] if n < small else encode_varint(n)
+            record = join(
+                (
+                    attributes,
+                    ts_part,
+                    table[index] if index < small else encode_varint(index),  # offsetDelta
+                    key_len,
+                    key,
+                    value_len,
+                    value,
+                    _encode_headers(headers, index) if headers else no_headers,
+                )
+            )
+            n = len(record)
+            out += table[n] if n < small else encode_varint(n)
+            out += record
+    except (TypeError, ValueError) as exc:
+        # A record that is not a 4-tuple, or a timestamp that is not an int.
+        raise InvalidArgument(
+            f"record {index}: expected a (key, value, headers, timestamp_ms) tuple: {exc}"
+        ) from None
+    return out, first_timestamp, max_timestamp
+
+
+def _encode_timestamp_delta(timestamp: int, delta: int, index: int) -> bytes:
+    _check_timestamp(timestamp, index)
+    if not fmt.INT64_MIN <= delta <= fmt.INT64_MAX:
+        raise InvalidArgument(
+            f"record {index}: timestamp {timestamp} is too far from the first record's "
+            f"({timestamp - delta}) for a 64-bit timestamp delta"
+        )
+    return encode_varint(delta)
+
+
+def _encode_headers(headers: Sequence[Header], index: int) -> bytes:
+    items = tuple(headers)
+    parts = [encode_varint(len(items))]
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise InvalidArgument(
+                f"record {index}: a header must be a (str, bytes | None) pair, got {item!r}"
+            )
+        name, value = item
+        try:
+            raw_name = name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgument(f"record {index}: header key {name!r} is not valid UTF-8: {exc}") from None
+        parts.append(encode_varint(len(raw_name)))
+        parts.append(raw_name)
+        if value is None:
+            parts.append(_NULL_LENGTH)
+        else:
+            if type(value) is not bytes:
+                value = _as_bytes(value, f"header {name!r} value", index)
+            parts.append(encode_varint(len(value)))
+            parts.append(value)
+    return b"".join(parts)
+
+
+def _as_bytes(obj: object, what: str, index: int) -> bytes:
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return bytes(obj)
+    raise InvalidArgument(f"record {index}: {what} must be bytes or None, got {type(obj).__name__}")
+
+
+def _check_timestamp(timestamp: object, index: int) -> None:
+    if type(timestamp) is not int or not fmt.INT64_MIN <= timestamp <= fmt.INT64_MAX:
+        raise InvalidArgument(f"record {index}: timestamp must be a 64-bit int (ms), got {timestamp!r}")
+
+
+def _check_range(name: str, value: object, low: int, high: int) -> None:
+    if type(value) is not int or not low <= value <= high:
+        raise InvalidArgument(f"{name} must be an int in [{low}, {high}], got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+class RecordBatch:
+    """A validated RecordBatch v2: the exact bytes of one batch and its header fields.
+
+    Build one with :meth:`parse` (or the constructor, which is the same). Header fields
+    are unpacked once; records are decoded only when :meth:`records` is called.
+    """
+
+    __slots__ = (
+        "_attributes",
+        "_base_offset",
+        "_base_sequence",
+        "_base_timestamp",
+        "_compression",
+        "_crc",
+        "_data",
+        "_last_offset_delta",
+        "_max_timestamp",
+        "_partition_leader_epoch",
+        "_producer_epoch",
+        "_producer_id",
+        "_record_count",
+    )
+
+    def __init__(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        verify_crc: bool = True,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    ) -> None:
+        if type(data) is not bytes:
+            data = bytes(data)
+        size = len(data)
+        if size > max_batch_bytes:
+            raise InvalidRecordBatch(f"batch size {size} bytes exceeds the limit of {max_batch_bytes} bytes")
+        if size < fmt.BATCH_HEADER_SIZE:
+            raise InvalidRecordBatch(
+                f"batch too short: {size} bytes, a batch header alone is {fmt.BATCH_HEADER_SIZE} bytes"
+            )
+        (
+            base_offset,
+            batch_length,
+            partition_leader_epoch,
+            magic,
+            crc,
+            attributes,
+            last_offset_delta,
+            base_timestamp,
+            max_timestamp,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+            record_count,
+        ) = fmt.HEADER.unpack_from(data)
+        if batch_length + fmt.LOG_OVERHEAD != size:
+            raise InvalidRecordBatch(
+                f"batchLength mismatch: batchLength {batch_length} means a batch of "
+                f"{batch_length + fmt.LOG_OVERHEAD} bytes, found {size} bytes"
+            )
+        if magic != fmt.MAGIC:
+            raise InvalidRecordBatch(f"unsupported magic: expected {fmt.MAGIC}, found {magic}")
+        if verify_crc:
+            computed = crc32c(memoryview(data)[fmt.CRC_START :])
+            if computed != crc:
+                raise InvalidRecordBatch(f"CRC-32C mismatch: stored 0x{crc:08x}, computed 0x{computed:08x}")
+        codec = attributes & fmt.COMPRESSION_CODEC_MASK
+        if codec > fmt.MAX_KNOWN_CODEC:
+            raise InvalidRecordBatch(
+                f"unknown compression codec {codec} in attributes 0x{attributes & 0xFFFF:04x}"
+            )
+        if record_count < 0:
+            raise InvalidRecordBatch(f"bad recordCount: {record_count} is negative")
+        if record_count > 0:
+            if last_offset_delta != record_count - 1:
+                raise InvalidRecordBatch(
+                    f"lastOffsetDelta inconsistent with recordCount {record_count}: "
+                    f"expected {record_count - 1}, found {last_offset_delta}"
+                )
+        elif last_offset_delta < -1:
+            # An empty batch (everything compacted away) keeps its last offset delta, >= -1.
+            raise InvalidRecordBatch(
+                f"bad lastOffsetDelta {last_offset_delta} in an empty batch: expected >= -1"
+            )
+        records_size = size - fmt.RECORDS_OFFSET
+        if codec == fmt.CODEC_NONE and record_count * fmt.MIN_RECORD_SIZE > records_size:
+            raise InvalidRecordBatch(
+                f"bad recordCount: {record_count} records cannot fit in a {records_size}-byte records "
+                f"section (a record takes at least {fmt.MIN_RECORD_SIZE} bytes)"
+            )
+        self._data = data
+        self._base_offset = base_offset
+        self._partition_leader_epoch = partition_leader_epoch
+        self._crc = crc
+        self._attributes = attributes
+        self._compression = Compression(codec)
+        self._last_offset_delta = last_offset_delta
+        self._base_timestamp = base_timestamp
+        self._max_timestamp = max_timestamp
+        self._producer_id = producer_id
+        self._producer_epoch = producer_epoch
+        self._base_sequence = base_sequence
+        self._record_count = record_count
+
+    @classmethod
+    def parse(
+        cls,
+        data: bytes | bytearray | memoryview,
+        *,
+        verify_crc: bool = True,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    ) -> RecordBatch:
+        """Validate untrusted bytes holding exactly one batch; raise ``InvalidRecordBatch`` if bad.
+
+        Checks, in order: size limit, minimum length, batchLength == len(data) - 12, magic,
+        CRC-32C (unless ``verify_crc`` is false), a known codec, recordCount >= 0 and
+        lastOffsetDelta == recordCount - 1 (>= -1 for an empty batch), and for uncompressed
+        batches that recordCount records can fit in the records section.
+        """
+        return cls(data, verify_crc=verify_crc, max_batch_bytes=max_batch_bytes)
+
+    # --- header fields ---------------------------------------------------------------------
+
+    @property
+    def data(self) -> bytes:
+        """The batch's bytes, exactly as validated."""
+        return self._data
+
+    @property
+    def size_in_bytes(self) -> int:
+        return len(self._data)
+
+    @property
+    def base_offset(self) -> int:
+        return self._base_offset
+
+    @property
+    def last_offset_delta(self) -> int:
+        return self._last_offset_delta
+
+    @property
+    def last_offset(self) -> int:
+        return self._base_offset + self._last_offset_delta
+
+    @property
+    def next_offset(self) -> int:
+        """The offset the batch after this one starts at."""
+        return self._base_offset + self._last_offset_delta + 1
+
+    @property
+    def record_count(self) -> int:
+        return self._record_count
+
+    @property
+    def partition_leader_epoch(self) -> int:
+        return self._partition_leader_epoch
+
+    @property
+    def crc(self) -> int:
+        return self._crc
+
+    @property
+    def attributes(self) -> int:
+        return self._attributes
+
+    @property
+    def compression(self) -> Compression:
+        return self._compression
+
+    @property
+    def timestamp_type(self) -> TimestampType:
+        if self._attributes & fmt.TIMESTAMP_TYPE_FLAG:
+            return TimestampType.LOG_APPEND_TIME
+        return TimestampType.CREATE_TIME
+
+    @property
+    def is_transactional(self) -> bool:
+        return bool(self._attributes & fmt.TRANSACTIONAL_FLAG)
+
+    @property
+    def is_control_batch(self) -> bool:
+        return bool(self._attributes & fmt.CONTROL_FLAG)
+
+    @property
+    def base_timestamp(self) -> int:
+        return self._base_timestamp
+
+    @property
+    def max_timestamp(self) -> int:
+        return self._max_timestamp
+
+    @property
+    def producer_id(self) -> int:
+        return self._producer_id
+
+    @property
+    def producer_epoch(self) -> int:
+        return self._producer_epoch
+
+    @property
+    def base_sequence(self) -> int:
+        return self._base_sequence
+
+    # --- rewriting fields outside the CRC ------------------------------------------------------
+
+    def with_base_offset(self, new_base: int) -> bytes:
+        """These bytes with baseOffset replaced: how a leader assigns offsets on append.
+
+        Only the first 8 bytes change. The CRC covers attributes .. end and deliberately not
+        baseOffset, so the stored CRC stays valid and no checksum is recomputed over the batch.
+        """
+        _check_range("new base offset", new_base, 0, fmt.INT64_MAX - max(self._last_offset_delta, 0))
+        return fmt.BASE_OFFSET.pack(new_base) + self._data[fmt.BASE_OFFSET.size :]
+
+    def with_partition_leader_epoch(self, epoch: int) -> bytes:
+        """These bytes with partitionLeaderEpoch replaced (also outside the CRC: stays valid)."""
+        _check_range("partition leader epoch", epoch, fmt.INT32_MIN, fmt.INT32_MAX)
+        start = fmt.PARTITION_LEADER_EPOCH_OFFSET
+        data = self._data
+        return (
+            data[:start]
+            + fmt.PARTITION_LEADER_EPOCH.pack(epoch)
+            + data[start + fmt.PARTITION_LEADER_EPOCH.size :]
+        )
+
+    # --- records -----------------------------------------------------------------------------
+
+    def records(self, *, max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES) -> Iterator[Record]:
+        """The records, decompressed and fully validated before the first one is yielded."""
+        return iter(self.decode_records(max_uncompressed_bytes=max_uncompressed_bytes))
+
+    def decode_records(self, *, max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES) -> list[Record]:
+        """Every record of the batch; raises ``InvalidRecordBatch`` if the records section is malformed.
+
+        A compressed section may not decompress to more than ``max_uncompressed_bytes``.
+        """
+        count = self._record_count
+        append_time = (
+            self._max_timestamp if self._attributes & fmt.TIMESTAMP_TYPE_FLAG else None
+        )  # LogAppendTime: the broker's time replaces every record's
+        if self._compression is Compression.NONE:
+            section = self._data
+            start = fmt.RECORDS_OFFSET
+        else:
+            section = decompress(
+                self._compression, memoryview(self._data)[fmt.RECORDS_OFFSET :], max_uncompressed_bytes
+            )
+            start = 0
+            if count * fmt.MIN_RECORD_SIZE > len(section):
+                raise InvalidRecordBatch(
+                    f"bad recordCount: {count} records cannot fit in a {len(section)}-byte decompressed "
+                    f"records section (a record takes at least {fmt.MIN_RECORD_SIZE} bytes)"
+                )
+        return _decode_records(section, start, count, self._base_offset, self._base_timestamp, append_time)
+
+    # --- misc ----------------------------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RecordBatch):
+            return NotImplemented
+        return self._data == other._data
+
+    def __hash__(self) -> int:
+        return hash(self._data)
+
+    def __repr__(self) -> str:
+        return (
+            f"RecordBatch(base_offset={self._base_offset}, record_count={self._record_count}, "
+            f"compression={self._compression.name}, size_in_bytes={len(self._data)})"
+        )
+
+
+class _Malformed(Exception):
+    """Raised inside the record decoder; becomes an InvalidRecordBatch naming the record."""
+
+
+def _decode_records(
+    buf: bytes, start: int, count: int, base_offset: int, base_timestamp: int, append_time: int | None
+) -> list[Record]:
+    """Decode ``count`` records from ``buf[start:]``, which they must fill exactly.
+
+    Varints are decoded inline (no call) in their one-byte case, and for the fields that
+    commonly pass 63 (record length, offsetDelta, valueLength) in their two-byte case too;
+    longer ones go through ``_varint_at``. Reads may run past a record's end into the next one, but never return
+    data from there: every field is checked against the record's end and the record must
+    end exactly where its length says.
+    """
+    end = len(buf)
+    pos = start
+    out: list[Record] = []
+    append = out.append
+    varint_at = _varint_at
+    null = fmt.NULL_LENGTH
+    min_length = fmt.MIN_RECORD_SIZE - 1  # the length varint does not count itself
+    index = 0
+    record_start = start
+    try:
+        for index in range(count):
+            record_start = pos
+            if pos >= end:
+                raise _Malformed(f"records section holds only {index} records, recordCount says {count}")
+            b = buf[pos]
+            if b < 0x80:
+                length = (b >> 1) ^ -(b & 1)
+                pos += 1
+            elif buf[pos + 1] < 0x80:
+                z = (b & 0x7F) | (buf[pos + 1] << 7)
+                length = (z >> 1) ^ -(z & 1)
+                pos += 2
+            else:
+                length, pos = varint_at(buf, pos)
+            record_end = pos + length
+            if length < min_length:
+                raise _Malformed(f"record length {length} is below the minimum {min_length}")
+            if record_end > end:
+                raise _Malformed(
+                    f"record length {length} runs {record_end - end} bytes past the section's end"
+                )
+            pos += 1  # record attributes: no bits defined
+            b = buf[pos]
+            if b < 0x80:
+                ts_delta = (b >> 1) ^ -(b & 1)
+                pos += 1
+            else:
+                ts_delta, pos = varint_at(buf, pos)
+            b = buf[pos]
+            if b < 0x80:
+                offset_delta = (b >> 1) ^ -(b & 1)
+                pos += 1
+            elif buf[pos + 1] < 0x80:
+                z = (b & 0x7F) | (buf[pos + 1] << 7)
+                offset_delta = (z >> 1) ^ -(z & 1)
+                pos += 2
+            else:
+                offset_delta, pos = varint_at(buf, pos)
+            if offset_delta != index:
+                raise _Malformed(f"offsetDelta: expected {index}, found {offset_delta}")
+            b = buf[pos]
+            if b < 0x80:
+                key_length = (b >> 1) ^ -(b & 1)
+                pos += 1
+            else:
+                key_length, pos = varint_at(buf, pos)
+            if key_length >= 0:
+                field_end = pos + key_length
+                if field_end > record_end:
+                    raise _Malformed(f"key length {key_length} runs past the end of the record")
+                key: bytes | None = buf[pos:field_end]
+                pos = field_end
+            elif key_length == null:
+                key = None
+            else:
+                raise _Malformed(f"negative key length {key_length}")
+            b = buf[pos]
+            if b < 0x80:
+                value_length = (b >> 1) ^ -(b & 1)
+                pos += 1
+            elif buf[pos + 1] < 0x80:
+                z = (b & 0x7F) | (buf[pos + 1] << 7)
+                value_length = (z >> 1) ^ -(z & 1)
+                pos += 2
+            else:
+                value_length, pos = varint_at(buf, pos)
+            if value_length >= 0:
+                field_end = pos + value_length
+                if field_end > record_end:
+                    raise _Malformed(f"value length {value_length} runs past the end of the record")
+                value: bytes | None = buf[pos:field_end]
+                pos = field_end
+            elif value_length == null:
+                value = None
+            else:
+                raise _Malformed(f"negative value length {value_length}")
+            if buf[pos] == 0:  # headersCount 0, the common case
+                headers: tuple[Header, ...] = ()
+                pos += 1
+            else:
+                headers, pos = _decode_headers(buf, pos, record_end)
+            if pos != record_end:
+                raise _Malformed(
+                    f"fields end at byte {pos - record_start}, the record's length says {length}"
+                )
+            append(
+                Record(
+                    base_offset + offset_delta,
+                    base_timestamp + ts_delta if append_time is None else append_time,
+                    key,
+                    value,
+                    headers,
+                )
+            )
+    except _Malformed as exc:
+        raise _bad_record(index, record_start - start, str(exc)) from None
+    except IndexError:
+        raise _bad_record(
+            index, record_start - start, "truncated: a varint runs past the section's end"
+        ) from None
+    except ValueError as exc:  # an over-long varint
+        raise _bad_record(index, record_start - start, str(exc)) from None
+    if pos != end:
+        raise InvalidRecordBatch(
+            f"records section has {end - pos} trailing bytes after the last of the {count} records "
+            "recordCount announces"
+        )
+    return out
+
+
+def _varint_at(buf: bytes, pos: int) -> tuple[int, int]:
+    """A zig-zag varint of at most 64 bits; raises ValueError/IndexError on garbage."""
+    raw, pos = decode_uvarint(buf, pos)
+    if raw >= _UINT64_LIMIT:
+        raise ValueError("varint wider than 64 bits")
+    return (raw >> 1) ^ -(raw & 1), pos
+
+
+def _decode_headers(buf: bytes, pos: int, record_end: int) -> tuple[tuple[Header, ...], int]:
+    count, pos = _varint_at(buf, pos)
+    # Each header takes at least two bytes (its two length varints): a larger count is a lie.
+    if count < 0 or count * 2 > record_end - pos:
+        raise _Malformed(f"headers count {count} does not fit the record")
+    headers: list[Header] = []
+    for _ in range(count):
+        key_length, pos = _varint_at(buf, pos)
+        if key_length < 0 or pos + key_length > record_end:
+            raise _Malformed(f"header key length {key_length} is negative or runs past the record")
+        try:
+            name = buf[pos : pos + key_length].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Malformed(f"header key is not valid UTF-8: {exc}") from None
+        pos += key_length
+        value_length, pos = _varint_at(buf, pos)
+        if value_length >= 0:
+            if pos + value_length > record_end:
+                raise _Malformed(f"header value length {value_length} runs past the record")
+            headers.append((name, buf[pos : pos + value_length]))
+            pos += value_length
+        elif value_length == fmt.NULL_LENGTH:
+            headers.append((name, None))
+        else:
+            raise _Malformed(f"negative header value length {value_length}")
+    return tuple(headers), pos
+
+
+def _bad_record(index: int, position: int, detail: str) -> InvalidRecordBatch:
+    return InvalidRecordBatch(f"malformed record {index} at byte {position} of the records section: {detail}")
+
+
+# --------------------------------------------------------------------------------------------
+# Many batches
+
+
+def iter_batches(
+    buf: bytes | bytearray | memoryview,
+    *,
+    verify_crc: bool = True,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+) -> Iterator[RecordBatch]:
+    """Yield each batch of a concatenation of batches, validating each with ``RecordBatch.parse``.
+
+    A truncated or garbage tail raises ``InvalidRecordBatch`` naming the byte position, after
+    the batches before it were yielded; use :func:`split_batches` for all-or-nothing.
+    """
+    view = memoryview(buf)
+    total = len(view)
+    pos = 0
+    while pos < total:
+        remaining = total - pos
+        if remaining < fmt.BATCH_HEADER_SIZE:
+            raise InvalidRecordBatch(
+                f"batch at byte {pos}: truncated: {remaining} bytes left, a batch header alone is "
+                f"{fmt.BATCH_HEADER_SIZE} bytes"
+            )
+        (batch_length,) = fmt.BATCH_LENGTH.unpack_from(view, pos + fmt.BATCH_LENGTH_OFFSET)
+        size = batch_length + fmt.LOG_OVERHEAD
+        if batch_length < fmt.MIN_BATCH_LENGTH:
+            raise InvalidRecordBatch(
+                f"batch at byte {pos}: batchLength {batch_length} is below the minimum {fmt.MIN_BATCH_LENGTH}"
+            )
+        if size > max_batch_bytes:
+            raise InvalidRecordBatch(
+                f"batch at byte {pos}: batch size {size} bytes exceeds the limit of {max_batch_bytes} bytes"
+            )
+        if size > remaining:
+            raise InvalidRecordBatch(
+                f"batch at byte {pos}: truncated: batchLength {batch_length} needs {size} bytes, "
+                f"{remaining} bytes left"
+            )
+        try:
+            batch = RecordBatch(
+                view[pos : pos + size], verify_crc=verify_crc, max_batch_bytes=max_batch_bytes
+            )
+        except InvalidRecordBatch as exc:
+            raise InvalidRecordBatch(f"batch at byte {pos}: {exc}") from None
+        yield batch
+        pos += size
+
+
+def split_batches(
+    data: bytes | bytearray | memoryview,
+    *,
+    verify_crc: bool = True,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+) -> list[RecordBatch]:
+    """Every batch of a concatenation of batches, or ``InvalidRecordBatch`` if any part is bad."""
+    return list(iter_batches(data, verify_crc=verify_crc, max_batch_bytes=max_batch_bytes))

@@ -1,0 +1,270 @@
+"""Compactor: the actor that owns the manifest, the SSTable files and their readers.
+
+Work, in priority order:
+
+1. flush an immutable memtable to one L0 SSTable (flushes unblock stalled writers, so a
+   queued flush always goes before the next compaction);
+2. run the compaction the planner (``compaction.py``) finds most urgent, one at a time.
+
+Every change follows the same durable order: write the new SSTables and fsync them, fsync
+the directory, append the version edit to the manifest and fsync it, *then* tell the
+MemtableOwner (which publishes the new read view), and only then delete what the new
+version no longer names (input tables; WAL segments below the new log number). A crash at
+any point leaves either the old version with some orphan files (deleted on the next open)
+or the new version with some garbage. File writing and fsyncs run in worker threads so
+the event loop stays responsive.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import attrs
+import trio
+
+from sentinel.actors import Actor, Request
+from sentinel.storage.compaction import Compaction, compaction_for_level, pick_compaction
+from sentinel.storage.files import fsync_dir, sst_path
+from sentinel.storage.iterators import Entry, merge_entries
+from sentinel.storage.manifest import NUM_LEVELS, FileMeta, Manifest, ManifestState, VersionEdit
+from sentinel.storage.memtable import Memtable
+from sentinel.storage.memtable_owner import MemtableFlushed, VersionInstalled
+from sentinel.storage.options import StorageOptions
+from sentinel.storage.sstable import SSTableInfo, SSTableReader, SSTableWriter
+from sentinel.storage.wal_writer import DeleteWalsBelow, WalWriter
+
+
+@attrs.frozen
+class FlushMemtable:
+    """From MemtableOwner: write this frozen memtable to an L0 table."""
+
+    memtable: Memtable
+
+
+@attrs.define(slots=True, eq=False)
+class CompactAll(Request[None]):
+    """From Store: manual compaction, pushing every table down to the last level."""
+
+
+@attrs.frozen
+class CompactionStatistics:
+    flushes: int
+    compactions: int
+    trivial_moves: int
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+
+
+class Compactor(Actor[object]):
+    # Unbounded: at most max_immutable_memtables flushes (plus rare manual requests) are
+    # ever queued, because the MemtableOwner stalls rather than freeze more memtables.
+    mailbox_capacity = math.inf
+
+    def __init__(
+        self,
+        *,
+        directory: Path,
+        manifest: Manifest,
+        state: ManifestState,
+        tables: dict[int, SSTableReader],
+        options: StorageOptions,
+        wal: WalWriter,
+        notify: Callable[[MemtableFlushed | VersionInstalled], None],
+    ) -> None:
+        super().__init__("compactor")
+        self._directory = directory
+        self._manifest = manifest
+        self._version = state.version
+        self._tables = tables
+        self._options = options
+        self._wal = wal
+        self._notify = notify
+        self._compact_pointers: dict[int, bytes] = {}
+        self._closing = False
+        self._flushes = 0
+        self._compactions = 0
+        self._trivial_moves = 0
+        self._bytes_read = 0
+        self._bytes_written = 0
+        self._seconds = 0.0
+
+    def compaction_statistics(self) -> CompactionStatistics:
+        return CompactionStatistics(
+            flushes=self._flushes,
+            compactions=self._compactions,
+            trivial_moves=self._trivial_moves,
+            bytes_read=self._bytes_read,
+            bytes_written=self._bytes_written,
+            seconds=self._seconds,
+        )
+
+    def close(self) -> None:
+        # Finish queued flushes, but start no new background compaction.
+        self._closing = True
+        super().close()
+
+    async def serve(self) -> None:
+        while True:
+            message = self.try_receive()
+            if message is None:
+                plan = None if self._closing else pick_compaction(
+                    self._version, self._options.compaction, self._compact_pointers
+                )
+                if plan is not None:
+                    await self._compact(plan)
+                    continue
+                message = await self.receive()
+                if message is None:
+                    return
+            await self.handle(message)
+            self._in_flight = []
+
+    async def handle(self, message: object) -> None:
+        if isinstance(message, FlushMemtable):
+            await self._flush(message.memtable)
+        elif isinstance(message, CompactAll):
+            for level in range(NUM_LEVELS - 1):
+                while self._version.files(level):
+                    plan = compaction_for_level(self._version, level, self._compact_pointers)
+                    assert plan is not None
+                    await self._compact(plan)
+            message.reply.set(None)
+        else:
+            raise TypeError(f"compactor got an unexpected message {message!r}")
+
+    async def _flush(self, memtable: Memtable) -> None:
+        started = time.perf_counter()
+        added: list[FileMeta] = []
+        if len(memtable):
+            # One L0 table per memtable, however large: L0 tables are ordered by number,
+            # and one flush must not produce two tables of the same age.
+            added = await trio.to_thread.run_sync(
+                write_tables, self._directory, self._manifest, self._options, memtable.scan(), None
+            )
+        edit = VersionEdit(
+            added=tuple((0, meta) for meta in added),
+            log_number=memtable.wal_number + 1,
+            last_sequence=memtable.last_seq,
+        )
+        await self._install(edit, added)
+        self._flushes += 1
+        self._bytes_written += sum(meta.size for meta in added)
+        self._seconds += time.perf_counter() - started
+        self._notify(MemtableFlushed(memtable, self._version, self._tables_view()))
+        await self._wal.cast(DeleteWalsBelow(memtable.wal_number + 1))
+
+    async def _compact(self, plan: Compaction) -> None:
+        started = time.perf_counter()
+        inputs = plan.all_inputs()
+        if plan.is_trivial_move:
+            (meta,) = plan.inputs
+            edit = VersionEdit(deleted=((plan.level, meta.number),), added=((plan.output_level, meta),))
+            await self._install(edit, [])
+            self._trivial_moves += 1
+        else:
+            sources: list[Iterator[Entry]] = [self._tables[f.number].scan() for f in plan.inputs]
+            sources.append(_chain_scans([self._tables[f.number] for f in plan.overlaps]))
+            merged = merge_entries(sources, drop_tombstones=plan.drop_tombstones)
+            target = self._options.compaction.target_file_bytes
+            added = await trio.to_thread.run_sync(
+                write_tables, self._directory, self._manifest, self._options, merged, target
+            )
+            edit = VersionEdit(
+                deleted=tuple((level, meta.number) for level, meta in inputs),
+                added=tuple((plan.output_level, meta) for meta in added),
+            )
+            await self._install(edit, added)
+            obsolete = [meta.number for _level, meta in inputs]
+            for number in obsolete:
+                self._tables.pop(number, None)
+            await trio.to_thread.run_sync(delete_tables, self._directory, obsolete)
+            self._compactions += 1
+            self._bytes_read += plan.input_bytes
+            self._bytes_written += sum(meta.size for meta in added)
+        if plan.level > 0:
+            self._compact_pointers[plan.level] = max(meta.max_key for meta in plan.inputs)
+        self._seconds += time.perf_counter() - started
+        self._notify(VersionInstalled(self._version, self._tables_view()))
+
+    async def _install(self, edit: VersionEdit, added: list[FileMeta]) -> None:
+        """Make the edit durable, then open readers for the tables it adds."""
+        if added:
+            await trio.to_thread.run_sync(fsync_dir, self._directory)
+        state = await trio.to_thread.run_sync(self._manifest.log_and_apply, edit)
+        self._version = state.version
+        for meta in added:
+            self._tables[meta.number] = await trio.to_thread.run_sync(
+                SSTableReader.open, sst_path(self._directory, meta.number)
+            )
+
+    def _tables_view(self) -> Mapping[int, SSTableReader]:
+        return MappingProxyType(dict(self._tables))
+
+
+def write_tables(
+    directory: Path,
+    manifest: Manifest,
+    options: StorageOptions,
+    entries: Iterator[Entry],
+    target_bytes: int | None,
+) -> list[FileMeta]:
+    """Write entries into fsynced tables, starting a new one every ``target_bytes`` of
+    keys and values (None: one table). Runs in a worker thread; the only shared state it
+    touches is the manifest's file-number counter, which only its owner's jobs use."""
+    written: list[FileMeta] = []
+    writer: SSTableWriter | None = None
+    number = 0
+    size = 0
+    try:
+        for key, seq, value in entries:
+            if writer is None:
+                number = manifest.new_file_number()
+                writer = SSTableWriter(
+                    sst_path(directory, number),
+                    block_size=options.block_size,
+                    bloom_bits_per_key=options.bloom_bits_per_key,
+                )
+                size = 0
+            writer.add(key, seq, value)
+            size += len(key) + (0 if value is None else len(value))
+            if target_bytes is not None and size >= target_bytes:
+                written.append(_meta(number, writer.finish()))
+                writer = None
+        if writer is not None:
+            written.append(_meta(number, writer.finish()))
+            writer = None
+    finally:
+        if writer is not None:
+            writer.abandon()
+    return written
+
+
+def delete_tables(directory: Path, numbers: list[int]) -> None:
+    for number in numbers:
+        try:
+            os.unlink(sst_path(directory, number))
+        except FileNotFoundError:
+            pass
+    fsync_dir(directory)
+
+
+def _chain_scans(readers: list[SSTableReader]) -> Iterator[Entry]:
+    for reader in readers:
+        yield from reader.scan()
+
+
+def _meta(number: int, info: SSTableInfo) -> FileMeta:
+    return FileMeta(
+        number=number,
+        size=info.file_size,
+        count=info.count,
+        min_key=info.min_key,
+        max_key=info.max_key,
+        max_seq=info.max_seq,
+    )

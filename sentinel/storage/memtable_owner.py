@@ -1,0 +1,207 @@
+"""MemtableOwner: the actor that owns the memtables, the sequence counter and the read view.
+
+Every write enters the engine here. For each write batch it, in one synchronous step:
+assigns a contiguous range of sequence numbers, applies the batch to the active memtable
+(atomically: no reader can observe half a batch), frames the WAL record and hands it to
+the WalWriter together with the *writer's own reply slot*. The WalWriter answers the
+writer once the record is durable, so a write is acknowledged only after its WAL record
+is durable, and group commit needs no extra hop back through this actor.
+
+A reader may observe a write before it is acknowledged (it is in the memtable while its
+fsync runs). That is safe here: if the WAL write then fails, the storage tree crashes and
+the node stops; after recovery only durable writes exist.
+
+When the active memtable reaches ``memtable_bytes`` it is frozen, the WalWriter starts a
+new segment, and the Compactor is asked to flush it. At most ``max_immutable_memtables``
+wait for flush (and at most ``l0_stop_writes_trigger`` L0 files exist); beyond that, writes
+stall here until the Compactor catches up: the back-pressure reaches every writer through
+this actor's bounded mailbox.
+
+The Compactor reports progress (a memtable flushed, a new version installed) on a second,
+unbounded *control* channel served by its own task, so a stalled write loop can never
+deadlock against a Compactor waiting to report. Its size is bounded by the number of
+immutable memtables and compactions in flight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import attrs
+import trio
+
+from sentinel.actors import Actor, Request
+from sentinel.errors import InvalidArgument
+from sentinel.storage.framing import frame
+from sentinel.storage.manifest import Version
+from sentinel.storage.memtable import Memtable
+from sentinel.storage.options import StorageOptions
+from sentinel.storage.sstable import SSTableReader
+from sentinel.storage.view import ReadView
+from sentinel.storage.wal import encode_write_batch
+from sentinel.storage.wal_writer import RotateWal, WalAppend, WalWriter
+
+Op = tuple[bytes, bytes | None]
+
+
+@attrs.define(slots=True, eq=False)
+class Write(Request[int]):
+    """From Store: an atomic batch of puts (value bytes) and deletes (value None).
+    Answered with the batch's last sequence number once it is durable."""
+
+    ops: Sequence[Op]
+
+
+@attrs.define(slots=True, eq=False)
+class Flush(Request[None]):
+    """From Store: freeze the active memtable (if not empty) and answer once every
+    memtable frozen so far is safe in an SSTable."""
+
+
+@attrs.frozen
+class MemtableFlushed:
+    """Control notice from Compactor: ``memtable`` is now in ``version``."""
+
+    memtable: Memtable
+    version: Version
+    tables: Mapping[int, SSTableReader]
+
+
+@attrs.frozen
+class VersionInstalled:
+    """Control notice from Compactor: a compaction installed ``version``."""
+
+    version: Version
+    tables: Mapping[int, SSTableReader]
+
+
+class MemtableOwner(Actor[object]):
+    # Bounded: writers wait here while the engine stalls or the WAL is behind.
+    mailbox_capacity = 1024
+
+    def __init__(
+        self,
+        *,
+        options: StorageOptions,
+        wal: WalWriter,
+        request_flush: Callable[[Memtable], None],
+        publish: Callable[[ReadView], None],
+        last_seq: int,
+        wal_segment: int,
+        version: Version,
+        tables: Mapping[int, SSTableReader],
+    ) -> None:
+        super().__init__("memtable-owner")
+        self._options = options
+        self._wal = wal
+        self._request_flush = request_flush
+        self._publish_view = publish
+        self._last_seq = last_seq
+        self._active = Memtable(wal_segment)
+        self._immutables: list[Memtable] = []  # newest first
+        self._version = version
+        self._tables = tables
+        self._control_send, self._control_receive = trio.open_memory_channel[object](math.inf)
+        self._progress = trio.Event()
+        # Flush requests waiting for these memtables to reach an SSTable.
+        self._flush_waiters: list[tuple[set[int], Flush]] = []
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def notify(self, notice: MemtableFlushed | VersionInstalled) -> None:
+        """Called by the Compactor (same Trio thread); never blocks."""
+        self._control_send.send_nowait(notice)
+
+    def memtable_bytes(self) -> int:
+        return self._active.approximate_bytes + sum(m.approximate_bytes for m in self._immutables)
+
+    def immutable_count(self) -> int:
+        return len(self._immutables)
+
+    async def on_start(self) -> None:
+        self._publish()
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._serve_control)
+            await super().serve()
+            nursery.cancel_scope.cancel()
+
+    async def handle(self, message: object) -> None:
+        if isinstance(message, Write):
+            await self._write(message)
+        elif isinstance(message, Flush):
+            await self._flush(message)
+        else:
+            raise TypeError(f"memtable-owner got an unexpected message {message!r}")
+
+    async def _write(self, write: Write) -> None:
+        ops = write.ops
+        if not ops:
+            write.reply.fail(InvalidArgument("a write batch needs at least one operation"))
+            return
+        first = self._last_seq + 1
+        last = first + len(ops) - 1
+        self._last_seq = last
+        active = self._active
+        seq = first
+        put = active.put
+        for key, value in ops:
+            put(key, seq, value)
+            seq += 1
+        await self._wal.cast(WalAppend(frame=frame(encode_write_batch(first, ops)), last_seq=last, reply=write.reply))
+        if active.approximate_bytes >= self._options.memtable_bytes:
+            await self._rotate()
+
+    async def _flush(self, request: Flush) -> None:
+        if len(self._active):
+            await self._rotate()
+        if not self._immutables:
+            request.reply.set(None)
+            return
+        self._flush_waiters.append(({id(m) for m in self._immutables}, request))
+
+    async def _rotate(self) -> None:
+        options = self._options
+        while (
+            len(self._immutables) >= options.max_immutable_memtables
+            or len(self._version.files(0)) >= options.compaction.l0_stop_writes_trigger
+        ):
+            await self._wait_for_progress()
+        old = self._active
+        old.freeze()
+        segment = await self._wal.call(RotateWal())
+        self._active = Memtable(segment)
+        self._immutables.insert(0, old)
+        self._publish()
+        self._request_flush(old)
+
+    async def _wait_for_progress(self) -> None:
+        await self._progress.wait()
+
+    async def _serve_control(self) -> None:
+        async for notice in self._control_receive:
+            if isinstance(notice, MemtableFlushed):
+                self._immutables.remove(notice.memtable)
+                self._version, self._tables = notice.version, notice.tables
+                flushed = id(notice.memtable)
+                still_waiting = []
+                for pending, request in self._flush_waiters:
+                    pending.discard(flushed)
+                    if pending:
+                        still_waiting.append((pending, request))
+                    else:
+                        request.reply.set(None)
+                self._flush_waiters = still_waiting
+            elif isinstance(notice, VersionInstalled):
+                self._version, self._tables = notice.version, notice.tables
+            self._publish()
+            self._progress.set()
+            self._progress = trio.Event()
+
+    def _publish(self) -> None:
+        memtables = (self._active, *self._immutables)
+        self._publish_view(ReadView(memtables, self._version, self._tables))

@@ -1,0 +1,37 @@
+"""Tuning knobs of the storage engine, with the reasoning behind each default."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from sentinel.storage.compaction import CompactionOptions
+
+MIB = 1024 * 1024
+
+
+class SyncMode(enum.StrEnum):
+    """When a WAL write counts as durable (and so when a write is acknowledged)."""
+
+    ALWAYS = "always"  # fsync before acknowledging: survives power loss
+    INTERVAL = "interval"  # written to the OS before acknowledging, fsynced every sync_interval
+    NONE = "none"  # written to the OS before acknowledging; fsync only on rotation and close
+
+
+@attrs.frozen
+class StorageOptions:
+    sync: SyncMode = SyncMode.INTERVAL
+    # Kafka-like default: at most this much acknowledged data is exposed to a power loss
+    # (a process crash loses nothing: the OS already has it).
+    sync_interval: float = 0.05
+    # A memtable becomes immutable (and is flushed to an L0 SSTable) at this size. Bigger
+    # means fewer, larger L0 files; recovery replays at most a few of these.
+    memtable_bytes: int = 8 * MIB
+    # Immutable memtables waiting for flush before writes stall (back-pressure).
+    max_immutable_memtables: int = 2
+    # WAL frames written together in one write (and one fsync): the group-commit cap.
+    max_group_commit: int = 4096
+    block_size: int = 4096
+    bloom_bits_per_key: int = 10
+    compaction: CompactionOptions = CompactionOptions()

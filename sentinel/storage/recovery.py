@@ -1,0 +1,164 @@
+"""Opening a storage directory: lock it, load the manifest, replay the WAL, clean up.
+
+Runs synchronously (in a worker thread) before any storage actor starts:
+
+1. take an exclusive ``flock`` on ``LOCK``: two processes must never share a directory;
+2. open the manifest (``Manifest.open`` truncates a torn tail of the manifest itself);
+3. open a reader for every table the version names (a missing or corrupt table is a
+   :class:`CorruptionError` naming it: we never start on top of half a database);
+4. replay every WAL segment numbered at or above the manifest's log number, in order.
+   Only the newest segment may end in a torn or corrupt frame (rotation fsyncs a segment
+   before the next one starts), so its tail is truncated and reported; a bad tail in an
+   older segment means acknowledged data is damaged, which is a CorruptionError;
+5. flush what was replayed to an L0 table and record the new log number, so recovery
+   time stays bounded by the memtable size, never by the amount of data stored;
+6. delete what no version names: old WAL segments, orphan tables from an interrupted
+   flush or compaction, temporary files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import attrs
+
+from sentinel.errors import CorruptionError, StorageError
+from sentinel.storage.compactor import delete_tables, write_tables
+from sentinel.storage.files import LOCK, fsync_dir, parse_file_name, sst_path, wal_path
+from sentinel.storage.manifest import Manifest, ManifestState, VersionEdit
+from sentinel.storage.memtable import Memtable
+from sentinel.storage.options import StorageOptions
+from sentinel.storage.sstable import SSTableReader
+from sentinel.storage.wal import replay_wal, truncate_wal_tail
+
+
+@attrs.frozen
+class Recovered:
+    lock_fd: int
+    manifest: Manifest
+    state: ManifestState
+    tables: dict[int, SSTableReader]
+    wal_segment: int  # the segment the WalWriter creates and writes next
+    last_seq: int
+    report: tuple[str, ...]  # what recovery dropped or repaired, for the operator
+
+
+def lock_directory(directory: Path) -> int:
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StorageError(f"data directory {directory} is in use by another process") from None
+    return fd
+
+
+def unlock_directory(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def recover(directory: Path, options: StorageOptions) -> Recovered:
+    directory.mkdir(parents=True, exist_ok=True)
+    lock_fd = lock_directory(directory)
+    try:
+        return _recover_locked(directory, options, lock_fd)
+    except BaseException:
+        unlock_directory(lock_fd)
+        raise
+
+
+def _recover_locked(directory: Path, options: StorageOptions, lock_fd: int) -> Recovered:
+    report: list[str] = []
+    manifest, state = Manifest.open(directory)
+    if manifest.recovery_report:
+        report.append(manifest.recovery_report)
+
+    tables: dict[int, SSTableReader] = {}
+    last_seq = state.last_sequence
+    for level, meta in _all_files(state):
+        path = sst_path(directory, meta.number)
+        try:
+            tables[meta.number] = SSTableReader.open(path)
+        except FileNotFoundError:
+            raise CorruptionError(
+                str(path), None, f"the manifest names this L{level} table but the file is missing"
+            ) from None
+        last_seq = max(last_seq, meta.max_seq)
+
+    numbered = [parsed for name in os.listdir(directory) if (parsed := parse_file_name(name))]
+    segments = sorted(n for kind, n in numbered if kind == "wal" and n >= state.log_number)
+    memtable = Memtable(0)
+    for position, segment in enumerate(segments):
+        path = wal_path(directory, segment)
+        replay = replay_wal(path)
+        if replay.tail_error is not None:
+            if position != len(segments) - 1:
+                raise CorruptionError(
+                    str(path),
+                    replay.valid_bytes,
+                    f"{replay.tail_error} in a WAL segment older than the newest one",
+                )
+            truncate_wal_tail(path, replay.valid_bytes)
+            report.append(
+                f"{path.name}: dropped a torn tail of {replay.dropped_bytes} bytes ({replay.tail_error})"
+            )
+        for batch in replay.batches:
+            memtable.apply(batch)
+        if replay.last_seq is not None:
+            last_seq = max(last_seq, replay.last_seq)
+
+    next_segment = max([state.log_number, *(s + 1 for s in segments)])
+    if segments:
+        added = write_tables(directory, manifest, options, memtable.scan(), None) if len(memtable) else []
+        if added:
+            fsync_dir(directory)
+            report.append(f"replayed {len(memtable)} keys from {len(segments)} WAL segment(s) into L0")
+        state = manifest.log_and_apply(
+            VersionEdit(
+                added=tuple((0, meta) for meta in added),
+                log_number=next_segment,
+                last_sequence=last_seq,
+            )
+        )
+        for meta in added:
+            tables[meta.number] = SSTableReader.open(sst_path(directory, meta.number))
+
+    _collect_garbage(directory, state, next_segment, report)
+    return Recovered(
+        lock_fd=lock_fd,
+        manifest=manifest,
+        state=state,
+        tables=tables,
+        wal_segment=next_segment,
+        last_seq=last_seq,
+        report=tuple(report),
+    )
+
+
+def _all_files(state: ManifestState) -> list[tuple[int, object]]:
+    return [(level, meta) for level, files in enumerate(state.version.levels) for meta in files]
+
+
+def _collect_garbage(directory: Path, state: ManifestState, next_segment: int, report: list[str]) -> None:
+    live = state.version.all_numbers()
+    orphans: list[int] = []
+    removed_wals = 0
+    for name in os.listdir(directory):
+        parsed = parse_file_name(name)
+        if name.endswith(".tmp"):
+            os.unlink(directory / name)
+        elif parsed is None:
+            continue
+        elif parsed[0] == "sst" and parsed[1] not in live:
+            orphans.append(parsed[1])
+        elif parsed[0] == "wal" and parsed[1] < next_segment:
+            os.unlink(directory / name)
+            removed_wals += 1
+    if orphans:
+        report.append(f"deleted {len(orphans)} orphan table(s) left by an interrupted flush or compaction")
+        delete_tables(directory, orphans)
+    elif removed_wals:
+        fsync_dir(directory)

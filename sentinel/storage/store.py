@@ -1,0 +1,212 @@
+"""Store: the storage supervisor and the engine's public face.
+
+``Store.run`` is the storage subtree of a node::
+
+    Store.run (storage supervisor nursery)
+    ├─ WalWriter      owns the WAL segment: group commit, fsync policy, rotation
+    ├─ Compactor      owns the manifest and SSTables: flushes, leveled compaction
+    └─ MemtableOwner  owns the memtables, sequence numbers and the published read view
+
+Start it with ``await nursery.start(store.run)`` (recovery runs before ``started``) or use
+``open_store`` as an async context manager. Any actor failure propagates out of ``run``
+and fails the node loudly: a storage engine that hit an IO error cannot be trusted to
+keep acknowledging writes.
+
+Graceful shutdown (``aclose``) runs in a fixed order, under a shield, in bounded time:
+the MemtableOwner stops taking writes and hands its queue to the WAL; the WalWriter
+writes and fsyncs everything queued and closes its segment; the Compactor finishes a
+queued flush (no new compaction starts); the manifest and the directory lock are
+released. Nothing acknowledged depends on a flush: the WAL already holds it.
+
+Reads (``get``, ``scan``) use the immutable view the MemtableOwner publishes: no actor
+round trip per key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from sentinel.errors import InvalidArgument, StorageClosed
+from sentinel.storage.compactor import CompactAll, CompactionStatistics, Compactor, FlushMemtable
+from sentinel.storage.iterators import Entry
+from sentinel.storage.manifest import NUM_LEVELS
+from sentinel.storage.memtable import Memtable
+from sentinel.storage.memtable_owner import Flush, MemtableOwner, Write
+from sentinel.storage.options import StorageOptions
+from sentinel.storage.recovery import Recovered, recover, unlock_directory
+from sentinel.storage.view import ReadView
+from sentinel.storage.wal_writer import WalStatistics, WalWriter
+
+# Upper bound on a graceful close: long enough to fsync a WAL and finish one flush on a
+# slow disk; after it the actors are cancelled (the WAL still holds every acknowledged write).
+CLOSE_TIMEOUT_SECONDS = 30.0
+
+
+@attrs.frozen
+class StorageStatistics:
+    last_seq: int
+    memtable_bytes: int
+    immutable_memtables: int
+    tables_per_level: tuple[int, ...]
+    bytes_per_level: tuple[int, ...]
+    wal: WalStatistics
+    compaction: CompactionStatistics
+
+
+class Store:
+    def __init__(self, directory: Path | str, options: StorageOptions | None = None) -> None:
+        self.directory = Path(directory)
+        self.options = options or StorageOptions()
+        self._view: ReadView | None = None
+        self._closing = trio.Event()
+        self._closed = trio.Event()
+        self._accepting = False
+        self.recovery_report: tuple[str, ...] = ()
+        self._wal: WalWriter | None = None
+        self._compactor: Compactor | None = None
+        self._memtables: MemtableOwner | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Store] = trio.TASK_STATUS_IGNORED) -> None:
+        recovered: Recovered = await trio.to_thread.run_sync(recover, self.directory, self.options)
+        self.recovery_report = recovered.report
+        try:
+            async with trio.open_nursery() as nursery:
+                wal = self._wal = WalWriter(self.directory, recovered.wal_segment, self.options)
+                memtables: MemtableOwner | None = None
+
+                def notify(notice: Any) -> None:
+                    assert memtables is not None
+                    memtables.notify(notice)
+
+                compactor = self._compactor = Compactor(
+                    directory=self.directory,
+                    manifest=recovered.manifest,
+                    state=recovered.state,
+                    tables=recovered.tables,
+                    options=self.options,
+                    wal=wal,
+                    notify=notify,
+                )
+
+                def request_flush(memtable: Memtable) -> None:
+                    compactor.cast_nowait(FlushMemtable(memtable))
+
+                memtables = self._memtables = MemtableOwner(
+                    options=self.options,
+                    wal=wal,
+                    request_flush=request_flush,
+                    publish=self._publish,
+                    last_seq=recovered.last_seq,
+                    wal_segment=recovered.wal_segment,
+                    version=recovered.state.version,
+                    tables=dict(recovered.tables),
+                )
+                await nursery.start(wal.run)
+                await nursery.start(compactor.run)
+                await nursery.start(memtables.run)
+                self._accepting = True
+                task_status.started(self)
+                await self._closing.wait()
+                self._accepting = False
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + CLOSE_TIMEOUT_SECONDS
+                    for actor in (memtables, wal, compactor):
+                        actor.close()
+                        await actor.wait_stopped()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._accepting = False
+            recovered.manifest.close()
+            unlock_directory(recovered.lock_fd)
+            self._closed.set()
+
+    async def aclose(self) -> None:
+        """Graceful, ordered shutdown (see the module docstring); idempotent."""
+        self._closing.set()
+        with trio.CancelScope(shield=True):
+            await self._closed.wait()
+
+    def _publish(self, view: ReadView) -> None:
+        self._view = view
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def write(self, ops: Sequence[tuple[bytes, bytes | None]]) -> int:
+        """Apply puts (value bytes) and deletes (value None) atomically; returns the batch's
+        last sequence number once it is durable under the configured sync mode."""
+        for key, value in ops:
+            if type(key) is not bytes or not (value is None or type(value) is bytes):
+                raise InvalidArgument("keys must be bytes and values bytes or None")
+        return await self._owner().call(Write(ops=ops))
+
+    async def put(self, key: bytes, value: bytes) -> int:
+        return await self.write(((key, value),))
+
+    async def delete(self, key: bytes) -> int:
+        return await self.write(((key, None),))
+
+    async def flush(self) -> None:
+        """Freeze the active memtable and wait until every memtable is in an SSTable."""
+        await self._owner().call(Flush())
+
+    async def compact(self) -> None:
+        """Manual compaction: push every table down to the last level."""
+        await self.flush()
+        assert self._compactor is not None
+        await self._compactor.call(CompactAll())
+
+    def _owner(self) -> MemtableOwner:
+        if not self._accepting or self._memtables is None:
+            raise StorageClosed(f"store {self.directory} is not open")
+        return self._memtables
+
+    # -- reads -----------------------------------------------------------------------
+
+    @property
+    def view(self) -> ReadView:
+        if self._view is None:
+            raise StorageClosed(f"store {self.directory} is not open")
+        return self._view
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.view.get(key)
+
+    def scan(self, start: bytes | None = None, end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        return self.view.scan(start, end)
+
+    def scan_entries(self, start: bytes | None = None, end: bytes | None = None) -> Iterable[Entry]:
+        return self.view.scan_entries(start, end)
+
+    # -- observability ---------------------------------------------------------------
+
+    def statistics(self) -> StorageStatistics:
+        assert self._memtables is not None and self._wal is not None and self._compactor is not None
+        version = self.view.version
+        return StorageStatistics(
+            last_seq=self._memtables.last_seq,
+            memtable_bytes=self._memtables.memtable_bytes(),
+            immutable_memtables=self._memtables.immutable_count(),
+            tables_per_level=tuple(len(version.files(level)) for level in range(NUM_LEVELS)),
+            bytes_per_level=tuple(version.level_bytes(level) for level in range(NUM_LEVELS)),
+            wal=self._wal.wal_statistics(),
+            compaction=self._compactor.compaction_statistics(),
+        )
+
+
+@asynccontextmanager
+async def open_store(directory: Path | str, options: StorageOptions | None = None) -> AsyncIterator[Store]:
+    """Run a Store for the duration of the block, closing it gracefully at the end."""
+    async with trio.open_nursery() as nursery:
+        store: Store = await nursery.start(Store(directory, options).run)
+        try:
+            yield store
+        finally:
+            await store.aclose()

@@ -1,0 +1,177 @@
+"""The write-ahead log's record format: one CRC frame per atomic write batch.
+
+A WAL segment is a sequence of frames (:mod:`sentinel.storage.framing`:
+``crc32 | length | payload``). Each payload is one write batch, applied all or nothing::
+
+    payload = first_seq u64 LE | count u32 LE | entry * count
+    entry   = kind u8 | key_len uvarint | key | [value_len uvarint | value]   (value: put only)
+    kind    = 1 put, 0 delete
+
+Entry ``i`` (0-based) has seq ``first_seq + i``: sequence numbers inside a batch are
+consecutive, so they cost nothing on disk. Decoded entries are the engine-wide triple
+``(key, seq, value)`` with ``value is None`` for a delete.
+
+Invariants the decoder enforces (the encoder never produces anything else, so a violation
+in a checksum-valid frame is corruption: a software bug or a disk that lied):
+``count >= 1``; every seq fits in a u64; kinds are 0 or 1; lengths stay inside the payload;
+no bytes follow the last entry.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from sentinel.errors import CorruptionError
+from sentinel.storage.framing import frame
+from sentinel.varint import decode_uvarint, encode_uvarint
+
+BATCH_HEADER = struct.Struct("<QI")  # first_seq, count
+BATCH_HEADER_SIZE = BATCH_HEADER.size
+
+KIND_DELETE = 0
+KIND_PUT = 1
+
+MAX_SEQ = (1 << 64) - 1  # first_seq is a u64, and so is every seq derived from it
+MAX_BATCH_COUNT = (1 << 32) - 1  # count is a u32
+# The smallest entry is a delete of the empty key: a kind byte and a one-byte key length.
+MIN_ENTRY_SIZE = 2
+
+# Lengths below this take one uvarint byte. Encoding looks their bytes (and the kind byte
+# in front of a key length) up in tables built once, instead of formatting them per entry:
+# on 1000 x (16-byte key, 100-byte value) that is ~0.08 ms per batch instead of ~0.4 ms.
+_ONE_BYTE_UVARINT_LIMIT = 0x80
+# Below this a uvarint takes two bytes, packed with one struct call (values of a few KB,
+# such as record batches, are common and deserve better than the general encoder).
+_TWO_BYTE_UVARINT_LIMIT = 0x4000
+_VARINT_CONTINUATION = 0x80
+_VARINT_LOW_BITS = 0x7F
+_U16 = struct.Struct("<H")
+
+_UVARINT_1 = tuple(bytes((n,)) for n in range(_ONE_BYTE_UVARINT_LIMIT))
+_PUT_KEY_PREFIX = tuple(bytes((KIND_PUT, n)) for n in range(_ONE_BYTE_UVARINT_LIMIT))
+_DELETE_KEY_PREFIX = tuple(bytes((KIND_DELETE, n)) for n in range(_ONE_BYTE_UVARINT_LIMIT))
+_PUT_KIND = bytes((KIND_PUT,))
+_DELETE_KIND = bytes((KIND_DELETE,))
+
+
+def _uvarint(n: int) -> bytes:
+    if n < _ONE_BYTE_UVARINT_LIMIT:
+        return _UVARINT_1[n]
+    if n < _TWO_BYTE_UVARINT_LIMIT:
+        return _U16.pack((n & _VARINT_LOW_BITS) | _VARINT_CONTINUATION | (n >> 7 << 8))
+    return encode_uvarint(n)
+
+
+def encode_write_batch(first_seq: int, ops: Sequence[tuple[bytes, bytes | None]]) -> bytes:
+    """The payload of one WAL record: ``ops[i]`` (``(key, value)``, value None = delete) gets
+    seq ``first_seq + i``. Raises ValueError for an empty batch or a seq outside u64."""
+    count = len(ops)
+    if count == 0:
+        raise ValueError("a write batch needs at least one operation")
+    if count > MAX_BATCH_COUNT:
+        raise ValueError(f"a write batch holds at most {MAX_BATCH_COUNT} operations, got {count}")
+    if first_seq < 0 or first_seq + count - 1 > MAX_SEQ:
+        raise ValueError(f"seqs {first_seq}..{first_seq + count - 1} do not fit in a u64")
+    parts = [BATCH_HEADER.pack(first_seq, count)]
+    append = parts.append
+    one_byte = _ONE_BYTE_UVARINT_LIMIT
+    uvarint_1 = _UVARINT_1
+    put_prefix = _PUT_KEY_PREFIX
+    for key, value in ops:
+        key_len = len(key)
+        if value is None:
+            append(_DELETE_KEY_PREFIX[key_len] if key_len < one_byte else _DELETE_KIND + _uvarint(key_len))
+            append(key)
+        else:
+            append(put_prefix[key_len] if key_len < one_byte else _PUT_KIND + _uvarint(key_len))
+            append(key)
+            value_len = len(value)
+            append(uvarint_1[value_len] if value_len < one_byte else _uvarint(value_len))
+            append(value)
+    return b"".join(parts)
+
+
+def encode_wal_record(first_seq: int, ops: Sequence[tuple[bytes, bytes | None]]) -> bytes:
+    """One framed WAL record (what :meth:`WalFile.append` takes) for a write batch."""
+    return frame(encode_write_batch(first_seq, ops))
+
+
+def decode_write_batch(
+    payload: bytes, source: str, base_position: int = 0
+) -> list[tuple[bytes, int, bytes | None]]:
+    """The ``(key, seq, value)`` triples of a write-batch payload.
+
+    Raises :class:`CorruptionError` naming ``source`` and the byte position
+    ``base_position + offset in payload`` of the first malformed field (pass the payload's
+    offset in its file as ``base_position``).
+    """
+    size = len(payload)
+    if size < BATCH_HEADER_SIZE:
+        raise CorruptionError(
+            source,
+            base_position,
+            f"write batch of {size} bytes is shorter than its {BATCH_HEADER_SIZE}-byte header",
+        )
+    first_seq, count = BATCH_HEADER.unpack_from(payload, 0)
+    if count == 0:
+        raise CorruptionError(source, base_position, "empty write batch (count 0)")
+    if first_seq + count - 1 > MAX_SEQ:
+        raise CorruptionError(
+            source, base_position, f"write batch seqs {first_seq}..{first_seq + count - 1} overflow a u64"
+        )
+    if count * MIN_ENTRY_SIZE > size - BATCH_HEADER_SIZE:
+        raise CorruptionError(
+            source,
+            base_position,
+            f"write batch claims {count} entries but has only {size - BATCH_HEADER_SIZE} bytes for them",
+        )
+    out: list[tuple[bytes, int, bytes | None]] = []
+    append = out.append
+    pos = BATCH_HEADER_SIZE
+    entry_start = pos
+    seq = first_seq
+    try:
+        for seq in range(first_seq, first_seq + count):
+            entry_start = pos
+            kind = payload[pos]
+            key_len = payload[pos + 1]
+            pos += 2
+            if key_len >= _VARINT_CONTINUATION:  # a multi-byte uvarint: the rare slow path
+                key_len, pos = decode_uvarint(payload, pos - 1)
+            end = pos + key_len
+            if end > size:
+                raise IndexError
+            key = payload[pos:end]
+            pos = end
+            if kind == KIND_PUT:
+                value_len = payload[pos]
+                pos += 1
+                if value_len >= _VARINT_CONTINUATION:
+                    value_len, pos = decode_uvarint(payload, pos - 1)
+                end = pos + value_len
+                if end > size:
+                    raise IndexError
+                append((key, seq, payload[pos:end]))
+                pos = end
+            elif kind == KIND_DELETE:
+                append((key, seq, None))
+            else:
+                raise CorruptionError(
+                    source, base_position + entry_start, f"unknown entry kind {kind} (seq {seq})"
+                )
+    except IndexError:
+        raise CorruptionError(
+            source,
+            base_position + entry_start,
+            f"write batch entry (seq {seq}) runs past the end of the {size}-byte payload",
+        ) from None
+    except ValueError as exc:  # from decode_uvarint: an over-long length
+        raise CorruptionError(
+            source, base_position + entry_start, f"bad length in write batch entry (seq {seq}): {exc}"
+        ) from None
+    if pos != size:
+        raise CorruptionError(
+            source, base_position + pos, f"{size - pos} unexpected bytes after the last write batch entry"
+        )
+    return out
