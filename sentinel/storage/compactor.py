@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from sentinel.actors import Actor, Request
+from sentinel.errors import ActorClosed
 from sentinel.storage.compaction import Compaction, compaction_for_level, pick_compaction
 from sentinel.storage.files import fsync_dir, sst_path
 from sentinel.storage.iterators import Entry, merge_entries
@@ -157,7 +158,10 @@ class Compactor(Actor[object]):
         self._bytes_written += sum(meta.size for meta in added)
         self._seconds += time.perf_counter() - started
         self._notify(MemtableFlushed(memtable, self._version, self._tables_view()))
-        await self._wal.cast(DeleteWalsBelow(memtable.wal_number + 1))
+        try:
+            await self._wal.cast(DeleteWalsBelow(memtable.wal_number + 1))
+        except ActorClosed:
+            pass  # shutting down: the next open deletes the segments instead
 
     async def _compact(self, plan: Compaction) -> None:
         started = time.perf_counter()

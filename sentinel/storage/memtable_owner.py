@@ -33,13 +33,12 @@ import trio
 
 from sentinel.actors import Actor, Request
 from sentinel.errors import InvalidArgument
-from sentinel.storage.framing import frame
 from sentinel.storage.manifest import Version
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.options import StorageOptions
 from sentinel.storage.sstable import SSTableReader
 from sentinel.storage.view import ReadView
-from sentinel.storage.wal import encode_write_batch
+from sentinel.storage.wal_format import encode_wal_record
 from sentinel.storage.wal_writer import RotateWal, WalAppend, WalWriter
 
 Op = tuple[bytes, bytes | None]
@@ -152,7 +151,7 @@ class MemtableOwner(Actor[object]):
         for key, value in ops:
             put(key, seq, value)
             seq += 1
-        await self._wal.cast(WalAppend(frame=frame(encode_write_batch(first, ops)), last_seq=last, reply=write.reply))
+        await self._wal.cast(WalAppend(frame=encode_wal_record(first, ops), last_seq=last, reply=write.reply))
         if active.approximate_bytes >= self._options.memtable_bytes:
             await self._rotate()
 
