@@ -19,7 +19,8 @@ Lifecycle rules, the same for every actor:
 * an exception escaping a handler is a crash: it propagates to the supervising nursery,
   which cancels the actor's siblings (one-for-all). It is never swallowed. Before it
   propagates, every request still queued or in flight gets :class:`ActorClosed`, so a
-  caller outside the nursery (the gRPC bridge) is not left waiting.
+  caller outside the nursery (the gRPC bridge) is not left waiting. A message that is
+  not a request but carries other tasks' replies defines ``fail(error)`` to get the same.
 
 A handler answers a request with ``request.reply.set(value)`` or ``.fail(exc)``; expected
 per-request errors (bad input) are failed to the caller and do not crash the actor.
@@ -97,6 +98,10 @@ class Request(Generic[T]):
 
     reply: Reply[T] = attrs.field(factory=Reply, kw_only=True, repr=False)
 
+    def fail(self, error: BaseException) -> None:
+        """Answer with an error (used when the actor stops before serving it)."""
+        self.reply.fail(error)
+
 
 @attrs.frozen
 class MailboxStatistics:
@@ -129,7 +134,14 @@ class Actor(Generic[M]):
     async def call(self, request: Request[T]) -> T:
         """Send a request and wait for its reply (raises what the actor failed it with)."""
         try:
-            await self._send.send(request)  # type: ignore[arg-type]
+            # The fast path skips a scheduler round trip when the mailbox has room; the
+            # wait for the reply below is the checkpoint either way.
+            self._send.send_nowait(request)  # type: ignore[arg-type]
+        except trio.WouldBlock:
+            try:
+                await self._send.send(request)  # type: ignore[arg-type]
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise ActorClosed(f"{self.name} is not running") from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ActorClosed(f"{self.name} is not running") from None
         return await request.reply.wait()
@@ -244,8 +256,10 @@ class Actor(Generic[M]):
         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             pass
         for message in pending:
-            if isinstance(message, Request):
-                message.reply.fail(ActorClosed(f"{self.name} stopped before answering"))
+            # Requests, and any message that carries other tasks' replies (``fail``).
+            fail = getattr(message, "fail", None)
+            if fail is not None:
+                fail(ActorClosed(f"{self.name} stopped before answering"))
         self._receive.close()
 
 

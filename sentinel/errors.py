@@ -49,3 +49,29 @@ class ActorClosed(SentinelError):
 
 class MailboxFull(SentinelError):
     """A non-blocking send found the actor's mailbox full (back-pressure)."""
+
+
+class NotFound(SentinelError):
+    """The named topic, partition, group or member does not exist."""
+
+
+class AlreadyExists(SentinelError):
+    """The topic (or other named thing) to create exists already."""
+
+
+class FailedPrecondition(SentinelError):
+    """The request is well formed but the system is not in a state to accept it
+    (a stale consumer-group generation, a member that must rejoin)."""
+
+
+class ResourceExhausted(SentinelError):
+    """A limit was hit: a message too large, a mailbox full. Retry later or send less."""
+
+
+class Unavailable(SentinelError):
+    """The service cannot answer now (shutting down, not the leader); retriable.
+    ``leader`` names the node to retry against when known."""
+
+    def __init__(self, message: str, *, leader: str | None = None) -> None:
+        self.leader = leader
+        super().__init__(message)

@@ -27,19 +27,24 @@ from pathlib import Path
 import attrs
 import trio
 
-from sentinel.actors import Actor, Request
+from sentinel.actors import Actor, Reply, Request
 from sentinel.storage.files import fsync_dir, parse_file_name, wal_path
 from sentinel.storage.options import StorageOptions, SyncMode
 from sentinel.storage.wal import WalFile
 
 
 @attrs.define(slots=True, eq=False)
-class WalAppend(Request[int]):
-    """From MemtableOwner: one framed write batch. The reply (the writer's own slot)
-    is answered with ``last_seq`` once the frame is durable."""
+class WalAppend:
+    """From MemtableOwner: one or more framed write batches, written together. Each
+    ``(reply, last_seq)`` in ``acks`` is a writer's own reply slot, answered with its
+    batch's last sequence number once the data is durable under the sync mode."""
 
-    frame: bytes
-    last_seq: int
+    data: bytes
+    acks: list[tuple[Reply[int], int]]
+
+    def fail(self, error: BaseException) -> None:
+        for reply, _seq in self.acks:
+            reply.fail(error)
 
 
 @attrs.define(slots=True, eq=False)
@@ -124,7 +129,7 @@ class WalWriter(Actor[object]):
     async def _commit(self, appends: list[WalAppend]) -> None:
         if not appends:
             return
-        data = appends[0].frame if len(appends) == 1 else b"".join([a.frame for a in appends])
+        data = appends[0].data if len(appends) == 1 else b"".join([a.data for a in appends])
         file = self._file
         assert file is not None
         if self._options.sync is SyncMode.ALWAYS:
@@ -136,10 +141,11 @@ class WalWriter(Actor[object]):
         else:
             file.append(data)
             self._dirty = True
-        self._appends += len(appends)
         self._bytes += len(data)
         for append in appends:
-            append.reply.set(append.last_seq)
+            self._appends += len(append.acks)
+            for reply, last_seq in append.acks:
+                reply.set(last_seq)
 
     async def _handle_control(self, message: object) -> None:
         if isinstance(message, RotateWal):

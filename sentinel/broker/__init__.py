@@ -1,0 +1,1 @@
+"""The broker: topics, partitions, partition logs, the consumer-group coordinator."""

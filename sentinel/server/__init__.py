@@ -1,0 +1,1 @@
+"""gRPC front end: grpclib on an asyncio loop in a worker thread, bridged to Trio."""
