@@ -190,7 +190,9 @@ class WalWriter(Actor[object]):
         removed = False
         for name in os.listdir(self._directory):
             parsed = parse_file_name(name)
-            if parsed is not None and parsed[0] == "wal" and parsed[1] < number and parsed[1] != self._segment:
+            if parsed is None or parsed[0] != "wal":
+                continue
+            if parsed[1] < number and parsed[1] != self._segment:
                 os.unlink(self._directory / name)
                 removed = True
         if removed:
