@@ -28,6 +28,7 @@ per-request errors (bad input) are failed to the caller and do not crash the act
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -89,6 +90,23 @@ class Reply(Generic[T]):
 
         value: T = await trio.lowlevel.wait_task_rescheduled(abort)
         return value
+
+
+class ObservedReply(Reply[T]):
+    """A Reply that also calls ``observer(outcome)`` (on the Trio thread) when answered:
+    for work that must follow an answer even when nobody waits for it."""
+
+    __slots__ = ("_observer",)
+
+    def __init__(self, observer: Callable[[outcome.Outcome[T]], None]) -> None:
+        super().__init__()
+        self._observer = observer
+
+    def _deliver(self, result: outcome.Outcome[T]) -> None:
+        if self._result is not None:
+            return
+        super()._deliver(result)
+        self._observer(result)
 
 
 @attrs.define(slots=True, eq=False)
@@ -263,4 +281,4 @@ class Actor(Generic[M]):
         self._receive.close()
 
 
-__all__ = ["Actor", "MailboxStatistics", "Reply", "Request"]
+__all__ = ["Actor", "MailboxStatistics", "ObservedReply", "Reply", "Request"]

@@ -75,3 +75,12 @@ class Unavailable(SentinelError):
     def __init__(self, message: str, *, leader: str | None = None) -> None:
         self.leader = leader
         super().__init__(message)
+
+
+class OffsetOutOfRange(InvalidArgument):
+    """A fetch asked for an offset outside ``[log_start_offset, high_watermark]``."""
+
+    def __init__(self, message: str, *, log_start_offset: int, high_watermark: int) -> None:
+        self.log_start_offset = log_start_offset
+        self.high_watermark = high_watermark
+        super().__init__(message)

@@ -286,7 +286,7 @@ class Manifest:
             raise CorruptionError(str(path), None, "named by CURRENT but missing") from None
         state, valid, report = _replay(path, data)
         state = attrs.evolve(state, next_file_number=max(state.next_file_number, highest + 1))
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         if valid < len(data):
             os.ftruncate(fd, valid)
             os.fsync(fd)

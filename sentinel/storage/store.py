@@ -32,7 +32,8 @@ from typing import Any
 import attrs
 import trio
 
-from sentinel.errors import InvalidArgument, StorageClosed
+from sentinel.actors import Reply
+from sentinel.errors import InvalidArgument, MailboxFull, StorageClosed
 from sentinel.storage.compactor import CompactAll, CompactionStatistics, Compactor, FlushMemtable
 from sentinel.storage.iterators import Entry
 from sentinel.storage.manifest import NUM_LEVELS
@@ -146,6 +147,26 @@ class Store:
             if type(key) is not bytes or not (value is None or type(value) is bytes):
                 raise InvalidArgument("keys must be bytes and values bytes or None")
         return await self._owner().call(Write(ops=ops))
+
+    async def submit(
+        self, ops: Sequence[tuple[bytes, bytes | None]], reply: Reply[int] | None = None
+    ) -> Reply[int]:
+        """Enqueue a write batch and return its reply slot without waiting for durability.
+
+        Waits only while the engine's mailbox is full (back-pressure). Writes submitted
+        from one task, or from several without a checkpoint in between, are applied in
+        submission order. ``reply`` may be a subclass that observes completion.
+        """
+        for key, value in ops:
+            if type(key) is not bytes or not (value is None or type(value) is bytes):
+                raise InvalidArgument("keys must be bytes and values bytes or None")
+        request = Write(ops=ops) if reply is None else Write(ops=ops, reply=reply)
+        owner = self._owner()
+        try:
+            owner.cast_nowait(request)
+        except MailboxFull:
+            await owner.cast(request)
+        return request.reply
 
     async def put(self, key: bytes, value: bytes) -> int:
         return await self.write(((key, value),))
