@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sentinel import __version__
-from sentinel.cli import bench
+from sentinel.cli import bench, run
 
 app = typer.Typer(
     help="Sentinel: a Kafka-class log streaming engine on Trio.",
@@ -13,6 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(bench.app, name="bench")
+app.command(name="run")(run.run)
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import attrs
 
@@ -35,3 +36,9 @@ class StorageOptions:
     block_size: int = 4096
     bloom_bits_per_key: int = 10
     compaction: CompactionOptions = CompactionOptions()
+    # Called (from compaction worker threads) with each key a compaction rewrites: True
+    # means the entry is obsolete and is dropped (or turned into a tombstone where older
+    # versions may exist deeper). How the broker deletes data of deleted topics and below
+    # a partition's log start (retention) without scanning records. Must be thread-safe
+    # and fast; None keeps everything.
+    compaction_filter: Callable[[bytes], bool] | None = None

@@ -1,0 +1,289 @@
+"""GroupCoordinator: the actor shell around the consumer-group state machine (``groups.py``).
+
+It owns every group's membership state and the committed offsets. JoinGroup calls are
+long polls: the actor parks each one until the state machine's ``poll`` yields that
+member's result (the rebalance completed) or failure. Between messages it sleeps until the
+state machine's next deadline (a session or rebalance timeout), read from Trio's clock, so
+tests drive it with MockClock.
+
+Committed offsets are written to the storage engine (``keys.offset_key``) before the commit
+is answered, so they survive a broker restart; the in-memory copy is loaded at start-up.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+
+import attrs
+import trio
+
+from sentinel.actors import Actor, Reply, Request
+from sentinel.broker import keys
+from sentinel.broker.broker import Broker
+from sentinel.broker.groups import ConsumerGroups, JoinFailed, JoinResult
+from sentinel.broker.names import validate_group_id
+from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound
+from sentinel.generated.sentinel import v1 as pb
+from sentinel.storage.store import Store
+
+# How long a rebalance waits for members to rejoin before dropping them (Kafka's
+# max.poll.interval default is 5 min; a shorter bound keeps a group from stalling long
+# behind a consumer that died without leaving).
+DEFAULT_REBALANCE_TIMEOUT = 30.0
+DEFAULT_SESSION_TIMEOUT = 10.0
+# Members are told to heartbeat this many times per session timeout.
+HEARTBEATS_PER_SESSION = 3
+
+TopicPartition = tuple[str, int]
+
+
+@attrs.define(slots=True, eq=False)
+class Join(Request[pb.JoinGroupResponse]):
+    request: pb.JoinGroupRequest
+
+
+@attrs.define(slots=True, eq=False)
+class Heartbeat(Request[pb.HeartbeatResponse]):
+    request: pb.HeartbeatRequest
+
+
+@attrs.define(slots=True, eq=False)
+class Leave(Request[pb.LeaveGroupResponse]):
+    request: pb.LeaveGroupRequest
+
+
+@attrs.define(slots=True, eq=False)
+class Commit(Request[pb.CommitOffsetsResponse]):
+    request: pb.CommitOffsetsRequest
+
+
+@attrs.define(slots=True, eq=False)
+class ForgetTopic(Request[None]):
+    topic: str
+
+
+class GroupCoordinator(Actor[object]):
+    mailbox_capacity = 1024
+
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        *,
+        rng: random.Random | None = None,
+        rebalance_timeout: float = DEFAULT_REBALANCE_TIMEOUT,
+    ) -> None:
+        super().__init__("group-coordinator")
+        self._store = store
+        self._broker = broker
+        self._rebalance_timeout = rebalance_timeout
+        self._groups = ConsumerGroups(self._partitions_of, rng=rng)
+        self._parked: dict[tuple[str, str], tuple[Reply[pb.JoinGroupResponse], float]] = {}
+        self._offsets: dict[str, dict[TopicPartition, tuple[int, str]]] = {}
+
+    def _partitions_of(self, topic: str) -> int:
+        found = self._broker.topics.get(topic)
+        return 0 if found is None else found.partitions
+
+    # -- snapshot reads ----------------------------------------------------------------
+
+    def committed(self, group_id: str) -> Mapping[TopicPartition, tuple[int, str]]:
+        return self._offsets.get(group_id, {})
+
+    def group_ids(self) -> list[str]:
+        return sorted(set(self._groups.group_ids()) | set(self._offsets))
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        start, end = keys.OFFSETS, keys.prefix_end(keys.OFFSETS)
+        for key, value in self._store.scan(start, end):
+            group, topic, partition = keys.parse_offset_key(key)
+            self._offsets.setdefault(group, {})[(topic, partition)] = keys.decode_offset(value)
+
+    async def serve(self) -> None:
+        while True:
+            deadline = self._groups.next_deadline()
+            message = None
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                message = await self.receive()
+                if message is None:
+                    break
+            if message is not None:
+                try:
+                    await self.handle(message)
+                finally:
+                    self._in_flight = []
+            self._deliver(self._groups.poll(trio.current_time()))
+        # Stopping: parked joins will never complete here.
+        for reply, _ in self._parked.values():
+            reply.fail(FailedPrecondition("the group coordinator is shutting down; rejoin"))
+        self._parked.clear()
+
+    def _deliver(self, effects: list[JoinResult | JoinFailed]) -> None:
+        for effect in effects:
+            parked = self._parked.pop((effect.group_id, effect.member_id), None)
+            if parked is None:
+                continue
+            reply, session_timeout = parked
+            if isinstance(effect, JoinFailed):
+                reply.fail(FailedPrecondition(effect.reason))
+                continue
+            reply.set(
+                pb.JoinGroupResponse(
+                    member_id=effect.member_id,
+                    generation=effect.generation,
+                    assignment=[pb.TopicPartition(topic=t, partition=p) for t, p in effect.assignment],
+                    heartbeat_interval_ms=int(session_timeout * 1000 / HEARTBEATS_PER_SESSION),
+                )
+            )
+
+    # -- requests (from handlers, in the caller's task) ----------------------------------
+
+    async def join(self, request: pb.JoinGroupRequest) -> pb.JoinGroupResponse:
+        return await self.call(Join(request))
+
+    async def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        return await self.call(Heartbeat(request))
+
+    async def leave(self, request: pb.LeaveGroupRequest) -> pb.LeaveGroupResponse:
+        return await self.call(Leave(request))
+
+    async def commit(self, request: pb.CommitOffsetsRequest) -> pb.CommitOffsetsResponse:
+        return await self.call(Commit(request))
+
+    async def forget_topic(self, topic: str) -> None:
+        await self.call(ForgetTopic(topic))
+
+    async def fetch_offsets(self, request: pb.FetchOffsetsRequest) -> pb.FetchOffsetsResponse:
+        validate_group_id(request.group_id)
+        committed = self._offsets.get(request.group_id, {})
+        wanted = [(tp.topic, tp.partition) for tp in request.partitions] or sorted(committed)
+        out = []
+        for topic, partition in wanted:
+            offset, metadata = committed.get((topic, partition), (-1, ""))
+            out.append(pb.PartitionOffset(topic=topic, partition=partition, offset=offset, metadata=metadata))
+        return pb.FetchOffsetsResponse(offsets=out)
+
+    async def list_groups(self) -> pb.ListGroupsResponse:
+        return pb.ListGroupsResponse(group_ids=self.group_ids())
+
+    async def describe(self, group_id: str) -> pb.GroupDescription:
+        validate_group_id(group_id)
+        committed = self._offsets.get(group_id, {})
+        if group_id not in self._groups and not committed:
+            raise NotFound(f"consumer group {group_id!r} does not exist")
+        state, generation, members = "Empty", 0, []
+        if group_id in self._groups:
+            description = self._groups.get(group_id).describe()
+            state, generation = description.state.value, description.generation
+            members = [
+                pb.GroupMember(
+                    member_id=m.member_id,
+                    client_id=m.client_id,
+                    assignment=[pb.TopicPartition(topic=t, partition=p) for t, p in m.assignment],
+                )
+                for m in description.members
+            ]
+        return pb.GroupDescription(
+            group_id=group_id, state=state, generation=generation, members=members, offsets=self.lag(group_id)
+        )
+
+    def lag(self, group_id: str) -> list[pb.PartitionLag]:
+        out = []
+        for (topic, partition), (offset, _meta) in sorted(self._offsets.get(group_id, {}).items()):
+            found = self._broker.topics.get(topic)
+            if found is None or partition >= found.partitions:
+                continue
+            hw = found.logs[partition].high_watermark
+            out.append(
+                pb.PartitionLag(
+                    topic=topic,
+                    partition=partition,
+                    committed_offset=offset,
+                    high_watermark=hw,
+                    lag=max(0, hw - offset),
+                )
+            )
+        return out
+
+    # -- the actor's side ----------------------------------------------------------------
+
+    async def handle(self, message: object) -> None:
+        now = trio.current_time()
+        if isinstance(message, Join):
+            self._join(message, now)
+        elif isinstance(message, Heartbeat):
+            r = message.request
+            validate_group_id(r.group_id)
+            if r.group_id not in self._groups:
+                message.reply.set(pb.HeartbeatResponse(rebalance_needed=True, generation=-1))
+                return
+            group = self._groups.get(r.group_id)
+            result = group.heartbeat(r.member_id, r.generation, now)
+            message.reply.set(
+                pb.HeartbeatResponse(rebalance_needed=result.must_rejoin, generation=group.generation)
+            )
+        elif isinstance(message, Leave):
+            r = message.request
+            if r.group_id in self._groups:
+                self._groups.get(r.group_id).leave(r.member_id, now)
+            message.reply.set(pb.LeaveGroupResponse())
+        elif isinstance(message, Commit):
+            await self._commit(message, now)
+        elif isinstance(message, ForgetTopic):
+            ops: list[tuple[bytes, bytes | None]] = []
+            for group, offsets in self._offsets.items():
+                for topic, partition in [tp for tp in offsets if tp[0] == message.topic]:
+                    ops.append((keys.offset_key(group, topic, partition), None))
+                    del offsets[(topic, partition)]
+            if ops:
+                await self._store.write(ops)
+            self._groups.request_rebalance(message.topic, now)
+            message.reply.set(None)
+        else:
+            raise TypeError(f"group coordinator got an unexpected message {message!r}")
+
+    def _join(self, message: Join, now: float) -> None:
+        r = message.request
+        try:
+            validate_group_id(r.group_id)
+            if not r.topics:
+                raise InvalidArgument("a group member must subscribe to at least one topic")
+            session = (r.session_timeout_ms or DEFAULT_SESSION_TIMEOUT * 1000) / 1000
+            group = self._groups.group(r.group_id)
+            member_id = group.join(
+                r.member_id or None, r.client_id, list(r.topics), session, self._rebalance_timeout, now
+            )
+        except (InvalidArgument, NotFound, FailedPrecondition) as exc:
+            message.reply.fail(exc)
+            return
+        previous = self._parked.pop((r.group_id, member_id), None)
+        if previous is not None:
+            previous[0].fail(FailedPrecondition("superseded by a newer join from the same member"))
+        self._parked[(r.group_id, member_id)] = (message.reply, session)
+
+    async def _commit(self, message: Commit, now: float) -> None:
+        r = message.request
+        try:
+            validate_group_id(r.group_id)
+            if r.member_id or r.group_id in self._groups:
+                self._groups.group(r.group_id).validate_commit(r.member_id or None, r.generation, now)
+            ops: list[tuple[bytes, bytes | None]] = []
+            for po in r.offsets:
+                topic = self._broker.topic(po.topic)
+                topic.log(po.partition)
+                if po.offset < 0:
+                    raise InvalidArgument(f"cannot commit a negative offset ({po.offset}) for {po.topic}[{po.partition}]")
+                ops.append((keys.offset_key(r.group_id, po.topic, po.partition), keys.encode_offset(po.offset, po.metadata)))
+        except (InvalidArgument, NotFound, FailedPrecondition) as exc:
+            message.reply.fail(exc)
+            return
+        if ops:
+            await self._store.write(ops)
+        committed = self._offsets.setdefault(r.group_id, {})
+        for po in r.offsets:
+            committed[(po.topic, po.partition)] = (po.offset, po.metadata)
+        message.reply.set(pb.CommitOffsetsResponse())

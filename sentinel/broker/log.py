@@ -1,0 +1,260 @@
+"""The partition log: the one interface a partition's records are written and read through.
+
+The broker appends and reads through :class:`PartitionLog`; today it is implemented by
+:class:`LocalPartitionLog` on the node's storage engine, and the Raft issue implements the
+same interface with a (single- or multi-voter) Raft group whose log IS the partition log.
+
+Invariants of every implementation:
+
+* offsets are assigned by the log, contiguous and monotonic: each appended batch gets the
+  base offset that follows the previous batch's last offset, with no gaps;
+* the high watermark is the end of the acknowledged-durable prefix (with Raft: the commit
+  index); readers never see past it, so a consumer sees only data that survives a crash;
+* ``log_start_offset`` only moves forward (retention); records below it are gone.
+
+LocalPartitionLog stores each batch verbatim under a key holding its LAST offset
+(``keys.py``), so a fetch from offset N is one seek. The offset counter and the
+partition's byte size are written in the same atomic write batch as the data, so a crash
+can never leave them disagreeing. Offsets are assigned and the write is enqueued in one
+synchronous step, so concurrent appends reach the storage engine in offset order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import attrs
+import outcome
+import trio
+
+from sentinel.actors import ObservedReply
+from sentinel.broker import keys
+from sentinel.errors import InvalidArgument, OffsetOutOfRange
+from sentinel.records import RecordBatch
+from sentinel.records import batch_format as fmt
+from sentinel.storage.store import Store
+
+_BASE_OFFSET = fmt.BASE_OFFSET
+
+
+@attrs.frozen
+class AppendResult:
+    base_offset: int
+    last_offset: int
+    log_append_time_ms: int  # -1: records keep their create time
+
+
+@attrs.frozen
+class ReadResult:
+    data: bytes  # whole record batches, concatenated, verbatim as stored
+    next_offset: int  # where the next read should start
+    high_watermark: int
+    log_start_offset: int
+
+
+class PartitionLog(Protocol):
+    topic: str
+    partition: int
+
+    @property
+    def high_watermark(self) -> int: ...
+
+    @property
+    def log_end_offset(self) -> int: ...
+
+    @property
+    def log_start_offset(self) -> int: ...
+
+    async def append(self, batches: Sequence[RecordBatch], *, wait: bool = True) -> AppendResult: ...
+
+    def read(self, offset: int, max_bytes: int) -> ReadResult: ...
+
+    async def wait_for_data(self, offset: int) -> None: ...
+
+
+class LocalPartitionLog:
+    """A partition log on the node's storage engine (the single-node implementation)."""
+
+    def __init__(
+        self,
+        store: Store,
+        topic: str,
+        topic_id: int,
+        partition: int,
+        state: keys.PartitionState,
+        *,
+        on_append: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.topic_id = topic_id
+        self.partition = partition
+        self._store = store
+        self._next = state.next_offset
+        self._start = state.log_start_offset
+        self._size = state.size_bytes
+        self._hw = state.next_offset  # everything on disk at open is durable
+        self._data_arrived = trio.Event()
+        self._state_key = keys.state_key(topic_id, partition)
+        self._prefix_start = keys.data_key(topic_id, partition, 0)
+        self._prefix_end = keys.data_key(topic_id, partition, keys.MAX_OFFSET)
+        self._on_append = on_append
+        self.closed = False
+
+    # -- positions ---------------------------------------------------------------------
+
+    @property
+    def high_watermark(self) -> int:
+        return self._hw
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._next
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._start
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size
+
+    def _state(self) -> bytes:
+        return keys.encode_state(keys.PartitionState(self._next, self._start, self._size))
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def append(self, batches: Sequence[RecordBatch], *, wait: bool = True) -> AppendResult:
+        """Assign offsets to validated batches and store them; with ``wait``, return once
+        they are durable under the storage sync mode (and so below the high watermark)."""
+        if not batches:
+            raise InvalidArgument("a produce request needs at least one record batch")
+        for batch in batches:
+            if batch.record_count <= 0:
+                raise InvalidArgument("record batch holds no records")
+        base = offset = self._next
+        size = 0
+        ops: list[tuple[bytes, bytes | None]] = []
+        topic_id, partition = self.topic_id, self.partition
+        for batch in batches:
+            last = offset + batch.last_offset_delta
+            data = batch.data if batch.base_offset == offset else batch.with_base_offset(offset)
+            ops.append((keys.data_key(topic_id, partition, last), data))
+            size += len(data)
+            offset = last + 1
+        self._next = offset
+        self._size += size
+        ops.append((self._state_key, self._state()))
+        end = offset
+
+        def durable(result: outcome.Outcome[int]) -> None:
+            if isinstance(result, outcome.Value) and end > self._hw:
+                self._hw = end
+                self._data_arrived.set()
+                self._data_arrived = trio.Event()
+
+        reply: ObservedReply[int] = ObservedReply(durable)
+        # Shielded: once offsets are assigned the write must be enqueued, or the log would
+        # have a gap. It only waits while the engine applies back-pressure.
+        with trio.CancelScope(shield=True):
+            await self._store.submit(ops, reply)
+        if self._on_append is not None:
+            self._on_append(end - base, size)
+        if wait:
+            await reply.wait()
+        return AppendResult(base_offset=base, last_offset=end - 1, log_append_time_ms=-1)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def read(self, offset: int, max_bytes: int) -> ReadResult:
+        """Whole batches from the one holding ``offset`` up to the high watermark, at most
+        ``max_bytes`` unless the first batch alone is bigger (it is returned whole, so a
+        consumer can always make progress)."""
+        hw, start = self._hw, self._start
+        if offset < start or offset > hw:
+            raise OffsetOutOfRange(
+                f"offset {offset} is out of range for {self.topic}[{self.partition}]: "
+                f"valid offsets are {start}..{hw}",
+                log_start_offset=start,
+                high_watermark=hw,
+            )
+        parts: list[bytes] = []
+        total = 0
+        next_offset = offset
+        if offset < hw:
+            begin = keys.data_key(self.topic_id, self.partition, offset)
+            for key, value in self._store.scan(begin, self._prefix_end):
+                (base,) = _BASE_OFFSET.unpack_from(value)
+                if base >= hw:
+                    break
+                if parts and total + len(value) > max_bytes:
+                    break
+                parts.append(value)
+                total += len(value)
+                next_offset = keys.parse_data_key(key)[2] + 1  # type: ignore[index]
+                if total >= max_bytes:
+                    break
+        return ReadResult(
+            data=b"".join(parts), next_offset=next_offset, high_watermark=hw, log_start_offset=start
+        )
+
+    async def wait_for_data(self, offset: int) -> None:
+        """Return once the high watermark is past ``offset`` (or the log is closed)."""
+        while self._hw <= offset and not self.closed:
+            await self._data_arrived.wait()
+
+    def close(self) -> None:
+        """Wake every waiting reader (the topic was deleted or the broker stops)."""
+        self.closed = True
+        self._data_arrived.set()
+
+    def batches_from(self, offset: int) -> list[RecordBatch]:
+        """Every committed batch from the one holding ``offset`` (slow path: admin tools)."""
+        begin = keys.data_key(self.topic_id, self.partition, offset)
+        out = []
+        for _key, value in self._store.scan(begin, self._prefix_end):
+            batch = RecordBatch(value, verify_crc=False)
+            if batch.base_offset >= self._hw:
+                break
+            out.append(batch)
+        return out
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int]:
+        """The first offset whose record timestamp is >= ``timestamp_ms`` and that
+        timestamp; ``(high_watermark, -1)`` when no such record exists."""
+        for batch in self.batches_from(self._start):
+            if batch.max_timestamp < timestamp_ms:
+                continue
+            for record in batch.records():
+                if record.offset >= self._start and record.timestamp >= timestamp_ms:
+                    return record.offset, record.timestamp
+        return self._hw, -1
+
+    # -- retention ---------------------------------------------------------------------
+
+    async def apply_retention(self, *, retention_ms: int, retention_bytes: int, now_ms: int | None = None) -> int:
+        """Move the log start past batches older than ``retention_ms`` or beyond
+        ``retention_bytes`` (0 disables either). The batches themselves are dropped by the
+        storage engine's compaction (the broker's compaction filter), not rewritten here.
+        Returns the number of records removed."""
+        if retention_ms <= 0 and retention_bytes <= 0:
+            return 0
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        new_start, size = self._start, self._size
+        begin = keys.data_key(self.topic_id, self.partition, self._start)
+        for key, value in self._store.scan(begin, self._prefix_end):
+            batch = RecordBatch(value, verify_crc=False)
+            if batch.next_offset > self._hw:
+                break  # never delete what is not yet durable
+            too_old = retention_ms > 0 and batch.max_timestamp < now_ms - retention_ms
+            too_big = retention_bytes > 0 and size > retention_bytes
+            if not (too_old or too_big):
+                break
+            new_start = keys.parse_data_key(key)[2] + 1  # type: ignore[index]
+            size -= len(value)
+        removed = new_start - self._start
+        if removed > 0:
+            self._start, self._size = new_start, size
+            await self._store.write([(self._state_key, self._state())])
+        return removed

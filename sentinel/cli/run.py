@@ -1,0 +1,88 @@
+"""``sentinel run``: start one broker node in the foreground until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import trio
+import typer
+
+from sentinel.cli.errors import readable_errors
+from sentinel.node import DEFAULT_MAX_MESSAGE_BYTES, Node, NodeAddresses, NodeConfig
+from sentinel.storage.options import SyncMode
+
+
+async def serve(config: NodeConfig) -> None:
+    node = Node(config)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            addresses: NodeAddresses = await nursery.start(node.run)
+            metrics = (
+                f", metrics on http://{config.metrics_host}:{addresses.metrics_port}/metrics"
+                if addresses.metrics_port is not None
+                else ""
+            )
+            typer.echo(
+                f"sentinel node {config.node_id} listening on {config.host}:{addresses.grpc_port}"
+                f"{metrics}, data in {config.data_dir} (sync {config.sync})",
+                err=True,
+            )
+            async for signum in signals:
+                typer.echo(f"received {signal.Signals(signum).name}, shutting down", err=True)
+                node.stop()
+                break
+    for line in node.store.recovery_report if node.store is not None else ():
+        logging.getLogger("sentinel").info("recovery: %s", line)
+    typer.echo("sentinel stopped", err=True)
+
+
+@readable_errors
+def run(
+    node_id: int = typer.Option(1, envvar="SENTINEL_NODE_ID", help="This node's id."),
+    host: str = typer.Option("127.0.0.1", envvar="SENTINEL_HOST", help="Address the gRPC API binds."),
+    port: int = typer.Option(9092, envvar="SENTINEL_PORT", help="gRPC port (0 picks a free one)."),
+    data: Path = typer.Option(Path("sentinel-data"), envvar="SENTINEL_DATA", help="Data directory."),
+    metrics_host: str = typer.Option("127.0.0.1", envvar="SENTINEL_METRICS_HOST"),
+    metrics_port: int = typer.Option(
+        9100, envvar="SENTINEL_METRICS_PORT", help="Port of GET /metrics (0: any free port, -1: off)."
+    ),
+    sync: SyncMode = typer.Option(
+        SyncMode.INTERVAL, envvar="SENTINEL_SYNC", help="WAL sync mode: when a write counts as durable."
+    ),
+    auto_create_topics: bool = typer.Option(
+        True, "--auto-create-topics/--no-auto-create-topics", envvar="SENTINEL_AUTO_CREATE_TOPICS"
+    ),
+    default_partitions: int = typer.Option(
+        1, envvar="SENTINEL_DEFAULT_PARTITIONS", help="Partitions of an auto-created topic."
+    ),
+    retention_ms: int = typer.Option(
+        0, envvar="SENTINEL_RETENTION_MS", help="Default topic retention by age (0: forever)."
+    ),
+    retention_bytes: int = typer.Option(
+        0, envvar="SENTINEL_RETENTION_BYTES", help="Default per-partition retention by size (0: no limit)."
+    ),
+    max_message_bytes: int = typer.Option(
+        DEFAULT_MAX_MESSAGE_BYTES, envvar="SENTINEL_MAX_MESSAGE_BYTES", help="Largest request accepted."
+    ),
+    memtable_bytes: int = typer.Option(8 * 1024 * 1024, envvar="SENTINEL_MEMTABLE_BYTES"),
+) -> None:
+    """Run a broker node until SIGINT or SIGTERM (graceful, bounded shutdown, exit 0)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    config = NodeConfig(
+        node_id=node_id,
+        host=host,
+        port=port,
+        data_dir=data,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+        sync=sync,
+        auto_create_topics=auto_create_topics,
+        default_partitions=default_partitions,
+        default_retention_ms=retention_ms,
+        default_retention_bytes=retention_bytes,
+        max_message_bytes=max_message_bytes,
+        memtable_bytes=memtable_bytes,
+    )
+    trio.run(serve, config)

@@ -1,0 +1,191 @@
+"""The Trio side of every RPC: protobuf request in, protobuf response out.
+
+Each handler validates its request, calls the broker (or the group coordinator) and builds
+the response. Handlers raise the typed errors of ``sentinel.errors``; the front end turns
+them into gRPC statuses in one place. They run as Trio tasks the bridge spawns, so a
+client that vanishes cancels its handler.
+
+Record data stays in RecordBatch bytes end to end: produce validates each batch's header
+and CRC and stores it verbatim with its new base offset; fetch returns stored batches
+verbatim.
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from sentinel.broker.broker import Broker, Topic, TopicConfig
+from sentinel.broker.coordinator import GroupCoordinator
+from sentinel.errors import InvalidArgument
+from sentinel.generated.sentinel import v1 as pb
+from sentinel.metrics import Metrics
+from sentinel.records import iter_batches
+
+DEFAULT_FETCH_MAX_BYTES = 1024 * 1024
+# A single fetch response never carries more than this (the client can ask for less).
+MAX_FETCH_BYTES = 16 * 1024 * 1024
+# The longest a fetch may long-poll: a client wanting longer asks again.
+MAX_WAIT_MS = 30_000
+
+
+class Handlers:
+    def __init__(
+        self,
+        broker: Broker,
+        coordinator: GroupCoordinator,
+        metrics: Metrics,
+        *,
+        host: str,
+        port: int,
+        max_batch_bytes: int,
+    ) -> None:
+        self.broker = broker
+        self.coordinator = coordinator
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self.max_batch_bytes = max_batch_bytes
+
+    # -- data path ---------------------------------------------------------------------
+
+    async def produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:
+        started = time.perf_counter()
+        if not request.record_batches:
+            raise InvalidArgument("produce request carries no record batches")
+        batches = list(iter_batches(request.record_batches, max_batch_bytes=self.max_batch_bytes))
+        wait = request.acks != pb.Acks.NONE
+        partition, result = await self.broker.produce(request.topic, request.partition, batches, wait=wait)
+        self.metrics.observe_produce(time.perf_counter() - started)
+        return pb.ProduceResponse(
+            topic=request.topic,
+            partition=partition,
+            base_offset=result.base_offset if wait else -1,
+            log_append_time_ms=result.log_append_time_ms,
+        )
+
+    async def fetch(self, request: pb.ConsumeRequest) -> pb.ConsumeResponse:
+        """One long-polled read: returns as soon as data is committed, or after max_wait."""
+        log = self.broker.topic(request.topic).log(request.partition)
+        if request.offset < 0:
+            raise InvalidArgument(f"offset must be >= 0, got {request.offset}")
+        max_bytes = min(request.max_bytes or DEFAULT_FETCH_MAX_BYTES, MAX_FETCH_BYTES)
+        result = log.read(request.offset, max_bytes)
+        if not result.data and request.max_wait_ms > 0:
+            with trio.move_on_after(min(request.max_wait_ms, MAX_WAIT_MS) / 1000):
+                await log.wait_for_data(request.offset)
+            result = log.read(request.offset, max_bytes)
+        started = time.perf_counter()
+        if result.data:
+            self.metrics.record_consumed(
+                request.topic, request.partition, result.next_offset - request.offset, len(result.data)
+            )
+        self.metrics.consume_latency.observe(time.perf_counter() - started)
+        return pb.ConsumeResponse(
+            topic=request.topic,
+            partition=request.partition,
+            record_batches=result.data,
+            high_watermark=result.high_watermark,
+            log_start_offset=result.log_start_offset,
+            next_offset=result.next_offset,
+        )
+
+    # -- metadata and admin ------------------------------------------------------------
+
+    def _partition_metadata(self, topic: Topic) -> list[pb.PartitionMetadata]:
+        node = self.broker.options.node_id
+        return [
+            pb.PartitionMetadata(
+                partition=log.partition,
+                leader=node,
+                replicas=[node],
+                in_sync_replicas=[node],
+                log_start_offset=log.log_start_offset,
+                high_watermark=log.high_watermark,
+            )
+            for log in topic.logs
+        ]
+
+    def _describe(self, topic: Topic) -> pb.TopicDescription:
+        return pb.TopicDescription(
+            name=topic.name,
+            replication_factor=topic.replication_factor,
+            partitions=self._partition_metadata(topic),
+            config=pb.TopicConfig(
+                retention_ms=topic.config.retention_ms, retention_bytes=topic.config.retention_bytes
+            ),
+        )
+
+    async def fetch_metadata(self, request: pb.MetadataRequest) -> pb.MetadataResponse:
+        topics = self.broker.topics
+        names = request.topics or sorted(topics)
+        node = self.broker.options.node_id
+        return pb.MetadataResponse(
+            brokers=[pb.BrokerInfo(node_id=node, host=self.host, port=self.port)],
+            topics=[
+                pb.TopicMetadata(
+                    name=name,
+                    partitions=self._partition_metadata(topics[name]),
+                    replication_factor=topics[name].replication_factor,
+                )
+                for name in names
+                if name in topics
+            ],
+            controller_id=node,
+        )
+
+    async def list_offsets(self, request: pb.ListOffsetsRequest) -> pb.ListOffsetsResponse:
+        log = self.broker.topic(request.topic).log(request.partition)
+        if request.spec == pb.OffsetSpec.EARLIEST:
+            return pb.ListOffsetsResponse(offset=log.log_start_offset, timestamp_ms=-1)
+        if request.spec == pb.OffsetSpec.TIMESTAMP:
+            if request.timestamp_ms < 0:
+                raise InvalidArgument(f"timestamp_ms must be >= 0, got {request.timestamp_ms}")
+            offset, timestamp = log.offset_for_timestamp(request.timestamp_ms)
+            return pb.ListOffsetsResponse(offset=offset, timestamp_ms=timestamp)
+        return pb.ListOffsetsResponse(offset=log.high_watermark, timestamp_ms=-1)
+
+    async def create_topic(self, request: pb.CreateTopicRequest) -> pb.CreateTopicResponse:
+        config = None
+        if request.config is not None:
+            config = TopicConfig(request.config.retention_ms, request.config.retention_bytes)
+        topic = await self.broker.create_topic(
+            request.name, request.partitions, request.replication_factor or 1, config
+        )
+        return pb.CreateTopicResponse(topic=self._describe(topic))
+
+    async def delete_topic(self, request: pb.DeleteTopicRequest) -> pb.DeleteTopicResponse:
+        await self.broker.delete_topic(request.name)
+        await self.coordinator.forget_topic(request.name)
+        return pb.DeleteTopicResponse()
+
+    async def list_topics(self, request: pb.ListTopicsRequest) -> pb.ListTopicsResponse:
+        topics = self.broker.topics
+        return pb.ListTopicsResponse(topics=[self._describe(topics[name]) for name in sorted(topics)])
+
+    async def describe_topic(self, request: pb.DescribeTopicRequest) -> pb.TopicDescription:
+        return self._describe(self.broker.topic(request.name))
+
+    # -- consumer groups ---------------------------------------------------------------
+
+    async def join_group(self, request: pb.JoinGroupRequest) -> pb.JoinGroupResponse:
+        return await self.coordinator.join(request)
+
+    async def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        return await self.coordinator.heartbeat(request)
+
+    async def leave_group(self, request: pb.LeaveGroupRequest) -> pb.LeaveGroupResponse:
+        return await self.coordinator.leave(request)
+
+    async def commit_offsets(self, request: pb.CommitOffsetsRequest) -> pb.CommitOffsetsResponse:
+        return await self.coordinator.commit(request)
+
+    async def fetch_offsets(self, request: pb.FetchOffsetsRequest) -> pb.FetchOffsetsResponse:
+        return await self.coordinator.fetch_offsets(request)
+
+    async def list_groups(self, request: pb.ListGroupsRequest) -> pb.ListGroupsResponse:
+        return await self.coordinator.list_groups()
+
+    async def describe_group(self, request: pb.DescribeGroupRequest) -> pb.GroupDescription:
+        return await self.coordinator.describe(request.group_id)
