@@ -41,7 +41,10 @@ class Metrics:
         )
         self.active_connections = Gauge("sentinel_active_connections", "Open client connections", registry=r)
         self.produce_latency_ms = Histogram(
-            "sentinel_produce_latency_ms", "Produce request latency (ms)", buckets=LATENCY_BUCKETS_MS, registry=r
+            "sentinel_produce_latency_ms",
+            "Produce request latency (ms)",
+            buckets=LATENCY_BUCKETS_MS,
+            registry=r,
         )
         self.produce_latency = Histogram(
             "sentinel_produce_latency_seconds",

@@ -113,7 +113,9 @@ class Node:
             metrics_port = None
             if config.metrics_port >= 0:
                 self.metrics.add_collector(self._collect)
-                metrics_port = await nursery.start(self.metrics.serve, config.metrics_host, config.metrics_port)
+                metrics_port = await nursery.start(
+                    self.metrics.serve, config.metrics_host, config.metrics_port
+                )
 
             bridge = AsyncioThread("sentinel-grpc")
             handlers = Handlers(
@@ -166,9 +168,13 @@ class Node:
         except Exception:  # the store is closing: skip the engine's gauges this scrape
             stats = None
         if stats is not None:
-            yield GaugeMetricFamily("sentinel_memtable_bytes", "Bytes in memtables", value=stats.memtable_bytes)
+            yield GaugeMetricFamily(
+                "sentinel_memtable_bytes", "Bytes in memtables", value=stats.memtable_bytes
+            )
             tables = GaugeMetricFamily("sentinel_sstables", "SSTables per level", labels=["level"])
-            level_bytes = GaugeMetricFamily("sentinel_sstable_bytes", "SSTable bytes per level", labels=["level"])
+            level_bytes = GaugeMetricFamily(
+                "sentinel_sstable_bytes", "SSTable bytes per level", labels=["level"]
+            )
             for level in range(NUM_LEVELS):
                 tables.add_metric([str(level)], stats.tables_per_level[level])
                 level_bytes.add_metric([str(level)], stats.bytes_per_level[level])

@@ -26,6 +26,7 @@ from sentinel.actors import Actor, Request
 from sentinel.broker import keys
 from sentinel.broker.log import AppendResult, LocalPartitionLog
 from sentinel.broker.names import (
+    validate_new_topic_name,
     validate_partition_count,
     validate_replication_factor,
     validate_topic_name,
@@ -92,7 +93,9 @@ class DeleteTopic(Request[None]):
     name: str
 
 
-def _encode_topic(topic_id: int, partitions: int, replication_factor: int, config: TopicConfig, created_ms: int) -> bytes:
+def _encode_topic(
+    topic_id: int, partitions: int, replication_factor: int, config: TopicConfig, created_ms: int
+) -> bytes:
     return json.dumps(
         {
             "id": topic_id,
@@ -190,9 +193,7 @@ class Broker(Actor[object]):
     def _open_log(self, name: str, topic_id: int, partition: int) -> LocalPartitionLog:
         raw = self.store.get(keys.state_key(topic_id, partition))
         state = (
-            keys.PartitionState()
-            if raw is None
-            else keys.decode_state(raw, f"state of {name}[{partition}]")
+            keys.PartitionState() if raw is None else keys.decode_state(raw, f"state of {name}[{partition}]")
         )
 
         def appended(records: int, size: int) -> None:
@@ -222,15 +223,13 @@ class Broker(Actor[object]):
         *,
         if_absent: bool = False,
     ) -> Topic:
-        validate_topic_name(name)
+        (validate_topic_name if if_absent and name in self._topics else validate_new_topic_name)(name)
         count = self.options.default_partitions if partitions is None or partitions == 0 else partitions
         validate_partition_count(count)
-        validate_replication_factor(replication_factor)
-        if replication_factor > 1:
-            raise InvalidArgument(
-                f"replication factor {replication_factor} exceeds the number of brokers (1)"
-            )
-        config = config or TopicConfig(self.options.default_retention_ms, self.options.default_retention_bytes)
+        validate_replication_factor(replication_factor, brokers=1)
+        config = config or TopicConfig(
+            self.options.default_retention_ms, self.options.default_retention_bytes
+        )
         if config.retention_ms < 0 or config.retention_bytes < 0:
             raise InvalidArgument("retention_ms and retention_bytes must be >= 0 (0 keeps data forever)")
         return await self.call(CreateTopic(name, count, replication_factor, config, if_absent))
@@ -256,7 +255,9 @@ class Broker(Actor[object]):
             return
         topic_id = self._next_topic_id
         created_ms = int(time.time() * 1000)
-        value = _encode_topic(topic_id, request.partitions, request.replication_factor, request.config, created_ms)
+        value = _encode_topic(
+            topic_id, request.partitions, request.replication_factor, request.config, created_ms
+        )
         await self.store.write(
             [(keys.topic_key(request.name), value), (keys.COUNTERS, keys.encode_counters(topic_id + 1))]
         )

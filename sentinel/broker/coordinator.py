@@ -227,17 +227,17 @@ class GroupCoordinator(Actor[object]):
                 pb.HeartbeatResponse(rebalance_needed=result.must_rejoin, generation=group.generation)
             )
         elif isinstance(message, Leave):
-            r = message.request
-            if r.group_id in self._groups:
-                self._groups.get(r.group_id).leave(r.member_id, now)
+            leave = message.request
+            if leave.group_id in self._groups:
+                self._groups.get(leave.group_id).leave(leave.member_id, now)
             message.reply.set(pb.LeaveGroupResponse())
         elif isinstance(message, Commit):
             await self._commit(message, now)
         elif isinstance(message, ForgetTopic):
             ops: list[tuple[bytes, bytes | None]] = []
-            for group, offsets in self._offsets.items():
+            for group_id, offsets in self._offsets.items():
                 for topic, partition in [tp for tp in offsets if tp[0] == message.topic]:
-                    ops.append((keys.offset_key(group, topic, partition), None))
+                    ops.append((keys.offset_key(group_id, topic, partition), None))
                     del offsets[(topic, partition)]
             if ops:
                 await self._store.write(ops)
@@ -276,8 +276,11 @@ class GroupCoordinator(Actor[object]):
                 topic = self._broker.topic(po.topic)
                 topic.log(po.partition)
                 if po.offset < 0:
-                    raise InvalidArgument(f"cannot commit a negative offset ({po.offset}) for {po.topic}[{po.partition}]")
-                ops.append((keys.offset_key(r.group_id, po.topic, po.partition), keys.encode_offset(po.offset, po.metadata)))
+                    raise InvalidArgument(
+                        f"cannot commit a negative offset ({po.offset}) for {po.topic}[{po.partition}]"
+                    )
+                key = keys.offset_key(r.group_id, po.topic, po.partition)
+                ops.append((key, keys.encode_offset(po.offset, po.metadata)))
         except (InvalidArgument, NotFound, FailedPrecondition) as exc:
             message.reply.fail(exc)
             return

@@ -233,7 +233,9 @@ class LocalPartitionLog:
 
     # -- retention ---------------------------------------------------------------------
 
-    async def apply_retention(self, *, retention_ms: int, retention_bytes: int, now_ms: int | None = None) -> int:
+    async def apply_retention(
+        self, *, retention_ms: int, retention_bytes: int, now_ms: int | None = None
+    ) -> int:
         """Move the log start past batches older than ``retention_ms`` or beyond
         ``retention_bytes`` (0 disables either). The batches themselves are dropped by the
         storage engine's compaction (the broker's compaction filter), not rewritten here.

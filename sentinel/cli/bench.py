@@ -24,7 +24,8 @@ def _print_storage(result: dict) -> None:
     for mode, ops in result["lsm_put_ops_per_s"].items():
         latency = result["lsm_put_latency_ms"][mode]
         print(
-            f"  sync {mode:<9}           {ops:>12,} ops/s   p50 {latency['p50']:.3f} ms  p99 {latency['p99']:.3f} ms"
+            f"  sync {mode:<9}           {ops:>12,} ops/s"
+            f"   p50 {latency['p50']:.3f} ms  p99 {latency['p99']:.3f} ms"
         )
     print("lsm batched append (sync interval)")
     print(
