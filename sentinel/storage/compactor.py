@@ -114,8 +114,10 @@ class Compactor(Actor[object]):
         while True:
             message = self.try_receive()
             if message is None:
-                plan = None if self._closing else pick_compaction(
-                    self._version, self._options.compaction, self._compact_pointers
+                plan = (
+                    None
+                    if self._closing
+                    else pick_compaction(self._version, self._options.compaction, self._compact_pointers)
                 )
                 if plan is not None:
                     await self._compact(plan)
@@ -175,6 +177,9 @@ class Compactor(Actor[object]):
             sources: list[Iterator[Entry]] = [self._tables[f.number].scan() for f in plan.inputs]
             sources.append(_chain_scans([self._tables[f.number] for f in plan.overlaps]))
             merged = merge_entries(sources, drop_tombstones=plan.drop_tombstones)
+            keep = self._options.compaction_filter
+            if keep is not None:
+                merged = _filtered(merged, keep, drop=plan.drop_tombstones)
             target = self._options.compaction.target_file_bytes
             added = await trio.to_thread.run_sync(
                 write_tables, self._directory, self._manifest, self._options, merged, target
@@ -256,6 +261,19 @@ def delete_tables(directory: Path, numbers: list[int]) -> None:
         except FileNotFoundError:
             pass
     fsync_dir(directory)
+
+
+def _filtered(entries: Iterator[Entry], obsolete: Callable[[bytes], bool], *, drop: bool) -> Iterator[Entry]:
+    """Apply the compaction filter: an obsolete entry is dropped where nothing older can
+    exist below (the compaction reaches the bottom of the key range), else it becomes a
+    tombstone so it keeps hiding older versions deeper in the tree."""
+    for entry in entries:
+        if entry[2] is not None and obsolete(entry[0]):
+            if drop:
+                continue
+            yield entry[0], entry[1], None
+        else:
+            yield entry
 
 
 def _chain_scans(readers: list[SSTableReader]) -> Iterator[Entry]:
