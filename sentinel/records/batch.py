@@ -81,6 +81,9 @@ _NO_HEADERS: Final = encode_varint(0)
 _RECORD_ATTRIBUTES: Final = bytes((fmt.RECORD_ATTRIBUTES,))
 # A varint of a 64-bit field never carries more than 64 bits of payload.
 _UINT64_LIMIT: Final = 1 << 64
+# The range of a zig-zag varint of at most two bytes (14 payload bits).
+_TWO_BYTE_VARINT_MIN: Final = -(1 << 13)
+_TWO_BYTE_VARINT_MAX: Final = (1 << 13) - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,7 +151,10 @@ def build_batch(
 
 def _encode_records(records: Sequence[RecordTuple]) -> tuple[bytearray, int, int]:
     """The uncompressed records section, the first and the largest timestamp."""
-    first_timestamp = records[0][3]
+    try:
+        first_timestamp = records[0][3]
+    except (TypeError, IndexError, KeyError) as exc:
+        raise _bad_record_input(records[0], 0, exc) from None
     _check_timestamp(first_timestamp, 0)
     max_timestamp = first_timestamp
     out = bytearray()
@@ -200,11 +206,35 @@ def _encode_records(records: Sequence[RecordTuple]) -> tuple[bytearray, int, int
             out += table[n] if n < small else encode_varint(n)
             out += record
     except (TypeError, ValueError) as exc:
-        # A record that is not a 4-tuple, or a timestamp that is not an int.
-        raise InvalidArgument(
-            f"record {index}: expected a (key, value, headers, timestamp_ms) tuple: {exc}"
-        ) from None
+        # A record that is not a 4-tuple, a timestamp that is not an int, headers that are
+        # not a sequence: found out here, off the hot path, to name the culprit.
+        raise _bad_record_input(records[index], index, exc) from None
+    if max_timestamp > fmt.INT64_MAX:
+        # The fast path above skips the range check of timestamps just after the first;
+        # only the largest can overflow, and it becomes the header's maxTimestamp.
+        index = next(i for i, record in enumerate(records) if record[3] == max_timestamp)
+        _check_timestamp(max_timestamp, index)
     return out, first_timestamp, max_timestamp
+
+
+def _bad_record_input(record: object, index: int, exc: Exception) -> InvalidArgument:
+    """The most precise description of why ``record`` could not be encoded."""
+    if isinstance(record, str | bytes | bytearray) or not isinstance(record, Sequence) or len(record) != 4:
+        return InvalidArgument(
+            f"record {index}: expected a (key, value, headers, timestamp_ms) tuple, "
+            f"got {type(record).__name__}"
+            + (f" of length {len(record)}" if isinstance(record, Sequence) else "")
+        )
+    timestamp = record[3]
+    if type(timestamp) is not int or not fmt.INT64_MIN <= timestamp <= fmt.INT64_MAX:
+        return InvalidArgument(f"record {index}: timestamp must be a 64-bit int (ms), got {timestamp!r}")
+    headers = record[2]
+    if not isinstance(headers, Sequence) or isinstance(headers, str | bytes | bytearray):
+        return InvalidArgument(
+            f"record {index}: headers must be a sequence of (str, bytes | None) pairs, "
+            f"got {type(headers).__name__}"
+        )
+    return InvalidArgument(f"record {index}: {exc}")
 
 
 def _encode_timestamp_delta(timestamp: int, delta: int, index: int) -> bytes:
@@ -543,10 +573,11 @@ def _decode_records(
     """Decode ``count`` records from ``buf[start:]``, which they must fill exactly.
 
     Varints are decoded inline (no call) in their one-byte case, and for the fields that
-    commonly pass 63 (record length, offsetDelta, valueLength) in their two-byte case too;
-    longer ones go through ``_varint_at``. Reads may run past a record's end into the next one, but never return
-    data from there: every field is checked against the record's end and the record must
-    end exactly where its length says.
+    commonly pass 63 (record length, timestampDelta, offsetDelta, valueLength) in their
+    two-byte case too; longer ones go through ``_varint_at``. Reads may run past a record's
+    end into the next one, but never return data from there: every field is checked against
+    the record's end and the record must end exactly where its length says. Timestamps are
+    checked to stay 64-bit.
     """
     end = len(buf)
     pos = start
@@ -555,6 +586,13 @@ def _decode_records(
     varint_at = _varint_at
     null = fmt.NULL_LENGTH
     min_length = fmt.MIN_RECORD_SIZE - 1  # the length varint does not count itself
+    # baseTimestamp + timestampDelta must stay a 64-bit timestamp. An inline-decoded (one- or
+    # two-byte) delta is in [-8192, 8191]: it can only leave the range when baseTimestamp is
+    # that close to a bound, and then every delta takes the checked path.
+    ts_low = fmt.INT64_MIN - base_timestamp
+    ts_high = fmt.INT64_MAX - base_timestamp
+    ts_inline = ts_low <= _TWO_BYTE_VARINT_MIN and _TWO_BYTE_VARINT_MAX <= ts_high
+    ts_one_byte_limit = 0x80 if ts_inline else 0  # a byte is never below 0: no inline path
     index = 0
     record_start = start
     try:
@@ -581,11 +619,20 @@ def _decode_records(
                 )
             pos += 1  # record attributes: no bits defined
             b = buf[pos]
-            if b < 0x80:
+            if b < ts_one_byte_limit:
                 ts_delta = (b >> 1) ^ -(b & 1)
                 pos += 1
+            elif ts_inline and buf[pos + 1] < 0x80:
+                z = (b & 0x7F) | (buf[pos + 1] << 7)
+                ts_delta = (z >> 1) ^ -(z & 1)
+                pos += 2
             else:
                 ts_delta, pos = varint_at(buf, pos)
+                if not ts_low <= ts_delta <= ts_high:
+                    raise _Malformed(
+                        f"timestampDelta {ts_delta} takes baseTimestamp {base_timestamp} out of the "
+                        "64-bit range"
+                    )
             b = buf[pos]
             if b < 0x80:
                 offset_delta = (b >> 1) ^ -(b & 1)
@@ -724,6 +771,9 @@ def iter_batches(
     the batches before it were yielded; use :func:`split_batches` for all-or-nothing.
     """
     view = memoryview(buf)
+    if view.itemsize != 1:
+        # len() and slices of a view count items: positions here are bytes.
+        view = view.cast("B")
     total = len(view)
     pos = 0
     while pos < total:

@@ -10,7 +10,8 @@ Invariants:
   (a "zip bomb") allocate much more: zlib and lz4 stop at ``max_size + 1`` output bytes;
   zstd either trusts a frame's declared content size after checking it against the limit
   (libzstd then refuses to write past it) or is fed input in slices small enough that one
-  slice cannot expand past the limit, so at most about twice ``max_size`` is ever held.
+  slice cannot expand past the limit (with a floor of 64 input bytes, i.e. 2 MiB of output,
+  for tiny limits), so at most about twice ``max(max_size, 2 MiB)`` is ever held.
 - ``decompress`` accepts exactly one complete compressed stream: truncated streams and
   bytes after the end of the stream are errors, never silently dropped.
 - Build-side failures raise ``InvalidArgument`` (the caller asked for something we cannot
@@ -35,6 +36,9 @@ DEFAULT_MAX_UNCOMPRESSED_BYTES: Final = 64 * 1024 * 1024
 
 # The gzip container (not raw deflate, not zlib): what Kafka's Java and librdkafka clients write.
 _GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
+# zlib's levels: -1 is its default (6), 0 stores, 9 is the slowest.
+_GZIP_MIN_LEVEL: Final = zlib.Z_DEFAULT_COMPRESSION
+_GZIP_MAX_LEVEL: Final = zlib.Z_BEST_COMPRESSION
 # LZ4 cannot expand one input byte into more than ~255 output bytes (a match length is
 # extended one 255-step per byte). Inputs small enough that even this ratio stays under the
 # limit are decompressed in one unbounded call, which lz4.frame does ~10x faster than a
@@ -100,8 +104,18 @@ def _snappy_unsupported(error: type[InvalidArgument]) -> InvalidArgument:
 
 
 def compress(codec: Compression, data: bytes | bytearray, level: int | None = None) -> bytes:
-    """Compress a records section. ``level`` is the codec's own level (None: its default)."""
+    """Compress a records section. ``level`` is the codec's own level (None: its default).
+
+    Levels: gzip -1 (default) .. 9; zstd up to its maximum (22), negative for its fast
+    modes; lz4 any int (clamped by lz4, <= 0 is the fast default).
+    """
+    if level is not None and type(level) is not int:
+        raise InvalidArgument(f"compression level must be an int or None, got {level!r}")
     if codec is Compression.GZIP:
+        if level is not None and not _GZIP_MIN_LEVEL <= level <= _GZIP_MAX_LEVEL:
+            raise InvalidArgument(
+                f"gzip compression level must be in [{_GZIP_MIN_LEVEL}, {_GZIP_MAX_LEVEL}], got {level}"
+            )
         compressor = zlib.compressobj(
             zlib.Z_DEFAULT_COMPRESSION if level is None else level, wbits=_GZIP_WBITS
         )
@@ -121,7 +135,12 @@ def compress(codec: Compression, data: bytes | bytearray, level: int | None = No
         )
     if codec is Compression.ZSTD:
         zstandard = _load(codec, InvalidArgument)
-        compressor = zstandard.ZstdCompressor() if level is None else zstandard.ZstdCompressor(level=level)
+        try:
+            compressor = (
+                zstandard.ZstdCompressor() if level is None else zstandard.ZstdCompressor(level=level)
+            )
+        except (ValueError, zstandard.ZstdError) as exc:
+            raise InvalidArgument(f"zstd compression level {level} is not supported: {exc}") from None
         return bytes(compressor.compress(data))
     if codec is Compression.SNAPPY:
         raise _snappy_unsupported(InvalidArgument)
@@ -130,6 +149,9 @@ def compress(codec: Compression, data: bytes | bytearray, level: int | None = No
 
 def decompress(codec: Compression, data: bytes | memoryview, max_size: int) -> bytes:
     """Decompress one complete stream of ``codec``; more than ``max_size`` output bytes is an error."""
+    if max_size < 0:
+        # zlib would read a max_length of 0 (max_size + 1) as "no limit".
+        raise InvalidArgument(f"max_uncompressed_bytes must be >= 0, got {max_size}")
     if codec is Compression.GZIP:
         return _gunzip(data, max_size)
     if codec is Compression.LZ4:
