@@ -5,7 +5,7 @@ Leveled compaction as in LevelDB:
 * L0 holds whole flushed memtables; its files may overlap each other. When L0 has
   ``l0_compaction_trigger`` files, all of them are merged with the L1 files they overlap.
 * L1..L(n-1) each hold non-overlapping files and have a byte budget that grows by
-  ``level_size_multiplier`` per level. The level furthest over its budget (score > 1)
+  ``level_size_multiplier`` per level. The level furthest over its budget (score >= 1)
   gives up one file, chosen round-robin by key (the compact pointer) so every part of the
   key space is eventually rewritten, merged with the files it overlaps one level down.
 * A single input file that overlaps nothing in the next level is moved, not rewritten
@@ -66,7 +66,7 @@ def key_range(files: tuple[FileMeta, ...] | list[FileMeta]) -> tuple[bytes, byte
 
 
 def level_scores(version: Version, options: CompactionOptions) -> list[float]:
-    """Score per level (index = level); > 1 means the level needs compacting. The last
+    """Score per level (index = level); >= 1 means the level needs compacting. The last
     level has no budget: it is where data comes to rest."""
     scores = [len(version.files(0)) / options.l0_compaction_trigger]
     for level in range(1, NUM_LEVELS - 1):
@@ -86,7 +86,12 @@ def pick_compaction(
     return compaction_for_level(version, level, compact_pointers)
 
 
-def compaction_for_level(version: Version, level: int, compact_pointers: dict[int, bytes]) -> Compaction | None:
+def compaction_for_level(
+    version: Version, level: int, compact_pointers: dict[int, bytes]
+) -> Compaction | None:
+    """Compact ``level`` into ``level + 1`` (None if ``level`` is empty)."""
+    if not 0 <= level < NUM_LEVELS - 1:
+        raise ValueError(f"level {level} is the last level or outside the tree: nothing to compact into")
     files = version.files(level)
     if not files:
         return None

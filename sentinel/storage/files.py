@@ -21,7 +21,9 @@ SST_SUFFIX = ".sst"
 CURRENT = "CURRENT"
 LOCK = "LOCK"
 
-_NUMBERED = re.compile(r"^(wal|sst|MANIFEST)-(\d{6,})(\.log|\.sst)?$")
+# Each kind with its own suffix only, ASCII digits only (``\d`` and ``int()`` accept any
+# Unicode digit), matched in full (``$`` would accept a trailing newline).
+_NUMBERED = re.compile(r"(?:(wal)-([0-9]{6,})\.log|(sst)-([0-9]{6,})\.sst|(MANIFEST)-([0-9]{6,}))")
 
 
 def wal_path(directory: Path, number: int) -> Path:
@@ -38,10 +40,11 @@ def manifest_path(directory: Path, number: int) -> Path:
 
 def parse_file_name(name: str) -> tuple[str, int] | None:
     """``("wal"|"sst"|"MANIFEST", number)`` for an engine file name, else None."""
-    match = _NUMBERED.match(name)
+    match = _NUMBERED.fullmatch(name)
     if match is None:
         return None
-    return match.group(1), int(match.group(2))
+    kind, number = (group for group in match.groups() if group is not None)
+    return kind, int(number)
 
 
 def fsync_dir(directory: Path) -> None:

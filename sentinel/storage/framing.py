@@ -23,12 +23,17 @@ FRAME_HEADER_SIZE = FRAME_HEADER.size
 # A frame larger than this is treated as garbage rather than allocated: no WAL or
 # manifest record Sentinel writes comes near it (a record batch is capped far lower).
 MAX_FRAME_PAYLOAD = 256 * 1024 * 1024
+_U32 = struct.Struct("<I")
 
 
 def frame(payload: bytes) -> bytes:
-    length = struct.pack("<I", len(payload))
-    crc = zlib.crc32(payload, zlib.crc32(length))
-    return struct.pack("<I", crc) + length + payload
+    """``crc32 | length | payload``. ValueError above ``MAX_FRAME_PAYLOAD``: a reader would
+    take such a frame for garbage and drop it with everything after it."""
+    size = len(payload)
+    if size > MAX_FRAME_PAYLOAD:
+        raise ValueError(f"payload of {size} bytes exceeds the {MAX_FRAME_PAYLOAD}-byte frame limit")
+    length = _U32.pack(size)
+    return _U32.pack(zlib.crc32(payload, zlib.crc32(length))) + length + payload
 
 
 @attrs.frozen

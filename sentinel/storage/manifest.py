@@ -16,16 +16,23 @@ Invariants:
   numbered file present on disk, so a number is never handed out twice even after a crash
   between allocating a number and logging it;
 * a torn last frame (a crash mid-append) is dropped and reported: the edit it held was never
-  acknowledged, so nothing relied on it. Damage anywhere else is a :class:`CorruptionError`
-  naming the file and byte: truncating there would silently forget live tables;
-* when the manifest outgrows ``MANIFEST_ROLL_BYTES`` a new one is started with a snapshot,
-  so opening never replays an unbounded history.
+  acknowledged, so nothing relied on it. A bad frame is taken for a torn tail only if no
+  complete, checksum-valid frame follows it (appends are sequential and each is fsynced
+  before the next, so a crash can damage only the last one). Damage anywhere else is a
+  :class:`CorruptionError` naming the file and byte: truncating there would silently forget
+  live tables;
+* when the manifest outgrows ``MANIFEST_ROLL_BYTES`` (and twice its opening snapshot, so a
+  large version does not roll on every edit) a new one is started with a snapshot, so
+  opening never replays an unbounded history. Open deletes every manifest CURRENT does not
+  name (left by a crash during a rollover or during the first open).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
+import zlib
 from pathlib import Path
 
 import attrs
@@ -38,13 +45,16 @@ from sentinel.storage.files import (
     parse_file_name,
     write_file_atomically,
 )
-from sentinel.storage.framing import FRAME_HEADER, FRAME_HEADER_SIZE, MAX_FRAME_PAYLOAD, frame
+from sentinel.storage.framing import FRAME_HEADER, FRAME_HEADER_SIZE, frame, scan_frames
 from sentinel.varint import decode_uvarint, encode_uvarint
 
 NUM_LEVELS = 7
 # Start a fresh manifest (one snapshot record) once the edit log reaches this size: replaying
 # a few MiB of edits on open is instant, and rollover is rare enough to cost nothing.
 MANIFEST_ROLL_BYTES = 4 * 1024 * 1024
+# ...and once it holds this many times its opening snapshot: rewriting the snapshot then costs
+# at most a constant factor over the edits appended since, however large the version is.
+_ROLL_SNAPSHOT_FACTOR = 2
 
 # Edit record tags (the manifest's on-disk format).
 _TAG_LOG_NUMBER = 1
@@ -86,6 +96,14 @@ class Version:
     def __init__(self, levels: tuple[tuple[FileMeta, ...], ...] | None = None) -> None:
         self.levels: tuple[tuple[FileMeta, ...], ...] = levels or tuple(() for _ in range(NUM_LEVELS))
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Version):
+            return NotImplemented
+        return self.levels == other.levels
+
+    def __hash__(self) -> int:
+        return hash(self.levels)
+
     def files(self, level: int) -> tuple[FileMeta, ...]:
         return self.levels[level]
 
@@ -103,6 +121,8 @@ class Version:
         """The version after ``edit``; raises ValueError if the edit does not fit."""
         levels = [list(files) for files in self.levels]
         for level, number in edit.deleted:
+            if not 0 <= level < NUM_LEVELS:
+                raise ValueError(f"edit deletes table {number} from level {level}")
             kept = [f for f in levels[level] if f.number != number]
             if len(kept) == len(levels[level]):
                 raise ValueError(f"edit deletes table {number} which is not on L{level}")
@@ -119,7 +139,7 @@ class Version:
         for level in range(1, NUM_LEVELS):
             files = levels[level]
             files.sort(key=lambda f: f.min_key)
-            for left, right in zip(files, files[1:], strict=False):
+            for left, right in itertools.pairwise(files):
                 if left.max_key >= right.min_key:
                     raise ValueError(f"tables {left.number} and {right.number} overlap on L{level}")
         return Version(tuple(tuple(files) for files in levels))
@@ -216,9 +236,7 @@ def _apply_counters(state: ManifestState, edit: VersionEdit, version: Version) -
     return ManifestState(
         version=version,
         log_number=state.log_number if edit.log_number is None else edit.log_number,
-        next_file_number=(
-            state.next_file_number if edit.next_file_number is None else edit.next_file_number
-        ),
+        next_file_number=state.next_file_number if edit.next_file_number is None else edit.next_file_number,
         last_sequence=state.last_sequence if edit.last_sequence is None else edit.last_sequence,
     )
 
@@ -239,12 +257,15 @@ class Manifest:
     """The live manifest of one storage directory. One owner (the Compactor, or recovery
     before it starts); ``new_file_number`` alone may be called from a worker thread."""
 
-    def __init__(self, directory: Path, number: int, fd: int, size: int, state: ManifestState) -> None:
+    def __init__(
+        self, directory: Path, number: int, fd: int, size: int, state: ManifestState, snapshot_bytes: int = 0
+    ) -> None:
         """Use :meth:`open`."""
         self._directory = directory
         self._number = number
         self._fd: int | None = fd
         self._size = size
+        self._snapshot_bytes = snapshot_bytes  # framed size of the manifest's first record
         self._state = state
         self._next_file_number = state.next_file_number
         self._counter_lock = threading.Lock()
@@ -273,6 +294,7 @@ class Manifest:
                 )
             state = ManifestState(Version(), log_number=0, next_file_number=highest + 1, last_sequence=0)
             manifest = cls._create(directory, state)
+            _delete_stale_manifests(directory, names, manifest._number)
             return manifest, manifest._state
 
         name = current.read_bytes().decode("ascii", "replace").strip()
@@ -284,14 +306,20 @@ class Manifest:
             data = path.read_bytes()
         except FileNotFoundError:
             raise CorruptionError(str(path), None, "named by CURRENT but missing") from None
-        state, valid, report = _replay(path, data)
+        state, valid, snapshot_bytes, report = _replay(path, data)
         state = attrs.evolve(state, next_file_number=max(state.next_file_number, highest + 1))
+        # O_APPEND: every edit lands at the end however the descriptor's offset was left.
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        if valid < len(data):
-            os.ftruncate(fd, valid)
-            os.fsync(fd)
-        manifest = cls(directory, parsed[1], fd, valid, state)
+        try:
+            if valid < len(data):
+                os.ftruncate(fd, valid)
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        manifest = cls(directory, parsed[1], fd, valid, state, snapshot_bytes)
         manifest.recovery_report = report
+        _delete_stale_manifests(directory, names, parsed[1])
         return manifest, state
 
     @classmethod
@@ -301,7 +329,7 @@ class Manifest:
         state = attrs.evolve(state, next_file_number=number + 1)
         path = manifest_path(directory, number)
         record = frame(encode_edit(_snapshot(state)))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
             _write_all(fd, record)
             os.fsync(fd)
@@ -309,7 +337,7 @@ class Manifest:
         except BaseException:
             os.close(fd)
             raise
-        return cls(directory, number, fd, len(record), state)
+        return cls(directory, number, fd, len(record), state, len(record))
 
     def new_file_number(self) -> int:
         with self._counter_lock:
@@ -329,7 +357,7 @@ class Manifest:
             next_number = self._next_file_number
         edit = attrs.evolve(edit, next_file_number=next_number)
         state = _apply_counters(self._state, edit, version)
-        if self._size >= MANIFEST_ROLL_BYTES:
+        if self._size >= max(MANIFEST_ROLL_BYTES, _ROLL_SNAPSHOT_FACTOR * self._snapshot_bytes):
             self._roll(state)
             return self._state
         record = frame(encode_edit(edit))
@@ -345,15 +373,29 @@ class Manifest:
 
     def _roll(self, state: ManifestState) -> None:
         old_path, old_fd = self.path, self._fd
-        fresh = Manifest._create(self._directory, attrs.evolve(state, next_file_number=self.new_file_number()))
+        try:
+            fresh = Manifest._create(
+                self._directory, attrs.evolve(state, next_file_number=self.new_file_number())
+            )
+        except OSError as exc:
+            # CURRENT may already name the new manifest (the rename happened, the directory
+            # fsync failed): appending to the old one now would log edits no open reads.
+            self.close()
+            raise StorageError(f"rolling over manifest {old_path} failed: {exc}") from exc
         self._number, self._fd, self._size, self._state = fresh._number, fresh._fd, fresh._size, fresh._state
+        self._snapshot_bytes = fresh._snapshot_bytes
         with self._counter_lock:
             self._next_file_number = max(self._next_file_number, fresh._next_file_number)
         fresh._fd = None
         if old_fd is not None:
             os.close(old_fd)
-        os.unlink(old_path)
-        fsync_dir(self._directory)
+        try:
+            os.unlink(old_path)
+            fsync_dir(self._directory)
+        except OSError:
+            # The new manifest is durable and live; a leftover old one is deleted by the next
+            # open, so failing the (already durable) edit here would only mislead the caller.
+            pass
 
     def _usable_fd(self) -> int:
         if self._fd is None:
@@ -373,39 +415,63 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _replay(path: Path, data: bytes) -> tuple[ManifestState, int, str | None]:
-    """Apply every edit in ``data``; returns the state, the valid length and a report."""
+def _delete_stale_manifests(directory: Path, names: list[str], live_number: int) -> None:
+    stale = [
+        name
+        for name in names
+        if (parsed := parse_file_name(name)) is not None
+        and parsed[0] == "MANIFEST"
+        and parsed[1] != live_number
+    ]
+    for name in stale:
+        (directory / name).unlink(missing_ok=True)
+    if stale:
+        fsync_dir(directory)
+
+
+def _next_valid_frame(data: bytes, start: int) -> int | None:
+    """Offset of the first complete, checksum-valid frame at or after ``start``, if any."""
+    total = len(data)
+    unpack = FRAME_HEADER.unpack_from
+    crc32 = zlib.crc32
+    header = FRAME_HEADER_SIZE
+    for pos in range(start, total - header + 1):
+        crc, length = unpack(data, pos)
+        end = pos + header + length
+        if end <= total and crc32(data[pos + header : end], crc32(data[pos + 4 : pos + header])) == crc:
+            return pos
+    return None
+
+
+def _replay(path: Path, data: bytes) -> tuple[ManifestState, int, int, str | None]:
+    """Apply every edit in ``data``; returns the state, the valid length, the framed size of
+    the first record (the snapshot) and a report of what was dropped (None: nothing)."""
     source = str(path)
+    scan = scan_frames(data)
+    report: str | None = None
+    if scan.tail_error is not None:
+        # A torn append leaves nothing valid after it; a valid frame after the damage means a
+        # record in the middle is bad, and dropping from there would forget live tables.
+        following = _next_valid_frame(data, scan.valid_bytes + 1)
+        if following is not None:
+            raise CorruptionError(
+                source,
+                scan.valid_bytes,
+                f"{scan.tail_error}, and a valid record follows at byte {following}: not a torn tail",
+            )
+        report = f"{path.name}: dropped a torn tail of {scan.dropped_bytes} bytes ({scan.tail_error})"
     state: ManifestState | None = None
     pos = 0
-    total = len(data)
-    report: str | None = None
-    while pos < total:
-        if total - pos < FRAME_HEADER_SIZE:
-            report = f"{path.name}: dropped a torn tail of {total - pos} bytes"
-            break
-        crc, length = FRAME_HEADER.unpack_from(data, pos)
-        end = pos + FRAME_HEADER_SIZE + length
-        if length > MAX_FRAME_PAYLOAD:
-            raise CorruptionError(source, pos, f"implausible record length {length}")
-        if end > total:
-            report = f"{path.name}: dropped a torn tail of {total - pos} bytes"
-            break
-        if frame(data[pos + FRAME_HEADER_SIZE : end]) != data[pos:end]:
-            if end == total:
-                # The last record is half-written: the edit was never acknowledged.
-                report = f"{path.name}: dropped a torn tail of {total - pos} bytes (checksum mismatch)"
-                break
-            raise CorruptionError(source, pos, "checksum mismatch in a manifest record")
+    for payload in scan.payloads:
         try:
-            edit = decode_edit(data[pos + FRAME_HEADER_SIZE : end])
+            edit = decode_edit(payload)
             if state is None:
                 state = ManifestState(Version(), 0, 0, 0)
             state = _apply_counters(state, edit, state.version.apply(edit))
         except ValueError as exc:
             raise CorruptionError(source, pos, f"bad manifest record: {exc}") from None
-        pos = end
+        pos += FRAME_HEADER_SIZE + len(payload)
     if state is None:
         raise CorruptionError(source, 0, "the manifest holds no complete record")
-    return state, pos, report
-
+    snapshot_bytes = FRAME_HEADER_SIZE + len(scan.payloads[0])
+    return state, scan.valid_bytes, snapshot_bytes, report

@@ -26,7 +26,6 @@ from collections.abc import Iterable, Iterator
 
 from sentinel.storage.skiplist import DEFAULT_SEED, SkipList
 
-
 # Empty-range sentinels: any u64 seq (the WAL's seq type) is below the first and above the
 # last, so writes update the range with two plain comparisons and no None checks.
 _NO_FIRST_SEQ = 1 << 64

@@ -50,6 +50,7 @@ from sentinel.storage.sstable_format import (
     KIND_TOMBSTONE,
     MAGIC,
     MAX_BLOCK_PAYLOAD,
+    MAX_SEQ,
     MIN_FILE_SIZE,
     MIN_FOOTER_LEN,
     Footer,
@@ -138,8 +139,8 @@ class SSTableWriter:
             raise RuntimeError(f"SSTableWriter for {self._path} is {self._state}")
         if key <= self._last_key and self._count:
             raise ValueError(f"keys must be strictly ascending: {key!r} after {self._last_key!r}")
-        if seq < 0:
-            raise ValueError(f"sequence number must be >= 0, got {seq}")
+        if not 0 <= seq <= MAX_SEQ:
+            raise ValueError(f"sequence number {seq} is outside the u64 range")
         block = self._block
         mark = len(block)
         try:
@@ -428,9 +429,7 @@ class SSTableReader:
         except ValueError as exc:
             raise CorruptionError(source, footer.bloom_offset, f"malformed bloom block: {exc}") from None
         first_keys, last_keys, offsets, sizes = cls._decode_index(source, footer, index_payload)
-        return cls(
-            path, fd, size, footer, bloom, first_keys, last_keys, offsets, sizes, block_cache_blocks
-        )
+        return cls(path, fd, size, footer, bloom, first_keys, last_keys, offsets, sizes, block_cache_blocks)
 
     @staticmethod
     def _check_footer(source: str, footer: Footer, footer_start: int) -> None:
@@ -563,7 +562,9 @@ class SSTableReader:
                 self._source, offset, f"data block {i} length {length} disagrees with the index size {size}"
             )
         if zlib.crc32(memoryview(raw)[BLOCK_HEADER_SIZE:]) != crc:
-            raise CorruptionError(self._source, offset, f"data block {i} checksum mismatch at offset {offset}")
+            raise CorruptionError(
+                self._source, offset, f"data block {i} checksum mismatch at offset {offset}"
+            )
         try:
             keys, entries = _decode_entries(raw, BLOCK_HEADER_SIZE)
         except _MalformedBlock as exc:

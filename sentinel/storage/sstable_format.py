@@ -103,6 +103,10 @@ BLOCK_HEADER_SIZE = BLOCK_HEADER.size
 KIND_TOMBSTONE = 0
 KIND_PUT = 1
 
+# Sequence numbers are u64 engine-wide (the WAL stores them so); the reader's seq decoder
+# stops at ten uvarint bytes, so the writer must refuse anything wider.
+MAX_SEQ = (1 << 64) - 1
+
 # index_offset, index_size, bloom_offset, bloom_size, count, max_seq.
 FOOTER_FIXED = struct.Struct("<QIQIQQ")
 # The u32 length prefixes of min_key and max_key in the footer body.

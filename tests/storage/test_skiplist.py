@@ -182,6 +182,14 @@ def test_xorshift64_known_answer_and_determinism() -> None:
     assert zero.next_u64() != 0
 
 
+def test_xorshift64_seed_is_masked_to_64_bits() -> None:
+    assert XorShift64(5 | (1 << 64)).next_u64() == XorShift64(5).next_u64()
+    # A seed that masks to zero takes the default seed instead of the fixed point.
+    assert XorShift64(1 << 64).next_u64() == XorShift64().next_u64()
+    rng = XorShift64(1)
+    assert all(rng.next_u64() for _ in range(10_000))
+
+
 def _heights(seed: int, n: int) -> list[int]:
     rng = XorShift64(seed)
     return [rng.next_height() for _ in range(n)]

@@ -1,0 +1,94 @@
+"""Bloom filter: no false negatives, the configured false-positive rate, a stable format."""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from array import array
+
+import pytest
+
+from sentinel.storage.bloom import MAX_PROBES, MIN_BITS, BloomFilter, bloom_hash, probes_for
+
+
+def theoretical_rate(bits_per_key: int) -> float:
+    k = probes_for(bits_per_key)
+    return (1 - math.exp(-k / bits_per_key)) ** k
+
+
+def keys_of(kind: str, n: int, rng: random.Random) -> list[bytes]:
+    if kind == "sequential":  # the broker's offset-ordered keys
+        return [b"topic/0/" + i.to_bytes(8, "big") for i in range(n)]
+    if kind == "random":
+        return [rng.randbytes(16) for _ in range(n)]
+    return [rng.randbytes(rng.randrange(1, 40)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["sequential", "random", "variable"])
+@pytest.mark.parametrize("bits_per_key", [6, 10, 16])
+def test_no_false_negatives_and_rate_close_to_theory(kind: str, bits_per_key: int) -> None:
+    rng = random.Random(bits_per_key)
+    keys = keys_of(kind, 5000, rng)
+    bloom = BloomFilter.from_bytes(BloomFilter.build(keys, bits_per_key))
+    assert all(bloom.may_contain(k) for k in keys)
+    members = set(keys)
+    if kind == "sequential":
+        probes = [b"topic/0/" + i.to_bytes(8, "big") for i in range(10_000, 50_000)]
+    else:
+        probes = [p for p in (rng.randbytes(17) for _ in range(40_000)) if p not in members]
+    rate = sum(map(bloom.may_contain, probes)) / len(probes)
+    theory = theoretical_rate(bits_per_key)
+    # crc32 double hashing measures a little above theory; a broken hash is off by far more.
+    assert theory / 3 < rate < theory * 2.5, (rate, theory)
+
+
+def test_ten_bits_per_key_is_about_one_percent() -> None:
+    rng = random.Random(7)
+    keys = [rng.randbytes(16) for _ in range(10_000)]
+    bloom = BloomFilter.from_bytes(BloomFilter.build(keys))
+    rate = sum(bloom.may_contain(rng.randbytes(16)) for _ in range(50_000)) / 50_000
+    assert 0.004 < rate < 0.02
+    assert bloom.probes == 7
+    assert bloom.num_bits == 100_000
+
+
+def test_serialized_form_is_stable_across_processes() -> None:
+    # Pinned bytes: a change here silently breaks every table already on disk.
+    data = BloomFilter.build([b"key-%d" % i for i in range(100)])
+    assert len(data) == 126  # 1000 bits = 125 bytes, then the probe count
+    assert data[-1] == 7
+    assert zlib.crc32(data) == 2181266895
+    assert bloom_hash(b"abc") == zlib.crc32(b"abc")
+
+
+def test_build_from_hashes_equals_build() -> None:
+    keys = [b"a", b"b", b"c", b"b"]
+    hashes = array("I", map(bloom_hash, keys))
+    assert BloomFilter.build_from_hashes(hashes, 8) == BloomFilter.build(keys, 8)
+    assert BloomFilter.build_from_hashes(list(hashes), 8) == BloomFilter.build(keys, 8)
+
+
+def test_small_and_empty_filters_have_min_bits() -> None:
+    one = BloomFilter.from_bytes(BloomFilter.build([b"only"]))
+    assert one.num_bits == MIN_BITS
+    assert one.may_contain(b"only")
+    empty = BloomFilter.from_bytes(BloomFilter.build([]))
+    assert empty.num_bits == MIN_BITS
+    assert not any(empty.may_contain(bytes([i])) for i in range(256))
+
+
+def test_probes_for() -> None:
+    assert [probes_for(b) for b in (1, 2, 10, 20)] == [1, 1, 7, 14]
+    assert probes_for(1000) == MAX_PROBES
+
+
+def test_malformed_filters_are_rejected() -> None:
+    with pytest.raises(ValueError, match="bloom filter of 1 bytes is too short"):
+        BloomFilter.from_bytes(b"\x07")
+    with pytest.raises(ValueError, match=r"bloom filter probe count 0 outside \[1, 30\]"):
+        BloomFilter.from_bytes(b"\xff" * 8 + b"\x00")
+    with pytest.raises(ValueError, match="probe count 31 outside"):
+        BloomFilter.from_bytes(b"\xff" * 8 + bytes([MAX_PROBES + 1]))
+    with pytest.raises(ValueError, match="bits_per_key must be >= 1, got 0"):
+        BloomFilter.build([b"k"], 0)

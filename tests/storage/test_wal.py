@@ -1,0 +1,339 @@
+"""WAL: the write-batch codec, replay (clean, torn, corrupt), tail truncation and WalFile."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sentinel.errors import CorruptionError, StorageClosed, StorageError
+from sentinel.storage import wal as wal_module
+from sentinel.storage.framing import FRAME_HEADER_SIZE, frame
+from sentinel.storage.wal import WalFile, WalReplay, replay_wal, truncate_wal_tail
+from sentinel.storage.wal_format import (
+    BATCH_HEADER,
+    BATCH_HEADER_SIZE,
+    KIND_DELETE,
+    KIND_PUT,
+    MAX_SEQ,
+    decode_write_batch,
+    encode_wal_record,
+    encode_write_batch,
+)
+
+Ops = list[tuple[bytes, bytes | None]]
+
+
+def expected(first_seq: int, ops: Ops) -> list[tuple[bytes, int, bytes | None]]:
+    return [(key, first_seq + i, value) for i, (key, value) in enumerate(ops)]
+
+
+def random_ops(rng: random.Random, count: int) -> Ops:
+    ops: Ops = []
+    for _ in range(count):
+        key = rng.randbytes(rng.choice([0, 1, 16, 127, 128, 300]))
+        value = (
+            None
+            if rng.random() < 0.2
+            else rng.randbytes(rng.choice([0, 1, 100, 127, 128, 16383, 16384, 70000]))
+        )
+        ops.append((key, value))
+    return ops
+
+
+# -- codec -------------------------------------------------------------------------------
+
+
+def test_round_trip_across_varint_widths() -> None:
+    rng = random.Random(3)
+    for first_seq in [0, 1, 1 << 40, MAX_SEQ - 49]:
+        ops = random_ops(rng, 50)
+        assert decode_write_batch(encode_write_batch(first_seq, ops), "w") == expected(first_seq, ops)
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(
+    st.integers(0, MAX_SEQ - 20),
+    st.lists(
+        st.tuples(st.binary(max_size=200), st.none() | st.binary(max_size=300)), min_size=1, max_size=20
+    ),
+)
+def test_round_trip_property(first_seq: int, ops: Ops) -> None:
+    assert decode_write_batch(encode_write_batch(first_seq, ops), "w") == expected(first_seq, ops)
+
+
+def test_encoding_layout() -> None:
+    payload = encode_write_batch(7, [(b"k", b"vv"), (b"d", None)])
+    assert (
+        payload
+        == BATCH_HEADER.pack(7, 2)
+        + bytes([KIND_PUT, 1])
+        + b"k"
+        + bytes([2])
+        + b"vv"
+        + bytes([KIND_DELETE, 1])
+        + b"d"
+    )
+    # A 200-byte key takes a two-byte uvarint length: 200 = 0x48 | 0x80, then 1.
+    long_key = encode_write_batch(0, [(b"x" * 200, None)])
+    assert long_key[BATCH_HEADER_SIZE : BATCH_HEADER_SIZE + 3] == bytes([KIND_DELETE, 0xC8, 0x01])
+    assert encode_wal_record(7, [(b"k", b"vv"), (b"d", None)]) == frame(payload)
+
+
+def test_encode_rejects_bad_batches() -> None:
+    with pytest.raises(ValueError, match="a write batch needs at least one operation"):
+        encode_write_batch(1, [])
+    with pytest.raises(ValueError, match=r"seqs -1\.\.-1 do not fit in a u64"):
+        encode_write_batch(-1, [(b"k", None)])
+    with pytest.raises(ValueError, match=f"seqs {MAX_SEQ}..{MAX_SEQ + 1} do not fit in a u64"):
+        encode_write_batch(MAX_SEQ, [(b"k", None), (b"j", None)])
+
+
+def _payload(first_seq: int, count: int, body: bytes) -> bytes:
+    return BATCH_HEADER.pack(first_seq, count) + body
+
+
+@pytest.mark.parametrize(
+    ("payload", "offset", "message"),
+    [
+        (b"\x00" * 11, 0, "write batch of 11 bytes is shorter than its 12-byte header"),
+        (_payload(5, 0, b""), 0, "empty write batch (count 0)"),
+        (
+            _payload(MAX_SEQ, 2, b"\x00\x00" * 2),
+            0,
+            f"write batch seqs {MAX_SEQ}..{MAX_SEQ + 1} overflow a u64",
+        ),
+        (_payload(5, 3, b"\x00\x00" * 2), 0, "write batch claims 3 entries but has only 4 bytes for them"),
+        (_payload(5, 2, b"\x00\x00\x07\x00"), 14, "unknown entry kind 7 (seq 6)"),
+        (
+            _payload(5, 1, b"\x01\x05ab"),
+            12,
+            "write batch entry (seq 5) runs past the end of the 16-byte payload",
+        ),
+        (_payload(5, 1, b"\x01\x01a\x03bc"), 12, "write batch entry (seq 5) runs past the end"),
+        (_payload(5, 1, b"\x01\x01a"), 12, "write batch entry (seq 5) runs past the end"),  # no value length
+        (_payload(5, 1, b"\x00\x01a\xff"), 15, "1 unexpected bytes after the last write batch entry"),
+        (
+            _payload(5, 1, b"\x00" + b"\xff" * 11),
+            12,
+            "bad length in write batch entry (seq 5): varint longer",
+        ),
+    ],
+)
+def test_decode_reports_malformed_payloads_with_position(payload: bytes, offset: int, message: str) -> None:
+    with pytest.raises(CorruptionError) as info:
+        decode_write_batch(payload, "seg.log", base_position=1000)
+    assert info.value.source == "seg.log"
+    assert info.value.position == 1000 + offset
+    assert message in info.value.detail
+
+
+# -- replay ------------------------------------------------------------------------------
+
+
+def write_segment(path: Path, batches: list[tuple[int, Ops]]) -> list[int]:
+    """Write framed batches; return each frame's offset."""
+    offsets = []
+    data = b""
+    for first_seq, ops in batches:
+        offsets.append(len(data))
+        data += encode_wal_record(first_seq, ops)
+    path.write_bytes(data)
+    return offsets
+
+
+BATCHES: list[tuple[int, Ops]] = [
+    (1, [(b"a", b"1"), (b"b", None)]),
+    (3, [(b"c", b"3" * 300)]),
+    (10, [(b"d", b""), (b"e", b"5"), (b"a", None)]),
+]
+
+
+def test_replay_clean_segment(tmp_path: Path) -> None:
+    path = tmp_path / "wal-000001.log"
+    write_segment(path, BATCHES)
+    replay = replay_wal(path)
+    size = path.stat().st_size
+    assert replay == WalReplay(
+        batches=[expected(first, ops) for first, ops in BATCHES],
+        valid_bytes=size,
+        total_bytes=size,
+        tail_error=None,
+        last_seq=12,
+    )
+    assert replay.dropped_bytes == 0
+
+
+def test_replay_empty_segment(tmp_path: Path) -> None:
+    path = tmp_path / "wal-000001.log"
+    path.write_bytes(b"")
+    assert replay_wal(path) == WalReplay(
+        batches=[], valid_bytes=0, total_bytes=0, tail_error=None, last_seq=None
+    )
+
+
+def test_torn_tail_at_every_cut_point_is_reported_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "wal-000001.log"
+    offsets = write_segment(path, BATCHES)
+    whole = path.read_bytes()
+    last = offsets[-1]
+    for cut in range(last + 1, len(whole)):
+        path.write_bytes(whole[:cut])
+        replay = replay_wal(path)
+        assert replay.batches == [expected(first, ops) for first, ops in BATCHES[:2]], cut
+        assert replay.valid_bytes == last
+        assert replay.total_bytes == cut
+        assert replay.dropped_bytes == cut - last
+        assert replay.last_seq == 3
+        assert replay.tail_error is not None
+        assert replay.tail_error.startswith(f"torn frame {'header ' if cut - last < 8 else ''}at byte {last}")
+
+
+def test_flipped_byte_in_the_last_frame_is_a_tail(tmp_path: Path) -> None:
+    path = tmp_path / "wal-000001.log"
+    offsets = write_segment(path, BATCHES)
+    whole = path.read_bytes()
+    last = offsets[-1]
+    for pos in [last, last + 3, *range(last + FRAME_HEADER_SIZE, len(whole))]:  # crc and payload bytes
+        damaged = bytearray(whole)
+        damaged[pos] ^= 0x40
+        path.write_bytes(bytes(damaged))
+        replay = replay_wal(path)
+        assert len(replay.batches) == 2, pos
+        assert replay.valid_bytes == last
+        assert replay.dropped_bytes == len(whole) - last
+        assert replay.tail_error == f"checksum mismatch in frame at byte {last}"
+
+
+def test_checksum_valid_malformed_payload_is_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "wal-000001.log"
+    good = encode_wal_record(1, [(b"a", b"1")])
+    bad_payload = _payload(2, 1, b"\x09\x01k")  # entry kind 9
+    path.write_bytes(good + frame(bad_payload) + encode_wal_record(3, [(b"b", None)]))
+    entry_at = len(good) + FRAME_HEADER_SIZE + BATCH_HEADER_SIZE
+    with pytest.raises(CorruptionError) as info:
+        replay_wal(path)
+    assert info.value.source == str(path)
+    assert info.value.position == entry_at
+    assert str(info.value) == f"corruption in {path} at byte {entry_at}: unknown entry kind 9 (seq 2)"
+
+
+def test_seq_going_backwards_is_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "wal-000001.log"
+    offsets = write_segment(path, [(10, [(b"a", b"1"), (b"b", b"2")]), (11, [(b"c", b"3")])])
+    with pytest.raises(CorruptionError) as info:
+        replay_wal(path)
+    assert info.value.position == offsets[1]
+    assert "write batch starts at seq 11, not after the previous batch's last seq 11" in str(info.value)
+    write_segment(path, [(10, [(b"a", b"1")]), (4, [(b"c", b"3")])])
+    with pytest.raises(CorruptionError, match="starts at seq 4, not after the previous batch's last seq 10"):
+        replay_wal(path)
+    # A gap is fine: a batch whose write failed never reached the WAL.
+    write_segment(path, [(10, [(b"a", b"1")]), (20, [(b"c", b"3")])])
+    assert replay_wal(path).last_seq == 20
+
+
+def test_missing_segment_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        replay_wal(tmp_path / "wal-000009.log")
+
+
+def test_truncate_wal_tail(tmp_path: Path) -> None:
+    path = tmp_path / "wal-000001.log"
+    offsets = write_segment(path, BATCHES)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-5])
+    replay = replay_wal(path)
+    truncate_wal_tail(path, replay.valid_bytes)
+    assert path.read_bytes() == whole[: offsets[-1]]
+    assert replay_wal(path).tail_error is None
+    truncate_wal_tail(path, offsets[-1])  # already that long: nothing to do
+    assert path.stat().st_size == offsets[-1]
+    with pytest.raises(
+        ValueError, match=rf"cannot cut .*wal-000001.log \({offsets[-1]} bytes\) to 99999 bytes"
+    ):
+        truncate_wal_tail(path, 99999)
+    with pytest.raises(ValueError, match="to -1 bytes"):
+        truncate_wal_tail(path, -1)
+    assert path.stat().st_size == offsets[-1]
+
+
+# -- WalFile -----------------------------------------------------------------------------
+
+
+def test_walfile_append_sync_and_replay(tmp_path: Path) -> None:
+    path = tmp_path / "wal-000001.log"
+    records = [encode_wal_record(first, ops) for first, ops in BATCHES]
+    with WalFile.create(path) as wal:
+        assert (wal.path, wal.size, wal.closed) == (path, 0, False)
+        wal.append(records[0])
+        wal.append_many(records[1:])
+        wal.sync()
+        assert wal.size == sum(map(len, records))
+    assert wal.closed
+    assert replay_wal(path).last_seq == 12
+    with pytest.raises(FileExistsError):
+        WalFile.create(path)
+
+
+def test_open_for_append_cuts_the_torn_tail_first(tmp_path: Path) -> None:
+    path = tmp_path / "wal-000001.log"
+    offsets = write_segment(path, BATCHES)
+    path.write_bytes(path.read_bytes()[:-3])
+    replay = replay_wal(path)
+    with WalFile.open_for_append(path, replay.valid_bytes) as wal:
+        assert wal.size == offsets[-1]
+        wal.append(encode_wal_record(50, [(b"z", b"new")]))
+        wal.sync()
+    replay = replay_wal(path)
+    assert replay.tail_error is None
+    assert [batch[0][1] for batch in replay.batches] == [1, 3, 50]
+
+
+def test_walfile_refuses_use_after_close(tmp_path: Path) -> None:
+    wal = WalFile.create(tmp_path / "wal-000001.log")
+    wal.close()
+    wal.close()  # idempotent
+    record = encode_wal_record(1, [(b"k", b"v")])
+    for action in (lambda: wal.append(record), lambda: wal.append_many([record]), wal.sync):
+        with pytest.raises(StorageClosed, match=r"WAL .*wal-000001.log is closed"):
+            action()
+    assert (tmp_path / "wal-000001.log").stat().st_size == 0
+
+
+def test_walfile_refuses_use_after_a_failed_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wal = WalFile.create(tmp_path / "wal-000001.log")
+    record = encode_wal_record(1, [(b"k", b"v")])
+    wal.append(record)
+
+    def failing_datasync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(wal_module, "_datasync", failing_datasync)
+    with pytest.raises(StorageError, match=r"sync failed: .*Input/output error"):
+        wal.sync()
+    monkeypatch.undo()
+    # Retrying could report success for pages the kernel already dropped.
+    with pytest.raises(StorageError, match="unusable after an earlier failure: sync failed"):
+        wal.sync()
+    with pytest.raises(StorageError, match="unusable after an earlier failure"):
+        wal.append(record)
+    wal.close()
+
+
+def test_walfile_refuses_use_after_a_failed_write(tmp_path: Path) -> None:
+    path = tmp_path / "wal-000001.log"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)  # writes to it fail with EBADF
+    wal = WalFile(path, fd, 0)
+    record = encode_wal_record(1, [(b"k", b"v")])
+    with pytest.raises(StorageError, match=r"wal-000001.log: write at byte 0 failed"):
+        wal.append(record)
+    assert wal.size == 0
+    with pytest.raises(StorageError, match="unusable after an earlier failure: write failed"):
+        wal.append(record)
+    wal.close()
