@@ -164,13 +164,19 @@ class MemtableOwner(Actor[object]):
             return
         first = self._last_seq + 1
         last = first + len(ops) - 1
+        try:
+            # Encode before touching the memtable: a batch the WAL cannot hold must change nothing.
+            record = encode_wal_record(first, ops)
+        except ValueError as exc:
+            write.reply.fail(InvalidArgument(f"write batch rejected: {exc}"))
+            return
         self._last_seq = last
         put = self._active.put
         seq = first
         for key, value in ops:
             put(key, seq, value)
             seq += 1
-        data.append(encode_wal_record(first, ops))
+        data.append(record)
         acks.append((write.reply, last))
 
     async def _hand_to_wal(self, data: list[bytes], acks: list[tuple[Reply[int], int]]) -> None:
