@@ -76,7 +76,10 @@ def bench_memtable_overhead(count: int) -> float:
 
 
 async def _run_writers(
-    store: Store, writers: int, duration: float, make_ops: Callable[[int, int], list[tuple[bytes, bytes | None]]]
+    store: Store,
+    writers: int,
+    duration: float,
+    make_ops: Callable[[int, int], list[tuple[bytes, bytes | None]]],
 ) -> tuple[int, float, list[float]]:
     """``writers`` concurrent tasks writing until ``duration`` passes; returns
     (writes, seconds, per-write latencies)."""

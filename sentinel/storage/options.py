@@ -35,7 +35,7 @@ class StorageOptions:
     max_group_commit: int = 4096
     block_size: int = 4096
     bloom_bits_per_key: int = 10
-    compaction: CompactionOptions = CompactionOptions()
+    compaction: CompactionOptions = CompactionOptions()  # noqa: RUF009 -- frozen, safe to share
     # Called (from compaction worker threads) with each key a compaction rewrites: True
     # means the entry is obsolete and is dropped (or turned into a tombstone where older
     # versions may exist deeper). How the broker deletes data of deleted topics and below

@@ -27,7 +27,7 @@ import attrs
 from sentinel.errors import CorruptionError, StorageError
 from sentinel.storage.compactor import delete_tables, write_tables
 from sentinel.storage.files import LOCK, fsync_dir, parse_file_name, sst_path, wal_path
-from sentinel.storage.manifest import Manifest, ManifestState, VersionEdit
+from sentinel.storage.manifest import FileMeta, Manifest, ManifestState, VersionEdit
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.options import StorageOptions
 from sentinel.storage.sstable import SSTableReader
@@ -138,7 +138,7 @@ def _recover_locked(directory: Path, options: StorageOptions, lock_fd: int) -> R
     )
 
 
-def _all_files(state: ManifestState) -> list[tuple[int, object]]:
+def _all_files(state: ManifestState) -> list[tuple[int, FileMeta]]:
     return [(level, meta) for level, files in enumerate(state.version.levels) for meta in files]
 
 
