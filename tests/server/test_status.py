@@ -1,0 +1,177 @@
+"""The error <-> gRPC status mapping, both directions, without a server."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from sentinel.errors import (
+    ActorClosed,
+    AlreadyExists,
+    CorruptionError,
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidRecordBatch,
+    MailboxFull,
+    NotFound,
+    ResourceExhausted,
+    SentinelError,
+    StorageClosed,
+    StorageError,
+    Unavailable,
+)
+from sentinel.server.status import (
+    INTERNAL_ERROR_MESSAGE,
+    LEADER_METADATA_KEY,
+    RpcStatus,
+    client_error_of,
+    error_of,
+    status_of,
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "message"),
+    [
+        (
+            InvalidArgument("partition -7 is out of range"),
+            Status.INVALID_ARGUMENT,
+            "partition -7 is out of range",
+        ),
+        (InvalidRecordBatch("batch 0: bad CRC"), Status.INVALID_ARGUMENT, "batch 0: bad CRC"),
+        (NotFound("topic 'orders' does not exist"), Status.NOT_FOUND, "topic 'orders' does not exist"),
+        (AlreadyExists("topic 'orders' exists"), Status.ALREADY_EXISTS, "topic 'orders' exists"),
+        (FailedPrecondition("stale generation 3"), Status.FAILED_PRECONDITION, "stale generation 3"),
+        (ResourceExhausted("too many bytes"), Status.RESOURCE_EXHAUSTED, "too many bytes"),
+        (MailboxFull("broker mailbox is full"), Status.RESOURCE_EXHAUSTED, "broker mailbox is full"),
+        (Unavailable("shutting down"), Status.UNAVAILABLE, "shutting down"),
+        (ActorClosed("broker is not running"), Status.UNAVAILABLE, "broker is not running"),
+        (StorageClosed("storage closed"), Status.UNAVAILABLE, "storage closed"),
+        (
+            CorruptionError("wal-000001.log", 4096, "CRC mismatch"),
+            Status.INTERNAL,
+            "corruption in wal-000001.log at byte 4096: CRC mismatch",
+        ),
+        (StorageError("fsync failed: EIO"), Status.INTERNAL, "fsync failed: EIO"),
+        (TimeoutError("replication timed out"), Status.DEADLINE_EXCEEDED, "replication timed out"),
+        (TimeoutError(), Status.DEADLINE_EXCEEDED, "deadline exceeded"),
+        (trio.TooSlowError(), Status.DEADLINE_EXCEEDED, "deadline exceeded"),
+        (GRPCError(Status.UNIMPLEMENTED, "Method not found"), Status.UNIMPLEMENTED, "Method not found"),
+    ],
+)
+def test_status_of_typed_errors(error: BaseException, status: Status, message: str) -> None:
+    assert status_of(error) == RpcStatus(status, message)
+
+
+def test_storage_closed_is_unavailable_although_storage_error_is_internal() -> None:
+    # The most specific class wins, whatever order the table is written in.
+    assert issubclass(StorageClosed, StorageError)
+    assert status_of(StorageClosed("x")).status is Status.UNAVAILABLE
+    assert status_of(StorageError("x")).status is Status.INTERNAL
+
+
+def test_subclass_of_a_mapped_error_maps_like_its_base() -> None:
+    class TopicMissing(NotFound):
+        pass
+
+    assert status_of(TopicMissing("gone")) == RpcStatus(Status.NOT_FOUND, "gone")
+
+
+def test_unexpected_exception_is_internal_without_details_and_flagged() -> None:
+    status = status_of(ZeroDivisionError("division by zero in secret_function"))
+    assert status == RpcStatus(Status.INTERNAL, INTERNAL_ERROR_MESSAGE, expected=False)
+    # A bare SentinelError is not in the table either: a bug, not an answer.
+    assert status_of(SentinelError("x")).expected is False
+
+
+def test_leader_hint_goes_into_message_and_metadata() -> None:
+    status = status_of(Unavailable("not the leader for orders/0", leader="2@10.0.0.2:9092"))
+    assert status == RpcStatus(
+        Status.UNAVAILABLE,
+        "not the leader for orders/0 [leader=2@10.0.0.2:9092]",
+        ((LEADER_METADATA_KEY, "2@10.0.0.2:9092"),),
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InvalidArgument("partition -7 is out of range"),
+        NotFound("topic 'orders' does not exist"),
+        AlreadyExists("topic 'orders' exists"),
+        FailedPrecondition("stale generation 3"),
+        ResourceExhausted("too many bytes"),
+    ],
+)
+def test_round_trip_restores_type_and_message(error: SentinelError) -> None:
+    status = status_of(error)
+    restored = error_of(status.status, status.message)
+    assert type(restored) is type(error)
+    assert str(restored) == str(error)
+
+
+def test_round_trip_of_leader_hint_through_message_alone() -> None:
+    status = status_of(Unavailable("not the leader for orders/0", leader="2"))
+    restored = error_of(status.status, status.message)
+    assert isinstance(restored, Unavailable)
+    assert str(restored) == "not the leader for orders/0"
+    assert restored.leader == "2"
+
+
+def test_leader_metadata_wins_over_message() -> None:
+    restored = error_of(Status.UNAVAILABLE, "not the leader [leader=2]", [(LEADER_METADATA_KEY, b"3")])
+    assert isinstance(restored, Unavailable)
+    assert (str(restored), restored.leader) == ("not the leader", "3")
+
+
+def test_unavailable_without_hint() -> None:
+    restored = error_of(Status.UNAVAILABLE, "the server is shutting down")
+    assert isinstance(restored, Unavailable)
+    assert (str(restored), restored.leader) == ("the server is shutting down", None)
+
+
+def test_deadline_exceeded_becomes_timeout_error() -> None:
+    restored = error_of(Status.DEADLINE_EXCEEDED, None)
+    assert type(restored) is TimeoutError
+    assert str(restored) == "deadline exceeded"
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "text"),
+    [
+        (Status.INTERNAL, "corruption in wal at byte 3: bad", "INTERNAL: corruption in wal at byte 3: bad"),
+        (Status.UNIMPLEMENTED, None, "UNIMPLEMENTED"),
+        (Status.UNKNOWN, "Internal Server Error", "UNKNOWN: Internal Server Error"),
+    ],
+)
+def test_statuses_without_a_sentinel_meaning(status: Status, message: str | None, text: str) -> None:
+    restored = error_of(status, message)
+    assert type(restored) is SentinelError
+    assert str(restored) == text
+
+
+def test_ok_is_not_an_error() -> None:
+    with pytest.raises(ValueError, match="an OK status is not an error"):
+        error_of(Status.OK, None)
+
+
+def test_client_error_of() -> None:
+    not_found = client_error_of(GRPCError(Status.NOT_FOUND, "topic 'x' does not exist"))
+    assert isinstance(not_found, NotFound)
+    assert str(not_found) == "topic 'x' does not exist"
+
+    reset = client_error_of(StreamTerminatedError("Stream reset by remote party, error_code: 8"))
+    assert isinstance(reset, Unavailable)
+    assert str(reset) == "the server ended the call: Stream reset by remote party, error_code: 8"
+
+    refused = client_error_of(ConnectionRefusedError(111, "Connect call failed"))
+    assert isinstance(refused, Unavailable)
+    assert str(refused).startswith("cannot reach the server: ")
+
+    timeout = TimeoutError("Deadline exceeded")
+    assert client_error_of(timeout) is timeout  # an OSError subclass, but still a timeout
+
+    other = KeyError("x")
+    assert client_error_of(other) is other
