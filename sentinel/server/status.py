@@ -36,6 +36,7 @@ from sentinel.errors import (
     InvalidRecordBatch,
     MailboxFull,
     NotFound,
+    OffsetOutOfRange,
     ResourceExhausted,
     SentinelError,
     StorageClosed,
@@ -70,6 +71,7 @@ class RpcStatus:
 _STATUS_OF_CLASS: dict[type[BaseException], Status] = {
     InvalidArgument: Status.INVALID_ARGUMENT,
     InvalidRecordBatch: Status.INVALID_ARGUMENT,
+    OffsetOutOfRange: Status.OUT_OF_RANGE,
     NotFound: Status.NOT_FOUND,
     AlreadyExists: Status.ALREADY_EXISTS,
     FailedPrecondition: Status.FAILED_PRECONDITION,

@@ -1,0 +1,52 @@
+"""Sentinel's Python client library (asyncio): Producer, Consumer, Admin.
+
+Each is an async context manager taking the bootstrap address (``"host:port"``) first::
+
+    async with Producer("localhost:9092") as producer:
+        metadata = await producer.send_and_wait("orders", b"hello", key=b"customer-1")
+
+    async with Consumer("localhost:9092", group_id="billing", auto_offset_reset="earliest") as consumer:
+        consumer.subscribe(["orders"])
+        async for record in consumer:
+            ...
+
+Errors are the typed errors of ``sentinel.errors`` (see ``sentinel.client.errors``).
+"""
+
+from sentinel.client.admin import Admin
+from sentinel.client.consumer import Consumer
+from sentinel.client.errors import RequestTimeout
+from sentinel.client.producer import Producer
+from sentinel.client.types import (
+    BrokerInfo,
+    ClusterMetadata,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    GroupInfo,
+    GroupMemberInfo,
+    OffsetAndTimestamp,
+    PartitionInfo,
+    PartitionLag,
+    RecordMetadata,
+    TopicInfo,
+    TopicPartition,
+)
+
+__all__ = [
+    "Admin",
+    "BrokerInfo",
+    "ClusterMetadata",
+    "Consumer",
+    "ConsumerRebalanceListener",
+    "ConsumerRecord",
+    "GroupInfo",
+    "GroupMemberInfo",
+    "OffsetAndTimestamp",
+    "PartitionInfo",
+    "PartitionLag",
+    "Producer",
+    "RecordMetadata",
+    "RequestTimeout",
+    "TopicInfo",
+    "TopicPartition",
+]

@@ -1,0 +1,135 @@
+"""The asyncio admin client: topics, consumer groups and cluster metadata.
+
+Every call is one RPC to a bootstrap broker (any broker can answer these; a cluster routes
+them to the controller itself). Nothing is retried: creating or deleting a topic is not
+safe to repeat blindly, and an operator wants to see a failure rather than wait it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Final, Self
+
+from sentinel.client.connection import Cluster
+from sentinel.client.convert import group_info, topic_from_description
+from sentinel.client.types import ClusterMetadata, GroupInfo, TopicInfo
+from sentinel.errors import FailedPrecondition, InvalidArgument, SentinelError
+from sentinel.generated.sentinel import v1 as pb
+
+__all__ = ["Admin"]
+
+DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
+
+
+class Admin:
+    """``async with Admin("host:port") as admin: await admin.create_topic("orders", 6)``."""
+
+    def __init__(self, bootstrap: str, *, request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS) -> None:
+        if not isinstance(request_timeout_ms, int) or request_timeout_ms <= 0:
+            raise InvalidArgument(f"request_timeout_ms must be an int > 0, got {request_timeout_ms!r}")
+        self._bootstrap = bootstrap
+        self._timeout_s = request_timeout_ms / 1000
+        self._cluster: Cluster | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Open the connection (lazily: the first call connects)."""
+        if self._cluster is not None or self._closed:
+            raise FailedPrecondition("admin client is already started or closed")
+        self._cluster = Cluster(self._bootstrap, request_timeout_s=self._timeout_s)
+
+    async def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
+        self._closed = True
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def _cluster_or_fail(self) -> Cluster:
+        if self._cluster is None or self._closed:
+            raise FailedPrecondition(
+                "admin client is closed" if self._closed else "admin client is not started"
+            )
+        return self._cluster
+
+    # -- topics ----------------------------------------------------------------------------
+
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int = 0,
+        replication_factor: int = 1,
+        retention_ms: int = 0,
+        retention_bytes: int = 0,
+    ) -> TopicInfo:
+        """Create a topic; ``partitions=0`` takes the broker's default count. 0 retention keeps
+        data forever. AlreadyExists if the name is taken."""
+        for what, value in (
+            ("partitions", partitions),
+            ("replication_factor", replication_factor),
+            ("retention_ms", retention_ms),
+            ("retention_bytes", retention_bytes),
+        ):
+            if type(value) is not int or value < 0:
+                raise InvalidArgument(f"{what} must be an int >= 0, got {value!r}")
+        conn = self._cluster_or_fail().bootstrap
+        request = pb.CreateTopicRequest(
+            name=name,
+            partitions=partitions,
+            replication_factor=replication_factor,
+            config=pb.TopicConfig(retention_ms=retention_ms, retention_bytes=retention_bytes),
+        )
+        with conn.errors:
+            response = await conn.stub.create_topic(request, timeout=self._timeout_s)
+        if response.topic is None:
+            raise SentinelError(f"broker created topic {name!r} but did not describe it")
+        return topic_from_description(response.topic)
+
+    async def delete_topic(self, name: str) -> None:
+        conn = self._cluster_or_fail().bootstrap
+        with conn.errors:
+            await conn.stub.delete_topic(pb.DeleteTopicRequest(name=name), timeout=self._timeout_s)
+
+    async def list_topics(self) -> list[TopicInfo]:
+        conn = self._cluster_or_fail().bootstrap
+        with conn.errors:
+            response = await conn.stub.list_topics(pb.ListTopicsRequest(), timeout=self._timeout_s)
+        return [topic_from_description(t) for t in response.topics]
+
+    async def describe_topic(self, name: str) -> TopicInfo:
+        conn = self._cluster_or_fail().bootstrap
+        with conn.errors:
+            response = await conn.stub.describe_topic(
+                pb.DescribeTopicRequest(name=name), timeout=self._timeout_s
+            )
+        return topic_from_description(response)
+
+    # -- groups ----------------------------------------------------------------------------
+
+    async def list_groups(self) -> list[str]:
+        conn = self._cluster_or_fail().bootstrap
+        with conn.errors:
+            response = await conn.stub.list_groups(pb.ListGroupsRequest(), timeout=self._timeout_s)
+        return list(response.group_ids)
+
+    async def describe_group(self, group_id: str) -> GroupInfo:
+        conn = self._cluster_or_fail().bootstrap
+        with conn.errors:
+            response = await conn.stub.describe_group(
+                pb.DescribeGroupRequest(group_id=group_id), timeout=self._timeout_s
+            )
+        return group_info(response)
+
+    # -- cluster ---------------------------------------------------------------------------
+
+    async def fetch_metadata(self, topics: Sequence[str] | None = None) -> ClusterMetadata:
+        """Brokers, controller and the metadata of ``topics`` (default: every topic)."""
+        return await self._cluster_or_fail().fetch_metadata(topics)

@@ -1,0 +1,226 @@
+"""Connections to brokers, the cached cluster metadata, leader routing and the retry policy.
+
+A :class:`Cluster` owns one grpclib ``Channel`` per broker it talks to (grpclib multiplexes
+concurrent RPCs over one HTTP/2 connection, so one per broker is enough) and the metadata
+the producer and consumer route by: each topic's partitions and their leaders.
+
+Routing: data requests for a partition go to its leader's advertised address. With a single
+broker in the metadata, or while a leader is unknown, they go to the bootstrap connection:
+a single-node broker often advertises an address only valid on its own host (``0.0.0.0``,
+a container name), and the bootstrap address is known to work. A broker that is not the
+leader answers UNAVAILABLE; the caller refreshes metadata and retries.
+
+Invariants:
+- Every RPC runs inside the connection's ``rpc_errors`` boundary: callers see typed errors.
+- Concurrent refreshes coalesce: a caller that waited for another refresh started after its
+  own request does not fetch again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Final, TypeVar
+
+from grpclib.client import Channel
+
+from sentinel.client.convert import cluster_metadata
+from sentinel.client.errors import RETRIABLE_ERRORS, rpc_errors
+from sentinel.client.types import ClusterMetadata, TopicInfo, TopicPartition
+from sentinel.errors import InvalidArgument, SentinelError
+from sentinel.generated.sentinel import v1 as pb
+
+T = TypeVar("T")
+
+# Kafka's retry.backoff.max.ms: exponential backoff never waits longer than this.
+MAX_RETRY_BACKOFF_S: Final = 1.0
+# Node id the metadata uses for "no leader right now" (an election is in progress).
+NO_LEADER: Final = -1
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6-host]:port``) as a (host, port) pair; InvalidArgument if malformed."""
+    text = address.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise InvalidArgument(f"broker address must be host:port, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise InvalidArgument(f"broker port must be in 1..65535, got {port} in {address!r}")
+    return host, port
+
+
+def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
+    """One or more comma-separated ``host:port`` addresses."""
+    if not isinstance(bootstrap, str):
+        raise InvalidArgument(f"bootstrap must be a 'host:port' string, got {type(bootstrap).__name__}")
+    addresses = [parse_address(part) for part in bootstrap.split(",") if part.strip()]
+    if not addresses:
+        raise InvalidArgument("bootstrap names no broker address")
+    return addresses
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def retry_delay(backoff_s: float, attempt: int) -> float:
+    """Exponential backoff for retry number ``attempt`` (1-based), capped."""
+    return min(backoff_s * (2 ** (attempt - 1)), max(backoff_s, MAX_RETRY_BACKOFF_S))
+
+
+async def with_retries(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    retries: int,
+    backoff_s: float,
+    on_retry: Callable[[SentinelError], Awaitable[None]] | None = None,
+) -> T:
+    """Run ``operation``; on a retriable error try again up to ``retries`` more times."""
+    attempt = 0
+    while True:
+        try:
+            return await operation()
+        except RETRIABLE_ERRORS as exc:
+            if attempt >= retries:
+                raise
+            attempt += 1
+            if on_retry is not None:
+                await on_retry(exc)
+            await asyncio.sleep(retry_delay(backoff_s, attempt))
+
+
+class Connection:
+    """One broker: a grpclib channel, its stub and its error boundary.
+
+    Use as ``with conn.errors: response = await conn.stub.produce(request, timeout=...)``.
+    """
+
+    __slots__ = ("address", "channel", "errors", "stub")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.address = format_address(host, port)
+        self.channel = Channel(host, port)
+        self.stub = pb.SentinelStub(self.channel)
+        self.errors = rpc_errors(self.address)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class Cluster:
+    """The brokers a client talks to and the metadata it routes by."""
+
+    def __init__(self, bootstrap: str, *, request_timeout_s: float) -> None:
+        self.request_timeout_s = request_timeout_s
+        self._connections: dict[tuple[str, int], Connection] = {}
+        self._bootstrap = [self._connection(host, port) for host, port in parse_bootstrap(bootstrap)]
+        self._current = 0  # index of the bootstrap connection that last answered
+        self._brokers: dict[int, tuple[str, int]] = {}
+        self._topics: dict[str, TopicInfo] = {}
+        # topic -> partition count, kept beside _topics for the producer's per-record lookup
+        # (the producer holds this very dict: it is mutated, never rebound).
+        self.partition_counts: dict[str, int] = {}
+        self._leaders: dict[TopicPartition, int] = {}
+        self._refresh_lock = asyncio.Lock()
+        self._refreshes = 0  # completed refreshes, to coalesce concurrent ones
+        self._closed = False
+
+    def _connection(self, host: str, port: int) -> Connection:
+        conn = self._connections.get((host, port))
+        if conn is None:
+            conn = self._connections[(host, port)] = Connection(host, port)
+        return conn
+
+    @property
+    def bootstrap(self) -> Connection:
+        """The connection for requests any broker can answer (metadata, admin, groups)."""
+        return self._bootstrap[self._current]
+
+    def leader(self, tp: TopicPartition) -> Connection:
+        """The connection to send data requests for ``tp`` to."""
+        if len(self._brokers) > 1:
+            address = self._brokers.get(self._leaders.get(tp, NO_LEADER))
+            if address is not None:
+                return self._connection(*address)
+        return self._bootstrap[self._current]
+
+    def topic(self, name: str) -> TopicInfo | None:
+        """The cached metadata of ``name``; None when unknown (not fetched, or absent)."""
+        return self._topics.get(name)
+
+    def partition_count(self, name: str) -> int | None:
+        return self.partition_counts.get(name)
+
+    def forget(self, name: str) -> None:
+        """Drop a topic's cached metadata (it was deleted, or an answer proved it stale)."""
+        info = self._topics.pop(name, None)
+        self.partition_counts.pop(name, None)
+        if info is not None:
+            for p in info.partitions:
+                self._leaders.pop(TopicPartition(name, p.partition), None)
+
+    async def fetch_metadata(self, topics: Sequence[str] | None = None) -> ClusterMetadata:
+        """Ask the cluster (any bootstrap broker that answers) and update the cache.
+
+        Requested topics that the answer lacks are dropped from the cache.
+        """
+        request = pb.MetadataRequest(topics=list(topics or ()))
+        last_error: SentinelError | None = None
+        count = len(self._bootstrap)
+        for i in range(count):
+            index = (self._current + i) % count
+            conn = self._bootstrap[index]
+            try:
+                with conn.errors:
+                    response = await conn.stub.fetch_metadata(request, timeout=self.request_timeout_s)
+            except RETRIABLE_ERRORS as exc:
+                last_error = exc
+                continue
+            self._current = index
+            metadata = cluster_metadata(response)
+            self._update(metadata, topics)
+            return metadata
+        assert last_error is not None
+        raise last_error
+
+    def _update(self, metadata: ClusterMetadata, requested: Sequence[str] | None) -> None:
+        if metadata.brokers:
+            self._brokers = {b.node_id: (b.host, b.port) for b in metadata.brokers}
+        for name in requested or ():
+            self.forget(name)
+        for info in metadata.topics:
+            self.forget(info.name)
+            self._topics[info.name] = info
+            if info.partitions:
+                self.partition_counts[info.name] = len(info.partitions)
+            for p in info.partitions:
+                self._leaders[TopicPartition(info.name, p.partition)] = p.leader
+
+    async def refresh(self, topics: Collection[str]) -> None:
+        """Re-fetch the metadata of ``topics`` unless a refresh started meanwhile did it."""
+        seen = self._refreshes
+        async with self._refresh_lock:
+            if self._refreshes != seen and all(t in self._topics for t in topics):
+                return
+            try:
+                await self.fetch_metadata(sorted(topics))
+            finally:
+                self._refreshes += 1
+
+    async def refresh_quietly(self, topics: Collection[str]) -> None:
+        """``refresh`` for a retry path: a failure here is not the error worth reporting."""
+        try:
+            await self.refresh(topics)
+        except SentinelError:
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()

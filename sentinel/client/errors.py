@@ -1,0 +1,142 @@
+"""The client's one error boundary: gRPC statuses and transport failures become typed errors.
+
+Every RPC the client makes runs inside :func:`rpc_errors`, so application code only ever
+sees the ``sentinel.errors`` tree (plus :class:`RequestTimeout`, which is both a
+``SentinelError`` and a builtin ``TimeoutError``):
+
+==================== ==========================
+gRPC status          raised
+==================== ==========================
+INVALID_ARGUMENT     InvalidArgument
+NOT_FOUND            NotFound
+ALREADY_EXISTS       AlreadyExists
+FAILED_PRECONDITION  FailedPrecondition
+RESOURCE_EXHAUSTED   ResourceExhausted
+UNAVAILABLE          Unavailable
+OUT_OF_RANGE         OffsetOutOfRange
+DEADLINE_EXCEEDED    RequestTimeout
+anything else        SentinelError
+==================== ==========================
+
+An UNAVAILABLE message ending in the server's `` [leader=<node>]`` hint becomes
+``Unavailable(text, leader=<node>)``. A broker that cannot be reached (connection refused,
+reset, HTTP/2 protocol failure) is ``Unavailable``; a client-side deadline is
+``RequestTimeout``. Retriable: ``Unavailable``, ``ResourceExhausted``, ``RequestTimeout``.
+"""
+
+from __future__ import annotations
+
+import re
+from types import TracebackType
+from typing import Final, Literal
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+from sentinel.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OffsetOutOfRange,
+    ResourceExhausted,
+    SentinelError,
+    Unavailable,
+)
+
+__all__ = [
+    "RETRIABLE_ERRORS",
+    "RequestTimeout",
+    "error_from_status",
+    "is_retriable",
+    "rpc_errors",
+    "translate_error",
+]
+
+
+class RequestTimeout(SentinelError, TimeoutError):
+    """A request's deadline passed (DEADLINE_EXCEEDED, or the client's own timeout); retriable."""
+
+
+RETRIABLE_ERRORS: Final = (Unavailable, ResourceExhausted, RequestTimeout)
+
+_SIMPLE_STATUS_ERRORS: Final[dict[Status, type[SentinelError]]] = {
+    Status.INVALID_ARGUMENT: InvalidArgument,
+    Status.NOT_FOUND: NotFound,
+    Status.ALREADY_EXISTS: AlreadyExists,
+    Status.FAILED_PRECONDITION: FailedPrecondition,
+    Status.RESOURCE_EXHAUSTED: ResourceExhausted,
+    Status.DEADLINE_EXCEEDED: RequestTimeout,
+}
+
+# The broker's OffsetOutOfRange message names the valid range ("valid offsets are 3..17");
+# gRPC carries no structured fields for it, so the range is recovered from the text when
+# present. Nothing depends on it: a consumer resets with ListOffsets either way.
+_VALID_RANGE: Final = re.compile(r"valid offsets are (\d+)\.\.(\d+)")
+# The server appends the leader hint of an UNAVAILABLE answer to its message as
+# " [leader=<node>]" (sentinel/server/status.py: the generated stubs raise a GRPCError
+# without the trailing metadata that carries it too).
+_LEADER_SUFFIX: Final = re.compile(r" \[leader=([^\]]+)\]\Z")
+
+
+def error_from_status(status: Status, message: str | None) -> SentinelError:
+    """The typed error for a non-OK gRPC status and its message."""
+    text = message or status.name
+    if status is Status.UNAVAILABLE:
+        match = _LEADER_SUFFIX.search(text)
+        if match is None:
+            return Unavailable(text)
+        return Unavailable(text[: match.start()] or status.name, leader=match.group(1))
+    if status is Status.OUT_OF_RANGE:
+        match = _VALID_RANGE.search(text)
+        start, end = (int(match.group(1)), int(match.group(2))) if match else (-1, -1)
+        return OffsetOutOfRange(text, log_start_offset=start, high_watermark=end)
+    error_type = _SIMPLE_STATUS_ERRORS.get(status)
+    if error_type is None:
+        return SentinelError(f"{status.name}: {text}")
+    return error_type(text)
+
+
+def translate_error(exc: BaseException, address: str) -> SentinelError | None:
+    """The typed error for an exception an RPC to ``address`` raised, or None to let it pass."""
+    if isinstance(exc, SentinelError):
+        return None
+    if isinstance(exc, GRPCError):
+        return error_from_status(exc.status, exc.message)
+    if isinstance(exc, TimeoutError):
+        return RequestTimeout(f"request to {address} timed out")
+    if isinstance(exc, OSError | StreamTerminatedError | ProtocolError):
+        return Unavailable(f"cannot reach broker {address}: {exc or type(exc).__name__}")
+    return None
+
+
+def is_retriable(exc: BaseException) -> bool:
+    return isinstance(exc, RETRIABLE_ERRORS)
+
+
+class rpc_errors:  # named like the context manager it is
+    """``with rpc_errors(address): await stub.method(...)`` raises typed errors only.
+
+    A class rather than ``contextlib.contextmanager``: it sits on every RPC, and entering
+    it must not allocate a generator.
+    """
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        if exc is None:
+            return False
+        translated = translate_error(exc, self.address)
+        if translated is None:
+            return False
+        if isinstance(exc, GRPCError):
+            raise translated from None  # the status and message are all there is to say
+        raise translated from exc

@@ -1,0 +1,575 @@
+"""The asyncio producer: batches records per partition and sends them, in order, with retries.
+
+Shape (mirrors aiokafka): ``async with Producer("host:port") as producer`` then
+``future = await producer.send(topic, value, key=...)`` and ``metadata = await future``.
+
+How it works:
+
+- **Partitioning.** An explicit partition wins. A keyed record goes to
+  ``partition_for_key(key, n)`` and a keyless one round-robin per record, both from
+  ``sentinel.broker.partitioner``: the broker's own code, so a key lands where the broker
+  (and a Java Kafka producer) would put it. The round-robin counter starts at a random
+  partition so short-lived producers do not all start on partition 0. (Not Kafka's sticky
+  partitioner: with a per-partition linger, round-robin fills batches evenly enough.)
+- **Metadata.** Partition counts come from FetchMetadata, cached, refreshed when a send
+  names a partition the cache does not know or a request fails with UNAVAILABLE/NOT_FOUND.
+  An unknown topic is created with CreateTopic (partitions=0: the broker's default),
+  ignoring ALREADY_EXISTS, then its metadata is fetched.
+- **Batching.** ``send`` appends to the partition's queue in the accumulator (a pure core)
+  and returns at once. One sender task per partition drains the queue when it holds
+  ``batch_size`` bytes, when its oldest record has waited ``linger_ms``, or at once while a
+  flush, a close or a sender blocked on memory is waiting. One request carries everything
+  queued (up to ``max_request_bytes``) as consecutive RecordBatches of at most
+  ``batch_size`` bytes.
+- **Order.** At most one request is in flight per partition, and a failed request is
+  retried before anything queued after it is sent, so offsets follow send order.
+- **Back-pressure.** Queued and in-flight records reserve their estimated size out of
+  ``max_buffer_bytes``; a ``send`` that does not fit waits (FIFO) until acknowledged
+  requests release memory. A full buffer never raises; a single record larger than the
+  buffer or than a request does (InvalidArgument).
+- **Delivery.** At least once: retriable failures (UNAVAILABLE, RESOURCE_EXHAUSTED, a
+  timeout) are retried ``retries`` times with exponential backoff; a request that timed out
+  after the broker appended it is appended again on retry (there is no idempotent producer).
+  A failed record's future carries the typed error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import random
+import time
+from collections import deque
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, Final, Self
+
+from sentinel.broker.partitioner import RoundRobinPartitioner, partition_for_key
+from sentinel.client.accumulator import (
+    BATCH_OVERHEAD,
+    Drained,
+    PartitionQueue,
+    RecordAccumulator,
+    estimate_size,
+)
+from sentinel.client.connection import Cluster, retry_delay, with_retries
+from sentinel.client.errors import RETRIABLE_ERRORS
+from sentinel.client.types import RecordMetadata, TopicPartition
+from sentinel.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SentinelError,
+    Unavailable,
+)
+from sentinel.generated.sentinel import v1 as pb
+from sentinel.records import Compression, Header, build_batch
+
+__all__ = ["Producer"]
+
+DEFAULT_LINGER_MS: Final = 5
+DEFAULT_BATCH_SIZE: Final = 16 * 1024  # Kafka's batch.size
+DEFAULT_MAX_BUFFER_BYTES: Final = 32 * 1024 * 1024  # Kafka's buffer.memory
+# Kafka's max.request.size. Must stay below the broker's maximum batch and message sizes.
+DEFAULT_MAX_REQUEST_BYTES: Final = 1024 * 1024
+DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
+DEFAULT_RETRIES: Final = 5
+DEFAULT_RETRY_BACKOFF_MS: Final = 100
+# FetchMetadata / CreateTopic while resolving a topic: retried this often before giving up.
+METADATA_RETRIES: Final = 5
+
+_ACKS: Final[dict[object, pb.Acks]] = {
+    "all": pb.Acks.ALL,
+    -1: pb.Acks.ALL,
+    1: pb.Acks.LEADER,
+    0: pb.Acks.NONE,
+}
+_COMPRESSION: Final[dict[str, Compression]] = {
+    "none": Compression.NONE,
+    "gzip": Compression.GZIP,
+    "lz4": Compression.LZ4,
+    "zstd": Compression.ZSTD,
+}
+
+RecordFuture = asyncio.Future[RecordMetadata]
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _PartitionSender:
+    """The asyncio side of one partition: its sender task and its progress counters."""
+
+    __slots__ = ("completed", "enqueued", "inflight", "queue", "task", "tp", "wakeup")
+
+    def __init__(self, tp: TopicPartition, queue: PartitionQueue[RecordFuture]) -> None:
+        self.tp = tp
+        self.queue = queue  # the accumulator's queue of this partition
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.enqueued = 0  # records ever appended
+        self.completed = 0  # records whose future is resolved (or failed)
+        self.inflight: Drained[RecordFuture] | None = None
+
+
+class Producer:
+    """Sends records to Sentinel topics; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        acks: str | int = "all",
+        linger_ms: float = DEFAULT_LINGER_MS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        compression: str = "none",
+        request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS,
+        retries: int = DEFAULT_RETRIES,
+        retry_backoff_ms: float = DEFAULT_RETRY_BACKOFF_MS,
+        client_id: str = "sentinel-producer",
+    ) -> None:
+        try:
+            self._acks = _ACKS[acks]
+        except (KeyError, TypeError):
+            raise InvalidArgument(f"acks must be 'all', 1 or 0, got {acks!r}") from None
+        codec = _COMPRESSION.get(compression) if isinstance(compression, str) else None
+        if codec is None:
+            raise InvalidArgument(f"compression must be one of {sorted(_COMPRESSION)}, got {compression!r}")
+        if not codec.is_available():
+            raise InvalidArgument(f"compression {compression!r} needs a package that is not installed")
+        _check_positive("batch_size", batch_size)
+        _check_positive("max_buffer_bytes", max_buffer_bytes)
+        _check_positive("max_request_bytes", max_request_bytes)
+        _check_positive("request_timeout_ms", request_timeout_ms)
+        if linger_ms < 0 or retries < 0 or retry_backoff_ms < 0:
+            raise InvalidArgument("linger_ms, retries and retry_backoff_ms must be >= 0")
+        self._bootstrap = bootstrap
+        self._compression = codec
+        self._linger_s = linger_ms / 1000
+        self._request_timeout_ms = request_timeout_ms
+        self._request_timeout_s = request_timeout_ms / 1000
+        self._retries = retries
+        self._backoff_s = retry_backoff_ms / 1000
+        self.client_id = client_id
+        self._acc: RecordAccumulator[RecordFuture] = RecordAccumulator(
+            batch_size=batch_size, max_buffer_bytes=max_buffer_bytes, max_request_bytes=max_request_bytes
+        )
+        self._round_robin = RoundRobinPartitioner(random.Random())
+        self._senders: dict[TopicPartition, _PartitionSender] = {}
+        # topic -> partition -> sender: the per-record lookup, without building a TopicPartition.
+        self._senders_by_topic: dict[str, dict[int, _PartitionSender]] = {}
+        self._room_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._topic_setups: dict[str, asyncio.Task[int]] = {}
+        self._progress = asyncio.Event()
+        self._flushing = 0
+        self._fatal: BaseException | None = None
+        self._state = _State.NEW
+        self._accepting = False  # OPEN and not failed: the one check send() makes per record
+        self._cluster: Cluster | None = None
+        self._partition_counts: dict[str, int] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and fetch the cluster metadata (fails fast on a wrong address)."""
+        if self._state is not _State.NEW:
+            raise FailedPrecondition(f"producer is {self._state.value}; start() runs once")
+        cluster = Cluster(self._bootstrap, request_timeout_s=self._request_timeout_s)
+        try:
+            await with_retries(cluster.fetch_metadata, retries=METADATA_RETRIES, backoff_s=self._backoff_s)
+        except BaseException:
+            cluster.close()
+            raise
+        self._cluster = cluster
+        self._partition_counts = cluster.partition_counts
+        self._state = _State.OPEN
+        self._accepting = True
+
+    async def close(self) -> None:
+        """Send everything queued, wait for the answers, then disconnect. Idempotent."""
+        if self._state in (_State.CLOSING, _State.CLOSED):
+            return
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+            return
+        self._state = _State.CLOSING
+        self._accepting = False
+        try:
+            await self.flush()
+        finally:
+            tasks: list[asyncio.Task[Any]] = [s.task for s in self._senders.values() if s.task is not None]
+            tasks.extend(self._topic_setups.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            assert self._cluster is not None
+            self._cluster.close()
+            self._state = _State.CLOSED
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Iterable[Header] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordFuture:
+        """Queue one record; returns a future resolving to its RecordMetadata.
+
+        Returns as soon as the record is queued; waits only while the buffer is full.
+        Invalid arguments raise here; delivery failures arrive through the future.
+        """
+        if not self._accepting:
+            raise self._not_accepting()
+        if value is not None and type(value) is not bytes:
+            value = _as_bytes(value, "value")
+        if key is not None and type(key) is not bytes:
+            key = _as_bytes(key, "key")
+        header_items: tuple[Header, ...] = _check_headers(headers) if headers else ()
+        if timestamp_ms is None:
+            timestamp_ms = time.time_ns() // 1_000_000
+        elif type(timestamp_ms) is not int or timestamp_ms < 0:
+            raise InvalidArgument(f"timestamp_ms must be an int >= 0, got {timestamp_ms!r}")
+        count = self._partition_counts.get(topic) or await self._resolve_topic(topic)
+        if partition is None or partition == -1:
+            if key is not None:
+                partition = partition_for_key(key, count)
+            else:
+                partition = self._round_robin.next_partition(topic, count)
+        elif type(partition) is not int or not 0 <= partition < count:
+            partition = await self._check_partition(topic, partition)
+        size = estimate_size(key, value, header_items)
+        acc = self._acc
+        if size > acc.max_buffer_bytes or size + BATCH_OVERHEAD > acc.max_request_bytes:
+            raise InvalidArgument(
+                f"record of ~{size} bytes is larger than max_buffer_bytes ({acc.max_buffer_bytes}) "
+                f"or max_request_bytes ({acc.max_request_bytes})"
+            )
+        if self._room_waiters or not acc.can_reserve(size):
+            await self._wait_for_room(size)
+        else:
+            acc.reserve(size)
+        future: RecordFuture = asyncio.get_running_loop().create_future()
+        senders = self._senders_by_topic.get(topic)
+        sender = senders.get(partition) if senders is not None else None
+        if sender is None:
+            sender = self._start_sender(TopicPartition(topic, partition))
+        sender.enqueued += 1
+        if sender.queue.add(
+            (key, value, header_items, timestamp_ms), future, size, time.monotonic(), acc.batch_size
+        ):
+            sender.wakeup.set()
+        return future
+
+    def _not_accepting(self) -> SentinelError:
+        if self._fatal is not None:
+            return Unavailable(f"producer failed: {self._fatal!r}")
+        if self._state is _State.NEW:
+            return FailedPrecondition("producer is not started")
+        return FailedPrecondition(f"producer is {self._state.value}")
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Iterable[Header] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordMetadata:
+        """``send`` and wait for the acknowledgement; raises the delivery error if any."""
+        future = await self.send(
+            topic, value, key=key, partition=partition, headers=headers, timestamp_ms=timestamp_ms
+        )
+        return await future
+
+    async def flush(self) -> None:
+        """Send at once everything queued so far and wait until all of it is answered.
+
+        Records sent after ``flush`` started are not waited for. Delivery errors are not
+        raised here: they are on the records' futures.
+        """
+        targets = [(s, s.enqueued) for s in self._senders.values() if s.completed < s.enqueued]
+        if not targets:
+            return
+        self._flushing += 1
+        try:
+            for sender, _ in targets:
+                sender.wakeup.set()
+            while not all(sender.completed >= wanted for sender, wanted in targets):
+                await self._progress.wait()
+        finally:
+            self._flushing -= 1
+
+    async def partitions_for(self, topic: str) -> frozenset[int]:
+        """The partition ids of ``topic`` (created with the broker's defaults if unknown)."""
+        if not self._accepting:
+            raise self._not_accepting()
+        count = self._partition_counts.get(topic) or await self._resolve_topic(topic)
+        return frozenset(range(count))
+
+    # -- metadata --------------------------------------------------------------------------
+
+    async def _resolve_topic(self, topic: str) -> int:
+        """The partition count of a topic the cache does not know, creating the topic if needed.
+        Concurrent sends to the same new topic share one resolution."""
+        if not isinstance(topic, str) or not topic:
+            raise InvalidArgument(f"topic must be a non-empty string, got {topic!r}")
+        task = self._topic_setups.get(topic)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch_or_create(topic))
+            self._topic_setups[topic] = task
+            task.add_done_callback(lambda _: self._topic_setups.pop(topic, None))
+        return await asyncio.shield(task)
+
+    async def _fetch_or_create(self, topic: str) -> int:
+        cluster = self._cluster
+        assert cluster is not None
+        backoff_s = self._backoff_s
+        await with_retries(
+            lambda: cluster.fetch_metadata([topic]), retries=METADATA_RETRIES, backoff_s=backoff_s
+        )
+        count = cluster.partition_count(topic)
+        if count:
+            return count
+
+        async def create() -> None:
+            conn = cluster.bootstrap
+            request = pb.CreateTopicRequest(name=topic, partitions=0, replication_factor=0)
+            try:
+                with conn.errors:
+                    await conn.stub.create_topic(request, timeout=self._request_timeout_s)
+            except AlreadyExists:
+                pass  # another client created it first: just as good
+
+        await with_retries(create, retries=METADATA_RETRIES, backoff_s=backoff_s)
+        await with_retries(
+            lambda: cluster.fetch_metadata([topic]), retries=METADATA_RETRIES, backoff_s=backoff_s
+        )
+        count = cluster.partition_count(topic)
+        if not count:
+            raise NotFound(f"topic {topic!r} has no partitions in the cluster metadata after it was created")
+        return count
+
+    async def _check_partition(self, topic: str, partition: object) -> int:
+        """Validate an explicit partition, refreshing metadata once in case partitions were added."""
+        if type(partition) is not int:
+            raise InvalidArgument(f"partition must be an int, got {partition!r}")
+        assert self._cluster is not None
+        if partition >= 0:
+            await self._cluster.refresh_quietly([topic])
+        count = self._cluster.partition_count(topic) or 0
+        if 0 <= partition < count:
+            return partition
+        raise InvalidArgument(
+            f"partition {partition} does not exist in topic {topic!r}: valid partitions are 0..{count - 1}"
+        )
+
+    # -- memory ----------------------------------------------------------------------------
+
+    async def _wait_for_room(self, size: int) -> None:
+        """Wait (FIFO) until ``size`` bytes can be reserved; returns with them reserved."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room_waiters.append((size, waiter))
+        self._wake_all()  # lingering batches should go now: memory is what we wait for
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._acc.release(size)  # granted, but we no longer want it
+                self._grant_room()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._room_waiters.remove((size, waiter))
+            raise
+
+    def _grant_room(self) -> None:
+        waiters = self._room_waiters
+        acc = self._acc
+        while waiters:
+            size, waiter = waiters[0]
+            if waiter.done():  # cancelled
+                waiters.popleft()
+                continue
+            if not acc.can_reserve(size):
+                return
+            waiters.popleft()
+            acc.reserve(size)
+            waiter.set_result(None)
+
+    # -- sender tasks ----------------------------------------------------------------------
+
+    def _start_sender(self, tp: TopicPartition) -> _PartitionSender:
+        sender = _PartitionSender(tp, self._acc.queue(tp))
+        sender.task = asyncio.get_running_loop().create_task(self._run_sender(sender), name=f"produce {tp}")
+        self._senders[tp] = sender
+        self._senders_by_topic.setdefault(tp.topic, {})[tp.partition] = sender
+        return sender
+
+    def _wake_all(self) -> None:
+        for sender in self._senders.values():
+            sender.wakeup.set()
+
+    def _signal_progress(self) -> None:
+        event, self._progress = self._progress, asyncio.Event()
+        event.set()
+
+    async def _run_sender(self, sender: _PartitionSender) -> None:
+        tp = sender.tp
+        acc = self._acc
+        queue = sender.queue
+        wakeup = sender.wakeup
+        try:
+            while True:
+                if not queue.records:
+                    wakeup.clear()
+                    await wakeup.wait()
+                    continue
+                if queue.size < acc.batch_size and not (
+                    self._flushing or self._room_waiters or self._state is not _State.OPEN
+                ):
+                    delay = queue.first_at + self._linger_s - time.monotonic()
+                    if delay > 0:
+                        wakeup.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(delay):
+                                await wakeup.wait()
+                        continue
+                drained = acc.drain(tp)
+                assert drained is not None
+                sender.inflight = drained
+                try:
+                    await self._deliver(tp, drained)
+                finally:
+                    acc.release(drained.size)
+                    sender.completed += drained.record_count
+                    self._grant_room()
+                    self._signal_progress()
+                # Only now: if delivery was cancelled or crashed, the handlers below still
+                # see the in-flight records and fail their futures.
+                sender.inflight = None
+        except asyncio.CancelledError:
+            self._abandon(sender, FailedPrecondition("producer closed before the record was sent"))
+            raise
+        except BaseException as exc:  # a bug: fail loudly, never leave futures hanging
+            self._fatal = exc
+            self._accepting = False
+            for other in self._senders.values():
+                self._abandon(other, Unavailable(f"producer failed: {exc!r}"))
+            raise
+
+    def _abandon(self, sender: _PartitionSender, error: SentinelError) -> None:
+        """Fail every record of ``sender`` not yet answered."""
+        futures = self._acc.take_all(sender.tp)
+        if sender.inflight is not None:
+            futures = sender.inflight.completions + futures
+        sender.completed = sender.enqueued
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)
+        self._grant_room()
+        self._signal_progress()
+
+    async def _deliver(self, tp: TopicPartition, drained: Drained[RecordFuture]) -> None:
+        """Send one request (retrying), then resolve or fail every record's future."""
+        cluster = self._cluster
+        assert cluster is not None
+        try:
+            codec = self._compression
+            payload = b"".join([build_batch(records, compression=codec) for records in drained.batches])
+            request = pb.ProduceRequest(
+                topic=tp.topic,
+                partition=tp.partition,
+                record_batches=payload,
+                acks=self._acks,
+                timeout_ms=self._request_timeout_ms,
+            )
+            attempt = 0
+            while True:
+                conn = cluster.leader(tp)
+                try:
+                    with conn.errors:
+                        response = await conn.stub.produce(request, timeout=self._request_timeout_s)
+                    break
+                except RETRIABLE_ERRORS as exc:
+                    if attempt >= self._retries:
+                        raise
+                    attempt += 1
+                    if isinstance(exc, Unavailable):  # maybe a new leader: ask where
+                        await cluster.refresh_quietly([tp.topic])
+                    await asyncio.sleep(retry_delay(self._backoff_s, attempt))
+        except SentinelError as exc:
+            if isinstance(exc, NotFound):
+                cluster.forget(tp.topic)
+            for future in drained.completions:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self._resolve(tp, drained, response)
+
+    def _resolve(
+        self, tp: TopicPartition, drained: Drained[RecordFuture], response: pb.ProduceResponse
+    ) -> None:
+        topic, partition = tp
+        base = response.base_offset if self._acks is not pb.Acks.NONE else -1
+        append_time = response.log_append_time_ms
+        futures = drained.completions
+        index = 0
+        for records in drained.batches:
+            for record in records:
+                future = futures[index]
+                if not future.done():
+                    future.set_result(
+                        RecordMetadata(
+                            topic,
+                            partition,
+                            base + index if base >= 0 else -1,
+                            append_time if append_time > 0 else record[3],
+                        )
+                    )
+                index += 1
+
+
+def _check_positive(name: str, value: object) -> None:
+    if not isinstance(value, int | float) or value <= 0:
+        raise InvalidArgument(f"{name} must be > 0, got {value!r}")
+
+
+def _as_bytes(obj: object, what: str) -> bytes:
+    if isinstance(obj, bytearray | memoryview):
+        return bytes(obj)
+    raise InvalidArgument(f"{what} must be bytes or None, got {type(obj).__name__}")
+
+
+def _check_headers(headers: Iterable[Header]) -> tuple[Header, ...]:
+    items: list[Header] = []
+    for item in headers:
+        if not (isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], str)):
+            raise InvalidArgument(f"a header must be a (str, bytes | None) pair, got {item!r}")
+        name, value = item
+        if value is not None and type(value) is not bytes:
+            value = _as_bytes(value, f"header {name!r} value")
+        items.append((name, value))
+    return tuple(items)

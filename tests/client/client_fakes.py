@@ -1,0 +1,409 @@
+"""An in-memory Sentinel broker for the client tests: a grpclib server on 127.0.0.1:0.
+
+It implements the wire contract (protos/sentinel/v1/sentinel.proto) the way the client
+expects the real broker to: offsets assigned contiguously per partition, batches stored
+verbatim with their base offset rewritten, fetch long-polls, OUT_OF_RANGE outside
+``[log_start, high_watermark]``, auto-creation on produce and a trivial group coordinator.
+Fault injection: ``fail_next(rpc, status)`` makes the next calls of an RPC fail;
+``hold_produce()`` parks produce requests until ``release_produce()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import Counter, defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server
+
+from sentinel.broker.partitioner import RoundRobinPartitioner, partition_for_key
+from sentinel.errors import InvalidRecordBatch
+from sentinel.generated.sentinel import v1 as pb
+from sentinel.records import RecordBatch, iter_batches
+
+# The address the fake advertises in its metadata; the client routes single-broker
+# clusters to the bootstrap address anyway.
+NODE_ID = 1
+
+
+class FakePartition:
+    def __init__(self) -> None:
+        self.batches: list[RecordBatch] = []  # with their assigned base offsets
+        self.log_start = 0
+        self.next_offset = 0
+        self.arrived = asyncio.Event()
+
+    def append(self, batch: RecordBatch) -> int:
+        base = self.next_offset
+        self.batches.append(RecordBatch(batch.with_base_offset(base)))
+        self.next_offset = base + batch.record_count
+        self.arrived.set()
+        self.arrived = asyncio.Event()
+        return base
+
+    def records(self) -> list[tuple[int, bytes | None, bytes | None]]:
+        return [(r.offset, r.key, r.value) for b in self.batches for r in b.records()]
+
+
+class FakeGroup:
+    def __init__(self) -> None:
+        self.generation = 0
+        self.members: dict[str, list[str]] = {}  # member id -> topics
+        self.joined_generation: dict[str, int] = {}
+        self.assignment: dict[str, list[tuple[str, int]]] = {}
+        self.offsets: dict[tuple[str, int], int] = {}
+
+
+class FakeSentinel(pb.SentinelBase):
+    def __init__(self, *, default_partitions: int = 1) -> None:
+        self.default_partitions = default_partitions
+        self.topics: dict[str, list[FakePartition]] = {}
+        self.groups: dict[str, FakeGroup] = defaultdict(FakeGroup)
+        self.calls: Counter[str] = Counter()
+        self.produce_requests: list[pb.ProduceRequest] = []
+        self.failures: dict[str, deque[GRPCError]] = defaultdict(deque)
+        self.produce_gate: asyncio.Event | None = None
+        self.produce_parked = asyncio.Event()  # set when a produce request waits at the gate
+        self.joined = asyncio.Event()  # set (and replaced) on every JoinGroup answer
+        self.address = ""
+        self._called = asyncio.Event()  # set (and replaced) on every RPC
+        self._round_robin = RoundRobinPartitioner()
+        self._member_ids = 0
+
+    # -- test controls -------------------------------------------------------------------
+
+    def create(self, name: str, partitions: int) -> list[FakePartition]:
+        self.topics[name] = [FakePartition() for _ in range(partitions)]
+        return self.topics[name]
+
+    def fail_next(self, rpc: str, status: Status, message: str = "injected", times: int = 1) -> None:
+        for _ in range(times):
+            self.failures[rpc].append(GRPCError(status, message))
+
+    def hold_produce(self) -> None:
+        self.produce_gate = asyncio.Event()
+
+    def release_produce(self) -> None:
+        assert self.produce_gate is not None
+        self.produce_gate.set()
+        self.produce_gate = None
+
+    def trigger_rebalance(self, group_id: str) -> None:
+        """Bump the generation: every member's next heartbeat says rebalance_needed."""
+        self.groups[group_id].generation += 1
+
+    async def wait_for_calls(self, rpc: str, count: int) -> None:
+        """Return once ``rpc`` was called at least ``count`` times."""
+        while self.calls[rpc] < count:
+            await self._called.wait()
+
+    def _enter(self, rpc: str) -> None:
+        self.calls[rpc] += 1
+        self._called.set()
+        self._called = asyncio.Event()
+        if self.failures[rpc]:
+            raise self.failures[rpc].popleft()
+
+    def _partition(self, topic: str, partition: int) -> FakePartition:
+        parts = self.topics.get(topic)
+        if parts is None:
+            raise GRPCError(Status.NOT_FOUND, f"topic {topic!r} does not exist")
+        if not 0 <= partition < len(parts):
+            raise GRPCError(Status.NOT_FOUND, f"partition {partition} of {topic!r} does not exist")
+        return parts[partition]
+
+    def _metadata(self, name: str) -> list[pb.PartitionMetadata]:
+        return [
+            pb.PartitionMetadata(
+                partition=i,
+                leader=NODE_ID,
+                replicas=[NODE_ID],
+                in_sync_replicas=[NODE_ID],
+                log_start_offset=p.log_start,
+                high_watermark=p.next_offset,
+            )
+            for i, p in enumerate(self.topics[name])
+        ]
+
+    def _describe(self, name: str) -> pb.TopicDescription:
+        return pb.TopicDescription(
+            name=name, replication_factor=1, partitions=self._metadata(name), config=pb.TopicConfig()
+        )
+
+    # -- data ----------------------------------------------------------------------------
+
+    async def produce(self, message: pb.ProduceRequest) -> pb.ProduceResponse:
+        self._enter("produce")
+        self.produce_requests.append(message)
+        try:
+            batches = list(iter_batches(message.record_batches))
+        except InvalidRecordBatch as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        if message.topic not in self.topics:
+            self.create(message.topic, self.default_partitions)
+        partition = message.partition
+        if partition < 0:
+            first = batches[0].decode_records()[0]
+            count = len(self.topics[message.topic])
+            partition = (
+                partition_for_key(first.key, count)
+                if first.key is not None
+                else self._round_robin.next_partition(message.topic, count)
+            )
+        part = self._partition(message.topic, partition)
+        gate = self.produce_gate
+        if gate is not None:
+            self.produce_parked.set()
+            await gate.wait()
+        base = -1
+        for batch in batches:
+            offset = part.append(batch)
+            base = offset if base < 0 else base
+        return pb.ProduceResponse(
+            topic=message.topic,
+            partition=partition,
+            base_offset=base if message.acks != pb.Acks.NONE else -1,
+            log_append_time_ms=-1,
+        )
+
+    async def fetch(self, message: pb.ConsumeRequest) -> pb.ConsumeResponse:
+        self._enter("fetch")
+        part = self._partition(message.topic, message.partition)
+        offset = message.offset
+        if offset < part.log_start or offset > part.next_offset:
+            raise GRPCError(
+                Status.OUT_OF_RANGE,
+                f"offset {offset} is out of range for {message.topic}[{message.partition}]: "
+                f"valid offsets are {part.log_start}..{part.next_offset}",
+            )
+        if offset == part.next_offset and message.max_wait_ms:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(message.max_wait_ms / 1000):
+                    await part.arrived.wait()
+        chunks: list[bytes] = []
+        size = 0
+        next_offset = offset
+        for batch in part.batches:
+            if batch.next_offset <= offset or batch.base_offset < part.log_start:
+                continue
+            if chunks and size + batch.size_in_bytes > (message.max_bytes or 1 << 20):
+                break
+            chunks.append(batch.data)
+            size += batch.size_in_bytes
+            next_offset = batch.next_offset
+        return pb.ConsumeResponse(
+            topic=message.topic,
+            partition=message.partition,
+            record_batches=b"".join(chunks),
+            high_watermark=part.next_offset,
+            log_start_offset=part.log_start,
+            next_offset=next_offset,
+        )
+
+    async def list_offsets(self, message: pb.ListOffsetsRequest) -> pb.ListOffsetsResponse:
+        self._enter("list_offsets")
+        part = self._partition(message.topic, message.partition)
+        if message.spec == pb.OffsetSpec.EARLIEST:
+            return pb.ListOffsetsResponse(offset=part.log_start, timestamp_ms=-1)
+        if message.spec == pb.OffsetSpec.TIMESTAMP:
+            for batch in part.batches:
+                for record in batch.records():
+                    if record.offset >= part.log_start and record.timestamp >= message.timestamp_ms:
+                        return pb.ListOffsetsResponse(offset=record.offset, timestamp_ms=record.timestamp)
+            return pb.ListOffsetsResponse(offset=part.next_offset, timestamp_ms=-1)
+        return pb.ListOffsetsResponse(offset=part.next_offset, timestamp_ms=-1)
+
+    # -- metadata and admin ----------------------------------------------------------------
+
+    async def fetch_metadata(self, message: pb.MetadataRequest) -> pb.MetadataResponse:
+        self._enter("fetch_metadata")
+        host, port = self.address.rsplit(":", 1)
+        names = message.topics or sorted(self.topics)
+        return pb.MetadataResponse(
+            brokers=[pb.BrokerInfo(node_id=NODE_ID, host=host, port=int(port))],
+            topics=[
+                pb.TopicMetadata(name=n, partitions=self._metadata(n), replication_factor=1)
+                for n in names
+                if n in self.topics
+            ],
+            controller_id=NODE_ID,
+        )
+
+    async def create_topic(self, message: pb.CreateTopicRequest) -> pb.CreateTopicResponse:
+        self._enter("create_topic")
+        if message.name in self.topics:
+            raise GRPCError(Status.ALREADY_EXISTS, f"topic {message.name!r} already exists")
+        if message.partitions < 0:
+            raise GRPCError(Status.INVALID_ARGUMENT, "partitions must be >= 0")
+        self.create(message.name, message.partitions or self.default_partitions)
+        return pb.CreateTopicResponse(topic=self._describe(message.name))
+
+    async def delete_topic(self, message: pb.DeleteTopicRequest) -> pb.DeleteTopicResponse:
+        self._enter("delete_topic")
+        if self.topics.pop(message.name, None) is None:
+            raise GRPCError(Status.NOT_FOUND, f"topic {message.name!r} does not exist")
+        return pb.DeleteTopicResponse()
+
+    async def list_topics(self, message: pb.ListTopicsRequest) -> pb.ListTopicsResponse:
+        self._enter("list_topics")
+        return pb.ListTopicsResponse(topics=[self._describe(n) for n in sorted(self.topics)])
+
+    async def describe_topic(self, message: pb.DescribeTopicRequest) -> pb.TopicDescription:
+        self._enter("describe_topic")
+        if message.name not in self.topics:
+            raise GRPCError(Status.NOT_FOUND, f"topic {message.name!r} does not exist")
+        return self._describe(message.name)
+
+    # -- groups --------------------------------------------------------------------------
+
+    def _rebalance(self, group: FakeGroup) -> None:
+        group.generation += 1
+        members = sorted(group.members)
+        group.assignment = {m: [] for m in members}
+        if not members:
+            return
+        topics = sorted({t for ts in group.members.values() for t in ts})
+        tps = [(t, p) for t in topics if t in self.topics for p in range(len(self.topics[t]))]
+        for i, tp in enumerate(tps):
+            group.assignment[members[i % len(members)]].append(tp)
+
+    async def join_group(self, message: pb.JoinGroupRequest) -> pb.JoinGroupResponse:
+        self._enter("join_group")
+        group = self.groups[message.group_id]
+        member_id = message.member_id
+        if member_id and member_id not in group.members:
+            raise GRPCError(Status.NOT_FOUND, f"unknown member {member_id!r}")
+        if not member_id:
+            self._member_ids += 1
+            member_id = f"member-{self._member_ids}"
+        if group.members.get(member_id) != list(message.topics):
+            group.members[member_id] = list(message.topics)
+            self._rebalance(group)
+        group.joined_generation[member_id] = group.generation
+        self.joined.set()
+        self.joined = asyncio.Event()
+        return pb.JoinGroupResponse(
+            member_id=member_id,
+            generation=group.generation,
+            assignment=[
+                pb.TopicPartition(topic=t, partition=p) for t, p in group.assignment.get(member_id, [])
+            ],
+        )
+
+    async def heartbeat(self, message: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        self._enter("heartbeat")
+        group = self.groups[message.group_id]
+        if message.member_id not in group.members:
+            raise GRPCError(Status.NOT_FOUND, f"unknown member {message.member_id!r}")
+        return pb.HeartbeatResponse(
+            rebalance_needed=message.generation != group.generation, generation=group.generation
+        )
+
+    async def leave_group(self, message: pb.LeaveGroupRequest) -> pb.LeaveGroupResponse:
+        self._enter("leave_group")
+        group = self.groups[message.group_id]
+        if group.members.pop(message.member_id, None) is not None:
+            self._rebalance(group)
+        return pb.LeaveGroupResponse()
+
+    async def commit_offsets(self, message: pb.CommitOffsetsRequest) -> pb.CommitOffsetsResponse:
+        self._enter("commit_offsets")
+        group = self.groups[message.group_id]
+        if message.member_id:
+            # A member may commit with the generation it last joined (what it owns), even
+            # while a rebalance is pending: that is how it commits before revoking.
+            if group.joined_generation.get(message.member_id) != message.generation:
+                raise GRPCError(
+                    Status.FAILED_PRECONDITION,
+                    f"stale generation {message.generation} for member {message.member_id!r}",
+                )
+        elif message.generation != -1:
+            raise GRPCError(Status.FAILED_PRECONDITION, "a standalone commit uses generation -1")
+        for o in message.offsets:
+            group.offsets[(o.topic, o.partition)] = o.offset
+        return pb.CommitOffsetsResponse()
+
+    async def fetch_offsets(self, message: pb.FetchOffsetsRequest) -> pb.FetchOffsetsResponse:
+        self._enter("fetch_offsets")
+        group = self.groups[message.group_id]
+        return pb.FetchOffsetsResponse(
+            offsets=[
+                pb.PartitionOffset(
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=group.offsets.get((tp.topic, tp.partition), -1),
+                )
+                for tp in message.partitions
+            ]
+        )
+
+    async def list_groups(self, message: pb.ListGroupsRequest) -> pb.ListGroupsResponse:
+        self._enter("list_groups")
+        return pb.ListGroupsResponse(group_ids=sorted(self.groups))
+
+    async def describe_group(self, message: pb.DescribeGroupRequest) -> pb.GroupDescription:
+        self._enter("describe_group")
+        if message.group_id not in self.groups:
+            raise GRPCError(Status.NOT_FOUND, f"group {message.group_id!r} does not exist")
+        group = self.groups[message.group_id]
+        return pb.GroupDescription(
+            group_id=message.group_id,
+            state="Stable" if group.members else "Empty",
+            generation=group.generation,
+            members=[
+                pb.GroupMember(
+                    member_id=m,
+                    client_id="",
+                    assignment=[
+                        pb.TopicPartition(topic=t, partition=p) for t, p in group.assignment.get(m, [])
+                    ],
+                )
+                for m in sorted(group.members)
+            ],
+            offsets=[
+                pb.PartitionLag(
+                    topic=t,
+                    partition=p,
+                    committed_offset=o,
+                    high_watermark=self.topics[t][p].next_offset,
+                    lag=self.topics[t][p].next_offset - o,
+                )
+                for (t, p), o in sorted(group.offsets.items())
+                if t in self.topics
+            ],
+        )
+
+
+@contextlib.asynccontextmanager
+async def fake_broker(**kwargs: int) -> AsyncIterator[FakeSentinel]:
+    fake = FakeSentinel(**kwargs)
+    # IPPROTO_TCP explicitly: grpclib only sets TCP_NODELAY on sockets that say so, and
+    # without it every RPC pays a ~40 ms delayed-ACK stall.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    fake.address = f"127.0.0.1:{sock.getsockname()[1]}"
+    server = Server([fake])
+    await server.start(sock=sock)
+    try:
+        yield fake
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# Every scenario must finish well within this; a hang fails the test instead of the suite.
+SCENARIO_TIMEOUT_S = 10
+
+
+def run(scenario: Callable[[FakeSentinel], Awaitable[None]], **kwargs: int) -> None:
+    """Run ``scenario(fake)`` on a fresh event loop with a fresh fake broker."""
+
+    async def main() -> None:
+        async with asyncio.timeout(SCENARIO_TIMEOUT_S), fake_broker(**kwargs) as fake:
+            await scenario(fake)
+
+    asyncio.run(main())

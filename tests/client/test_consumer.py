@@ -1,0 +1,347 @@
+"""Consumer against the in-memory fake broker: positions, seeks, resets, commits, groups."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from client_fakes import FakeSentinel, run
+from grpclib.const import Status
+
+from sentinel.client import (
+    Consumer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    OffsetAndTimestamp,
+    Producer,
+    TopicPartition,
+)
+from sentinel.client.fetching import PartitionState, records_from_batches
+from sentinel.errors import FailedPrecondition, NotFound
+from sentinel.records import build_batch
+
+TP = TopicPartition("events", 0)
+
+
+async def produce(fake: FakeSentinel, topic: str, values: list[bytes], *, partition: int = 0) -> None:
+    """Send ``values`` in one batch (a long linger, then flush)."""
+    async with Producer(fake.address, linger_ms=60_000) as producer:
+        for v in values:
+            await producer.send(topic, v, partition=partition)
+        await producer.flush()
+
+
+def values(records: list[ConsumerRecord]) -> list[bytes | None]:
+    return [r.value for r in records]
+
+
+def test_seek_into_a_batch_skips_the_records_before_the_offset() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"r%d" % i for i in range(10)])
+        assert len(fake.topics["events"][0].batches) == 1  # offset 4 is inside the batch
+        async with Consumer(fake.address) as consumer:
+            consumer.assign([TP])
+            consumer.seek(TP, 4)
+            got = await consumer.getmany(timeout_ms=5000)
+            assert [r.offset for r in got[TP]] == [4, 5, 6, 7, 8, 9]
+            assert values(got[TP]) == [b"r%d" % i for i in range(4, 10)]
+            assert await consumer.position(TP) == 10
+            assert consumer.highwater(TP) == 10
+
+    run(scenario)
+
+
+def test_records_from_batches_skips_before_start_and_keeps_order() -> None:
+    first = build_batch([(None, b"a", (), 1), (None, b"b", (), 2)], base_offset=10)
+    second = build_batch([(b"k", b"c", (), 3)], base_offset=12)
+    records = records_from_batches(TP, first + second, 11)
+    assert records == [
+        ConsumerRecord("events", 0, 11, 2, None, b"b", ()),
+        ConsumerRecord("events", 0, 12, 3, b"k", b"c", ()),
+    ]
+    assert records_from_batches(TP, first + second, 13) == []
+
+
+def test_partition_state_take_advances_the_position_past_the_answer() -> None:
+    state = PartitionState(TP)
+    state.position = 11
+    state.records = records_from_batches(
+        TP, build_batch([(None, b"%d" % i, (), i) for i in range(5)], base_offset=10), 11
+    )
+    state.after = 20  # the answer ended at 20 (say, a compacted gap after offset 14)
+    assert [r.offset for r in state.take(2)] == [11, 12]
+    assert state.position == 13
+    assert [r.offset for r in state.take(10)] == [13, 14]
+    assert state.position == 20 and state.records == []
+    state.records = [ConsumerRecord("events", 0, 20, 0, None, b"x", ())]
+    state.reset(5)
+    assert (state.position, state.records, state.index) == (5, [], 0)
+
+
+def test_auto_offset_reset_earliest_reads_everything() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"a", b"b", b"c"])
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([TP])
+            assert values((await consumer.getmany(timeout_ms=5000))[TP]) == [b"a", b"b", b"c"]
+
+    run(scenario)
+
+
+def test_auto_offset_reset_latest_reads_only_new_records() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"old1", b"old2"])
+        async with Consumer(fake.address, auto_offset_reset="latest") as consumer:
+            consumer.assign([TP])
+            assert await consumer.position(TP) == 2
+            assert await consumer.getmany(timeout_ms=0) == {}
+            await produce(fake, "events", [b"new"])
+            got = await consumer.getmany(timeout_ms=5000)
+            assert [(r.offset, r.value) for r in got[TP]] == [(2, b"new")]
+
+    run(scenario)
+
+
+def test_getmany_long_polls_until_data_arrives() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        async with Consumer(fake.address, fetch_max_wait_ms=50) as consumer:
+            consumer.assign([TP])
+            waiting = asyncio.ensure_future(consumer.getmany(timeout_ms=5000))
+            await fake.wait_for_calls("fetch", 2)  # a poll found nothing, and it polled again
+            assert not waiting.done()
+            await produce(fake, "events", [b"late"])
+            assert values((await waiting)[TP]) == [b"late"]
+
+    run(scenario)
+
+
+def test_out_of_range_position_resets_by_policy() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"a", b"b"])
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([TP])
+            consumer.seek(TP, 100)
+            got = await consumer.getmany(timeout_ms=5000)
+            assert [r.offset for r in got[TP]] == [0, 1]
+
+    run(scenario)
+
+
+def test_commit_and_committed_and_resume_from_committed_offset() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"%d" % i for i in range(6)])
+        options = {"group_id": "g", "enable_auto_commit": False, "auto_offset_reset": "earliest"}
+        async with Consumer(fake.address, **options) as c:  # type: ignore[arg-type]
+            c.assign([TP])
+            assert await c.committed(TP) is None
+            got = await c.getmany(timeout_ms=5000, max_records=4)
+            assert [r.offset for r in got[TP]] == [0, 1, 2, 3]
+            await c.commit()
+            assert await c.committed(TP) == 4
+            await c.commit({TP: (2, "meta")})
+            assert await c.committed(TP) == 2
+        assert fake.groups["g"].offsets == {("events", 0): 2}
+        async with Consumer(fake.address, group_id="g", auto_offset_reset="latest") as c:
+            c.assign([TP])
+            assert [r.offset for r in (await c.getmany(timeout_ms=5000))[TP]] == [2, 3, 4, 5]
+        # Auto-commit committed the position on close.
+        assert fake.groups["g"].offsets == {("events", 0): 6}
+
+    run(scenario)
+
+
+def test_commit_without_group_is_refused() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        async with Consumer(fake.address) as consumer:
+            consumer.assign([TP])
+            with pytest.raises(FailedPrecondition, match="commit\\(\\) needs a group_id"):
+                await consumer.commit({TP: 1})
+
+    run(scenario)
+
+
+def test_unknown_topic_raises_not_found() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([("nope", 0)])
+            with pytest.raises(NotFound, match="topic 'nope' does not exist"):
+                await consumer.getmany(timeout_ms=1000)
+            fake.create("known", 1)
+            consumer.assign([("known", 0)])
+            consumer.seek(TopicPartition("known", 0), 0)
+            fake.topics.pop("known")
+            with pytest.raises(NotFound, match="topic 'known' does not exist"):
+                await consumer.getmany(timeout_ms=1000)
+
+    run(scenario)
+
+
+def test_retriable_fetch_error_is_retried() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"x"])
+        fake.fail_next("fetch", Status.UNAVAILABLE, "leader moved")
+        async with Consumer(fake.address, auto_offset_reset="earliest", retry_backoff_ms=1) as consumer:
+            consumer.assign([TP])
+            assert values((await consumer.getmany(timeout_ms=5000))[TP]) == [b"x"]
+        assert fake.calls["fetch"] >= 2
+
+    run(scenario)
+
+
+def test_seek_to_beginning_end_and_offsets_for_times() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        async with Producer(fake.address) as producer:
+            for i in range(5):
+                await producer.send_and_wait("events", b"%d" % i, partition=0, timestamp_ms=1000 * (i + 1))
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([TP])
+            await consumer.seek_to_end()
+            assert await consumer.position(TP) == 5
+            await consumer.seek_to_beginning(TP)
+            assert await consumer.position(TP) == 0
+            assert await consumer.offsets_for_times({TP: 2500}) == {TP: OffsetAndTimestamp(2, 3000)}
+            assert await consumer.offsets_for_times({TP: 9999}) == {TP: None}
+            assert await consumer.beginning_offsets([TP]) == {TP: 0}
+            assert await consumer.end_offsets([TP]) == {TP: 5}
+
+    run(scenario)
+
+
+def test_max_records_and_fair_draining_across_partitions() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 2)
+        await produce(fake, "events", [b"a%d" % i for i in range(5)], partition=0)
+        await produce(fake, "events", [b"b%d" % i for i in range(5)], partition=1)
+        tps = [TopicPartition("events", 0), TopicPartition("events", 1)]
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign(tps)
+            seen: dict[TopicPartition, list[int]] = {tp: [] for tp in tps}
+            while sum(map(len, seen.values())) < 10:
+                batch = await consumer.getmany(timeout_ms=5000, max_records=3)
+                assert sum(map(len, batch.values())) <= 3
+                for tp, records in batch.items():
+                    seen[tp].extend(r.offset for r in records)
+            assert seen == {tps[0]: [0, 1, 2, 3, 4], tps[1]: [0, 1, 2, 3, 4]}
+
+    run(scenario)
+
+
+def test_async_for_yields_records_in_order_and_commits_what_was_consumed() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"%d" % i for i in range(8)])
+        async with Consumer(fake.address, group_id="it", auto_offset_reset="earliest") as consumer:
+            consumer.assign([TP])
+            got = []
+            async for record in consumer:
+                got.append(record.offset)
+                if len(got) == 5:
+                    break
+            assert got == [0, 1, 2, 3, 4]
+            assert await consumer.position(TP) == 5  # not 8: read-ahead is not consumed
+        assert fake.groups["it"].offsets == {("events", 0): 5}
+
+    run(scenario)
+
+
+class RecordingListener(ConsumerRebalanceListener):
+    def __init__(self, fake: FakeSentinel, group: str) -> None:
+        self.fake = fake
+        self.group = group
+        self.events: list[tuple[str, frozenset[TopicPartition], dict[tuple[str, int], int]]] = []
+        self.changed = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: frozenset[TopicPartition]) -> None:
+        self.events.append(("revoked", revoked, dict(self.fake.groups[self.group].offsets)))
+        self.changed.set()
+
+    async def on_partitions_assigned(self, assigned: frozenset[TopicPartition]) -> None:
+        self.events.append(("assigned", assigned, dict(self.fake.groups[self.group].offsets)))
+        self.changed.set()
+
+
+def test_group_subscribe_gets_assignment_and_rebalance_revokes_then_assigns() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 4)
+        for p in range(4):
+            await produce(fake, "events", [b"p%d-0" % p, b"p%d-1" % p], partition=p)
+        every = frozenset(TopicPartition("events", p) for p in range(4))
+        options = {"group_id": "g", "auto_offset_reset": "earliest", "heartbeat_interval_ms": 10}
+        first_listener = RecordingListener(fake, "g")
+        async with Consumer(fake.address, **options) as first:  # type: ignore[arg-type]
+            first.subscribe(["events"], listener=first_listener)
+            consumed = 0
+            while consumed < 8:
+                consumed += sum(map(len, (await first.getmany(timeout_ms=5000)).values()))
+            assert first.assignment() == every
+            assert [e[:2] for e in first_listener.events] == [("assigned", every)]
+
+            async with Consumer(fake.address, **options) as second:  # type: ignore[arg-type]
+                second.subscribe(["events"])
+                assert await second.getmany(timeout_ms=0) == {}  # joins: the group rebalances
+                mine = second.assignment()
+                assert len(mine) == 2
+                # The first member notices on a heartbeat, inside its next getmany.
+                polling = asyncio.ensure_future(first.getmany(timeout_ms=5000))
+                while len(first_listener.events) < 3:
+                    first_listener.changed.clear()
+                    await first_listener.changed.wait()
+                polling.cancel()
+                revoked, assigned = first_listener.events[1:]
+                assert revoked[:2] == ("revoked", every)
+                # Auto-commit ran before the revoke callback: everything consumed is committed.
+                assert revoked[2] == {("events", p): 2 for p in range(4)}
+                assert assigned[:2] == ("assigned", every - mine)
+                assert first.assignment() == every - mine
+            # The second member left: the first gets everything back.
+            while len(first_listener.events) < 5:
+                await first.getmany(timeout_ms=100)
+            assert first_listener.events[4][:2] == ("assigned", every)
+        assert fake.groups["g"].members == {}  # close left the group
+
+    run(scenario)
+
+
+def test_subscribe_needs_a_group_and_does_not_mix_with_assign() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        async with Consumer(fake.address) as consumer:
+            with pytest.raises(FailedPrecondition, match="subscribe\\(\\) needs a group_id"):
+                consumer.subscribe(["events"])
+        async with Consumer(fake.address, group_id="g") as consumer:
+            consumer.assign([TP])
+            with pytest.raises(FailedPrecondition, match="do not mix"):
+                consumer.subscribe(["events"])
+            with pytest.raises(FailedPrecondition, match=r"partition other\[0\] is not assigned"):
+                consumer.seek(("other", 0), 1)
+
+    run(scenario)
+
+
+def test_close_ends_async_iteration_and_getmany() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        consumer = Consumer(fake.address)
+        await consumer.start()
+        consumer.assign([TP])
+
+        async def iterate() -> list[ConsumerRecord]:
+            return [record async for record in consumer]
+
+        iterating = asyncio.ensure_future(iterate())
+        await fake.wait_for_calls("fetch", 1)
+        await consumer.close()
+        assert await iterating == []
+        with pytest.raises(FailedPrecondition, match="consumer is closed"):
+            await consumer.getmany()
+
+    run(scenario)

@@ -1,0 +1,316 @@
+"""Producer against the in-memory fake broker: order, partitioning, batching, back-pressure,
+retries, compression, auto-creation."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from client_fakes import FakeSentinel, run
+from grpclib.const import Status
+
+from sentinel.broker.partitioner import partition_for_key
+from sentinel.client import Consumer, Producer, RecordMetadata, TopicPartition
+from sentinel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from sentinel.records import Compression, iter_batches
+
+
+def test_offsets_are_contiguous_per_partition_and_follow_send_order() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("orders", 3)
+        rng = random.Random(7)
+        async with Producer(fake.address, linger_ms=1, batch_size=200) as producer:
+            futures = []
+            for i in range(90):
+                partition = rng.randrange(3)
+                futures.append((partition, i, await producer.send("orders", b"v%d" % i, partition=partition)))
+            results = [(p, i, await f) for p, i, f in futures]
+        for partition in range(3):
+            sent = [(i, md) for p, i, md in results if p == partition]
+            assert [md.offset for _, md in sent] == list(range(len(sent)))
+            assert all(md.topic == "orders" and md.partition == partition for _, md in sent)
+            stored = [value for _, _, value in fake.topics["orders"][partition].records()]
+            assert stored == [b"v%d" % i for i, _ in sent]
+        # batch_size=200 split each partition's records into several batches.
+        assert sum(len(list(iter_batches(r.record_batches))) for r in fake.produce_requests) > 6
+
+    run(scenario)
+
+
+def test_same_key_same_partition_as_partition_for_key() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("users", 4)
+        keys = [b"user-%d" % i for i in range(20)]
+        async with Producer(fake.address) as producer:
+            first = {k: await producer.send_and_wait("users", b"a", key=k) for k in keys}
+            second = {k: await producer.send_and_wait("users", b"b", key=k) for k in keys}
+        for key in keys:
+            assert first[key].partition == second[key].partition == partition_for_key(key, 4)
+        assert len({md.partition for md in first.values()}) > 1  # keys did spread
+
+    run(scenario)
+
+
+def test_explicit_partition_wins_over_key_and_is_validated() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("t", 4)
+        key = b"k"
+        other = (partition_for_key(key, 4) + 1) % 4
+        async with Producer(fake.address) as producer:
+            md = await producer.send_and_wait("t", b"x", key=key, partition=other)
+            assert md.partition == other
+            expected = r"partition 4 does not exist in topic 't': valid partitions are 0\.\.3"
+            with pytest.raises(InvalidArgument, match=expected):
+                await producer.send("t", b"x", partition=4)
+
+    run(scenario)
+
+
+def test_keyless_records_go_round_robin() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("rr", 4)
+        async with Producer(fake.address) as producer:
+            futures = [await producer.send("rr", b"%d" % i) for i in range(40)]
+            partitions = [(await f).partition for f in futures]
+        assert sorted(partitions.count(p) for p in range(4)) == [10, 10, 10, 10]
+        # Consecutive keyless records cycle through the partitions.
+        assert all(partitions[i + 1] == (partitions[i] + 1) % 4 for i in range(39))
+
+    run(scenario)
+
+
+def test_full_buffer_makes_send_wait_not_raise() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("bp", 1)
+        fake.hold_produce()
+        value = b"x" * 100  # ~116 estimated bytes: two fit in 300, a third does not
+        async with Producer(fake.address, max_buffer_bytes=300, linger_ms=0) as producer:
+            first = await producer.send("bp", value)
+            second = await producer.send("bp", value)
+            third = asyncio.ensure_future(producer.send("bp", value))
+            try:
+                await fake.produce_parked.wait()  # the broker holds the first request
+                for _ in range(20):
+                    await asyncio.sleep(0)  # let the third send run as far as it can
+                blocked = not third.done()
+            finally:
+                fake.release_produce()  # even on failure: close() must not wait forever
+            assert blocked  # waited for memory instead of failing or overfilling the buffer
+            third_future = await third
+            assert [(await f).offset for f in (first, second, third_future)] == [0, 1, 2]
+
+    run(scenario)
+
+
+def test_retriable_error_is_retried_then_succeeds() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("r", 1)
+        fake.fail_next("produce", Status.UNAVAILABLE, "not the leader")
+        async with Producer(fake.address, retry_backoff_ms=1) as producer:
+            md = await producer.send_and_wait("r", b"once")
+        assert md == RecordMetadata("r", 0, 0, md.timestamp_ms)
+        assert fake.calls["produce"] == 2
+        assert fake.topics["r"][0].records() == [(0, None, b"once")]  # stored exactly once
+
+    run(scenario)
+
+
+def test_retries_exhausted_fail_the_future_with_the_typed_error() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("r", 1)
+        fake.fail_next("produce", Status.RESOURCE_EXHAUSTED, "mailbox full", times=3)
+        async with Producer(fake.address, retries=2, retry_backoff_ms=1) as producer:
+            with pytest.raises(ResourceExhausted, match="mailbox full"):
+                await producer.send_and_wait("r", b"x")
+            assert fake.calls["produce"] == 3
+            # The partition keeps working after a failed request.
+            assert (await producer.send_and_wait("r", b"y")).offset == 0
+
+    run(scenario)
+
+
+def test_non_retriable_error_is_not_retried() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("r", 1)
+        fake.fail_next("produce", Status.INVALID_ARGUMENT, "bad batch")
+        async with Producer(fake.address, retry_backoff_ms=1) as producer:
+            with pytest.raises(InvalidArgument, match="bad batch"):
+                await producer.send_and_wait("r", b"x")
+        assert fake.calls["produce"] == 1
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("name", "codec"), [("gzip", Compression.GZIP), ("zstd", Compression.ZSTD), ("lz4", Compression.LZ4)]
+)
+def test_compression_round_trip(name: str, codec: Compression) -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("z", 1)
+        values = [b"value %d " % i * 20 for i in range(50)]
+        async with Producer(fake.address, compression=name, linger_ms=60_000) as producer:
+            futures = [await producer.send("z", v, key=b"k%d" % i) for i, v in enumerate(values)]
+            await producer.flush()
+            assert [(await f).offset for f in futures] == list(range(50))
+        (request,) = fake.produce_requests
+        batches = list(iter_batches(request.record_batches))
+        assert {b.compression for b in batches} == {codec}
+        assert sum(len(b.data) for b in batches) < sum(map(len, values)) // 4
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([TopicPartition("z", 0)])
+            got = await consumer.getmany(timeout_ms=5000, max_records=100)
+        records = got[TopicPartition("z", 0)]
+        assert [(r.key, r.value) for r in records] == [(b"k%d" % i, v) for i, v in enumerate(values)]
+
+    run(scenario)
+
+
+def test_unknown_topic_is_created_with_the_broker_default() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        async with Producer(fake.address) as producer:
+            mds = await asyncio.gather(*[producer.send_and_wait("fresh", b"%d" % i) for i in range(6)])
+        assert fake.calls["create_topic"] == 1  # concurrent sends shared one creation
+        assert len(fake.topics["fresh"]) == 3
+        assert sorted(md.partition for md in mds) == [0, 0, 1, 1, 2, 2]
+
+    run(scenario, default_partitions=3)
+
+
+def test_linger_batches_and_batch_size_splits_a_request() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("b", 1)
+        async with Producer(fake.address, linger_ms=60_000, batch_size=10_000) as producer:
+            futures = [await producer.send("b", b"x" * 40) for _ in range(100)]  # ~56 bytes each
+            assert fake.calls["produce"] == 0  # below batch_size, lingering
+            await producer.flush()
+            assert all(f.done() for f in futures)
+        (request,) = fake.produce_requests
+        batches = list(iter_batches(request.record_batches))
+        assert len(batches) == 1 and batches[0].record_count == 100
+
+        fake.produce_requests.clear()
+        async with Producer(fake.address, linger_ms=60_000, batch_size=600) as producer:
+            futures = [await producer.send("b", b"y" * 40) for _ in range(30)]
+            await producer.flush()
+            offsets = [(await f).offset for f in futures]
+        assert offsets == list(range(100, 130))
+        counts = [b.record_count for r in fake.produce_requests for b in iter_batches(r.record_batches)]
+        assert sum(counts) == 30 and max(counts) <= 10  # 600 // 56 records per batch
+
+    run(scenario)
+
+
+def test_batch_size_reached_sends_without_waiting_for_linger() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("b", 1)
+        async with Producer(fake.address, linger_ms=60_000, batch_size=500) as producer:
+            futures = [await producer.send("b", b"x" * 100) for _ in range(5)]  # crosses 500 bytes
+            await futures[-1]  # would take a minute if the full batch lingered
+
+    run(scenario)
+
+
+def test_acks_zero_resolves_without_offsets() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("a", 1)
+        async with Producer(fake.address, acks=0) as producer:
+            md = await producer.send_and_wait("a", b"x")
+        assert md.offset == -1
+        assert fake.produce_requests[0].acks == 2  # ACKS_NONE on the wire
+
+    run(scenario)
+
+
+def test_close_flushes_pending_records_and_then_refuses_sends() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("c", 2)
+        producer = Producer(fake.address, linger_ms=60_000)
+        await producer.start()
+        futures = [await producer.send("c", b"%d" % i, partition=i % 2) for i in range(10)]
+        await producer.close()
+        assert all(f.done() and f.exception() is None for f in futures)
+        assert sum(len(p.records()) for p in fake.topics["c"]) == 10
+        with pytest.raises(FailedPrecondition, match="producer is closed"):
+            await producer.send("c", b"late")
+
+    run(scenario)
+
+
+def test_headers_and_timestamps_reach_the_consumer() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("h", 1)
+        async with Producer(fake.address) as producer:
+            md = await producer.send_and_wait(
+                "h",
+                b"v",
+                key=b"k",
+                headers=[("trace", b"abc"), ("empty", None)],
+                timestamp_ms=1_700_000_000_000,
+            )
+        assert md.timestamp_ms == 1_700_000_000_000
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([("h", 0)])
+            (record,) = (await consumer.getmany(timeout_ms=5000))[TopicPartition("h", 0)]
+        assert record.headers == (("trace", b"abc"), ("empty", None))
+        assert record.timestamp == 1_700_000_000_000
+        assert (record.topic, record.partition, record.offset, record.key) == ("h", 0, 0, b"k")
+
+    run(scenario)
+
+
+def test_invalid_records_are_rejected_at_send() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("v", 1)
+        async with Producer(fake.address, max_buffer_bytes=1000) as producer:
+            with pytest.raises(InvalidArgument, match="value must be bytes or None, got str"):
+                await producer.send("v", "text")  # type: ignore[arg-type]
+            with pytest.raises(InvalidArgument, match="larger than max_buffer_bytes"):
+                await producer.send("v", b"x" * 2000)
+            with pytest.raises(InvalidArgument, match="a header must be a"):
+                await producer.send("v", b"x", headers=[("only-name",)])  # type: ignore[list-item]
+        assert fake.calls["produce"] == 0
+
+    run(scenario)
+
+
+def test_unreachable_broker_is_unavailable() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        with pytest.raises(Unavailable, match=r"cannot reach broker 127\.0\.0\.1:1"):
+            await Producer("127.0.0.1:1", retry_backoff_ms=1).start()
+
+    run(scenario)
+
+
+def test_bad_options_are_rejected() -> None:
+    with pytest.raises(InvalidArgument, match="acks must be 'all', 1 or 0, got 2"):
+        Producer("h:1", acks=2)
+    with pytest.raises(InvalidArgument, match="compression must be one of"):
+        Producer("h:1", compression="snappy")
+    with pytest.raises(InvalidArgument, match="batch_size must be > 0"):
+        Producer("h:1", batch_size=0)
+
+
+def test_records_in_flight_when_the_producer_is_torn_down_fail_instead_of_hanging() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("t", 1)
+        fake.hold_produce()
+        producer = Producer(fake.address, linger_ms=0)
+        await producer.start()
+        in_flight = await producer.send("t", b"a")
+        await fake.produce_parked.wait()
+        queued = await producer.send("t", b"b")
+        closing = asyncio.ensure_future(producer.close())
+        await asyncio.sleep(0)  # one step: close() runs until it waits in its flush
+        assert producer._flushing == 1
+        closing.cancel()  # an impatient caller gives up on the graceful close
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        for task in [s.task for s in producer._senders.values()]:  # the teardown in close()'s finally
+            assert task is not None and task.done()
+        for future in (in_flight, queued):
+            with pytest.raises(FailedPrecondition, match="producer closed before the record was sent"):
+                await future
+        fake.release_produce()
+
+    run(scenario)
