@@ -10,7 +10,8 @@ grpclib's own classes (``Server``, ``Handler``, ``H2Protocol``), and depends on 
 grpclib 0.4 internals, which the tests exercise: ``Server._protocol_factory`` and the
 attributes it reads, ``Handler.accept`` receiving the HTTP/2 stream, ``protocol.Stream.
 recv_data`` being the only read path of ``grpclib.stream.recv_message``, and
-``Connection._connection`` (the h2 connection) for GOAWAY.
+``EventsProcessor.processors`` (the event dispatch table), and ``Connection._connection``
+(the h2 connection) for PING and GOAWAY.
 
 * **Request size limit, enforced before buffering.** grpclib reads a message as
   ``recv_data(5)`` (the gRPC prefix: compressed flag, 4-byte big-endian length) followed by
@@ -27,14 +28,17 @@ recv_data`` being the only read path of ``grpclib.stream.recv_message``, and
   (grpclib's own info-level "Request was cancelled" / "Deadline exceeded" lines are
   demoted to debug too).
 * **Garbage on the port.** h2 rejects malformed bytes and grpclib drops the connection;
-  anything else that escapes ``data_received`` also just drops that connection.
+  anything else that escapes ``data_received`` also just drops that connection. Frames of
+  unknown type are ignored, as HTTP/2 requires (grpclib would raise on them).
 * **Connection tracking and graceful shutdown** (grpclib's ``Server.close`` cancels every
   handler at once and leaves connections open): on cancellation or :meth:`close`, stop
   listening; answer new calls ``UNAVAILABLE``; end server-streaming calls now (a
   follow-mode consume never ends by itself) with ``UNAVAILABLE``, so the client resumes
   elsewhere; let unary calls finish for up to ``grace_period``; fail the rest with
-  ``UNAVAILABLE``; then send GOAWAY, close every connection (abort the ones that do not
-  close) and stop the bridge. Bounded by ``grace_period`` plus a few fixed timeouts.
+  ``UNAVAILABLE``; then, per connection, PING and wait for the ACK (grpclib's client drops
+  every stream on GOAWAY, even one whose response it has received but not yet delivered),
+  send GOAWAY and close (abort what does not close); last, stop the bridge. Bounded by
+  ``grace_period`` plus a few fixed timeouts.
 * **Back-pressure.** HTTP/2 flow-control windows stay at grpclib's 4 MiB defaults, so a
   server-streaming handler's ``send_message`` blocks while a slow client does not read.
 """
