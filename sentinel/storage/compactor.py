@@ -32,12 +32,25 @@ from sentinel.errors import ActorClosed
 from sentinel.storage.compaction import Compaction, compaction_for_level, pick_compaction
 from sentinel.storage.files import fsync_dir, sst_path
 from sentinel.storage.iterators import Entry, merge_entries
-from sentinel.storage.manifest import NUM_LEVELS, FileMeta, Manifest, ManifestState, VersionEdit
+from sentinel.storage.manifest import NUM_LEVELS, FileMeta, Manifest, ManifestState, Version, VersionEdit
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.memtable_owner import MemtableFlushed, VersionInstalled
 from sentinel.storage.options import StorageOptions
 from sentinel.storage.sstable import SSTableInfo, SSTableReader, SSTableWriter
 from sentinel.storage.wal_writer import DeleteWalsBelow, WalWriter
+
+
+class TableReader(SSTableReader):
+    """The engine's table reader: closes its file once nothing refers to it any more.
+
+    A compaction retires tables that a published ReadView (or a scan still iterating an
+    old one) may go on reading, so nobody can know when to close them explicitly; the last
+    reference going away can. Without this every compaction leaked one descriptor per input
+    table for the life of the process. The Store closes the live ones at shutdown.
+    """
+
+    def __del__(self) -> None:
+        self.close()
 
 
 @attrs.frozen
@@ -94,6 +107,11 @@ class Compactor(Actor[object]):
         self._bytes_read = 0
         self._bytes_written = 0
         self._seconds = 0.0
+
+    @property
+    def version(self) -> Version:
+        """The version last made durable (the published view may lag it briefly)."""
+        return self._version
 
     def compaction_statistics(self) -> CompactionStatistics:
         return CompactionStatistics(
@@ -209,11 +227,16 @@ class Compactor(Actor[object]):
         self._version = state.version
         for meta in added:
             self._tables[meta.number] = await trio.to_thread.run_sync(
-                SSTableReader.open, sst_path(self._directory, meta.number)
+                TableReader.open, sst_path(self._directory, meta.number)
             )
 
     def _tables_view(self) -> Mapping[int, SSTableReader]:
         return MappingProxyType(dict(self._tables))
+
+    def close_tables(self) -> None:
+        """Close every live table reader: only once the whole storage tree has stopped."""
+        for reader in self._tables.values():
+            reader.close()
 
 
 def write_tables(

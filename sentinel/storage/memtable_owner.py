@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import attrs
 import trio
 
 from sentinel.actors import Actor, Reply, Request
-from sentinel.errors import InvalidArgument, MailboxFull
+from sentinel.errors import ActorClosed, InvalidArgument, MailboxFull
 from sentinel.storage.manifest import Version
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.options import StorageOptions
@@ -119,6 +120,16 @@ class MemtableOwner(Actor[object]):
 
     def immutable_count(self) -> int:
         return len(self._immutables)
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await super().run(task_status=task_status)
+        finally:
+            # Flush requests parked until their memtables reach an SSTable will never be
+            # answered now: fail them, as the toolkit does for queued requests.
+            waiters, self._flush_waiters = self._flush_waiters, []
+            for _pending, request in waiters:
+                request.reply.fail(ActorClosed(f"{self.name} stopped before the flush completed"))
 
     async def on_start(self) -> None:
         self._publish()

@@ -25,7 +25,7 @@ from pathlib import Path
 import attrs
 
 from sentinel.errors import CorruptionError, StorageError
-from sentinel.storage.compactor import delete_tables, write_tables
+from sentinel.storage.compactor import TableReader, delete_tables, write_tables
 from sentinel.storage.files import LOCK, fsync_dir, parse_file_name, sst_path, wal_path
 from sentinel.storage.manifest import FileMeta, Manifest, ManifestState, VersionEdit
 from sentinel.storage.memtable import Memtable
@@ -71,17 +71,35 @@ def recover(directory: Path, options: StorageOptions) -> Recovered:
 
 
 def _recover_locked(directory: Path, options: StorageOptions, lock_fd: int) -> Recovered:
-    report: list[str] = []
     manifest, state = Manifest.open(directory)
+    tables: dict[int, SSTableReader] = {}
+    try:
+        return _recover_opened(directory, options, lock_fd, manifest, state, tables)
+    except BaseException:
+        # A failed open must not leak the descriptors it took (a node may retry the open).
+        for reader in tables.values():
+            reader.close()
+        manifest.close()
+        raise
+
+
+def _recover_opened(
+    directory: Path,
+    options: StorageOptions,
+    lock_fd: int,
+    manifest: Manifest,
+    state: ManifestState,
+    tables: dict[int, SSTableReader],
+) -> Recovered:
+    """Steps 3-6 with the manifest open; fills ``tables`` as it opens them."""
+    report: list[str] = []
     if manifest.recovery_report:
         report.append(manifest.recovery_report)
-
-    tables: dict[int, SSTableReader] = {}
     last_seq = state.last_sequence
     for level, meta in _all_files(state):
         path = sst_path(directory, meta.number)
         try:
-            tables[meta.number] = SSTableReader.open(path)
+            tables[meta.number] = TableReader.open(path)
         except FileNotFoundError:
             raise CorruptionError(
                 str(path), None, f"the manifest names this L{level} table but the file is missing"
@@ -124,7 +142,7 @@ def _recover_locked(directory: Path, options: StorageOptions, lock_fd: int) -> R
             )
         )
         for meta in added:
-            tables[meta.number] = SSTableReader.open(sst_path(directory, meta.number))
+            tables[meta.number] = TableReader.open(sst_path(directory, meta.number))
 
     _collect_garbage(directory, state, next_segment, report)
     return Recovered(

@@ -65,8 +65,10 @@ class Store:
         self.directory = Path(directory)
         self.options = options or StorageOptions()
         self._view: ReadView | None = None
+        self._view_published = trio.Event()  # set (and replaced) whenever _view changes
         self._closing = trio.Event()
         self._closed = trio.Event()
+        self._started = False
         self._accepting = False
         self.recovery_report: tuple[str, ...] = ()
         self._wal: WalWriter | None = None
@@ -76,7 +78,14 @@ class Store:
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[Store] = trio.TASK_STATUS_IGNORED) -> None:
-        recovered: Recovered = await trio.to_thread.run_sync(recover, self.directory, self.options)
+        if self._started or self._closing.is_set():
+            raise StorageClosed(f"store {self.directory} was already started or closed; make a new Store")
+        self._started = True
+        try:
+            recovered: Recovered = await trio.to_thread.run_sync(recover, self.directory, self.options)
+        except BaseException:
+            self._closed.set()  # nothing to close: aclose must not wait for a run that never was
+            raise
         self.recovery_report = recovered.report
         try:
             async with trio.open_nursery() as nursery:
@@ -125,18 +134,31 @@ class Store:
                 nursery.cancel_scope.cancel()
         finally:
             self._accepting = False
+            # Every actor has stopped: nothing reads the tables any more. Readers get
+            # StorageClosed from here on rather than a view over closed files.
+            self._publish(None)
+            if self._compactor is not None:
+                self._compactor.close_tables()
+            else:
+                for reader in recovered.tables.values():
+                    reader.close()
             recovered.manifest.close()
             unlock_directory(recovered.lock_fd)
             self._closed.set()
 
     async def aclose(self) -> None:
-        """Graceful, ordered shutdown (see the module docstring); idempotent."""
+        """Graceful, ordered shutdown (see the module docstring); idempotent. On a Store
+        that was never started it only marks it closed."""
         self._closing.set()
+        if not self._started:
+            self._closed.set()
         with trio.CancelScope(shield=True):
             await self._closed.wait()
 
-    def _publish(self, view: ReadView) -> None:
+    def _publish(self, view: ReadView | None) -> None:
         self._view = view
+        self._view_published.set()
+        self._view_published = trio.Event()
 
     # -- writes ----------------------------------------------------------------------
 
@@ -181,8 +203,13 @@ class Store:
     async def compact(self) -> None:
         """Manual compaction: push every table down to the last level."""
         await self.flush()
-        assert self._compactor is not None
-        await self._compactor.call(CompactAll())
+        compactor = self._compactor
+        assert compactor is not None
+        await compactor.call(CompactAll())
+        # The answer can overtake the notice that makes the MemtableOwner publish the final
+        # version: wait for it, so reads (and statistics) after compact() see the result.
+        while self._view is not None and self._view.version is not compactor.version:
+            await self._view_published.wait()
 
     def _owner(self) -> MemtableOwner:
         if not self._accepting or self._memtables is None:

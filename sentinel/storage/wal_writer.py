@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -119,6 +120,15 @@ class WalWriter(Actor[object]):
                 self._in_flight = []
             nursery.cancel_scope.cancel()
 
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await super().run(task_status=task_status)
+        finally:
+            # A crash or a cancel skips on_stop: still release the segment's descriptor.
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
     async def on_stop(self) -> None:
         async with self._file_lock:
             if self._file is not None:
@@ -166,8 +176,10 @@ class WalWriter(Actor[object]):
 
     async def _sync(self, file: WalFile) -> None:
         started = time.perf_counter()
-        await trio.to_thread.run_sync(file.sync)
+        # Cleared before the fsync starts: a write made while it runs marks the file dirty
+        # again, so the next tick covers it.
         self._dirty = False
+        await trio.to_thread.run_sync(file.sync)
         self._record_fsync(time.perf_counter() - started)
 
     def _record_fsync(self, seconds: float) -> None:
