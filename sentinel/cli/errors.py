@@ -26,12 +26,28 @@ def readable_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except SentinelError as exc:
-            fail(str(exc))
-        except OSError as exc:
-            fail(f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc))
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            sys.exit(130)
+        except BaseExceptionGroup as group:
+            # Trio nurseries wrap a child's failure: report the one expected error inside.
+            leaf = _single_leaf(group)
+            if not isinstance(leaf, SentinelError | OSError | KeyboardInterrupt):
+                raise
+            _report(leaf)
+        except (SentinelError, OSError, KeyboardInterrupt) as exc:
+            _report(exc)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _single_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _report(exc: BaseException) -> None:
+    if isinstance(exc, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    if isinstance(exc, OSError) and not isinstance(exc, SentinelError):
+        fail(f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc))
+    fail(str(exc))

@@ -93,7 +93,7 @@ def error_from_status(status: Status, message: str | None) -> SentinelError:
         return OffsetOutOfRange(text, log_start_offset=start, high_watermark=end)
     error_type = _SIMPLE_STATUS_ERRORS.get(status)
     if error_type is None:
-        return SentinelError(f"{status.name}: {text}")
+        return SentinelError(f"{status.name}: {message}" if message else status.name)
     return error_type(text)
 
 

@@ -1,9 +1,10 @@
-"""The one place where Sentinel errors become gRPC statuses, and back.
+"""The one place where Sentinel errors become gRPC statuses (server side).
 
-Server side, :func:`status_of` turns whatever escaped an RPC handler into the status, the
-message and the trailing metadata the client gets. Client side, :func:`error_of` turns a
-:class:`grpclib.GRPCError` back into the typed error the server raised, so a caller of the
-client library catches ``NotFound`` rather than comparing status codes.
+:func:`status_of` turns whatever escaped an RPC handler into the status, the message and
+the trailing metadata the client gets. The way back — a status into the typed error the
+server raised, so a caller catches ``NotFound`` rather than comparing status codes — is
+the client's (:mod:`sentinel.client.errors`); the round trip is tested in
+``tests/server/test_status.py``.
 
 Invariants:
 
@@ -20,12 +21,11 @@ Invariants:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 
 import attrs
 import trio
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.exceptions import GRPCError
 
 from sentinel.errors import (
     ActorClosed,
@@ -38,7 +38,6 @@ from sentinel.errors import (
     NotFound,
     OffsetOutOfRange,
     ResourceExhausted,
-    SentinelError,
     StorageClosed,
     StorageError,
     Unavailable,
@@ -112,71 +111,9 @@ def status_of(exc: BaseException) -> RpcStatus:
     return RpcStatus(status, message)
 
 
-_ERROR_OF_STATUS: dict[Status, type[SentinelError]] = {
-    Status.INVALID_ARGUMENT: InvalidArgument,
-    Status.NOT_FOUND: NotFound,
-    Status.ALREADY_EXISTS: AlreadyExists,
-    Status.FAILED_PRECONDITION: FailedPrecondition,
-    Status.RESOURCE_EXHAUSTED: ResourceExhausted,
-}
-
-
-def error_of(
-    status: Status, message: str | None, metadata: Iterable[tuple[str, str | bytes]] | None = None
-) -> Exception:
-    """The typed error a client raises for a non-OK status (client side of :func:`status_of`).
-
-    ``UNAVAILABLE`` becomes :class:`Unavailable` with its leader hint (from ``metadata`` when
-    given, else from the message suffix); ``DEADLINE_EXCEEDED`` becomes :class:`TimeoutError`
-    (what grpclib raises itself when the client's own deadline passes); statuses with no
-    Sentinel meaning (``INTERNAL``, ``UNKNOWN``, ``UNIMPLEMENTED``...) become a plain
-    :class:`SentinelError` naming the status.
-    """
-    if status is Status.OK:
-        raise ValueError("an OK status is not an error")
-    text = message or ""
-    error_class = _ERROR_OF_STATUS.get(status)
-    if error_class is not None:
-        return error_class(text)
-    if status is Status.UNAVAILABLE:
-        leader = None
-        match = _LEADER_SUFFIX_RE.search(text)
-        if match is not None:
-            leader = match.group(1)
-            text = text[: match.start()]
-        for key, value in metadata or ():
-            if key == LEADER_METADATA_KEY:
-                leader = value.decode() if isinstance(value, bytes) else value
-        return Unavailable(text or _DEFAULT_MESSAGE[status], leader=leader)
-    if status is Status.DEADLINE_EXCEEDED:
-        return TimeoutError(text or _DEFAULT_MESSAGE[status])
-    return SentinelError(f"{status.name}: {text}" if text else status.name)
-
-
-def client_error_of(exc: BaseException) -> BaseException:
-    """Translate what a grpclib client call raised into a Sentinel error; anything this
-    module does not know is returned unchanged.
-
-    A reset stream or a refused/broken connection means "try again, maybe elsewhere":
-    :class:`Unavailable`. The client's own deadline stays the :class:`TimeoutError` grpclib
-    raised.
-    """
-    if isinstance(exc, GRPCError):
-        return error_of(exc.status, exc.message)
-    if isinstance(exc, StreamTerminatedError):
-        return Unavailable(f"the server ended the call: {exc}")
-    if isinstance(exc, TimeoutError):  # an OSError subclass: keep it a timeout
-        return exc
-    if isinstance(exc, OSError):
-        return Unavailable(f"cannot reach the server: {exc}")
-    return exc
-
-
 __all__ = [
     "INTERNAL_ERROR_MESSAGE",
     "LEADER_METADATA_KEY",
     "RpcStatus",
-    "client_error_of",
-    "error_of",
     "status_of",
 ]

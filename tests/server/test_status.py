@@ -7,6 +7,7 @@ import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
+from sentinel.client.errors import RequestTimeout, error_from_status, is_retriable, translate_error
 from sentinel.errors import (
     ActorClosed,
     AlreadyExists,
@@ -23,14 +24,7 @@ from sentinel.errors import (
     StorageError,
     Unavailable,
 )
-from sentinel.server.status import (
-    INTERNAL_ERROR_MESSAGE,
-    LEADER_METADATA_KEY,
-    RpcStatus,
-    client_error_of,
-    error_of,
-    status_of,
-)
+from sentinel.server.status import INTERNAL_ERROR_MESSAGE, LEADER_METADATA_KEY, RpcStatus, status_of
 
 
 @pytest.mark.parametrize(
@@ -113,35 +107,42 @@ def test_leader_hint_goes_into_message_and_metadata() -> None:
 )
 def test_round_trip_restores_type_and_message(error: SentinelError) -> None:
     status = status_of(error)
-    restored = error_of(status.status, status.message)
+    restored = error_from_status(status.status, status.message)
     assert type(restored) is type(error)
     assert str(restored) == str(error)
 
 
+def test_round_trip_of_offset_out_of_range_keeps_the_valid_range() -> None:
+    error = OffsetOutOfRange(
+        "offset 99 is out of range for orders[0]: valid offsets are 3..17",
+        log_start_offset=3,
+        high_watermark=17,
+    )
+    status = status_of(error)
+    restored = error_from_status(status.status, status.message)
+    assert isinstance(restored, OffsetOutOfRange)
+    assert (restored.log_start_offset, restored.high_watermark) == (3, 17)
+
+
 def test_round_trip_of_leader_hint_through_message_alone() -> None:
     status = status_of(Unavailable("not the leader for orders/0", leader="2"))
-    restored = error_of(status.status, status.message)
+    restored = error_from_status(status.status, status.message)
     assert isinstance(restored, Unavailable)
     assert str(restored) == "not the leader for orders/0"
     assert restored.leader == "2"
 
 
-def test_leader_metadata_wins_over_message() -> None:
-    restored = error_of(Status.UNAVAILABLE, "not the leader [leader=2]", [(LEADER_METADATA_KEY, b"3")])
-    assert isinstance(restored, Unavailable)
-    assert (str(restored), restored.leader) == ("not the leader", "3")
-
-
 def test_unavailable_without_hint() -> None:
-    restored = error_of(Status.UNAVAILABLE, "the server is shutting down")
+    restored = error_from_status(Status.UNAVAILABLE, "the server is shutting down")
     assert isinstance(restored, Unavailable)
     assert (str(restored), restored.leader) == ("the server is shutting down", None)
 
 
-def test_deadline_exceeded_becomes_timeout_error() -> None:
-    restored = error_of(Status.DEADLINE_EXCEEDED, None)
-    assert type(restored) is TimeoutError
-    assert str(restored) == "deadline exceeded"
+def test_deadline_exceeded_becomes_a_retriable_timeout() -> None:
+    restored = error_from_status(Status.DEADLINE_EXCEEDED, "deadline exceeded")
+    assert isinstance(restored, RequestTimeout)
+    assert isinstance(restored, TimeoutError)
+    assert is_retriable(restored)
 
 
 @pytest.mark.parametrize(
@@ -153,31 +154,24 @@ def test_deadline_exceeded_becomes_timeout_error() -> None:
     ],
 )
 def test_statuses_without_a_sentinel_meaning(status: Status, message: str | None, text: str) -> None:
-    restored = error_of(status, message)
+    restored = error_from_status(status, message)
     assert type(restored) is SentinelError
     assert str(restored) == text
 
 
-def test_ok_is_not_an_error() -> None:
-    with pytest.raises(ValueError, match="an OK status is not an error"):
-        error_of(Status.OK, None)
-
-
-def test_client_error_of() -> None:
-    not_found = client_error_of(GRPCError(Status.NOT_FOUND, "topic 'x' does not exist"))
+def test_translate_error_of_transport_failures() -> None:
+    not_found = translate_error(GRPCError(Status.NOT_FOUND, "topic 'x' does not exist"), "h:1")
     assert isinstance(not_found, NotFound)
     assert str(not_found) == "topic 'x' does not exist"
 
-    reset = client_error_of(StreamTerminatedError("Stream reset by remote party, error_code: 8"))
+    reset = translate_error(StreamTerminatedError("Stream reset by remote party, error_code: 8"), "h:1")
     assert isinstance(reset, Unavailable)
-    assert str(reset) == "the server ended the call: Stream reset by remote party, error_code: 8"
+    assert str(reset) == "cannot reach broker h:1: Stream reset by remote party, error_code: 8"
 
-    refused = client_error_of(ConnectionRefusedError(111, "Connect call failed"))
+    refused = translate_error(ConnectionRefusedError(111, "Connect call failed"), "h:1")
     assert isinstance(refused, Unavailable)
-    assert str(refused).startswith("cannot reach the server: ")
+    assert str(refused).startswith("cannot reach broker h:1: ")
 
-    timeout = TimeoutError("Deadline exceeded")
-    assert client_error_of(timeout) is timeout  # an OSError subclass, but still a timeout
-
-    other = KeyError("x")
-    assert client_error_of(other) is other
+    assert isinstance(translate_error(TimeoutError("Deadline exceeded"), "h:1"), RequestTimeout)
+    assert translate_error(KeyError("x"), "h:1") is None
+    assert translate_error(NotFound("already typed"), "h:1") is None
