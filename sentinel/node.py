@@ -108,6 +108,7 @@ class Node:
             broker_ref.append(broker)
             await nursery.start(broker.run)
             coordinator = self.coordinator = GroupCoordinator(store, broker)
+            broker.on_topic_created.append(coordinator.topic_created)
             await nursery.start(coordinator.run)
 
             metrics_port = None

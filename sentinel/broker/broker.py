@@ -126,6 +126,9 @@ class Broker(Actor[object]):
         self._next_topic_id = 1
         self._round_robin = RoundRobinPartitioner()
         self._on_append = on_append
+        #: Called (synchronously, in the actor) with a topic's name once it exists; the group
+        #: coordinator uses it to rebalance groups already subscribed to that name.
+        self.on_topic_created: list[Callable[[str], None]] = []
         # Read by the compaction filter in storage worker threads: replaced, never mutated.
         self._live_ids: frozenset[int] = frozenset()
         self._log_starts: Mapping[tuple[int, int], int] = {}
@@ -266,6 +269,8 @@ class Broker(Actor[object]):
         topic = Topic(request.name, topic_id, request.replication_factor, request.config, created_ms, logs)
         self._publish({**self._topics, request.name: topic})
         request.reply.set(topic)
+        for callback in self.on_topic_created:
+            callback(request.name)
 
     async def _delete(self, request: DeleteTopic) -> None:
         topic = self._topics.get(request.name)

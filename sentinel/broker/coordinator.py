@@ -24,7 +24,7 @@ from sentinel.broker import keys
 from sentinel.broker.broker import Broker
 from sentinel.broker.groups import ConsumerGroups, JoinFailed, JoinResult
 from sentinel.broker.names import validate_group_id
-from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound
+from sentinel.errors import ActorClosed, FailedPrecondition, InvalidArgument, MailboxFull, NotFound
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.storage.store import Store
 
@@ -61,6 +61,11 @@ class Commit(Request[pb.CommitOffsetsResponse]):
 
 @attrs.define(slots=True, eq=False)
 class ForgetTopic(Request[None]):
+    topic: str
+
+
+@attrs.define(slots=True, eq=False)
+class TopicCreated:
     topic: str
 
 
@@ -157,6 +162,14 @@ class GroupCoordinator(Actor[object]):
     async def forget_topic(self, topic: str) -> None:
         await self.call(ForgetTopic(topic))
 
+    def topic_created(self, topic: str) -> None:
+        """A topic now exists (created or auto-created): groups subscribed to its name before
+        it existed were assigned nothing from it, so they rebalance (never blocks)."""
+        try:
+            self.cast_nowait(TopicCreated(topic))
+        except (MailboxFull, ActorClosed):
+            pass  # shutting down, or so busy that members will rejoin for other reasons first
+
     async def fetch_offsets(self, request: pb.FetchOffsetsRequest) -> pb.FetchOffsetsResponse:
         validate_group_id(request.group_id)
         committed = self._offsets.get(request.group_id, {})
@@ -233,6 +246,8 @@ class GroupCoordinator(Actor[object]):
             message.reply.set(pb.LeaveGroupResponse())
         elif isinstance(message, Commit):
             await self._commit(message, now)
+        elif isinstance(message, TopicCreated):
+            self._groups.request_rebalance(message.topic, now)
         elif isinstance(message, ForgetTopic):
             ops: list[tuple[bytes, bytes | None]] = []
             for group_id, offsets in self._offsets.items():
