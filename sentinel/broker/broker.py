@@ -31,7 +31,7 @@ from sentinel.broker.names import (
     validate_replication_factor,
     validate_topic_name,
 )
-from sentinel.broker.partitioner import RoundRobinPartitioner, partition_for_key
+from sentinel.broker.partitioner import ANY_PARTITION, RoundRobinPartitioner, partition_for_key
 from sentinel.errors import AlreadyExists, CorruptionError, InvalidArgument, NotFound
 from sentinel.records import RecordBatch
 from sentinel.storage.store import Store
@@ -142,6 +142,7 @@ class Broker(Actor[object]):
     def topic(self, name: str) -> Topic:
         topic = self._topics.get(name)
         if topic is None:
+            validate_topic_name(name)  # an invalid name is the client's mistake: say which
             raise NotFound(f"topic {name!r} does not exist")
         return topic
 
@@ -151,8 +152,10 @@ class Broker(Actor[object]):
         if parsed is None:
             return False
         topic_id, partition, last_offset = parsed
+        # Read before the live ids: ``_load`` publishes them first, then the counter.
+        next_topic_id = self._next_topic_id
         if topic_id not in self._live_ids:
-            return topic_id < self._next_topic_id
+            return topic_id < next_topic_id
         return last_offset < self._log_starts.get((topic_id, partition), 0)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -173,8 +176,7 @@ class Broker(Actor[object]):
 
     def _load(self) -> None:
         counters = self.store.get(keys.COUNTERS)
-        if counters is not None:
-            self._next_topic_id = keys.decode_counters(counters)
+        next_topic_id = self._next_topic_id if counters is None else keys.decode_counters(counters)
         topics: dict[str, Topic] = {}
         for key, value in self.store.scan(keys.TOPIC, keys.prefix_end(keys.TOPIC)):
             name = key[1:].decode()
@@ -192,6 +194,9 @@ class Broker(Actor[object]):
             except (ValueError, KeyError, TypeError) as exc:
                 raise CorruptionError(f"topic metadata of {name!r}", None, str(exc)) from None
         self._publish(topics)
+        # Only now: the compaction filter (worker threads) treats every id below this one
+        # that is not live as deleted, so it must never see it before the live ids.
+        self._next_topic_id = next_topic_id
 
     def _open_log(self, name: str, topic_id: int, partition: int) -> LocalPartitionLog:
         raw = self.store.get(keys.state_key(topic_id, partition))
@@ -297,7 +302,7 @@ class Broker(Actor[object]):
             if not self.options.auto_create_topics:
                 raise NotFound(f"topic {topic_name!r} does not exist (auto-creation is disabled)")
             topic = await self.create_topic(topic_name, if_absent=True)
-        if partition < 0:
+        if partition == ANY_PARTITION:
             partition = self._choose_partition(topic, batches)
         log = topic.log(partition)
         return partition, await log.append(batches, wait=wait)

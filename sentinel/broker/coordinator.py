@@ -230,7 +230,11 @@ class GroupCoordinator(Actor[object]):
             self._join(message, now)
         elif isinstance(message, Heartbeat):
             r = message.request
-            validate_group_id(r.group_id)
+            try:
+                validate_group_id(r.group_id)
+            except InvalidArgument as exc:
+                message.reply.fail(exc)  # the caller's mistake: never a coordinator crash
+                return
             if r.group_id not in self._groups:
                 message.reply.set(pb.HeartbeatResponse(rebalance_needed=True, generation=-1))
                 return
@@ -273,6 +277,9 @@ class GroupCoordinator(Actor[object]):
                 r.member_id or None, r.client_id, list(r.topics), session, self._rebalance_timeout, now
             )
         except (InvalidArgument, NotFound, FailedPrecondition) as exc:
+            unused = self._groups.get(r.group_id) if r.group_id in self._groups else None
+            if unused is not None and len(unused) == 0 and unused.generation == 0:
+                self._groups.delete(r.group_id)  # a refused first join leaves no group behind
             message.reply.fail(exc)
             return
         previous = self._parked.pop((r.group_id, member_id), None)
@@ -284,8 +291,13 @@ class GroupCoordinator(Actor[object]):
         r = message.request
         try:
             validate_group_id(r.group_id)
-            if r.member_id or r.group_id in self._groups:
-                self._groups.group(r.group_id).validate_commit(r.member_id or None, r.generation, now)
+            if r.group_id in self._groups:
+                self._groups.get(r.group_id).validate_commit(r.member_id or None, r.generation, now)
+            elif r.member_id:  # refused without creating the group
+                raise FailedPrecondition(
+                    f"unknown member {r.member_id!r} in group {r.group_id!r} (it left or its session "
+                    "expired): rejoin the group"
+                )
             ops: list[tuple[bytes, bytes | None]] = []
             for po in r.offsets:
                 topic = self._broker.topic(po.topic)

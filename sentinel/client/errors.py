@@ -21,7 +21,9 @@ anything else        SentinelError
 An UNAVAILABLE message ending in the server's `` [leader=<node>]`` hint becomes
 ``Unavailable(text, leader=<node>)``. A broker that cannot be reached (connection refused,
 reset, HTTP/2 protocol failure) is ``Unavailable``; a client-side deadline is
-``RequestTimeout``. Retriable: ``Unavailable``, ``ResourceExhausted``, ``RequestTimeout``.
+``RequestTimeout``. Retriable: ``Unavailable`` (which includes a busy broker) and
+``RequestTimeout``; ``ResourceExhausted`` means a request over a limit (too large), which a
+retry would only repeat.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class RequestTimeout(SentinelError, TimeoutError):
     """A request's deadline passed (DEADLINE_EXCEEDED, or the client's own timeout); retriable."""
 
 
-RETRIABLE_ERRORS: Final = (Unavailable, ResourceExhausted, RequestTimeout)
+RETRIABLE_ERRORS: Final = (Unavailable, RequestTimeout)
 
 _SIMPLE_STATUS_ERRORS: Final[dict[Status, type[SentinelError]]] = {
     Status.INVALID_ARGUMENT: InvalidArgument,
@@ -107,6 +109,10 @@ def translate_error(exc: BaseException, address: str) -> SentinelError | None:
         return RequestTimeout(f"request to {address} timed out")
     if isinstance(exc, OSError | StreamTerminatedError | ProtocolError):
         return Unavailable(f"cannot reach broker {address}: {exc or type(exc).__name__}")
+    if isinstance(exc, AttributeError) and exc.name == "_transport":
+        # grpclib reuses a connection that was just lost: its Connection has dropped its
+        # transport (grpclib#110). Seen when a broker dies mid-request; a retry reconnects.
+        return Unavailable(f"cannot reach broker {address}: connection lost")
     return None
 
 

@@ -91,19 +91,17 @@ def _ignore_outcome(task: asyncio.Task[FetchResult]) -> None:
 
 
 def records_from_batches(tp: TopicPartition, data: bytes, start: int) -> list[ConsumerRecord]:
-    """Decode a fetch answer (concatenated batches), skipping records before ``start``."""
+    """Decode a fetch answer (concatenated batches), skipping records before ``start``.
+
+    The hot path of a consumer: each record is decoded straight into its ConsumerRecord.
+    """
     topic, partition = tp
     out: list[ConsumerRecord] = []
-    append = out.append
     for batch in iter_batches(data):
         if batch.next_offset <= start or batch.is_control_batch:
             continue
-        for record in batch.records():
-            offset = record.offset
-            if offset >= start:
-                append(
-                    ConsumerRecord(
-                        topic, partition, offset, record.timestamp, record.key, record.value, record.headers
-                    )
-                )
+        records = batch.decode_tagged(ConsumerRecord, topic, partition)
+        if batch.base_offset < start:  # only the first batch of an answer can start early
+            records = [r for r in records if r.offset >= start]
+        out += records
     return out

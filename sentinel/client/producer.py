@@ -27,8 +27,8 @@ How it works:
   ``max_buffer_bytes``; a ``send`` that does not fit waits (FIFO) until acknowledged
   requests release memory. A full buffer never raises; a single record larger than the
   buffer or than a request does (InvalidArgument).
-- **Delivery.** At least once: retriable failures (UNAVAILABLE, RESOURCE_EXHAUSTED, a
-  timeout) are retried ``retries`` times with exponential backoff; a request that timed out
+- **Delivery.** At least once: retriable failures (UNAVAILABLE, which includes a busy
+  broker, or a timeout) are retried ``retries`` times with exponential backoff; a request that timed out
   after the broker appended it is appended again on retry (there is no idempotent producer).
   A failed record's future carries the typed error.
 """

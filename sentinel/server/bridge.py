@@ -44,7 +44,7 @@ import outcome
 import trio
 
 from sentinel.actors import Actor, Reply, Request
-from sentinel.errors import ResourceExhausted, SentinelError, Unavailable
+from sentinel.errors import SentinelError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def _send_nowait(channel: trio.MemorySendChannel[Any], message: Any) -> None:
     try:
         channel.send_nowait(message)
     except trio.WouldBlock:
-        raise ResourceExhausted("the receiving mailbox is full") from None
+        raise Unavailable("the broker is busy: the receiving mailbox is full") from None
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         raise Unavailable("the receiving mailbox is closed") from None
 
@@ -252,7 +252,7 @@ class TrioPortal:
 
     async def offer(self, channel: trio.MemorySendChannel[T], message: T) -> None:
         """``channel.send_nowait(message)`` on the Trio thread: a full channel raises
-        :class:`~sentinel.errors.ResourceExhausted`, a closed one
+        :class:`~sentinel.errors.Unavailable` (busy: retry), a closed one
         :class:`~sentinel.errors.Unavailable`."""
         await self.call_sync(_send_nowait, channel, message)
 

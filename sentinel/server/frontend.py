@@ -51,6 +51,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import h2.errors
 import h2.events
 import h2.exceptions
 import trio
@@ -91,6 +92,8 @@ _CLOSE_TIMEOUT = 1.0
 _SHUTDOWN_MARGIN = _FAIL_TIMEOUT + _PING_TIMEOUT + 2 * _CLOSE_TIMEOUT + 1.0
 #: Opaque data of the PING sent before GOAWAY (HTTP/2 PING payloads are 8 bytes).
 _GOODBYE_PING = b"goodbye!"
+#: What an HTTP/2 client sends before its first frame.
+_CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 SHUTTING_DOWN_MESSAGE = "the server is shutting down"
 
@@ -178,6 +181,10 @@ class _Protocol(H2Protocol):
         self._owner = server
         self._transport: asyncio.Transport | None = None
         self._goodbye_acked: asyncio.Event | None = None
+        # Frame boundaries, followed to refuse an oversized frame from its header (see
+        # _oversized_frame): bytes until the next frame header, and a header split by a read.
+        self._frame_skip = len(_CLIENT_PREFACE)
+        self._frame_header = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -197,12 +204,54 @@ class _Protocol(H2Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             super().data_received(data)
+            # After h2, so a connection h2 already refused (a bad preface) is left alone.
+            if not self.connection.is_closing():
+                oversized = self._oversized_frame(data)
+                if oversized is not None:
+                    self._refuse_frame(oversized)
         except Exception:
             # h2 reports malformed bytes as ProtocolError, which grpclib already handles;
             # anything else (e.g. an HTTP/2 frame type grpclib has no handler for) is
             # equally the peer's problem: drop this connection, keep serving the others.
             log.debug("dropping connection from %s: cannot handle its input", self._peer(), exc_info=True)
             self.abort()
+
+    def _oversized_frame(self, data: bytes) -> int | None:
+        """The length of a frame announced in ``data`` longer than h2 accepts, else None.
+
+        h2 checks a frame's length against SETTINGS_MAX_FRAME_SIZE only once the whole
+        frame has arrived, so a header announcing 16 MiB would make the server wait for and
+        buffer it all. Following the frame headers here (a few operations per frame) refuses
+        it as soon as its header arrives, as RFC 9113 section 4.2 requires."""
+        if self._frame_header:
+            data = self._frame_header + data
+            self._frame_header = b""
+        position, end = self._frame_skip, len(data)
+        limit = self.connection._connection.max_inbound_frame_size
+        while position + 9 <= end:
+            length = int.from_bytes(data[position : position + 3], "big")
+            if length > limit:
+                return length
+            position += 9 + length
+        if position > end:
+            self._frame_skip = position - end
+        else:
+            self._frame_skip = 0
+            self._frame_header = data[position:]
+        return None
+
+    def _refuse_frame(self, length: int) -> None:
+        """GOAWAY with FRAME_SIZE_ERROR, then close."""
+        log.debug("dropping connection from %s: frame of %d bytes announced", self._peer(), length)
+        try:
+            self.connection._connection.close_connection(
+                error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR,
+                additional_data=f"frame of {length} bytes exceeds the maximum frame size".encode(),
+            )
+            self.connection.flush()
+        except h2.exceptions.ProtocolError:  # the h2 connection is already closed
+            pass
+        self.processor.close("frame too large")
 
     def connection_lost(self, exc: BaseException | None) -> None:
         try:

@@ -75,7 +75,7 @@ _STATUS_OF_CLASS: dict[type[BaseException], Status] = {
     AlreadyExists: Status.ALREADY_EXISTS,
     FailedPrecondition: Status.FAILED_PRECONDITION,
     ResourceExhausted: Status.RESOURCE_EXHAUSTED,
-    MailboxFull: Status.RESOURCE_EXHAUSTED,
+    MailboxFull: Status.UNAVAILABLE,  # busy right now: worth a retry
     Unavailable: Status.UNAVAILABLE,
     ActorClosed: Status.UNAVAILABLE,
     StorageClosed: Status.UNAVAILABLE,

@@ -29,7 +29,7 @@ from sentinel.errors import (
         (Status.NOT_FOUND, NotFound, False),
         (Status.ALREADY_EXISTS, AlreadyExists, False),
         (Status.FAILED_PRECONDITION, FailedPrecondition, False),
-        (Status.RESOURCE_EXHAUSTED, ResourceExhausted, True),
+        (Status.RESOURCE_EXHAUSTED, ResourceExhausted, False),
         (Status.UNAVAILABLE, Unavailable, True),
         (Status.OUT_OF_RANGE, OffsetOutOfRange, False),
         (Status.DEADLINE_EXCEEDED, RequestTimeout, True),

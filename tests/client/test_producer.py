@@ -119,9 +119,9 @@ def test_retriable_error_is_retried_then_succeeds() -> None:
 def test_retries_exhausted_fail_the_future_with_the_typed_error() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("r", 1)
-        fake.fail_next("produce", Status.RESOURCE_EXHAUSTED, "mailbox full", times=3)
+        fake.fail_next("produce", Status.UNAVAILABLE, "the broker is busy", times=3)
         async with Producer(fake.address, retries=2, retry_backoff_ms=1) as producer:
-            with pytest.raises(ResourceExhausted, match="mailbox full"):
+            with pytest.raises(Unavailable, match="the broker is busy"):
                 await producer.send_and_wait("r", b"x")
             assert fake.calls["produce"] == 3
             # The partition keeps working after a failed request.
@@ -130,12 +130,16 @@ def test_retries_exhausted_fail_the_future_with_the_typed_error() -> None:
     run(scenario)
 
 
-def test_non_retriable_error_is_not_retried() -> None:
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(Status.INVALID_ARGUMENT, InvalidArgument), (Status.RESOURCE_EXHAUSTED, ResourceExhausted)],
+)
+def test_non_retriable_error_is_not_retried(status: Status, error: type[Exception]) -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("r", 1)
-        fake.fail_next("produce", Status.INVALID_ARGUMENT, "bad batch")
+        fake.fail_next("produce", status, "request too large")
         async with Producer(fake.address, retry_backoff_ms=1) as producer:
-            with pytest.raises(InvalidArgument, match="bad batch"):
+            with pytest.raises(error, match="request too large"):
                 await producer.send_and_wait("r", b"x")
         assert fake.calls["produce"] == 1
 

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from sentinel.actors import Actor, Request
-from sentinel.errors import ActorClosed, MailboxFull, NotFound, ResourceExhausted, Unavailable
+from sentinel.errors import ActorClosed, MailboxFull, NotFound, Unavailable
 from sentinel.server.bridge import AsyncioThread, TrioPortal
 
 SAFETY = 10  # seconds: only reached when something is broken
@@ -196,8 +196,8 @@ async def test_offer_maps_full_and_closed_channels(bridge: AsyncioThread) -> Non
             try:
                 await bridge.portal.offer(send, value)
                 outcomes.append("sent")
-            except ResourceExhausted as exc:
-                outcomes.append(f"ResourceExhausted: {exc}")
+            except Unavailable as exc:
+                outcomes.append(f"Unavailable: {exc}")
         await bridge.portal.call_sync(send.close)
         try:
             await bridge.portal.offer(send, 3)
@@ -207,7 +207,7 @@ async def test_offer_maps_full_and_closed_channels(bridge: AsyncioThread) -> Non
 
     assert await bridge.run_asyncio(offer_three) == [
         "sent",
-        "ResourceExhausted: the receiving mailbox is full",
+        "Unavailable: the broker is busy: the receiving mailbox is full",
         "Unavailable: the receiving mailbox is closed",
     ]
     assert receive.receive_nowait() == 1

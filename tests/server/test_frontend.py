@@ -67,7 +67,7 @@ ERRORS: dict[str, tuple[BaseException, Status, str]] = {
         "generation 3 is stale",
     ),
     "quota": (ResourceExhausted("too many bytes"), Status.RESOURCE_EXHAUSTED, "too many bytes"),
-    "busy": (MailboxFull("broker mailbox is full"), Status.RESOURCE_EXHAUSTED, "broker mailbox is full"),
+    "busy": (MailboxFull("broker mailbox is full"), Status.UNAVAILABLE, "broker mailbox is full"),
     "follower": (
         Unavailable("not the leader for orders/0", leader="2"),
         Status.UNAVAILABLE,

@@ -1,0 +1,147 @@
+"""Shared fixtures for the broker's actor-level tests: real actors on real files.
+
+Every test runs the Store (on ``tmp_path``), the Broker and the GroupCoordinator wired
+as ``sentinel.node.Node`` wires them (the broker's compaction filter plugged into the
+storage engine, topic creation announced to the coordinator), on Trio's MockClock with
+``autojump_threshold=0``: virtual time jumps to the next deadline whenever every task is
+blocked, so a session timeout or a long-poll deadline costs no real time.
+
+Autojump cannot see worker threads (the engine's recovery, fsyncs, flushes and
+compactions run in threads): while one runs every task looks blocked and the clock would
+jump, firing deadlines (session timeouts, the store's close bound) that the test did not
+mean to reach. :func:`frozen` stops the clock around every step that waits for a thread:
+starting and closing the store, ``flush`` and ``compact``. Writes under ``SyncMode.NONE``
+(the default here) never use a thread, so the clock may run during everything else.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from sentinel.broker.broker import Broker, BrokerOptions
+from sentinel.broker.coordinator import GroupCoordinator
+from sentinel.storage.compaction import CompactionOptions
+from sentinel.storage.options import StorageOptions, SyncMode
+from sentinel.storage.store import Store
+
+# No background compaction: a test that wants compaction asks for it (``compact``).
+NO_COMPACTION = CompactionOptions(l0_compaction_trigger=1000, l0_stop_writes_trigger=2000)
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+@contextmanager
+def frozen(clock: trio.testing.MockClock) -> Iterator[None]:
+    """Stop autojump while the body waits for worker threads (see the module docstring)."""
+    previous = clock.autojump_threshold
+    clock.autojump_threshold = math.inf
+    try:
+        yield
+    finally:
+        clock.autojump_threshold = previous
+
+
+@attrs.define
+class Running:
+    """One incarnation of a node's broker layer (what ``Node.run`` starts, minus gRPC)."""
+
+    clock: trio.testing.MockClock
+    store: Store
+    broker: Broker
+    coordinator: GroupCoordinator
+
+    async def flush(self) -> None:
+        """Write the memtable to an L0 table (no compaction filter runs)."""
+        with frozen(self.clock):
+            await self.store.flush()
+
+    async def compact(self) -> None:
+        """Flush and push everything to the last level (the compaction filter runs)."""
+        with frozen(self.clock):
+            await self.store.compact()
+
+    def frozen(self) -> AbstractContextManager[None]:
+        return frozen(self.clock)
+
+    def data_keys(self) -> list[bytes]:
+        return [key for key, _ in self.store.scan(b"L", b"M")]
+
+
+@attrs.define
+class NodeFactory:
+    """Starts (and restarts) the broker layer on one data directory."""
+
+    directory: Path
+    clock: trio.testing.MockClock
+    options: BrokerOptions = BrokerOptions(retention_check_seconds=math.inf)  # noqa: RUF009
+    sync: SyncMode = SyncMode.NONE
+    seed: int = 7
+    rebalance_timeout: float = 30.0
+    compaction: CompactionOptions = NO_COMPACTION
+
+    @asynccontextmanager
+    async def run(self, **changes: Any) -> AsyncIterator[Running]:
+        """The layer for the duration of the block; a graceful stop in the node's order at
+        the end (coordinator, broker, then the store, which fsyncs the WAL)."""
+        assert trio.lowlevel.current_clock() is self.clock, (
+            "the test must take the `clock` fixture itself: pytest-trio only runs a test on a "
+            "clock passed to the test function"
+        )
+        options = attrs.evolve(self.options, **changes)
+        broker_ref: list[Broker] = []
+
+        def obsolete(key: bytes) -> bool:
+            return bool(broker_ref) and broker_ref[0].is_obsolete(key)
+
+        storage = StorageOptions(sync=self.sync, compaction=self.compaction, compaction_filter=obsolete)
+        async with trio.open_nursery() as nursery:
+            with frozen(self.clock):
+                store: Store = await nursery.start(Store(self.directory, storage).run)
+            broker = Broker(store, options)
+            broker_ref.append(broker)
+            await nursery.start(broker.run)
+            coordinator = GroupCoordinator(
+                store, broker, rng=random.Random(self.seed), rebalance_timeout=self.rebalance_timeout
+            )
+            created = getattr(broker, "on_topic_created", None)
+            if created is not None:
+                created.append(coordinator.topic_created)
+            await nursery.start(coordinator.run)
+            try:
+                yield Running(self.clock, store, broker, coordinator)
+            finally:
+                with trio.CancelScope(shield=True):
+                    for actor in (coordinator, broker):
+                        actor.close()
+                        await actor.wait_stopped()
+                    with frozen(self.clock):
+                        await store.aclose()
+                nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def node(tmp_path: Path, clock: trio.testing.MockClock) -> NodeFactory:
+    return NodeFactory(tmp_path / "data", clock)
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, clock: trio.testing.MockClock) -> Callable[..., NodeFactory]:
+    """A factory with other settings (``sync``, ``options``, ``seed``, ``compaction``...)."""
+
+    def make(**changes: Any) -> NodeFactory:
+        return NodeFactory(tmp_path / "data", clock, **changes)
+
+    return make

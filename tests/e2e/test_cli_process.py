@@ -1,0 +1,225 @@
+"""End to end: the ``sentinel`` client commands as real processes against a real broker.
+
+The README quick start (produce 10 records, consume them back in order), JSON output that
+round-trips between produce and consume, topic and group administration, Ctrl-C and a
+closed stdout, the one-line errors, and the broker's metrics counting what the CLI did.
+Independent commands run concurrently: each CLI process spends most of its time starting.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Mapping, Sequence
+
+import pytest
+from broker_process import BrokerProcess, sentinel_command, subprocess_env
+
+TIMEOUT_S = 30
+
+
+def start(*args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        sentinel_command(*args),
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+
+
+def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        sentinel_command(*args),
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=TIMEOUT_S,
+    )
+
+
+def cli_all(
+    *commands: Sequence[str], inputs: Mapping[int, str] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run independent commands at the same time (``inputs``: stdin by command index); their
+    results in order."""
+    inputs = inputs or {}
+    processes = [
+        start(*command, stdin=subprocess.PIPE if i in inputs else subprocess.DEVNULL)
+        for i, command in enumerate(commands)
+    ]
+    results = []
+    for i, (command, process) in enumerate(zip(commands, processes, strict=True)):
+        out, err = process.communicate(inputs.get(i), timeout=TIMEOUT_S)
+        results.append(subprocess.CompletedProcess(list(command), process.returncode, out, err))
+    return results
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"{result.args}: exit {result.returncode}: {result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, f"{result.args} succeeded: {result.stdout}"
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"{result.args}: {result.stderr!r}"
+    return lines[0]
+
+
+def metric(broker: BrokerProcess, name: str, topic: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    pattern = re.compile(rf'^{name}\{{(?=[^}}]*topic="{re.escape(topic)}")[^}}]*\}} (\S+)$', re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(text))
+
+
+@pytest.mark.slow
+def test_quick_start_json_round_trip_pipes_and_metrics(broker: BrokerProcess) -> None:
+    b = ("--broker", broker.address)
+    # README quick start: 10 records in, the same 10 out, in order.
+    assert ok(cli("produce", "--topic", "events", "--message", "hello", "--count", "10", *b)) == (
+        "produced 10 records to events\n  partition 0: offsets 0..9\n"
+    )
+    lines = [f"line {i}" for i in range(5)]
+    acks = [
+        json.loads(line)
+        for line in ok(
+            cli("produce", "--topic", "events", "--format", "json", *b, input="\n".join(lines) + "\n")
+        ).splitlines()
+    ]
+    assert [(a["partition"], a["offset"], a["value"]) for a in acks] == [
+        (0, 10 + i, v) for i, v in enumerate(lines)
+    ]
+
+    text, as_json = cli_all(
+        ("consume", "--topic", "events", "--from-beginning", *b),
+        ("consume", "--topic", "events", "--from-beginning", "--format", "json", *b),
+    )
+    assert ok(text).splitlines() == ["hello"] * 10 + lines
+    assert text.stderr == ""
+    records = [json.loads(line) for line in ok(as_json).splitlines()]
+    assert [r["offset"] for r in records] == list(range(15))
+    # What produce reported as acknowledged is exactly what consume reads back.
+    assert [{k: v for k, v in r.items() if k != "headers"} for r in records[10:]] == acks
+
+    assert metric(broker, "sentinel_messages_produced_total", "events") == 15
+    assert metric(broker, "sentinel_messages_consumed_total", "events") == 30  # two full reads
+
+    # A closed stdout ends a following consumer quietly (exit 141, like SIGPIPE), and
+    # Ctrl-C ends another one quietly with exit 0.
+    piped = start("consume", "--topic", "events", "--from-beginning", "--follow", *b)
+    interrupted = start("consume", "--topic", "events", "--from-beginning", "--follow", *b)
+    for process in (piped, interrupted):
+        assert process.stdout is not None
+        assert [process.stdout.readline() for _ in range(15)][-1] == "line 4\n"
+    assert piped.stdout is not None
+    piped.stdout.close()
+    interrupted.send_signal(signal.SIGINT)
+    ok(cli("produce", "--topic", "events", "--message", "one more", *b))  # written to the closed pipe
+    assert piped.wait(TIMEOUT_S) == 141
+    assert piped.stderr is not None and piped.stderr.read() == ""
+    _, err = interrupted.communicate(timeout=TIMEOUT_S)
+    assert (interrupted.returncode, err) == (0, "")
+
+    # `produce --format json | head -1`: a closed stdout stops the producer quietly too.
+    producer = start(
+        "produce", "--topic", "piped", "--message", "x", "--count", "100000", "--format", "json", *b
+    )
+    assert producer.stdout is not None and producer.stderr is not None
+    assert json.loads(producer.stdout.readline())["offset"] == 0
+    producer.stdout.close()
+    assert producer.wait(TIMEOUT_S) == 141
+    assert producer.stderr.read() == ""
+
+    assert metric(broker, "sentinel_messages_produced_total", "events") == 16
+
+
+@pytest.mark.slow
+def test_topics_and_groups(broker: BrokerProcess) -> None:
+    b = ("--broker", broker.address)
+    assert ok(cli("topics", "create", "orders", "--partitions", "3", "--retention-ms", "3600000", *b)) == (
+        "created topic orders: 3 partitions, replication factor 1, retention 1h / unlimited per partition\n"
+    )
+    produced = ok(cli("produce", "--topic", "orders", "--message", "o", "--count", "6", *b))
+    assert produced.startswith("produced 6 records to orders\n")
+
+    listing, described, consumed = cli_all(
+        ("topics", "list", *b),
+        ("topics", "describe", "orders", "--format", "json", *b),
+        ("consume", "--topic", "orders", "--group", "billing", "--from-beginning", *b),
+    )
+    assert ok(listing).splitlines() == [
+        "TOPIC   PARTITIONS  REPLICATION  RECORDS  RETENTION",
+        "orders  3           1            6        1h / unlimited",
+    ]
+    document = json.loads(ok(described))
+    assert document["retention_ms"] == 3_600_000
+    assert [p["partition"] for p in document["partitions"]] == [0, 1, 2]
+    assert all(p["leader"] == 1 and p["replicas"] == [1] for p in document["partitions"])
+    assert sum(p["high_watermark"] - p["log_start_offset"] for p in document["partitions"]) == 6
+    assert ok(consumed).splitlines() == ["o"] * 6
+
+    # A following member shows up in `groups describe`; Ctrl-C commits and leaves quietly.
+    follower = start("consume", "--topic", "orders", "--group", "live", "--from-beginning", "--follow", *b)
+    assert follower.stdout is not None
+    assert [follower.stdout.readline() for _ in range(6)] == ["o\n"] * 6
+    groups, live, billing = cli_all(
+        ("groups", "list", *b),
+        ("groups", "describe", "live", "--format", "json", *b),
+        ("groups", "describe", "billing", *b),
+    )
+    assert [row.split()[0] for row in ok(groups).splitlines()] == ["GROUP", "billing", "live"]
+    live_doc = json.loads(ok(live))
+    assert len(live_doc["members"]) == 1
+    assert sorted(tp["partition"] for tp in live_doc["members"][0]["assignment"]) == [0, 1, 2]
+    billing_text = ok(billing).splitlines()
+    assert billing_text[0].startswith("group billing: Empty, generation ")
+    # TOPIC PARTITION COMMITTED HIGH-WATERMARK LAG: everything committed, no lag.
+    rows = [row.split() for row in billing_text if row.startswith("orders")]
+    assert [(row[2], row[4]) for row in rows] == [(row[3], "0") for row in rows]
+    assert sum(int(row[2]) for row in rows) == 6
+    follower.send_signal(signal.SIGINT)
+    out, err = follower.communicate(timeout=TIMEOUT_S)
+    assert (follower.returncode, out, err) == (0, "", "")
+    live_after = json.loads(ok(cli("groups", "describe", "live", "--format", "json", *b)))
+    assert live_after["members"] == []
+    assert sum(o["committed_offset"] for o in live_after["offsets"]) == 6
+
+    assert ok(cli("topics", "delete", "orders", *b)) == "deleted topic orders\n"
+    assert json.loads(ok(cli("topics", "list", "--format", "json", *b))) == []
+
+
+@pytest.mark.slow
+def test_errors_are_one_line(broker: BrokerProcess) -> None:
+    b = ("--broker", broker.address)
+    # "single" does not exist yet: the producer creates it with the broker's default of one
+    # partition, then refuses partition 99.
+    unknown, bad_name, bad_partition, too_big = cli_all(
+        ("consume", "--topic", "nope", *b),
+        ("topics", "create", "bad/name", *b),
+        ("produce", "--topic", "single", "--partition", "99", "--message", "x", *b),
+        ("produce", "--topic", "single", *b),  # stdin: one record of 2 MB
+        inputs={3: "x" * 2_000_000 + "\n"},
+    )
+    assert one_error_line(unknown) == "error: topic 'nope' does not exist"
+    assert one_error_line(bad_name).startswith("error: invalid topic name 'bad/name'")
+    assert one_error_line(bad_partition) == (
+        "error: partition 99 does not exist in topic 'single': valid partitions are 0..0"
+    )
+    assert "larger than" in one_error_line(too_big)
+    for result in (unknown, bad_name, bad_partition, too_big):
+        assert result.returncode == 1 and result.stdout == ""
+
+    broker.stop()
+    down = cli_all(("topics", "list", *b), ("produce", "--topic", "single", "--message", "x", *b))
+    for result in down:
+        assert f"cannot reach broker {broker.address}" in one_error_line(result)

@@ -1,0 +1,475 @@
+"""The Trio-side RPC handlers against a real Broker, GroupCoordinator and Store (real
+files), on the autojumping MockClock: every happy path, and every error mapped to the
+exception the handler raises and the gRPC status the front end sends for it
+(``sentinel.server.status.status_of``).
+
+Autojump cannot see worker threads, so the clock is stopped while the store starts and
+closes (its only thread work here: writes use ``SyncMode.NONE``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from grpclib.const import Status
+
+from sentinel.broker.broker import Broker, BrokerOptions
+from sentinel.broker.coordinator import GroupCoordinator
+from sentinel.broker.log import LocalPartitionLog, ReadResult
+from sentinel.broker.partitioner import partition_for_key
+from sentinel.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidRecordBatch,
+    NotFound,
+    OffsetOutOfRange,
+    SentinelError,
+)
+from sentinel.generated.sentinel import v1 as pb
+from sentinel.metrics import Metrics
+from sentinel.records import build_batch, split_batches
+from sentinel.server import handlers as handlers_module
+from sentinel.server.handlers import Handlers
+from sentinel.server.status import status_of
+from sentinel.storage.compaction import CompactionOptions
+from sentinel.storage.options import StorageOptions, SyncMode
+from sentinel.storage.store import Store
+
+MAX_BATCH_BYTES = 64 * 1024
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+@contextmanager
+def frozen(clock: trio.testing.MockClock) -> Iterator[None]:
+    previous = clock.autojump_threshold
+    clock.autojump_threshold = math.inf
+    try:
+        yield
+    finally:
+        clock.autojump_threshold = previous
+
+
+@attrs.define
+class Stack:
+    store: Store
+    broker: Broker
+    coordinator: GroupCoordinator
+    handlers: Handlers
+    metrics: Metrics
+
+
+@asynccontextmanager
+async def serving(directory: Path, clock: trio.testing.MockClock, **options: Any) -> AsyncIterator[Stack]:
+    """What ``Node.run`` starts behind the gRPC front end, stopped in the node's order."""
+    assert trio.lowlevel.current_clock() is clock, "the test must take the `clock` fixture itself"
+    broker_ref: list[Broker] = []
+    storage = StorageOptions(
+        sync=SyncMode.NONE,
+        compaction=CompactionOptions(l0_compaction_trigger=1000, l0_stop_writes_trigger=2000),
+        compaction_filter=lambda key: bool(broker_ref) and broker_ref[0].is_obsolete(key),
+    )
+    options.setdefault("retention_check_seconds", math.inf)
+    async with trio.open_nursery() as nursery:
+        with frozen(clock):
+            store: Store = await nursery.start(Store(directory, storage).run)
+        metrics = Metrics()
+        broker = Broker(store, BrokerOptions(node_id=3, **options), on_append=metrics.record_produced)
+        broker_ref.append(broker)
+        await nursery.start(broker.run)
+        coordinator = GroupCoordinator(store, broker, rng=random.Random(5))
+        broker.on_topic_created.append(coordinator.topic_created)
+        await nursery.start(coordinator.run)
+        handlers = Handlers(
+            broker, coordinator, metrics, host="broker.test", port=9999, max_batch_bytes=MAX_BATCH_BYTES
+        )
+        try:
+            yield Stack(store, broker, coordinator, handlers, metrics)
+        finally:
+            with trio.CancelScope(shield=True):
+                for actor in (coordinator, broker):
+                    actor.close()
+                    await actor.wait_stopped()
+                with frozen(clock):
+                    await store.aclose()
+            nursery.cancel_scope.cancel()
+
+
+def batch_bytes(*values: bytes, key: bytes | None = None, timestamp: int = 1_000) -> bytes:
+    return build_batch([(key, v, (), timestamp) for v in values])
+
+
+def values_of(data: bytes) -> list[tuple[int, bytes | None]]:
+    return [(r.offset, r.value) for b in split_batches(data) for r in b.records()]
+
+
+def produce_request(
+    topic: str, partition: int, *batches: bytes, acks: pb.Acks = pb.Acks.ALL
+) -> pb.ProduceRequest:
+    return pb.ProduceRequest(topic=topic, partition=partition, record_batches=b"".join(batches), acks=acks)
+
+
+def sample(stack: Stack, name: str, topic: str, partition: int) -> float | None:
+    return stack.metrics.registry.get_sample_value(name, {"topic": topic, "partition": str(partition)})
+
+
+class Fails:
+    """``async with Fails(error_class, status, message)``: the handler raises ``error_class``
+    whose text contains ``message``, and the front end answers ``status`` with that text."""
+
+    def __init__(self, error: type[SentinelError], status: Status, message: str) -> None:
+        self.error, self.status, self.message = error, status, message
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        assert exc is not None, f"expected {self.error.__name__}: {self.message}, nothing was raised"
+        assert type(exc) is self.error, f"expected {self.error.__name__}, got {exc!r}"
+        assert self.message in str(exc), f"{self.message!r} not in {str(exc)!r}"
+        rpc = status_of(exc)
+        assert (rpc.status, rpc.message, rpc.expected) == (self.status, str(exc), True)
+        return True
+
+
+# -- produce -----------------------------------------------------------------------------
+
+
+async def test_produce_happy_paths_and_acks(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    async with serving(tmp_path, clock, default_partitions=4) as stack:
+        h = stack.handlers
+        # Auto-created; two batches in one request get contiguous offsets.
+        response = await h.produce(produce_request("t", 2, batch_bytes(b"a", b"b"), batch_bytes(b"c")))
+        assert (response.topic, response.partition, response.base_offset) == ("t", 2, 0)
+        assert response.log_append_time_ms == -1
+        assert stack.broker.topic("t").partitions == 4
+        response = await h.produce(produce_request("t", 2, batch_bytes(b"d"), acks=pb.Acks.LEADER))
+        assert response.base_offset == 3  # LEADER waits like ALL on a single node
+
+        # acks=NONE: no offset in the answer, nothing visible yet; durable a moment later.
+        response = await h.produce(produce_request("t", 2, batch_bytes(b"e"), acks=pb.Acks.NONE))
+        assert (response.partition, response.base_offset) == (2, -1)
+        log = stack.broker.topic("t").logs[2]
+        assert (log.log_end_offset, log.high_watermark) == (5, 4)
+        await trio.testing.wait_all_tasks_blocked()
+        assert log.high_watermark == 5
+
+        fetched = await h.fetch(pb.ConsumeRequest(topic="t", partition=2, offset=0))
+        assert values_of(fetched.record_batches) == [(0, b"a"), (1, b"b"), (2, b"c"), (3, b"d"), (4, b"e")]
+
+        # partition -1: the broker places by key hash (Kafka's), else round-robin.
+        for key in (b"alpha", b"beta", b"gamma"):
+            response = await h.produce(produce_request("t", -1, batch_bytes(b"v", key=key)))
+            assert response.partition == partition_for_key(key, 4)
+        keyless = [(await h.produce(produce_request("t", -1, batch_bytes(b"v")))).partition for _ in range(5)]
+        assert keyless == [0, 1, 2, 3, 0]
+        keyed_to_2 = sum(partition_for_key(k, 4) == 2 for k in (b"alpha", b"beta", b"gamma"))
+        assert sample(stack, "sentinel_messages_produced_total", "t", 2) == 5 + keyed_to_2 + 1
+
+
+async def test_produce_errors(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    good = batch_bytes(b"ok")
+    async with serving(tmp_path, clock) as stack:
+        h = stack.handlers
+        await stack.broker.create_topic("t", 2)
+        log = stack.broker.topic("t").logs[0]
+
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "produce request carries no record batches"):
+            await h.produce(pb.ProduceRequest(topic="t", partition=0))
+        with Fails(InvalidRecordBatch, Status.INVALID_ARGUMENT, "batch at byte 0: truncated: 5 bytes left"):
+            await h.produce(pb.ProduceRequest(topic="t", partition=0, record_batches=b"junk!"))
+        corrupt = bytearray(good)
+        corrupt[-1] ^= 0xFF
+        with Fails(
+            InvalidRecordBatch, Status.INVALID_ARGUMENT, f"batch at byte {len(good)}: CRC-32C mismatch"
+        ):
+            # The first batch is fine, the second is not: nothing is appended.
+            await h.produce(produce_request("t", 0, good, bytes(corrupt)))
+        huge = batch_bytes(b"x" * MAX_BATCH_BYTES)
+        with Fails(
+            InvalidRecordBatch, Status.INVALID_ARGUMENT, f"exceeds the limit of {MAX_BATCH_BYTES} bytes"
+        ):
+            await h.produce(produce_request("t", 0, huge))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "partition 2 does not exist in topic 't'"):
+            await h.produce(produce_request("t", 2, good))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "partition -5 does not exist in topic 't'"):
+            await h.produce(produce_request("t", -5, good))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "invalid topic name 'no spaces please'"):
+            await h.produce(produce_request("no spaces please", 0, good))
+        assert (log.log_end_offset, sorted(stack.broker.topics)) == (0, ["t"])
+
+    async with serving(tmp_path, clock, auto_create_topics=False) as stack:
+        with Fails(NotFound, Status.NOT_FOUND, "topic 'other' does not exist (auto-creation is disabled)"):
+            await stack.handlers.produce(produce_request("other", 0, good))
+        assert (await stack.handlers.produce(produce_request("t", 1, good))).base_offset == 0
+
+
+# -- fetch -------------------------------------------------------------------------------
+
+
+async def test_fetch_returns_stored_batches_verbatim_and_follows_next_offset(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    async with serving(tmp_path, clock) as stack:
+        h = stack.handlers
+        await stack.broker.create_topic("t", 1)
+        sizes = []
+        for n in range(4):
+            data = batch_bytes(b"m%d-0" % n, b"m%d-1" % n)
+            sizes.append(len(data))
+            await h.produce(produce_request("t", 0, data))
+        response = await h.fetch(pb.ConsumeRequest(topic="t", partition=0, offset=3, max_bytes=sizes[0]))
+        assert (response.topic, response.partition) == ("t", 0)
+        assert values_of(response.record_batches) == [(2, b"m1-0"), (3, b"m1-1")]
+        assert (response.next_offset, response.high_watermark, response.log_start_offset) == (4, 8, 0)
+        (stored,) = split_batches(response.record_batches)
+        assert stored.base_offset == 2 and len(response.record_batches) == sizes[1]
+        response = await h.fetch(pb.ConsumeRequest(topic="t", partition=0, offset=4))  # default max
+        assert [o for o, _ in values_of(response.record_batches)] == [4, 5, 6, 7]
+        assert response.next_offset == 8
+        # Counted from the offset asked for: offset 2 came along but is not consumed.
+        assert sample(stack, "sentinel_messages_consumed_total", "t", 0) == 1 + 4
+
+
+async def test_fetch_long_polls_until_data_arrives_or_max_wait(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    async with serving(tmp_path, clock) as stack:
+        h = stack.handlers
+        await stack.broker.create_topic("t", 1)
+        start = trio.current_time()
+        response = await h.fetch(pb.ConsumeRequest(topic="t", partition=0, offset=0, max_wait_ms=1_500))
+        assert trio.current_time() - start == pytest.approx(1.5)
+        assert (response.record_batches, response.next_offset, response.high_watermark) == (b"", 0, 0)
+
+        got: list[tuple[float, pb.ConsumeResponse]] = []
+
+        async def consumer() -> None:
+            began = trio.current_time()
+            response = await h.fetch(pb.ConsumeRequest(topic="t", partition=0, offset=0, max_wait_ms=10_000))
+            got.append((trio.current_time() - began, response))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer)
+            await trio.sleep(4)
+            assert got == []
+            await h.produce(produce_request("t", 0, batch_bytes(b"late")))
+        ((waited, response),) = got
+        assert waited == pytest.approx(4) and values_of(response.record_batches) == [(0, b"late")]
+
+        # No client waits longer than MAX_WAIT_MS (30 s) per fetch.
+        start = trio.current_time()
+        response = await h.fetch(pb.ConsumeRequest(topic="t", partition=0, offset=1, max_wait_ms=600_000))
+        assert trio.current_time() - start == pytest.approx(30) and response.record_batches == b""
+
+
+async def test_consume_latency_counts_the_reads_not_the_long_poll(
+    tmp_path: Path, clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class VirtualTime:
+        @staticmethod
+        def perf_counter() -> float:
+            return trio.current_time()
+
+    original_read = LocalPartitionLog.read
+
+    def slow_read(self: LocalPartitionLog, offset: int, max_bytes: int) -> ReadResult:
+        clock.jump(0.25)  # every read "takes" 250 ms of virtual time
+        return original_read(self, offset, max_bytes)
+
+    monkeypatch.setattr(handlers_module, "time", VirtualTime)
+    monkeypatch.setattr(LocalPartitionLog, "read", slow_read)
+    async with serving(tmp_path, clock) as stack:
+        h = stack.handlers
+        await stack.broker.create_topic("t", 1)
+
+        async def produce_later() -> None:
+            await trio.sleep(4)
+            await h.produce(produce_request("t", 0, batch_bytes(b"x")))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce_later)
+            # An empty read, a 4 s long poll, then the read that finds the record.
+            response = await h.fetch(pb.ConsumeRequest(topic="t", partition=0, offset=0, max_wait_ms=10_000))
+        assert values_of(response.record_batches) == [(0, b"x")]
+        assert stack.metrics.registry.get_sample_value(
+            "sentinel_consume_latency_seconds_sum"
+        ) == pytest.approx(0.5)
+
+
+async def test_fetch_errors(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+
+    async with serving(tmp_path, clock) as stack:
+        h = stack.handlers
+        await stack.broker.create_topic("t", 2)
+        await h.produce(produce_request("t", 0, batch_bytes(b"a", b"b")))
+        with Fails(NotFound, Status.NOT_FOUND, "topic 'missing' does not exist"):
+            await h.fetch(pb.ConsumeRequest(topic="missing", partition=0, offset=0))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "invalid topic name 'no such/name'"):
+            await h.fetch(pb.ConsumeRequest(topic="no such/name", partition=0, offset=0))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "partition 2 does not exist in topic 't'"):
+            await h.fetch(pb.ConsumeRequest(topic="t", partition=2, offset=0))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "offset must be >= 0, got -1"):
+            await h.fetch(pb.ConsumeRequest(topic="t", partition=0, offset=-1))
+        with Fails(
+            OffsetOutOfRange, Status.OUT_OF_RANGE, "offset 3 is out of range for t[0]: valid offsets are 0..2"
+        ):
+            # Out of range is answered at once, not after the long poll.
+            start = trio.current_time()
+            try:
+                await h.fetch(pb.ConsumeRequest(topic="t", partition=0, offset=3, max_wait_ms=5_000))
+            finally:
+                assert trio.current_time() == start
+
+
+# -- metadata and offsets ------------------------------------------------------------------
+
+
+async def test_metadata_and_topic_admin(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+
+    async with serving(tmp_path, clock, default_partitions=2, default_retention_ms=7_000) as stack:
+        h = stack.handlers
+        created = await h.create_topic(pb.CreateTopicRequest(name="b"))  # every default
+        assert created.topic.name == "b" and created.topic.replication_factor == 1
+        assert len(created.topic.partitions) == 2
+        assert (created.topic.config.retention_ms, created.topic.config.retention_bytes) == (7_000, 0)
+        explicit = await h.create_topic(
+            pb.CreateTopicRequest(
+                name="a", partitions=3, replication_factor=1, config=pb.TopicConfig(retention_bytes=4096)
+            )
+        )
+        assert (explicit.topic.config.retention_ms, explicit.topic.config.retention_bytes) == (0, 4096)
+        await h.produce(produce_request("a", 1, batch_bytes(b"x", b"y")))
+
+        metadata = await h.fetch_metadata(pb.MetadataRequest())
+        assert metadata.brokers == [pb.BrokerInfo(node_id=3, host="broker.test", port=9999)]
+        assert metadata.controller_id == 3
+        assert [t.name for t in metadata.topics] == ["a", "b"]
+        a = metadata.topics[0]
+        assert [(p.partition, p.leader, p.replicas, p.in_sync_replicas) for p in a.partitions] == [
+            (p, 3, [3], [3]) for p in range(3)
+        ]
+        assert [p.high_watermark for p in a.partitions] == [0, 2, 0]
+        only = await h.fetch_metadata(pb.MetadataRequest(topics=["b", "unknown"]))
+        assert [t.name for t in only.topics] == ["b"]  # unknown names are left out
+
+        listed = await h.list_topics(pb.ListTopicsRequest())
+        assert [t.name for t in listed.topics] == ["a", "b"]
+        described = await h.describe_topic(pb.DescribeTopicRequest(name="a"))
+        assert described == explicit.topic.__class__(
+            name="a",
+            replication_factor=1,
+            partitions=a.partitions,
+            config=pb.TopicConfig(retention_ms=0, retention_bytes=4096),
+        )
+
+        with Fails(AlreadyExists, Status.ALREADY_EXISTS, "topic 'a' already exists"):
+            await h.create_topic(pb.CreateTopicRequest(name="a"))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "invalid topic name 'bad/name'"):
+            await h.create_topic(pb.CreateTopicRequest(name="bad/name"))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "partition count must be between 1 and 10000"):
+            await h.create_topic(pb.CreateTopicRequest(name="c", partitions=-3))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "retention_ms and retention_bytes must be >= 0"):
+            await h.create_topic(pb.CreateTopicRequest(name="c", config=pb.TopicConfig(retention_ms=-1)))
+        with Fails(NotFound, Status.NOT_FOUND, "topic 'c' does not exist"):
+            await h.describe_topic(pb.DescribeTopicRequest(name="c"))
+        with Fails(NotFound, Status.NOT_FOUND, "topic 'c' does not exist"):
+            await h.delete_topic(pb.DeleteTopicRequest(name="c"))
+
+        await h.delete_topic(pb.DeleteTopicRequest(name="a"))
+        assert [t.name for t in (await h.list_topics(pb.ListTopicsRequest())).topics] == ["b"]
+
+
+async def test_list_offsets(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+
+    async with serving(tmp_path, clock) as stack:
+        h = stack.handlers
+        await stack.broker.create_topic("t", 1)
+        for n, timestamp in enumerate((100, 200, 300)):
+            await h.produce(produce_request("t", 0, batch_bytes(b"v%d" % n, timestamp=timestamp)))
+
+        async def offsets(spec: pb.OffsetSpec, timestamp_ms: int = 0) -> tuple[int, int]:
+            response = await h.list_offsets(
+                pb.ListOffsetsRequest(topic="t", partition=0, spec=spec, timestamp_ms=timestamp_ms)
+            )
+            return response.offset, response.timestamp_ms
+
+        assert await offsets(pb.OffsetSpec.EARLIEST) == (0, -1)
+        assert await offsets(pb.OffsetSpec.LATEST) == (3, -1)
+        assert await offsets(pb.OffsetSpec.TIMESTAMP, 150) == (1, 200)
+        assert await offsets(pb.OffsetSpec.TIMESTAMP, 0) == (0, 100)
+        assert await offsets(pb.OffsetSpec.TIMESTAMP, 301) == (3, -1)
+        log = stack.broker.topic("t").logs[0]
+        await log.apply_retention(retention_ms=0, retention_bytes=log.size_bytes - 1, now_ms=0)
+        assert await offsets(pb.OffsetSpec.EARLIEST) == (1, -1)
+        assert await offsets(pb.OffsetSpec.TIMESTAMP, 0) == (1, 200)
+
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "timestamp_ms must be >= 0, got -1"):
+            await offsets(pb.OffsetSpec.TIMESTAMP, -1)
+        with Fails(NotFound, Status.NOT_FOUND, "topic 'nope' does not exist"):
+            await h.list_offsets(pb.ListOffsetsRequest(topic="nope", partition=0))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "partition 1 does not exist in topic 't'"):
+            await h.list_offsets(pb.ListOffsetsRequest(topic="t", partition=1))
+
+
+# -- consumer groups -----------------------------------------------------------------------
+
+
+async def test_group_handlers_and_their_errors(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+
+    async with serving(tmp_path, clock) as stack:
+        h = stack.handlers
+        await stack.broker.create_topic("t", 2)
+        await h.produce(produce_request("t", 0, batch_bytes(b"a", b"b", b"c")))
+        joined = await h.join_group(pb.JoinGroupRequest(group_id="g", topics=["t"], client_id="cli"))
+        assert joined.generation == 1 and len(joined.assignment) == 2
+        beat = await h.heartbeat(
+            pb.HeartbeatRequest(group_id="g", member_id=joined.member_id, generation=joined.generation)
+        )
+        assert (beat.rebalance_needed, beat.generation) == (False, 1)
+        await h.commit_offsets(
+            pb.CommitOffsetsRequest(
+                group_id="g",
+                member_id=joined.member_id,
+                generation=1,
+                offsets=[pb.PartitionOffset(topic="t", partition=0, offset=1, metadata="m")],
+            )
+        )
+        fetched = await h.fetch_offsets(pb.FetchOffsetsRequest(group_id="g"))
+        assert fetched.offsets == [pb.PartitionOffset(topic="t", partition=0, offset=1, metadata="m")]
+        assert (await h.list_groups(pb.ListGroupsRequest())).group_ids == ["g"]
+        description = await h.describe_group(pb.DescribeGroupRequest(group_id="g"))
+        assert (description.state, description.generation, len(description.members)) == ("Stable", 1, 1)
+        assert [(e.partition, e.committed_offset, e.high_watermark, e.lag) for e in description.offsets] == [
+            (0, 1, 3, 2)
+        ]
+
+        with Fails(FailedPrecondition, Status.FAILED_PRECONDITION, "stale generation 0 (current 1)"):
+            await h.commit_offsets(
+                pb.CommitOffsetsRequest(group_id="g", member_id=joined.member_id, generation=0)
+            )
+        with Fails(NotFound, Status.NOT_FOUND, "consumer group 'other' does not exist"):
+            await h.describe_group(pb.DescribeGroupRequest(group_id="other"))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "invalid group id '': must not be empty"):
+            await h.heartbeat(pb.HeartbeatRequest(group_id="", member_id="x"))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "invalid group id '': must not be empty"):
+            await h.fetch_offsets(pb.FetchOffsetsRequest(group_id=""))
+
+        # Deleting a topic drops the groups' committed offsets for it.
+        await h.delete_topic(pb.DeleteTopicRequest(name="t"))
+        assert (await h.fetch_offsets(pb.FetchOffsetsRequest(group_id="g"))).offsets == []
+        await h.leave_group(pb.LeaveGroupRequest(group_id="g", member_id=joined.member_id))
+        assert (await h.describe_group(pb.DescribeGroupRequest(group_id="g"))).members == []
