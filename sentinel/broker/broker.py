@@ -129,6 +129,9 @@ class Broker(Actor[object]):
         #: Called (synchronously, in the actor) with a topic's name once it exists; the group
         #: coordinator uses it to rebalance groups already subscribed to that name.
         self.on_topic_created: list[Callable[[str], None]] = []
+        # Key ranges that became obsolete since the last retention pass (deleted topics,
+        # moved log starts): that pass asks the storage engine to reclaim their space.
+        self._to_reclaim: list[tuple[bytes, bytes]] = []
         # Read by the compaction filter in storage worker threads: replaced, never mutated.
         self._live_ids: frozenset[int] = frozenset()
         self._log_starts: Mapping[tuple[int, int], int] = {}
@@ -290,6 +293,7 @@ class Broker(Actor[object]):
         self._publish(remaining)
         for log in topic.logs:
             log.close()
+        self._to_reclaim.append(keys.topic_data_range(topic.topic_id))
         request.reply.set(None)
 
     # -- data path (runs in the caller's task) -------------------------------------------
@@ -323,16 +327,29 @@ class Broker(Actor[object]):
             await self.enforce_retention()
 
     async def enforce_retention(self, now_ms: int | None = None) -> int:
+        """Move log starts by each topic's retention, then have the storage engine reclaim
+        the space of everything that became obsolete (retention and deleted topics).
+        Returns the number of records removed by retention."""
         removed = 0
         for topic in list(self._topics.values()):
             for log in topic.logs:
-                removed += await log.apply_retention(
+                before = log.log_start_offset
+                count = await log.apply_retention(
                     retention_ms=topic.config.retention_ms,
                     retention_bytes=topic.config.retention_bytes,
                     now_ms=now_ms,
                 )
+                if count:
+                    removed += count
+                    start = keys.data_key(topic.topic_id, log.partition, before)
+                    self._to_reclaim.append(
+                        (start, keys.data_key(topic.topic_id, log.partition, log.log_start_offset))
+                    )
         if removed:
             self._refresh_log_starts()
+        if self._to_reclaim:
+            ranges, self._to_reclaim = self._to_reclaim, []
+            await self.store.reclaim(ranges)
         return removed
 
 

@@ -12,9 +12,17 @@ Leveled compaction as in LevelDB:
   (a trivial move: only the manifest changes).
 * Tombstones are dropped only when no deeper level holds the key range: a tombstone must
   keep hiding older data for as long as such data can exist below it.
+* Reclaiming (:func:`reclaim_plans`): the compaction filter only sees data that a
+  compaction rewrites, and append-only key ranges (a partition's log) come to rest in
+  tables that nothing ever rewrites again. When the owner of the filter knows a key range
+  became obsolete (retention moved a log start, a topic was deleted), each table of L1+
+  that meets the range, or whose first or last key is obsolete, and that has nothing below
+  it, is rewritten in place through the filter: its obsolete entries disappear.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -44,14 +52,16 @@ class Compaction:
     inputs: tuple[FileMeta, ...]  # from `level`, newest first
     overlaps: tuple[FileMeta, ...]  # from `level + 1`, in key order
     drop_tombstones: bool
+    #: Rewrite ``inputs`` into the same level (reclaiming), rather than into the next.
+    in_place: bool = False
 
     @property
     def output_level(self) -> int:
-        return self.level + 1
+        return self.level if self.in_place else self.level + 1
 
     @property
     def is_trivial_move(self) -> bool:
-        return len(self.inputs) == 1 and not self.overlaps
+        return len(self.inputs) == 1 and not self.overlaps and not self.in_place
 
     @property
     def input_bytes(self) -> int:
@@ -108,3 +118,30 @@ def compaction_for_level(
         start, end = min(start, overlaps[0].min_key), max(end, overlaps[-1].max_key)
     deeper_hold_range = any(version.overlapping(lvl, start, end) for lvl in range(level + 2, NUM_LEVELS))
     return Compaction(level=level, inputs=inputs, overlaps=overlaps, drop_tombstones=not deeper_hold_range)
+
+
+def reclaim_plans(
+    version: Version, ranges: Sequence[tuple[bytes, bytes]], obsolete: Callable[[bytes], bool]
+) -> list[Compaction]:
+    """In-place rewrites that let the compaction filter drop obsolete entries for good.
+
+    A table of L1 or deeper qualifies when it meets one of ``ranges`` (each ``[start, end)``)
+    or when its first or last key is ``obsolete``, and no deeper level holds any of its key
+    range (so every obsolete entry can be dropped outright, never kept as a tombstone: a
+    rewritten table never qualifies again for the same keys). L0 tables are left alone:
+    their order is their age, and every one of them is rewritten by its next compaction.
+    """
+    plans = []
+    for level in range(1, NUM_LEVELS):
+        for meta in version.files(level):
+            meets = any(start <= meta.max_key and meta.min_key < end for start, end in ranges)
+            if not (meets or obsolete(meta.min_key) or obsolete(meta.max_key)):
+                continue
+            if any(
+                version.overlapping(lvl, meta.min_key, meta.max_key) for lvl in range(level + 1, NUM_LEVELS)
+            ):
+                continue  # its obsolete entries would have to stay as tombstones: not yet
+            plans.append(
+                Compaction(level=level, inputs=(meta,), overlaps=(), drop_tombstones=True, in_place=True)
+            )
+    return plans

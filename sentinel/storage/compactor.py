@@ -29,7 +29,7 @@ import trio
 
 from sentinel.actors import Actor, Request
 from sentinel.errors import ActorClosed
-from sentinel.storage.compaction import Compaction, compaction_for_level, pick_compaction
+from sentinel.storage.compaction import Compaction, compaction_for_level, pick_compaction, reclaim_plans
 from sentinel.storage.files import fsync_dir, sst_path
 from sentinel.storage.iterators import Entry, merge_entries
 from sentinel.storage.manifest import NUM_LEVELS, FileMeta, Manifest, ManifestState, Version, VersionEdit
@@ -63,6 +63,13 @@ class FlushMemtable:
 @attrs.define(slots=True, eq=False)
 class CompactAll(Request[None]):
     """From Store: manual compaction, pushing every table down to the last level."""
+
+
+@attrs.define(slots=True, eq=False)
+class Reclaim(Request[int]):
+    """From Store: rewrite the resting tables that hold obsolete data (answer: how many)."""
+
+    ranges: tuple[tuple[bytes, bytes], ...]
 
 
 @attrs.frozen
@@ -156,8 +163,19 @@ class Compactor(Actor[object]):
                     assert plan is not None
                     await self._compact(plan)
             message.reply.set(None)
+        elif isinstance(message, Reclaim):
+            message.reply.set(await self._reclaim(message.ranges))
         else:
             raise TypeError(f"compactor got an unexpected message {message!r}")
+
+    async def _reclaim(self, ranges: tuple[tuple[bytes, bytes], ...]) -> int:
+        obsolete = self._options.compaction_filter
+        if obsolete is None:
+            return 0
+        plans = reclaim_plans(self._version, ranges, obsolete)
+        for plan in plans:  # each rewrites only its own table: the others stay valid
+            await self._compact(plan)
+        return len(plans)
 
     async def _flush(self, memtable: Memtable) -> None:
         started = time.perf_counter()
@@ -214,7 +232,7 @@ class Compactor(Actor[object]):
             self._compactions += 1
             self._bytes_read += plan.input_bytes
             self._bytes_written += sum(meta.size for meta in added)
-        if plan.level > 0:
+        if plan.level > 0 and not plan.in_place:
             self._compact_pointers[plan.level] = max(meta.max_key for meta in plan.inputs)
         self._seconds += time.perf_counter() - started
         self._notify(VersionInstalled(self._version, self._tables_view()))

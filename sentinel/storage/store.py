@@ -34,7 +34,7 @@ import trio
 
 from sentinel.actors import Reply
 from sentinel.errors import InvalidArgument, MailboxFull, StorageClosed
-from sentinel.storage.compactor import CompactAll, CompactionStatistics, Compactor, FlushMemtable
+from sentinel.storage.compactor import CompactAll, CompactionStatistics, Compactor, FlushMemtable, Reclaim
 from sentinel.storage.iterators import Entry
 from sentinel.storage.manifest import NUM_LEVELS
 from sentinel.storage.memtable import Memtable
@@ -210,6 +210,19 @@ class Store:
         # version: wait for it, so reads (and statistics) after compact() see the result.
         while self._view is not None and self._view.version is not compactor.version:
             await self._view_published.wait()
+
+    async def reclaim(self, ranges: Sequence[tuple[bytes, bytes]] = ()) -> int:
+        """Let the compaction filter drop obsolete data that rests in tables no compaction
+        would rewrite: tables meeting ``ranges`` (each ``[start, end)``, the key ranges the
+        caller knows became obsolete) or starting or ending with an obsolete key are
+        rewritten in place. Returns how many tables were rewritten."""
+        self._owner()  # raises StorageClosed when closed
+        compactor = self._compactor
+        assert compactor is not None
+        rewritten = await compactor.call(Reclaim(tuple(ranges)))
+        while self._view is not None and self._view.version is not compactor.version:
+            await self._view_published.wait()
+        return rewritten
 
     def _owner(self) -> MemtableOwner:
         if not self._accepting or self._memtables is None:

@@ -276,6 +276,24 @@ async def test_deleted_then_recreated_topic_is_empty_also_after_restart_and_comp
         assert (await running.broker.produce("t", 0, [batch(b"after")]))[1].base_offset == 0
 
 
+async def test_a_deleted_topic_resting_in_the_last_level_is_reclaimed_by_the_next_retention_pass(
+    node: NodeFactory, clock: trio.testing.MockClock
+) -> None:
+    async with node.run() as running:
+        broker = running.broker
+        gone = await broker.create_topic("gone", 1)
+        keep = await broker.create_topic("keep", 1)
+        for n in range(5):
+            await broker.produce("gone", 0, [batch(b"old-%d" % n)])
+        await broker.produce("keep", 0, [batch(b"kept")])
+        await running.compact()  # everything rests in the last level: no compaction rewrites it
+        await broker.delete_topic("gone")
+        assert any(keys.parse_data_key(k)[0] == gone.topic_id for k in running.data_keys())
+        await broker.enforce_retention()  # the periodic pass reclaims what deletes left behind
+        assert [keys.parse_data_key(k)[0] for k in running.data_keys()] == [keep.topic_id]
+        assert read_all(broker.topic("keep"), 0) == [(0, b"kept")]
+
+
 async def test_compaction_filter_decisions(node: NodeFactory, clock: trio.testing.MockClock) -> None:
     async with node.run() as running:
         broker = running.broker

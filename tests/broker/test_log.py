@@ -411,12 +411,6 @@ async def test_broker_enforce_retention_applies_topic_configs_and_compaction_rem
         assert remaining == {default.topic_id: [0, 1, 2, 3], by_size.topic_id: [2, 3]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the compaction filter runs only when a compaction rewrites tables; a table that "
-    "is moved down trivially, or already sits in the last level, is never filtered, so data below a "
-    "log start (retention) or of a deleted topic stays on disk for ever in append-only key ranges",
-)
 async def test_retention_reclaims_space_of_data_already_in_the_last_level(
     make_node: Callable[..., NodeFactory], clock: trio.testing.MockClock
 ) -> None:

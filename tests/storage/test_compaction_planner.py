@@ -11,6 +11,7 @@ from sentinel.storage.compaction import (
     key_range,
     level_scores,
     pick_compaction,
+    reclaim_plans,
 )
 from sentinel.storage.manifest import NUM_LEVELS, FileMeta, Version, VersionEdit
 
@@ -166,3 +167,27 @@ def test_empty_level_and_last_level() -> None:
 
 def test_key_range() -> None:
     assert key_range([f(1, b"c", b"d"), f(2, b"a", b"b"), f(3, b"b", b"z")]) == (b"a", b"z")
+
+
+def test_reclaim_rewrites_resting_tables_in_place() -> None:
+    last = NUM_LEVELS - 1
+    version = version_of(
+        (0, f(1, b"a", b"z")),  # L0: never reclaimed (its next compaction rewrites it)
+        (1, f(2, b"a", b"c")),  # has c..d below it: its obsolete keys could not be dropped
+        (2, f(3, b"c", b"d")),
+        (last, f(4, b"e", b"f")),  # meets the range
+        (last, f(5, b"g", b"h")),  # starts with an obsolete key
+        (last, f(6, b"i", b"j")),  # nothing obsolete known
+    )
+    plans = reclaim_plans(version, [(b"a", b"e0")], obsolete=lambda key: key == b"g")
+    assert [(p.level, numbers(p.inputs)) for p in plans] == [(2, [3]), (last, [4]), (last, [5])]
+    for plan in plans:
+        assert plan.in_place and plan.output_level == plan.level
+        assert not plan.is_trivial_move and plan.drop_tombstones and plan.overlaps == ()
+
+
+def test_reclaim_range_end_is_exclusive_and_nothing_known_means_nothing_to_do() -> None:
+    version = version_of((NUM_LEVELS - 1, f(1, b"m", b"p")))
+    assert reclaim_plans(version, [(b"a", b"m")], obsolete=lambda key: False) == []
+    assert reclaim_plans(version, [], obsolete=lambda key: False) == []
+    assert len(reclaim_plans(version, [(b"p", b"q")], obsolete=lambda key: False)) == 1
