@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sentinel import __version__
-from sentinel.cli import bench, run
+from sentinel.cli import bench, consume, groups, produce, run, topics
 
 app = typer.Typer(
     help="Sentinel: a Kafka-class log streaming engine on Trio.",
@@ -14,6 +14,10 @@ app = typer.Typer(
 )
 app.add_typer(bench.app, name="bench")
 app.command(name="run")(run.run)
+app.command(name="produce")(produce.produce)
+app.command(name="consume")(consume.consume)
+app.add_typer(topics.app, name="topics")
+app.add_typer(groups.app, name="groups")
 
 
 @app.command()
