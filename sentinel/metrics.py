@@ -66,6 +66,7 @@ class Metrics:
         )
         self._produced_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._consumed_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._request_children: dict[tuple[str, str], Any] = {}
 
     def record_produced(self, topic: str, partition: int, records: int, size: int) -> None:
         key = (topic, partition)
@@ -86,6 +87,13 @@ class Metrics:
             self._consumed_children[key] = children
         children[0].inc(records)
         children[1].inc(size)
+
+    def count_request(self, method: str, status: str) -> None:
+        """One handled RPC (any thread: prometheus_client children are thread-safe)."""
+        child = self._request_children.get((method, status))
+        if child is None:
+            child = self._request_children[(method, status)] = self.requests.labels(method, status)
+        child.inc()
 
     def observe_produce(self, seconds: float) -> None:
         self.produce_latency.observe(seconds)

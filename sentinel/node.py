@@ -128,7 +128,7 @@ class Node:
                 max_batch_bytes=config.max_message_bytes,
             )
             frontend = self.frontend = GrpcFrontEnd(
-                [SentinelService(bridge.portal, handlers)],
+                [SentinelService(bridge.portal, handlers, on_request=self.metrics.count_request)],
                 config.host,
                 config.port,
                 max_message_bytes=config.max_message_bytes,

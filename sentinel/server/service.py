@@ -31,20 +31,36 @@ STREAM_POLL_MS = 500
 
 
 class SentinelService(pb.SentinelBase):
-    def __init__(self, portal: TrioPortal, handlers: Handlers) -> None:
+    def __init__(
+        self,
+        portal: TrioPortal,
+        handlers: Handlers,
+        *,
+        on_request: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._portal = portal
         self._handlers = handlers
+        # Told (handler name, status name) once per handler call: the requests metric.
+        self._on_request = on_request
 
     async def _call(self, fn: Callable[[Any], Awaitable[T]], request: Any) -> T:
         try:
-            return await self._portal.call(fn, request)
-        except GRPCError:
+            result = await self._portal.call(fn, request)
+        except GRPCError as exc:
+            self._count(fn, exc.status.name)
             raise
         except Exception as exc:
             status = status_of(exc)
+            self._count(fn, status.status.name)
             if not status.expected:
                 log.error("RPC handler %s failed", getattr(fn, "__name__", fn), exc_info=exc)
             raise GRPCError(status.status, status.message, dict(status.metadata) or None) from None
+        self._count(fn, "OK")
+        return result
+
+    def _count(self, fn: Callable[..., Any], status: str) -> None:
+        if self._on_request is not None:
+            self._on_request(getattr(fn, "__name__", "unknown"), status)
 
     async def produce(self, message: pb.ProduceRequest) -> pb.ProduceResponse:
         return await self._call(self._handlers.produce, message)

@@ -113,6 +113,10 @@ def test_quick_start_json_round_trip_pipes_and_metrics(broker: BrokerProcess) ->
 
     assert metric(broker, "sentinel_messages_produced_total", "events") == 15
     assert metric(broker, "sentinel_messages_consumed_total", "events") == 30  # two full reads
+    with urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=10) as response:
+        scraped = response.read().decode()
+    produce_ok = re.search(r'^sentinel_requests_total\{method="produce",status="OK"\} (\S+)$', scraped, re.M)
+    assert produce_ok is not None and float(produce_ok.group(1)) >= 2  # at least one per produce run
 
     # A closed stdout ends a following consumer quietly (exit 141, like SIGPIPE), and
     # Ctrl-C ends another one quietly with exit 0.
