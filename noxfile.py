@@ -43,5 +43,10 @@ def proto_check(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
+    """Every benchmark: storage engine, then the broker (produce, consume, end to end).
+
+    Arguments after ``--`` go to each (``nox -s bench -- --quick`` or ``-- --json``).
+    """
     session.install("-e", ".[compression]")
-    session.run("sentinel", "bench", "storage", *session.posargs)
+    for name in ("storage", "produce", "consume", "e2e"):
+        session.run("sentinel", "bench", name, *session.posargs)

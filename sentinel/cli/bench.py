@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import trio
 import typer
 
 from sentinel.bench.machine import machine_info
 from sentinel.cli.errors import readable_errors
+from sentinel.storage.options import SyncMode
 
 app = typer.Typer(help="Measure Sentinel's performance on this machine.", no_args_is_help=True)
 
@@ -55,3 +57,180 @@ def storage(
         print(json.dumps(result))
     else:
         _print_storage(result)
+
+
+# -- broker benchmarks -------------------------------------------------------------------------
+
+_BROKER_HELP = "Benchmark this running broker (host:port) instead of starting one."
+_SYNC_HELP = "WAL sync mode of the broker started for the run."
+
+
+def _progress(json_output: bool) -> Callable[[str], None]:
+    def progress(stage: str) -> None:
+        if not json_output:
+            typer.echo(f"... {stage}", err=True)
+
+    return progress
+
+
+def _print_header(result: dict) -> None:
+    machine = result["machine"]
+    broker = result["broker"]
+    where = f"external broker {broker['address']}" if broker["external"] else f"sync {broker['sync']}"
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}")
+    print(f"one broker ({where}), one client process, {result['record_bytes']}-byte records, 1 partition")
+
+
+def _cpu(row: dict) -> str:
+    broker = row.get("broker_cpu_s")
+    return f"cpu: client {row['client_cpu_s']:.1f} s, broker " + (
+        f"{broker:.1f} s" if broker is not None else "?"
+    )
+
+
+def _latency(figures: dict) -> str:
+    return (
+        f"p50 {figures['p50']:.2f} ms  p99 {figures['p99']:.2f} ms  p99.9 {figures['p999']:.2f} ms"
+        f"  max {figures['max']:.2f} ms"
+    )
+
+
+def _print_produce(result: dict) -> None:
+    _print_header(result)
+    for row in result["throughput"]:
+        print(
+            f"produce acks={row['acks']:<4} batch {row['batch_size']:,} B, linger {row['linger_ms']:g} ms"
+            f"  {row['records_per_s']:>10,} records/s  {row['mb_per_s']:>7.2f} MB/s"
+            f"  ({row['records']:,} in {row['seconds']:.1f} s; {_cpu(row)})"
+        )
+    for row in result["prebuilt"]:
+        print(
+            f"pre-built batches acks={row['acks']:<4} ({row['batch_records']} records each, no Producer)"
+            f"  {row['records_per_s']:>10,} records/s  {row['mb_per_s']:>7.2f} MB/s"
+            f"  ({row['records']:,} in {row['seconds']:.1f} s; {_cpu(row)})"
+        )
+    lat = result["latency"]
+    print(
+        f"produce latency at {lat['rate']:,} records/s (acks={lat['acks']}, linger {lat['linger_ms']:g} ms,"
+        f" achieved {lat['achieved_rate']:,}/s, {lat['failures']} failed)"
+    )
+    print(f"  send -> ack  {_latency(lat['latency_ms'])}  ({_cpu(lat)})")
+
+
+def _print_consume(result: dict) -> None:
+    _print_header(result)
+    pre = result["preload"]
+    print(f"preload                 {pre['records_per_s']:>10,} records/s  ({pre['records']:,} records)")
+    row = result["consume"]
+    print(
+        f"consume from offset 0   {row['records_per_s']:>10,} records/s  {row['mb_per_s']:>7.2f} MB/s"
+        f"  ({row['records']:,} in {row['seconds']:.1f} s; {_cpu(row)})"
+    )
+
+
+def _print_e2e(result: dict) -> None:
+    _print_header(result)
+    print(
+        f"producer at {result['rate']:,} records/s (acks={result['acks']}, linger {result['linger_ms']:g} ms,"
+        f" achieved {result['achieved_rate']:,}/s), consumer following; {result['records']:,} records"
+    )
+    print(f"  send -> ack        {_latency(result['produce_ms'])}")
+    print(f"  send -> consumer   {_latency(result['end_to_end_ms'])}")
+
+
+def _emit(result: dict, json_output: bool, printer: Callable[[dict], None]) -> None:
+    result["machine"] = machine_info()
+    if json_output:
+        print(json.dumps(result))
+    else:
+        printer(result)
+
+
+_JSON = typer.Option(False, "--json", help="Print one JSON object instead of a table.")
+_QUICK = typer.Option(False, "--quick", help="Short runs (smoke test); noisy figures.")
+_BROKER = typer.Option(None, "--broker", help=_BROKER_HELP)
+_SYNC = typer.Option(SyncMode.INTERVAL, "--sync", help=_SYNC_HELP)
+
+
+@app.command()
+@readable_errors
+def produce(
+    json_output: bool = _JSON,
+    quick: bool = _QUICK,
+    broker: str | None = _BROKER,
+    sync: SyncMode = _SYNC,
+    seconds: float | None = typer.Option(None, "--seconds", help="Length of each throughput run."),
+    records: int | None = typer.Option(None, "--records", help="Records per throughput run (not timed)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Producer batch_size in bytes."),
+    linger_ms: float | None = typer.Option(None, "--linger-ms", help="Producer linger for throughput."),
+    rate: int = typer.Option(10_000, "--rate", help="Records/s of the fixed-rate latency run."),
+    latency_linger_ms: float = typer.Option(1.0, "--latency-linger-ms", help="Linger of the latency run."),
+) -> None:
+    """Producer records/s and MB/s (acks=1, acks=all), then send->ack latency at a fixed rate."""
+    from sentinel.bench.broker import run_produce_bench
+
+    result = run_produce_bench(
+        broker_address=broker,
+        sync=sync.value,
+        quick=quick,
+        seconds=seconds,
+        records=records,
+        batch_size=batch_size,
+        linger_ms=linger_ms,
+        rate=rate,
+        latency_linger_ms=latency_linger_ms,
+        progress=_progress(json_output),
+    )
+    _emit(result, json_output, _print_produce)
+
+
+@app.command()
+@readable_errors
+def consume(
+    json_output: bool = _JSON,
+    quick: bool = _QUICK,
+    broker: str | None = _BROKER,
+    sync: SyncMode = _SYNC,
+    records: int | None = typer.Option(None, "--records", help="Records to preload and read."),
+    fetch_max_bytes: int | None = typer.Option(None, "--fetch-max-bytes", help="Consumer fetch size."),
+    max_poll_records: int | None = typer.Option(None, "--max-poll-records", help="Records per getmany."),
+) -> None:
+    """Preload a topic, then a consumer process reads it from offset 0: records/s and MB/s."""
+    from sentinel.bench.broker import run_consume_bench
+
+    result = run_consume_bench(
+        broker_address=broker,
+        sync=sync.value,
+        quick=quick,
+        records=records,
+        fetch_max_bytes=fetch_max_bytes,
+        max_poll_records=max_poll_records,
+        progress=_progress(json_output),
+    )
+    _emit(result, json_output, _print_consume)
+
+
+@app.command()
+@readable_errors
+def e2e(
+    json_output: bool = _JSON,
+    quick: bool = _QUICK,
+    broker: str | None = _BROKER,
+    sync: SyncMode = _SYNC,
+    rate: int = typer.Option(10_000, "--rate", help="Records/s the producer sends."),
+    seconds: float | None = typer.Option(None, "--seconds", help="Length of the run."),
+    linger_ms: float = typer.Option(1.0, "--linger-ms", help="Producer linger."),
+) -> None:
+    """Producer at a fixed rate, consumer following: end-to-end latency (send -> receipt)."""
+    from sentinel.bench.broker import run_e2e_bench
+
+    result = run_e2e_bench(
+        broker_address=broker,
+        sync=sync.value,
+        quick=quick,
+        rate=rate,
+        seconds=seconds,
+        linger_ms=linger_ms,
+        progress=_progress(json_output),
+    )
+    _emit(result, json_output, _print_e2e)

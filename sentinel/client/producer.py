@@ -41,13 +41,14 @@ import enum
 import random
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Final, Self
 
 from sentinel.broker.partitioner import RoundRobinPartitioner, partition_for_key
 from sentinel.client.accumulator import (
     BATCH_OVERHEAD,
+    RECORD_OVERHEAD,
     Drained,
     PartitionQueue,
     RecordAccumulator,
@@ -71,7 +72,11 @@ __all__ = ["Producer"]
 
 DEFAULT_LINGER_MS: Final = 5
 DEFAULT_BATCH_SIZE: Final = 16 * 1024  # Kafka's batch.size
-DEFAULT_MAX_BUFFER_BYTES: Final = 32 * 1024 * 1024  # Kafka's buffer.memory
+# Kafka's buffer.memory is 32 MiB; here every buffered record is also a live asyncio Future,
+# and a full garbage collection (every ~10 gen-1 collections) walks them all. Measured with
+# 100-byte records: gen-2 collections took ~1.7 us per record with 32 MiB, ~1 us with 4 MiB,
+# and throughput did not drop (1 or 6 partitions). 4 MiB still holds four full requests.
+DEFAULT_MAX_BUFFER_BYTES: Final = 4 * 1024 * 1024
 # Kafka's max.request.size. Must stay below the broker's maximum batch and message sizes.
 DEFAULT_MAX_REQUEST_BYTES: Final = 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
@@ -162,6 +167,10 @@ class Producer:
         self._acc: RecordAccumulator[RecordFuture] = RecordAccumulator(
             batch_size=batch_size, max_buffer_bytes=max_buffer_bytes, max_request_bytes=max_request_bytes
         )
+        # The largest record send() accepts (estimated size): it must fit the buffer and a request.
+        self._max_record_size = min(max_buffer_bytes, max_request_bytes - BATCH_OVERHEAD)
+        # The running loop's create_future, bound in start(): one call per record.
+        self._create_future: Callable[[], RecordFuture] = _no_loop
         self._round_robin = RoundRobinPartitioner(random.Random())
         self._senders: dict[TopicPartition, _PartitionSender] = {}
         # topic -> partition -> sender: the per-record lookup, without building a TopicPartition.
@@ -190,6 +199,7 @@ class Producer:
             raise
         self._cluster = cluster
         self._partition_counts = cluster.partition_counts
+        self._create_future = asyncio.get_running_loop().create_future
         self._state = _State.OPEN
         self._accepting = True
 
@@ -246,7 +256,15 @@ class Producer:
             value = _as_bytes(value, "value")
         if key is not None and type(key) is not bytes:
             key = _as_bytes(key, "key")
-        header_items: tuple[Header, ...] = _check_headers(headers) if headers else ()
+        header_items: tuple[Header, ...]
+        if headers:
+            header_items = _check_headers(headers)
+            size = estimate_size(key, value, header_items)
+        else:  # the common case, inlined: estimate_size without headers
+            header_items = ()
+            size = RECORD_OVERHEAD + (len(value) if value is not None else 0)
+            if key is not None:
+                size += len(key)
         if timestamp_ms is None:
             timestamp_ms = time.time_ns() // 1_000_000
         elif type(timestamp_ms) is not int or timestamp_ms < 0:
@@ -259,18 +277,19 @@ class Producer:
                 partition = self._round_robin.next_partition(topic, count)
         elif type(partition) is not int or not 0 <= partition < count:
             partition = await self._check_partition(topic, partition)
-        size = estimate_size(key, value, header_items)
         acc = self._acc
-        if size > acc.max_buffer_bytes or size + BATCH_OVERHEAD > acc.max_request_bytes:
+        if size > self._max_record_size:
             raise InvalidArgument(
                 f"record of ~{size} bytes is larger than max_buffer_bytes ({acc.max_buffer_bytes}) "
                 f"or max_request_bytes ({acc.max_request_bytes})"
             )
-        if self._room_waiters or not acc.can_reserve(size):
+        # acc.can_reserve / acc.reserve, inlined (the per-record path).
+        buffered = acc.buffered + size
+        if self._room_waiters or buffered > acc.max_buffer_bytes:
             await self._wait_for_room(size)
         else:
-            acc.reserve(size)
-        future: RecordFuture = asyncio.get_running_loop().create_future()
+            acc.buffered = buffered
+        future: RecordFuture = self._create_future()
         senders = self._senders_by_topic.get(topic)
         sender = senders.get(partition) if senders is not None else None
         if sender is None:
@@ -532,24 +551,30 @@ class Producer:
     def _resolve(
         self, tp: TopicPartition, drained: Drained[RecordFuture], response: pb.ProduceResponse
     ) -> None:
+        """Resolve every record's future with its RecordMetadata (the per-record path:
+        tuples built with ``tuple.__new__``, no per-record ``done()`` check)."""
         topic, partition = tp
         base = response.base_offset if self._acks is not pb.Acks.NONE else -1
         append_time = response.log_append_time_ms
-        futures = drained.completions
-        index = 0
+        futures = iter(drained.completions)
+        new = tuple.__new__
+        offset = base
         for records in drained.batches:
-            for record in records:
-                future = futures[index]
-                if not future.done():
-                    future.set_result(
-                        RecordMetadata(
-                            topic,
-                            partition,
-                            base + index if base >= 0 else -1,
-                            append_time if append_time > 0 else record[3],
-                        )
-                    )
-                index += 1
+            for record, future in zip(records, futures, strict=False):
+                metadata = new(
+                    RecordMetadata,
+                    (topic, partition, offset, append_time if append_time > 0 else record[3]),
+                )
+                try:
+                    future.set_result(metadata)
+                except asyncio.InvalidStateError:
+                    pass  # the application cancelled this record's future
+                if base >= 0:
+                    offset += 1
+
+
+def _no_loop() -> RecordFuture:
+    raise FailedPrecondition("producer is not started")
 
 
 def _check_positive(name: str, value: object) -> None:

@@ -61,6 +61,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.protocol import H2Protocol
 from grpclib.server import Handler, Server
 
+import sentinel.h2_repr  # noqa: F401 -- bounds h2's per-frame debug repr (a hot spot)
 from sentinel.server.bridge import AsyncioThread, TrioPortal, raise_sole_exception
 from sentinel.server.status import RpcStatus, status_of
 

@@ -1,0 +1,346 @@
+"""Broker benchmarks: produce throughput and latency, consume throughput, end-to-end latency.
+
+One broker process (``sentinel run``, started here on a temporary data directory unless an
+address is given), one producer process and one consumer process (``sentinel.bench.workers``),
+100-byte records on a one-partition topic. Every figure comes with the CPU seconds the
+broker and the client process spent on it, so a run also says which side was the
+bottleneck (on a 2-core machine, a process near 1 CPU second per second is saturated).
+
+- ``produce``: Producer throughput with acks=1 and acks=all (the client's batching
+  defaults unless overridden), the same records as pre-built batches sent without the
+  Producer (what the broker alone sustains: the gap is the client library's per-record
+  cost), then send->ack latency at a fixed rate (acks=all). Each run gets a fresh broker,
+  so none inherits the flush and compaction work of data an earlier run wrote.
+- ``consume``: preload a topic (pre-built batches), then a Consumer reads it from offset 0.
+- ``e2e``: a producer at a fixed rate and a consumer following the topic: send -> receipt.
+
+MB/s counts record values only (1 MB = 10^6 bytes), not keys, framing or protocol bytes.
+Latencies are measured from the ``send()`` call (the producer paces in ~1 ms steps; the
+achieved rate is reported beside them).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sentinel.bench.process import BrokerProcess, Worker, run_worker
+from sentinel.errors import InvalidArgument
+
+RECORD_BYTES = 100
+# Run lengths (a throughput run then flushes what is buffered, ~0.5 s more).
+DEFAULT_PRODUCE_SECONDS = 5.0
+QUICK_PRODUCE_SECONDS = 1.0
+DEFAULT_RATE = 10_000
+DEFAULT_LATENCY_SECONDS = 5.0
+QUICK_LATENCY_SECONDS = 1.0
+# The fixed-rate runs: a short linger, as a latency-sensitive producer would configure.
+DEFAULT_LATENCY_LINGER_MS = 1.0
+DEFAULT_CONSUME_RECORDS = 2_000_000
+QUICK_CONSUME_RECORDS = 50_000
+WARMUP_RECORDS = 100
+# The pre-built batch rows of the produce bench: records sent, and the request size.
+DEFAULT_PREBUILT_RECORDS = 2_000_000
+QUICK_PREBUILT_RECORDS = 100_000
+PREBUILT_REQUEST_BYTES = 1024 * 1024
+# Bytes a 100-byte record takes in a batch beyond its value (length, attributes, deltas...).
+RECORD_FRAMING = 9
+# Generous bounds on a worker's run time: a worker that hangs fails the bench instead.
+WORKER_TIMEOUT_S = 600.0
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class _Broker:
+    """Either a broker started here or an external one (``address`` given)."""
+
+    def __init__(self, address: str | None, sync: str) -> None:
+        self.external = address is not None
+        self.sync = sync if address is None else "external"
+        self.process = None if address is not None else BrokerProcess(sync=sync)
+        self.address = address or ""
+
+    def cpu_seconds(self) -> float | None:
+        return self.process.cpu_seconds() if self.process is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        return {"address": self.address, "external": self.external, "sync": self.sync}
+
+
+@contextmanager
+def _broker(address: str | None, sync: str) -> Iterator[_Broker]:
+    broker = _Broker(address, sync)
+    if broker.process is None:
+        yield broker
+        return
+    with broker.process:
+        broker.address = broker.process.address
+        yield broker
+
+
+def _check_positive(**values: float | None) -> None:
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise InvalidArgument(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
+def _topic(kind: str) -> str:
+    return f"bench-{kind}-{uuid.uuid4().hex[:8]}"
+
+
+def _rates(records: int, seconds: float, record_bytes: int) -> dict[str, Any]:
+    return {
+        "records": records,
+        "seconds": round(seconds, 3),
+        "records_per_s": round(records / seconds) if seconds > 0 else 0,
+        "mb_per_s": round(records * record_bytes / seconds / 1e6, 2) if seconds > 0 else 0.0,
+    }
+
+
+def _measured(broker: _Broker, role: str, params: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
+    """Run a worker; also return the broker's CPU seconds over the run (None if unknown)."""
+    before = broker.cpu_seconds()
+    result = run_worker(role, params, timeout=WORKER_TIMEOUT_S)
+    after = broker.cpu_seconds()
+    return result, (round(after - before, 2) if before is not None and after is not None else None)
+
+
+def _latency_run(
+    broker: _Broker, *, rate: int, seconds: float, acks: str | int, linger_ms: float, record_bytes: int
+) -> dict[str, Any]:
+    params = {
+        "address": broker.address,
+        "topic": _topic("latency"),
+        "record_bytes": record_bytes,
+        "acks": acks,
+        "linger_ms": linger_ms,
+        "rate": rate,
+        "seconds": seconds,
+        "warmup": WARMUP_RECORDS,
+    }
+    result, broker_cpu = _measured(broker, "produce-rate", params)
+    return {
+        "acks": str(acks),
+        "rate": rate,
+        "linger_ms": linger_ms,
+        "records": result["records"],
+        "failures": result["failures"],
+        "achieved_rate": result["achieved_rate"],
+        "latency_ms": result["latency_ms"],
+        "client_cpu_s": round(result["client_cpu_s"], 2),
+        "broker_cpu_s": broker_cpu,
+    }
+
+
+def run_produce_bench(
+    *,
+    broker_address: str | None = None,
+    sync: str = "interval",
+    quick: bool = False,
+    seconds: float | None = None,
+    records: int | None = None,
+    batch_size: int | None = None,
+    linger_ms: float | None = None,
+    rate: int = DEFAULT_RATE,
+    latency_seconds: float | None = None,
+    latency_linger_ms: float = DEFAULT_LATENCY_LINGER_MS,
+    record_bytes: int = RECORD_BYTES,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Producer throughput with acks=1 and acks=all, then latency at a fixed rate (acks=all)."""
+    from sentinel.client.producer import DEFAULT_BATCH_SIZE, DEFAULT_LINGER_MS
+
+    _check_positive(
+        seconds=seconds, records=records, batch_size=batch_size, rate=rate, latency_seconds=latency_seconds
+    )
+    if (linger_ms is not None and linger_ms < 0) or latency_linger_ms < 0:
+        raise InvalidArgument("--linger-ms and --latency-linger-ms must be >= 0")
+    seconds = seconds or (QUICK_PRODUCE_SECONDS if quick else DEFAULT_PRODUCE_SECONDS)
+    prebuilt_records = QUICK_PREBUILT_RECORDS if quick else DEFAULT_PREBUILT_RECORDS
+    latency_seconds = latency_seconds or (QUICK_LATENCY_SECONDS if quick else DEFAULT_LATENCY_SECONDS)
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
+    linger_ms = DEFAULT_LINGER_MS if linger_ms is None else linger_ms
+    result: dict[str, Any] = {"bench": "produce", "record_bytes": record_bytes}
+    # Each run gets a broker of its own (when this bench starts it): no run inherits the
+    # flush and compaction work of the data an earlier one wrote.
+    throughput = []
+    for acks in (1, "all"):
+        progress(f"produce throughput, acks={acks}")
+        with _broker(broker_address, sync) as broker:
+            result["broker"] = broker.describe()
+            params = {
+                "address": broker.address,
+                "topic": _topic("produce"),
+                "record_bytes": record_bytes,
+                "acks": acks,
+                "linger_ms": linger_ms,
+                "batch_size": batch_size,
+                "seconds": seconds,
+                "records": records,
+            }
+            run, broker_cpu = _measured(broker, "produce", params)
+        throughput.append(
+            {
+                "acks": str(acks),
+                "batch_size": batch_size,
+                "linger_ms": linger_ms,
+                **_rates(run["records"], run["seconds"], record_bytes),
+                "client_cpu_s": round(run["client_cpu_s"], 2),
+                "broker_cpu_s": broker_cpu,
+            }
+        )
+    result["throughput"] = throughput
+    # The same records as pre-built batches of about batch_size bytes in ~1 MB requests,
+    # one in flight (as the Producer sends): the broker's side alone, no per-record client
+    # work. The gap to the rows above is the client library's cost.
+    prebuilt = []
+    per_batch = max(1, batch_size // (record_bytes + RECORD_FRAMING))
+    for acks in (1, "all"):
+        progress(f"pre-built batches (no Producer), acks={acks}")
+        with _broker(broker_address, sync) as broker:
+            params = {
+                "address": broker.address,
+                "topic": _topic("prebuilt"),
+                "record_bytes": record_bytes,
+                "records": prebuilt_records,
+                "acks": acks,
+                "batch_records": per_batch,
+                "batches_per_request": max(
+                    1, PREBUILT_REQUEST_BYTES // (per_batch * (record_bytes + RECORD_FRAMING))
+                ),
+                "in_flight": 1,
+            }
+            run, broker_cpu = _measured(broker, "preload", params)
+        prebuilt.append(
+            {
+                "acks": str(acks),
+                "batch_records": per_batch,
+                **_rates(run["records"], run["seconds"], record_bytes),
+                "client_cpu_s": round(run["client_cpu_s"], 2),
+                "broker_cpu_s": broker_cpu,
+            }
+        )
+    result["prebuilt"] = prebuilt
+    progress(f"produce latency at {rate:,} records/s, acks=all")
+    with _broker(broker_address, sync) as broker:
+        result["latency"] = _latency_run(
+            broker,
+            rate=rate,
+            seconds=latency_seconds,
+            acks="all",
+            linger_ms=latency_linger_ms,
+            record_bytes=record_bytes,
+        )
+    return result
+
+
+def run_consume_bench(
+    *,
+    broker_address: str | None = None,
+    sync: str = "interval",
+    quick: bool = False,
+    records: int | None = None,
+    fetch_max_bytes: int | None = None,
+    max_poll_records: int | None = None,
+    record_bytes: int = RECORD_BYTES,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Preload a topic, then one consumer process reads it all from offset 0."""
+    _check_positive(records=records, fetch_max_bytes=fetch_max_bytes, max_poll_records=max_poll_records)
+    count = records or (QUICK_CONSUME_RECORDS if quick else DEFAULT_CONSUME_RECORDS)
+    result: dict[str, Any] = {"bench": "consume", "record_bytes": record_bytes}
+    with _broker(broker_address, sync) as broker:
+        result["broker"] = broker.describe()
+        topic = _topic("consume")
+        progress(f"preloading {count:,} records")
+        loaded = run_worker(
+            "preload",
+            {"address": broker.address, "topic": topic, "record_bytes": record_bytes, "records": count},
+            timeout=WORKER_TIMEOUT_S,
+        )
+        result["preload"] = _rates(loaded["records"], loaded["seconds"], record_bytes)
+        progress(f"consuming {loaded['records']:,} records")
+        params = {
+            "address": broker.address,
+            "topic": topic,
+            "records": loaded["records"],
+            "fetch_max_bytes": fetch_max_bytes,
+            "max_poll_records": max_poll_records,
+        }
+        run, broker_cpu = _measured(broker, "consume", params)
+        result["consume"] = {
+            **_rates(run["records"], run["seconds"], record_bytes),
+            "client_cpu_s": round(run["client_cpu_s"], 2),
+            "broker_cpu_s": broker_cpu,
+        }
+    return result
+
+
+def run_e2e_bench(
+    *,
+    broker_address: str | None = None,
+    sync: str = "interval",
+    quick: bool = False,
+    rate: int = DEFAULT_RATE,
+    seconds: float | None = None,
+    acks: str = "all",
+    linger_ms: float = DEFAULT_LATENCY_LINGER_MS,
+    record_bytes: int = RECORD_BYTES,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """A producer process at a fixed rate and a consumer process following the topic:
+    the time from each ``send()`` to the consumer holding the record."""
+    _check_positive(rate=rate, seconds=seconds)
+    if linger_ms < 0:
+        raise InvalidArgument("--linger-ms must be >= 0")
+    seconds = seconds or (QUICK_LATENCY_SECONDS if quick else DEFAULT_LATENCY_SECONDS)
+    total = int(rate * seconds)
+    if total < 1:
+        raise InvalidArgument(f"--rate {rate} for {seconds} s sends no record")
+    result: dict[str, Any] = {"bench": "e2e", "record_bytes": record_bytes}
+    with _broker(broker_address, sync) as broker:
+        result["broker"] = broker.describe()
+        topic = _topic("e2e")
+        common = {"address": broker.address, "topic": topic}
+        follower = Worker("follow", {**common, "records": WARMUP_RECORDS + total, "skip": WARMUP_RECORDS})
+        try:
+            follower.wait_for("ready")
+            progress(f"producing {total:,} records at {rate:,}/s, consumer following")
+            before = broker.cpu_seconds()
+            produced = run_worker(
+                "produce-rate",
+                {
+                    **common,
+                    "record_bytes": record_bytes,
+                    "acks": acks,
+                    "linger_ms": linger_ms,
+                    "rate": rate,
+                    "seconds": seconds,
+                    "warmup": WARMUP_RECORDS,
+                    "stamp": True,
+                },
+                timeout=WORKER_TIMEOUT_S,
+            )
+            followed = follower.result(WORKER_TIMEOUT_S)
+            after = broker.cpu_seconds()
+        finally:
+            follower.kill()
+    result.update(
+        {
+            "rate": rate,
+            "acks": acks,
+            "linger_ms": linger_ms,
+            "records": followed["records"],
+            "achieved_rate": produced["achieved_rate"],
+            "end_to_end_ms": followed["latency_ms"],
+            "produce_ms": produced["latency_ms"],
+            "broker_cpu_s": round(after - before, 2) if before is not None and after is not None else None,
+        }
+    )
+    return result

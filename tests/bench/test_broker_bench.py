@@ -1,0 +1,93 @@
+"""Smoke tests of the broker benchmarks: ``sentinel bench produce|consume|e2e --quick --json``
+run as a user would (a subprocess that starts its own broker and client processes), and
+print one JSON object whose figures are all there and positive."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+TIMEOUT_S = 180
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sentinel.cli.main", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def run_json(*args: str) -> dict[str, Any]:
+    done = bench(*args, "--quick", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    assert result["machine"]["cores"] >= 1
+    assert result["record_bytes"] == 100
+    assert result["broker"]["external"] is False and result["broker"]["sync"] == "interval"
+    return result
+
+
+def assert_rates(row: dict[str, Any]) -> None:
+    assert row["records"] > 0 and row["seconds"] > 0
+    assert row["records_per_s"] > 0 and row["mb_per_s"] > 0
+    # MB/s counts 100-byte values: it follows from records/s.
+    assert row["mb_per_s"] == pytest.approx(row["records_per_s"] * 100 / 1e6, rel=0.01, abs=0.01)
+
+
+def assert_latency(figures: dict[str, float]) -> None:
+    assert 0 < figures["p50"] <= figures["p99"] <= figures["p999"] <= figures["max"]
+
+
+@pytest.mark.slow
+def test_produce_bench_json() -> None:
+    result = run_json("produce", "--records", "20000", "--rate", "2000")
+    assert result["bench"] == "produce"
+    assert [row["acks"] for row in result["throughput"]] == ["1", "all"]
+    assert [row["acks"] for row in result["prebuilt"]] == ["1", "all"]
+    for row in result["throughput"]:
+        assert_rates(row)
+        assert row["records"] == 20000  # --records: a fixed count, not a timed run
+        assert row["client_cpu_s"] > 0 and row["broker_cpu_s"] is not None
+    for row in result["prebuilt"]:
+        assert_rates(row)
+    latency = result["latency"]
+    assert latency["acks"] == "all" and latency["rate"] == 2000 and latency["failures"] == 0
+    assert latency["records"] == 2000 and latency["achieved_rate"] > 1000
+    assert_latency(latency["latency_ms"])
+
+
+@pytest.mark.slow
+def test_consume_bench_json() -> None:
+    result = run_json("consume", "--records", "30000")
+    assert result["bench"] == "consume"
+    assert_rates(result["preload"])
+    assert_rates(result["consume"])
+    # Everything preloaded (whole requests of pre-built batches) is read back.
+    assert result["consume"]["records"] == result["preload"]["records"] >= 30000
+
+
+@pytest.mark.slow
+def test_e2e_bench_json() -> None:
+    result = run_json("e2e", "--rate", "2000")
+    assert result["bench"] == "e2e"
+    assert result["records"] == 2000  # every stamped record reached the consumer
+    assert_latency(result["end_to_end_ms"])
+    assert_latency(result["produce_ms"])
+
+
+@pytest.mark.slow
+def test_unreachable_broker_is_one_error_line() -> None:
+    done = bench("produce", "--quick", "--json", "--broker", "127.0.0.1:1")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "cannot reach broker" in lines[0]
