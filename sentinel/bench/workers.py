@@ -254,8 +254,37 @@ async def follow(p: dict[str, Any]) -> dict[str, Any]:
     return {"records": received - skip, "latency_ms": percentiles_ms(latencies)}
 
 
+async def produce_batches(p: dict[str, Any]) -> dict[str, Any]:
+    """``Producer.send_batch`` of ``batch_records`` values at a time, pipelined."""
+    from sentinel.client import Producer
+
+    address, topic = p["address"], p["topic"]
+    await _ensure_topic(address, topic)
+    values = [_value(p["record_bytes"])] * p["batch_records"]
+    total: int = p["records"]
+    async with Producer(address, acks=p["acks"], linger_ms=p["linger_ms"]) as producer:
+        first = await (await producer.send_batch(topic, values[:1], partition=0))  # warm up
+        send_batch = producer.send_batch
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        sent = 0
+        future = None
+        while sent < total:
+            future = await send_batch(topic, values, partition=0)
+            sent += len(values)
+        await producer.flush()
+        elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        assert future is not None
+        last = future.result()
+    if p["acks"] != 0 and last.base_offset + last.record_count - (first.base_offset + 1) != sent:
+        raise RuntimeError(f"sent {sent} records but offsets do not match")
+    return {"records": sent, "seconds": elapsed, "client_cpu_s": cpu}
+
+
 ROLES = {
     "produce": produce,
+    "produce-batches": produce_batches,
     "produce-rate": produce_rate,
     "preload": preload,
     "consume": consume,

@@ -103,9 +103,9 @@ def _print_produce(result: dict) -> None:
             f"  {row['records_per_s']:>10,} records/s  {row['mb_per_s']:>7.2f} MB/s"
             f"  ({row['records']:,} in {row['seconds']:.1f} s; {_cpu(row)})"
         )
-    for row in result["prebuilt"]:
+    for row in result["send_batch"]:
         print(
-            f"pre-built batches acks={row['acks']:<4} ({row['batch_records']} records each, no Producer)"
+            f"send_batch acks={row['acks']:<4} ({row['batch_records']} records per call)         "
             f"  {row['records_per_s']:>10,} records/s  {row['mb_per_s']:>7.2f} MB/s"
             f"  ({row['records']:,} in {row['seconds']:.1f} s; {_cpu(row)})"
         )

@@ -18,6 +18,7 @@ from sentinel.client.consumer import Consumer
 from sentinel.client.errors import RequestTimeout
 from sentinel.client.producer import Producer
 from sentinel.client.types import (
+    BatchMetadata,
     BrokerInfo,
     ClusterMetadata,
     ConsumerRebalanceListener,
@@ -34,6 +35,7 @@ from sentinel.client.types import (
 
 __all__ = [
     "Admin",
+    "BatchMetadata",
     "BrokerInfo",
     "ClusterMetadata",
     "Consumer",

@@ -27,6 +27,10 @@ How it works:
   ``max_buffer_bytes``; a ``send`` that does not fit waits (FIFO) until acknowledged
   requests release memory. A full buffer never raises; a single record larger than the
   buffer or than a request does (InvalidArgument).
+- **Whole batches.** ``send_batch`` encodes many records into one RecordBatch at once and
+  queues it as one unit with one future: the records go to one partition, are appended
+  atomically (all or none) and cost no per-record Python work after encoding — the way
+  to produce at the broker's full rate from one Python process.
 - **Delivery.** At least once: retriable failures (UNAVAILABLE, which includes a busy
   broker, or a timeout) are retried ``retries`` times with exponential backoff; a request that timed out
   after the broker appended it is appended again on retry (there is no idempotent producer).
@@ -41,7 +45,7 @@ import enum
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -56,7 +60,7 @@ from sentinel.client.accumulator import (
 )
 from sentinel.client.connection import Cluster, retry_delay, with_retries
 from sentinel.client.errors import RETRIABLE_ERRORS
-from sentinel.client.types import RecordMetadata, TopicPartition
+from sentinel.client.types import BatchMetadata, RecordMetadata, TopicPartition
 from sentinel.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -66,7 +70,7 @@ from sentinel.errors import (
     Unavailable,
 )
 from sentinel.generated.sentinel import v1 as pb
-from sentinel.records import Compression, Header, build_batch
+from sentinel.records import Compression, Header, RecordTuple, build_batch
 
 __all__ = ["Producer"]
 
@@ -99,6 +103,18 @@ _COMPRESSION: Final[dict[str, Compression]] = {
 }
 
 RecordFuture = asyncio.Future[RecordMetadata]
+
+
+class _Prebuilt:
+    """A RecordBatch queued by ``send_batch``: it sits in a partition queue in place of a
+    record, travels as it is, and resolves its one future with a BatchMetadata."""
+
+    __slots__ = ("count", "data", "timestamp_ms")
+
+    def __init__(self, data: bytes, count: int, timestamp_ms: int) -> None:
+        self.data = data
+        self.count = count
+        self.timestamp_ms = timestamp_ms
 
 
 class _State(enum.Enum):
@@ -171,6 +187,9 @@ class Producer:
         self._max_record_size = min(max_buffer_bytes, max_request_bytes - BATCH_OVERHEAD)
         # The running loop's create_future, bound in start(): one call per record.
         self._create_future: Callable[[], RecordFuture] = _no_loop
+        # Set by the first send_batch: from then on requests may mix records and whole
+        # batches (the per-record paths check each entry's type only when it is set).
+        self._has_prebuilt = False
         self._round_robin = RoundRobinPartitioner(random.Random())
         self._senders: dict[TopicPartition, _PartitionSender] = {}
         # topic -> partition -> sender: the per-record lookup, without building a TopicPartition.
@@ -298,6 +317,71 @@ class Producer:
         if sender.queue.add(
             (key, value, header_items, timestamp_ms), future, size, time.monotonic(), acc.batch_size
         ):
+            sender.wakeup.set()
+        return future
+
+    async def send_batch(
+        self,
+        topic: str,
+        values: Sequence[bytes | None],
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Iterable[Header] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future[BatchMetadata]:
+        """Queue ``values`` as one RecordBatch (same key, headers and timestamp for each);
+        returns a future resolving to a :class:`BatchMetadata`.
+
+        The records go to one partition — the explicit one, the key's, or the next one
+        round-robin — and are appended atomically, in order, at consecutive offsets. The
+        encoded batch must fit in ``max_request_bytes`` and ``max_buffer_bytes`` (split larger
+        lists). Ordered with ``send`` calls to the same partition; waits only while the
+        buffer is full.
+        """
+        if not self._accepting:
+            raise self._not_accepting()
+        if key is not None and type(key) is not bytes:
+            key = _as_bytes(key, "key")
+        header_items = _check_headers(headers) if headers else ()
+        if timestamp_ms is None:
+            timestamp_ms = time.time_ns() // 1_000_000
+        elif type(timestamp_ms) is not int or timestamp_ms < 0:
+            raise InvalidArgument(f"timestamp_ms must be an int >= 0, got {timestamp_ms!r}")
+        if isinstance(values, bytes | str) or not len(values):
+            raise InvalidArgument("send_batch needs a non-empty sequence of values")
+        data = build_batch(
+            [(key, value, header_items, timestamp_ms) for value in values], compression=self._compression
+        )
+        acc = self._acc
+        size = len(data)
+        if size > self._max_record_size:
+            raise InvalidArgument(
+                f"a batch of {len(values)} records is {size} bytes, larger than max_buffer_bytes "
+                f"({acc.max_buffer_bytes}) or max_request_bytes ({acc.max_request_bytes}): split it"
+            )
+        count = self._partition_counts.get(topic) or await self._resolve_topic(topic)
+        if partition is None or partition == -1:
+            partition = (
+                partition_for_key(key, count)
+                if key is not None
+                else self._round_robin.next_partition(topic, count)
+            )
+        elif type(partition) is not int or not 0 <= partition < count:
+            partition = await self._check_partition(topic, partition)
+        if self._room_waiters or not acc.can_reserve(size):
+            await self._wait_for_room(size)
+        else:
+            acc.reserve(size)
+        future: asyncio.Future[BatchMetadata] = asyncio.get_running_loop().create_future()
+        self._has_prebuilt = True
+        senders = self._senders_by_topic.get(topic)
+        sender = senders.get(partition) if senders is not None else None
+        if sender is None:
+            sender = self._start_sender(TopicPartition(topic, partition))
+        sender.enqueued += 1
+        entry: Any = _Prebuilt(data, len(values), timestamp_ms)
+        if sender.queue.add(entry, future, size, time.monotonic(), acc.batch_size):  # type: ignore[arg-type]
             sender.wakeup.set()
         return future
 
@@ -517,7 +601,10 @@ class Producer:
         assert cluster is not None
         try:
             codec = self._compression
-            payload = b"".join([build_batch(records, compression=codec) for records in drained.batches])
+            if self._has_prebuilt:
+                payload = b"".join(_encode_mixed(drained.batches, codec))
+            else:
+                payload = b"".join([build_batch(records, compression=codec) for records in drained.batches])
             request = pb.ProduceRequest(
                 topic=tp.topic,
                 partition=tp.partition,
@@ -559,6 +646,9 @@ class Producer:
         futures = iter(drained.completions)
         new = tuple.__new__
         offset = base
+        if self._has_prebuilt:
+            self._resolve_mixed(tp, drained, base, append_time)
+            return
         for records in drained.batches:
             for record, future in zip(records, futures, strict=False):
                 metadata = new(
@@ -571,6 +661,48 @@ class Producer:
                     pass  # the application cancelled this record's future
                 if base >= 0:
                     offset += 1
+
+    def _resolve_mixed(
+        self, tp: TopicPartition, drained: Drained[RecordFuture], base: int, append_time: int
+    ) -> None:
+        """``_resolve`` for requests that may hold whole batches (``send_batch``)."""
+        topic, partition = tp
+        futures = iter(drained.completions)
+        offset = base
+        for records in drained.batches:
+            for record, future in zip(records, futures, strict=False):
+                result: Any
+                if type(record) is _Prebuilt:
+                    prebuilt: _Prebuilt = record
+                    timestamp = append_time if append_time > 0 else prebuilt.timestamp_ms
+                    result = BatchMetadata(topic, partition, offset, prebuilt.count, timestamp)
+                    step = prebuilt.count
+                else:
+                    timestamp = append_time if append_time > 0 else record[3]
+                    result = RecordMetadata(topic, partition, offset, timestamp)
+                    step = 1
+                with contextlib.suppress(asyncio.InvalidStateError):
+                    future.set_result(result)
+                if base >= 0:
+                    offset += step
+
+
+def _encode_mixed(batches: list[list[RecordTuple]], codec: Compression) -> list[bytes]:
+    """Encode a drained request whose entries may be whole batches (kept as they are)."""
+    parts: list[bytes] = []
+    for records in batches:
+        run: list[RecordTuple] = []
+        for record in records:
+            if type(record) is _Prebuilt:
+                if run:
+                    parts.append(build_batch(run, compression=codec))
+                    run = []
+                parts.append(record.data)
+            else:
+                run.append(record)
+        if run:
+            parts.append(build_batch(run, compression=codec))
+    return parts
 
 
 def _no_loop() -> RecordFuture:

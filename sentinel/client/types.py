@@ -34,6 +34,17 @@ class RecordMetadata(NamedTuple):
     timestamp_ms: int
 
 
+class BatchMetadata(NamedTuple):
+    """Where the records of one ``Producer.send_batch`` landed: offsets ``base_offset`` to
+    ``base_offset + record_count - 1`` of one partition (``base_offset`` is -1 with acks=0)."""
+
+    topic: str
+    partition: int
+    base_offset: int
+    record_count: int
+    timestamp_ms: int
+
+
 class ConsumerRecord(NamedTuple):
     """One consumed record. ``timestamp`` is in milliseconds since the epoch."""
 

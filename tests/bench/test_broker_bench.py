@@ -52,12 +52,12 @@ def test_produce_bench_json() -> None:
     result = run_json("produce", "--records", "20000", "--rate", "2000")
     assert result["bench"] == "produce"
     assert [row["acks"] for row in result["throughput"]] == ["1", "all"]
-    assert [row["acks"] for row in result["prebuilt"]] == ["1", "all"]
+    assert [row["acks"] for row in result["send_batch"]] == ["1", "all"]
     for row in result["throughput"]:
         assert_rates(row)
         assert row["records"] == 20000  # --records: a fixed count, not a timed run
         assert row["client_cpu_s"] > 0 and row["broker_cpu_s"] is not None
-    for row in result["prebuilt"]:
+    for row in result["send_batch"]:
         assert_rates(row)
     latency = result["latency"]
     assert latency["acks"] == "all" and latency["rate"] == 2000 and latency["failures"] == 0
