@@ -18,7 +18,7 @@ import trio
 
 from sentinel.broker.broker import Broker, Topic, TopicConfig
 from sentinel.broker.coordinator import GroupCoordinator
-from sentinel.errors import InvalidArgument
+from sentinel.errors import InvalidArgument, NotFound
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.metrics import Metrics
 from sentinel.records import iter_batches
@@ -67,7 +67,8 @@ class Handlers:
 
     async def fetch(self, request: pb.ConsumeRequest) -> pb.ConsumeResponse:
         """One long-polled read: returns as soon as data is committed, or after max_wait."""
-        log = self.broker.topic(request.topic).log(request.partition)
+        topic = self.broker.topic(request.topic)
+        log = topic.log(request.partition)
         if request.offset < 0:
             raise InvalidArgument(f"offset must be >= 0, got {request.offset}")
         max_bytes = min(request.max_bytes or DEFAULT_FETCH_MAX_BYTES, MAX_FETCH_BYTES)
@@ -78,6 +79,8 @@ class Handlers:
             with trio.move_on_after(min(request.max_wait_ms, MAX_WAIT_MS) / 1000):
                 await log.wait_for_data(request.offset)
             started += time.perf_counter() - waiting  # the long poll is not latency
+            if self.broker.topics.get(request.topic) is not topic:
+                raise NotFound(f"topic {request.topic!r} was deleted while the fetch waited")
             result = log.read(request.offset, max_bytes)
         if result.data:
             self.metrics.record_consumed(

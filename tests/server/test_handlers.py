@@ -276,6 +276,28 @@ async def test_fetch_long_polls_until_data_arrives_or_max_wait(
         assert trio.current_time() - start == pytest.approx(30) and response.record_batches == b""
 
 
+async def test_a_long_poll_on_a_topic_deleted_meanwhile_ends_with_not_found(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    async with serving(tmp_path, clock) as stack:
+        h = stack.handlers
+        await stack.broker.create_topic("t", 1)
+        outcome: list[BaseException] = []
+
+        async def consumer() -> None:
+            try:
+                await h.fetch(pb.ConsumeRequest(topic="t", partition=0, offset=0, max_wait_ms=10_000))
+            except NotFound as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer)
+            await trio.sleep(1)
+            await stack.broker.delete_topic("t")
+            await stack.broker.create_topic("t", 1)  # the same name again: a different topic
+        assert [str(e) for e in outcome] == ["topic 't' was deleted while the fetch waited"]
+
+
 async def test_consume_latency_counts_the_reads_not_the_long_poll(
     tmp_path: Path, clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
