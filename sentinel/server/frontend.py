@@ -78,6 +78,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 #: How long in-flight unary calls may take to finish once shutdown starts.
 DEFAULT_GRACE_PERIOD = 5.0
+# A connection must send the HTTP/2 preface and its first frame header within this long, or
+# it is dropped: a peer that connects and sends nothing (or trickles bytes) holds no slot.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 #: The gRPC length-prefixed message header: 1-byte compressed flag + 4-byte length.
 GRPC_PREFIX_BYTES = 5
@@ -95,6 +98,8 @@ _SHUTDOWN_MARGIN = _FAIL_TIMEOUT + _PING_TIMEOUT + 2 * _CLOSE_TIMEOUT + 1.0
 _GOODBYE_PING = b"goodbye!"
 #: What an HTTP/2 client sends before its first frame.
 _CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# The preface and the header of the first frame (the client's SETTINGS): a handshake.
+_HANDSHAKE_BYTES = len(_CLIENT_PREFACE) + 9
 
 SHUTTING_DOWN_MESSAGE = "the server is shutting down"
 
@@ -181,6 +186,8 @@ class _Protocol(H2Protocol):
         super().__init__(handler, config, h2_config)
         self._owner = server
         self._transport: asyncio.Transport | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._received = 0  # bytes, counted until the handshake is complete
         self._goodbye_acked: asyncio.Event | None = None
         # Frame boundaries, followed to refuse an oversized frame from its header (see
         # _oversized_frame): bytes until the next frame header, and a header split by a read.
@@ -189,6 +196,9 @@ class _Protocol(H2Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            self._owner.handshake_timeout, self._handshake_timed_out
+        )
         super().connection_made(transport)
         processors: dict[Any, Any] = self.processor.processors
         processors[h2.events.UnknownFrameReceived] = _ignore_event
@@ -202,7 +212,16 @@ class _Protocol(H2Protocol):
         processors[h2.events.PingAckReceived] = ping_ack_received
         self._owner._connection_made(self)
 
+    def _handshake_timed_out(self) -> None:
+        log.debug("dropping connection from %s: no HTTP/2 handshake in time", self._peer())
+        self.abort()
+
     def data_received(self, data: bytes) -> None:
+        if self._handshake_timer is not None:
+            self._received += len(data)
+            if self._received >= _HANDSHAKE_BYTES:
+                self._handshake_timer.cancel()
+                self._handshake_timer = None
         try:
             super().data_received(data)
             # After h2, so a connection h2 already refused (a bad preface) is left alone.
@@ -255,6 +274,9 @@ class _Protocol(H2Protocol):
         self.processor.close("frame too large")
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         try:
             super().connection_lost(exc)
         finally:
@@ -337,8 +359,10 @@ class _AsyncioServer(Server):
         max_message_bytes: int,
         on_connections_changed: Callable[[int], None],
         on_draining: Callable[[], None],
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         self._max_message_bytes = max_message_bytes
+        self.handshake_timeout = handshake_timeout
         self._on_connections_changed = on_connections_changed
         self._on_draining = on_draining
         self._connections: set[_Protocol] = set()
@@ -526,6 +550,7 @@ class GrpcFrontEnd:
         grace_period: float = DEFAULT_GRACE_PERIOD,
         on_connections_changed: Callable[[int], None] | None = None,
         bridge: AsyncioThread | None = None,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         if max_message_bytes < GRPC_PREFIX_BYTES:
             raise ValueError(
@@ -538,6 +563,9 @@ class GrpcFrontEnd:
         self._requested_port = port
         self._max_message_bytes = max_message_bytes
         self._grace_period = grace_period
+        if handshake_timeout <= 0:
+            raise ValueError(f"handshake_timeout must be positive, not {handshake_timeout}")
+        self._handshake_timeout = handshake_timeout
         self._on_connections_changed = on_connections_changed
         self._bridge = AsyncioThread("sentinel-grpc") if bridge is None else bridge
         self._server: _AsyncioServer | None = None
@@ -599,6 +627,7 @@ class GrpcFrontEnd:
                 max_message_bytes=self._max_message_bytes,
                 on_connections_changed=on_connections_changed,
                 on_draining=on_draining,
+                handshake_timeout=self._handshake_timeout,
             )
             self._server = server
             return await server.start_serving(self._host, self._requested_port)

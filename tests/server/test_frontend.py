@@ -434,6 +434,31 @@ async def test_garbage_drops_that_connection_only(
     assert problems(caplog) == []
 
 
+@pytest.mark.parametrize("sent", [b"", HTTP2_PREFACE[:10]], ids=["silent", "partial-preface"])
+async def test_a_connection_without_a_handshake_is_dropped_after_the_timeout(
+    nursery: trio.Nursery, sent: bytes
+) -> None:
+    h = await start_harness(nursery, handshake_timeout=0.3)
+    with trio.fail_after(SAFETY):
+        stream = await trio.open_tcp_stream(HOST, h.port)
+        await h.counts.wait_for(1)
+        await stream.send_all(sent)
+        await read_until_closed(stream)  # only the server's SETTINGS, then the close
+        await stream.aclose()
+        await h.counts.wait_for(0)
+        # A real client, slower than the timeout between its calls, is not affected.
+        channel = await h.open_channel()
+        await trio.sleep(0.6)
+        topics = await h.call("list_topics", pb.ListTopicsRequest(), channel=channel)
+        await h.close_channel(channel)
+    assert [t.name for t in topics.topics] == TOPICS
+
+
+def test_handshake_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="handshake_timeout must be positive"):
+        GrpcFrontEnd([], HOST, 0, handshake_timeout=0)
+
+
 async def receive_until(stream: trio.SocketStream, marker: bytes, received: bytes = b"") -> bytes:
     while marker not in received:
         data = await stream.receive_some()
