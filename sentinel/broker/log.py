@@ -13,7 +13,11 @@ Invariants of every implementation:
 * ``log_start_offset`` only moves forward (retention); records below it are gone.
 
 LocalPartitionLog stores each batch verbatim under a key holding its LAST offset
-(``keys.py``), so a fetch from offset N is one seek. The offset counter and the
+(``keys.py``), so a fetch from offset N is one seek. A lookup by timestamp reads only the
+~1 MiB chunks of the log whose largest timestamp reaches the one asked for: a sparse
+in-memory index of chunks (first offset, end offset, max timestamp) that appends extend,
+built for the data on disk at open by the first lookup (a scan that yields to the event
+loop as it goes). The offset counter and the
 partition's byte size are written in the same atomic write batch as the data, so a crash
 can never leave them disagreeing. Offsets are assigned and the write is enqueued in one
 synchronous step, so concurrent appends reach the storage engine in offset order.
@@ -37,6 +41,19 @@ from sentinel.records import batch_format as fmt
 from sentinel.storage.store import Store
 
 _BASE_OFFSET = fmt.BASE_OFFSET
+# Bytes of batches per time-index chunk: a lookup by timestamp reads at most about this
+# much beyond the answer (and the chunks before it only when their timestamps reach it).
+TIME_INDEX_CHUNK_BYTES = 1024 * 1024
+# Batches read between two checkpoints of a long scan, so it never blocks the event loop.
+SCAN_BATCHES_PER_CHECKPOINT = 64
+
+
+@attrs.define(slots=True)
+class _Chunk:
+    first: int  # offset of its first batch
+    end: int  # offset after its last batch
+    max_timestamp: int
+    size: int
 
 
 @attrs.frozen
@@ -101,6 +118,13 @@ class LocalPartitionLog:
         self._prefix_end = keys.data_key(topic_id, partition, keys.MAX_OFFSET)
         self._on_append = on_append
         self.closed = False
+        # The time index: chunks of [first, end) offsets in order. Appends extend it from the
+        # end offset at open; what was on disk then is indexed by the first lookup.
+        self._chunks: list[_Chunk] = []
+        self._disk_end = state.next_offset
+        self._disk_indexed: trio.Event | None = None if state.next_offset > self._start else trio.Event()
+        if self._disk_indexed is not None:
+            self._disk_indexed.set()  # nothing on disk to index
 
     # -- positions ---------------------------------------------------------------------
 
@@ -142,6 +166,7 @@ class LocalPartitionLog:
             data = batch.data if batch.base_offset == offset else batch.with_base_offset(offset)
             ops.append((keys.data_key(topic_id, partition, last), data))
             size += len(data)
+            self._index(self._chunks, offset, last + 1, batch.max_timestamp, len(data))
             offset = last + 1
         self._next = offset
         self._size += size
@@ -220,16 +245,78 @@ class LocalPartitionLog:
             out.append(batch)
         return out
 
-    def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int]:
+    async def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int]:
         """The first offset whose record timestamp is >= ``timestamp_ms`` and that
-        timestamp; ``(high_watermark, -1)`` when no such record exists."""
-        for batch in self.batches_from(self._start):
-            if batch.max_timestamp < timestamp_ms:
+        timestamp; ``(high_watermark, -1)`` when no such record exists. Reads only the
+        chunks of the log whose largest timestamp reaches ``timestamp_ms``."""
+        chunks = await self._time_index()
+        for chunk in chunks:
+            start, hw = self._start, self._hw
+            if chunk.end <= start or chunk.max_timestamp < timestamp_ms:
                 continue
-            for record in batch.records():
-                if record.offset >= self._start and record.timestamp >= timestamp_ms:
-                    return record.offset, record.timestamp
+            if chunk.first >= hw:
+                break
+            found = await self._first_at_or_after(timestamp_ms, max(chunk.first, start), chunk.end)
+            if found is not None:
+                return found
         return self._hw, -1
+
+    async def _first_at_or_after(self, timestamp_ms: int, first: int, end: int) -> tuple[int, int] | None:
+        scanned = 0
+        begin = keys.data_key(self.topic_id, self.partition, first)
+        for _key, value in self._store.scan(begin, self._prefix_end):
+            batch = RecordBatch(value, verify_crc=False)
+            if batch.base_offset >= end or batch.base_offset >= self._hw:
+                return None
+            if batch.max_timestamp >= timestamp_ms:
+                for record in batch.records():
+                    if first <= record.offset < self._hw and record.timestamp >= timestamp_ms:
+                        return record.offset, record.timestamp
+            scanned += 1
+            if scanned % SCAN_BATCHES_PER_CHECKPOINT == 0:
+                await trio.lowlevel.checkpoint()
+        return None
+
+    async def _time_index(self) -> list[_Chunk]:
+        """The chunks of the whole log (those below the log start may linger until the next
+        retention pass prunes them)."""
+        if self._disk_indexed is None:
+            self._disk_indexed = trio.Event()
+            try:
+                disk = await self._index_disk()
+            except BaseException:
+                self._disk_indexed = None  # the next lookup tries again
+                raise
+            self._chunks[:0] = disk
+            self._disk_indexed.set()
+        await self._disk_indexed.wait()
+        return self._chunks
+
+    async def _index_disk(self) -> list[_Chunk]:
+        """Index what was on disk at open: immutable, so a scan across awaits is safe."""
+        chunks: list[_Chunk] = []
+        scanned = 0
+        begin = keys.data_key(self.topic_id, self.partition, self._start)
+        for _key, value in self._store.scan(begin, self._prefix_end):
+            batch = RecordBatch(value, verify_crc=False)
+            if batch.base_offset >= self._disk_end:
+                break
+            self._index(chunks, batch.base_offset, batch.next_offset, batch.max_timestamp, len(value))
+            scanned += 1
+            if scanned % SCAN_BATCHES_PER_CHECKPOINT == 0:
+                await trio.lowlevel.checkpoint()
+        return chunks
+
+    @staticmethod
+    def _index(chunks: list[_Chunk], first: int, end: int, max_timestamp: int, size: int) -> None:
+        last = chunks[-1] if chunks else None
+        if last is None or last.size >= TIME_INDEX_CHUNK_BYTES:
+            chunks.append(_Chunk(first, end, max_timestamp, size))
+        else:
+            last.end = end
+            last.size += size
+            if max_timestamp > last.max_timestamp:
+                last.max_timestamp = max_timestamp
 
     # -- retention ---------------------------------------------------------------------
 
@@ -245,7 +332,9 @@ class LocalPartitionLog:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         new_start, size = self._start, self._size
         begin = keys.data_key(self.topic_id, self.partition, self._start)
-        for key, value in self._store.scan(begin, self._prefix_end):
+        for scanned, (key, value) in enumerate(self._store.scan(begin, self._prefix_end), 1):
+            if scanned % SCAN_BATCHES_PER_CHECKPOINT == 0:
+                await trio.lowlevel.checkpoint()  # a long backlog never blocks the event loop
             batch = RecordBatch(value, verify_crc=False)
             if batch.next_offset > self._hw:
                 break  # never delete what is not yet durable
@@ -259,4 +348,8 @@ class LocalPartitionLog:
         if removed > 0:
             self._start, self._size = new_start, size
             await self._store.write([(self._state_key, self._state())])
+            gone = 0
+            while gone < len(self._chunks) and self._chunks[gone].end <= new_start:
+                gone += 1
+            del self._chunks[:gone]
         return removed

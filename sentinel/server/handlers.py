@@ -147,7 +147,7 @@ class Handlers:
         if request.spec == pb.OffsetSpec.TIMESTAMP:
             if request.timestamp_ms < 0:
                 raise InvalidArgument(f"timestamp_ms must be >= 0, got {request.timestamp_ms}")
-            offset, timestamp = log.offset_for_timestamp(request.timestamp_ms)
+            offset, timestamp = await log.offset_for_timestamp(request.timestamp_ms)
             return pb.ListOffsetsResponse(offset=offset, timestamp_ms=timestamp)
         return pb.ListOffsetsResponse(offset=log.high_watermark, timestamp_ms=-1)
 

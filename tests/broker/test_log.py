@@ -11,13 +11,14 @@ import itertools
 import random
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import trio.testing
 
 from sentinel.broker import keys
+from sentinel.broker import log as log_module
 from sentinel.broker.broker import TopicConfig
 from sentinel.errors import InvalidArgument, OffsetOutOfRange
 from sentinel.records import RecordBatch, build_batch, split_batches
@@ -304,17 +305,95 @@ async def test_offset_for_timestamp_finds_the_first_record_at_or_after(
 ) -> None:
     async with node.run() as running:
         log = (await running.broker.create_topic("t", 1)).logs[0]
-        assert log.offset_for_timestamp(0) == (0, -1)  # empty log
+        assert await log.offset_for_timestamp(0) == (0, -1)  # empty log
         await log.append([timed_batch((b"a", 100), (b"b", 300), (b"c", 200))])  # offsets 0..2
         await log.append([timed_batch((b"d", 250), (b"e", 500))])  # offsets 3..4
-        assert log.offset_for_timestamp(0) == (0, 100)
-        assert log.offset_for_timestamp(100) == (0, 100)
-        assert log.offset_for_timestamp(101) == (1, 300)
+        assert await log.offset_for_timestamp(0) == (0, 100)
+        assert await log.offset_for_timestamp(100) == (0, 100)
+        assert await log.offset_for_timestamp(101) == (1, 300)
         # Offset order, not timestamp order: the first record at or after 200 is offset 1.
-        assert log.offset_for_timestamp(200) == (1, 300)
-        assert log.offset_for_timestamp(301) == (4, 500)
-        assert log.offset_for_timestamp(500) == (4, 500)
-        assert log.offset_for_timestamp(501) == (5, -1)  # none: the high watermark
+        assert await log.offset_for_timestamp(200) == (1, 300)
+        assert await log.offset_for_timestamp(301) == (4, 500)
+        assert await log.offset_for_timestamp(500) == (4, 500)
+        assert await log.offset_for_timestamp(501) == (5, -1)  # none: the high watermark
+
+
+def reference_lookup(records: list[tuple[int, int]], start: int, at: int, hw: int) -> tuple[int, int]:
+    """What offset_for_timestamp must answer, by brute force over (offset, timestamp)."""
+    for offset, ts in records:
+        if offset >= start and ts >= at:
+            return offset, ts
+    return hw, -1
+
+
+async def test_timestamp_lookups_through_the_chunk_index_match_a_full_scan_also_after_restart(
+    node: NodeFactory, clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(log_module, "TIME_INDEX_CHUNK_BYTES", 400)  # a chunk per few batches
+    rng = random.Random(11)
+    records: list[tuple[int, int]] = []
+    clock_ms = 1_000
+
+    async def append_some(log: Any, batches: int) -> None:
+        nonlocal clock_ms
+        for _ in range(batches):
+            stamps = []
+            for _ in range(rng.randint(1, 4)):
+                clock_ms += rng.randint(0, 50)
+                # Mostly rising, sometimes late (an older timestamp), as producers do.
+                stamps.append(clock_ms - (rng.randint(0, 400) if rng.random() < 0.2 else 0))
+            result = await log.append([timed_batch(*[(b"v", ts) for ts in stamps])])
+            records.extend((result.base_offset + i, ts) for i, ts in enumerate(stamps))
+
+    def probes() -> list[int]:
+        return [0, 999, *(rng.randint(900, clock_ms + 100) for _ in range(60)), clock_ms, clock_ms + 1]
+
+    async def check(log: Any) -> None:
+        for probe in probes():
+            expected = reference_lookup(records, log.log_start_offset, probe, log.high_watermark)
+            assert await log.offset_for_timestamp(probe) == expected, probe
+
+    async with node.run() as running:
+        log = (await running.broker.create_topic("t", 1)).logs[0]
+        await append_some(log, 60)
+        assert len(log._chunks) > 5  # the index really is chunked
+        await check(log)
+    async with node.run() as running:  # the disk's chunks come from a lazy scan
+        log = running.broker.topic("t").logs[0]
+        assert log._chunks == []
+        await append_some(log, 30)  # appended chunks first, the disk's prepended later
+        await check(log)
+        removed = await log.apply_retention(retention_ms=0, retention_bytes=log.size_bytes // 2)
+        assert removed > 0 and log._chunks[0].end > log.log_start_offset  # pruned
+        await check(log)
+
+
+async def test_a_long_timestamp_lookup_yields_to_the_event_loop(
+    node: NodeFactory, clock: trio.testing.MockClock
+) -> None:
+    async with node.run() as running:
+        log = (await running.broker.create_topic("t", 1)).logs[0]
+        for n in range(300):
+            await log.append([timed_batch((b"x", 1_000 + n))])
+    async with node.run() as running:
+        log = running.broker.topic("t").logs[0]
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                await trio.lowlevel.checkpoint()
+                ticks += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            await trio.lowlevel.checkpoint()
+            before = ticks
+            assert await log.offset_for_timestamp(1_299) == (299, 1_299)
+            during = ticks - before
+            done = True
+        assert during >= 300 // 64  # the index scan and the lookup let others run
 
 
 # -- retention ---------------------------------------------------------------------------
@@ -346,7 +425,7 @@ async def test_time_retention_moves_log_start_and_compaction_drops_the_data(
         with pytest.raises(OffsetOutOfRange, match=r"valid offsets are 4..10"):
             log.read(3, 1 << 20)
         assert values_of(log.read(4, 1 << 20).data)[0] == (4, b"a2000")
-        assert log.offset_for_timestamp(0) == (4, now - 2_005)
+        assert await log.offset_for_timestamp(0) == (4, now - 2_005)
         # A second pass at the same time has nothing more to do; retention off: nothing.
         assert await log.apply_retention(retention_ms=5_000, retention_bytes=0, now_ms=now) == 0
         assert await log.apply_retention(retention_ms=0, retention_bytes=0, now_ms=now * 10) == 0
