@@ -25,7 +25,7 @@ import attrs
 import trio
 from prometheus_client.core import GaugeMetricFamily
 
-from sentinel.broker.broker import Broker, BrokerOptions
+from sentinel.broker.broker import Broker, BrokerOptions, ObsoleteData
 from sentinel.broker.coordinator import GroupCoordinator
 from sentinel.metrics import Metrics
 from sentinel.server.bridge import AsyncioThread
@@ -81,11 +81,7 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[NodeAddresses] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
-        broker_ref: list[Broker] = []
-
-        def obsolete(key: bytes) -> bool:
-            return bool(broker_ref) and broker_ref[0].is_obsolete(key)
-
+        obsolete = ObsoleteData()
         storage_options = StorageOptions(
             sync=config.sync, memtable_bytes=config.memtable_bytes, compaction_filter=obsolete
         )
@@ -105,10 +101,9 @@ class Node:
                 ),
                 on_append=self.metrics.record_produced,
             )
-            broker_ref.append(broker)
+            obsolete.bind(broker)
             await nursery.start(broker.run)
             coordinator = self.coordinator = GroupCoordinator(store, broker)
-            broker.on_topic_created.append(coordinator.topic_created)
             await nursery.start(coordinator.run)
 
             metrics_port = None

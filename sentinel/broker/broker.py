@@ -109,6 +109,27 @@ def _encode_topic(
     ).encode()
 
 
+class ObsoleteData:
+    """The storage engine's compaction filter for a broker's data.
+
+    The store starts (and may compact) before the broker that knows which data is obsolete
+    exists: until :meth:`bind` this keeps everything, then it asks the broker.
+    Thread-safe (compactions call it from worker threads): one attribute read.
+    """
+
+    __slots__ = ("_broker",)
+
+    def __init__(self) -> None:
+        self._broker: Broker | None = None
+
+    def bind(self, broker: Broker) -> None:
+        self._broker = broker
+
+    def __call__(self, key: bytes) -> bool:
+        broker = self._broker
+        return broker is not None and broker.is_obsolete(key)
+
+
 class Broker(Actor[object]):
     mailbox_capacity = 256
 

@@ -85,6 +85,7 @@ class GroupCoordinator(Actor[object]):
         self._broker = broker
         self._rebalance_timeout = rebalance_timeout
         self._groups = ConsumerGroups(self._partitions_of, rng=rng)
+        broker.on_topic_created.append(self.topic_created)
         self._parked: dict[tuple[str, str], tuple[Reply[pb.JoinGroupResponse], float]] = {}
         self._offsets: dict[str, dict[TopicPartition, tuple[int, str]]] = {}
 

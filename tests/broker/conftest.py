@@ -28,7 +28,7 @@ import pytest
 import trio
 import trio.testing
 
-from sentinel.broker.broker import Broker, BrokerOptions
+from sentinel.broker.broker import Broker, BrokerOptions, ObsoleteData
 from sentinel.broker.coordinator import GroupCoordinator
 from sentinel.storage.compaction import CompactionOptions
 from sentinel.storage.options import StorageOptions, SyncMode
@@ -101,24 +101,17 @@ class NodeFactory:
             "clock passed to the test function"
         )
         options = attrs.evolve(self.options, **changes)
-        broker_ref: list[Broker] = []
-
-        def obsolete(key: bytes) -> bool:
-            return bool(broker_ref) and broker_ref[0].is_obsolete(key)
-
+        obsolete = ObsoleteData()
         storage = StorageOptions(sync=self.sync, compaction=self.compaction, compaction_filter=obsolete)
         async with trio.open_nursery() as nursery:
             with frozen(self.clock):
                 store: Store = await nursery.start(Store(self.directory, storage).run)
             broker = Broker(store, options)
-            broker_ref.append(broker)
+            obsolete.bind(broker)
             await nursery.start(broker.run)
             coordinator = GroupCoordinator(
                 store, broker, rng=random.Random(self.seed), rebalance_timeout=self.rebalance_timeout
             )
-            created = getattr(broker, "on_topic_created", None)
-            if created is not None:
-                created.append(coordinator.topic_created)
             await nursery.start(coordinator.run)
             try:
                 yield Running(self.clock, store, broker, coordinator)

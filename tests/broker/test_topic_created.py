@@ -31,7 +31,6 @@ async def test_creating_a_subscribed_topic_rebalances_the_group(tmp_path: Path) 
         broker = Broker(store, BrokerOptions(default_partitions=4))
         await nursery.start(broker.run)
         coordinator = GroupCoordinator(store, broker)
-        broker.on_topic_created.append(coordinator.topic_created)
         await nursery.start(coordinator.run)
 
         join = pb.JoinGroupRequest(group_id="g", topics=["later"], session_timeout_ms=30_000, client_id="c")

@@ -22,7 +22,7 @@ import trio
 import trio.testing
 from grpclib.const import Status
 
-from sentinel.broker.broker import Broker, BrokerOptions
+from sentinel.broker.broker import Broker, BrokerOptions, ObsoleteData
 from sentinel.broker.coordinator import GroupCoordinator
 from sentinel.broker.log import LocalPartitionLog, ReadResult
 from sentinel.broker.partitioner import partition_for_key
@@ -76,11 +76,11 @@ class Stack:
 async def serving(directory: Path, clock: trio.testing.MockClock, **options: Any) -> AsyncIterator[Stack]:
     """What ``Node.run`` starts behind the gRPC front end, stopped in the node's order."""
     assert trio.lowlevel.current_clock() is clock, "the test must take the `clock` fixture itself"
-    broker_ref: list[Broker] = []
+    obsolete = ObsoleteData()
     storage = StorageOptions(
         sync=SyncMode.NONE,
         compaction=CompactionOptions(l0_compaction_trigger=1000, l0_stop_writes_trigger=2000),
-        compaction_filter=lambda key: bool(broker_ref) and broker_ref[0].is_obsolete(key),
+        compaction_filter=obsolete,
     )
     options.setdefault("retention_check_seconds", math.inf)
     async with trio.open_nursery() as nursery:
@@ -88,10 +88,9 @@ async def serving(directory: Path, clock: trio.testing.MockClock, **options: Any
             store: Store = await nursery.start(Store(directory, storage).run)
         metrics = Metrics()
         broker = Broker(store, BrokerOptions(node_id=3, **options), on_append=metrics.record_produced)
-        broker_ref.append(broker)
+        obsolete.bind(broker)
         await nursery.start(broker.run)
         coordinator = GroupCoordinator(store, broker, rng=random.Random(5))
-        broker.on_topic_created.append(coordinator.topic_created)
         await nursery.start(coordinator.run)
         handlers = Handlers(
             broker, coordinator, metrics, host="broker.test", port=9999, max_batch_bytes=MAX_BATCH_BYTES
