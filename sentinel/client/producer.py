@@ -290,10 +290,7 @@ class Producer:
             raise InvalidArgument(f"timestamp_ms must be an int >= 0, got {timestamp_ms!r}")
         count = self._partition_counts.get(topic) or await self._resolve_topic(topic)
         if partition is None or partition == -1:
-            if key is not None:
-                partition = partition_for_key(key, count)
-            else:
-                partition = self._round_robin.next_partition(topic, count)
+            partition = self._default_partition(topic, key, count)
         elif type(partition) is not int or not 0 <= partition < count:
             partition = await self._check_partition(topic, partition)
         acc = self._acc
@@ -309,15 +306,7 @@ class Producer:
         else:
             acc.buffered = buffered
         future: RecordFuture = self._create_future()
-        senders = self._senders_by_topic.get(topic)
-        sender = senders.get(partition) if senders is not None else None
-        if sender is None:
-            sender = self._start_sender(TopicPartition(topic, partition))
-        sender.enqueued += 1
-        if sender.queue.add(
-            (key, value, header_items, timestamp_ms), future, size, time.monotonic(), acc.batch_size
-        ):
-            sender.wakeup.set()
+        self._enqueue(topic, partition, (key, value, header_items, timestamp_ms), future, size)
         return future
 
     async def send_batch(
@@ -362,11 +351,7 @@ class Producer:
             )
         count = self._partition_counts.get(topic) or await self._resolve_topic(topic)
         if partition is None or partition == -1:
-            partition = (
-                partition_for_key(key, count)
-                if key is not None
-                else self._round_robin.next_partition(topic, count)
-            )
+            partition = self._default_partition(topic, key, count)
         elif type(partition) is not int or not 0 <= partition < count:
             partition = await self._check_partition(topic, partition)
         if self._room_waiters or not acc.can_reserve(size):
@@ -375,15 +360,25 @@ class Producer:
             acc.reserve(size)
         future: asyncio.Future[BatchMetadata] = asyncio.get_running_loop().create_future()
         self._has_prebuilt = True
+        self._enqueue(topic, partition, _Prebuilt(data, len(values), timestamp_ms), future, size)
+        return future
+
+    def _default_partition(self, topic: str, key: bytes | None, count: int) -> int:
+        """No explicit partition: the key's (as the broker computes it), else round-robin."""
+        if key is not None:
+            return partition_for_key(key, count)
+        return self._round_robin.next_partition(topic, count)
+
+    def _enqueue(self, topic: str, partition: int, entry: Any, completion: Any, size: int) -> None:
+        """Queue a record (or a whole batch) whose ``size`` is reserved; wake its sender when
+        the queue needs a look (first entry, or just reached batch_size)."""
         senders = self._senders_by_topic.get(topic)
         sender = senders.get(partition) if senders is not None else None
         if sender is None:
             sender = self._start_sender(TopicPartition(topic, partition))
         sender.enqueued += 1
-        entry: Any = _Prebuilt(data, len(values), timestamp_ms)
-        if sender.queue.add(entry, future, size, time.monotonic(), acc.batch_size):  # type: ignore[arg-type]
+        if sender.queue.add(entry, completion, size, time.monotonic(), self._acc.batch_size):
             sender.wakeup.set()
-        return future
 
     def _not_accepting(self) -> SentinelError:
         if self._fatal is not None:
@@ -640,15 +635,15 @@ class Producer:
     ) -> None:
         """Resolve every record's future with its RecordMetadata (the per-record path:
         tuples built with ``tuple.__new__``, no per-record ``done()`` check)."""
-        topic, partition = tp
         base = response.base_offset if self._acks is not pb.Acks.NONE else -1
         append_time = response.log_append_time_ms
-        futures = iter(drained.completions)
-        new = tuple.__new__
-        offset = base
         if self._has_prebuilt:
             self._resolve_mixed(tp, drained, base, append_time)
             return
+        topic, partition = tp
+        futures = iter(drained.completions)
+        new = tuple.__new__
+        offset = base
         for records in drained.batches:
             for record, future in zip(records, futures, strict=False):
                 metadata = new(
