@@ -21,7 +21,6 @@ the same checks apply to all three modes.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import random
@@ -34,11 +33,9 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+from storage_checks import check_closed_directory
 
 from sentinel.errors import StorageError
-from sentinel.storage.files import CURRENT, parse_file_name
-from sentinel.storage.framing import scan_frames
-from sentinel.storage.manifest import NUM_LEVELS, Version, decode_edit
 from sentinel.storage.options import SyncMode
 from sentinel.storage.store import open_store
 
@@ -126,19 +123,6 @@ async def read_back(directory: Path) -> tuple[dict[str, Entry], int]:
         last_seq = store.statistics().last_seq
     check_closed_directory(directory)
     return entries, last_seq
-
-
-def check_closed_directory(directory: Path) -> None:
-    """Recovery left exactly the tables its manifest names, with L1+ sorted and disjoint."""
-    name = (directory / CURRENT).read_text().strip()
-    version = Version()
-    for payload in scan_frames((directory / name).read_bytes()).payloads:
-        version = version.apply(decode_edit(payload))
-    for level in range(1, NUM_LEVELS):
-        for left, right in itertools.pairwise(version.files(level)):
-            assert left.max_key < right.min_key, (level, left, right)
-    tables = {p[1] for name in os.listdir(directory) if (p := parse_file_name(name)) and p[0] == "sst"}
-    assert tables == version.all_numbers()
 
 
 def check_recovery(

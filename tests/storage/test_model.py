@@ -17,8 +17,6 @@ every level below L0 must be sorted and disjoint.
 
 from __future__ import annotations
 
-import itertools
-import os
 import random
 import tempfile
 from pathlib import Path
@@ -28,11 +26,10 @@ import hypothesis.strategies as st
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
+from storage_checks import check_closed_directory
 
 from sentinel.storage.compaction import CompactionOptions
-from sentinel.storage.files import CURRENT, parse_file_name
-from sentinel.storage.framing import scan_frames
-from sentinel.storage.manifest import NUM_LEVELS, Version, decode_edit
+from sentinel.storage.manifest import NUM_LEVELS
 from sentinel.storage.options import StorageOptions, SyncMode
 from sentinel.storage.store import Store, open_store
 
@@ -75,20 +72,6 @@ def check_everything(store: Store, model: Model) -> None:
     for index in range(KEYS):
         key = key_bytes(index)
         assert store.get(key) == model.get(key), key
-
-
-def check_closed_directory(directory: Path) -> None:
-    """After a clean close the directory holds exactly the tables the manifest on disk
-    names (nothing orphaned, nothing missing), and L1+ are sorted and disjoint."""
-    name = (directory / CURRENT).read_text().strip()
-    version = Version()
-    for payload in scan_frames((directory / name).read_bytes()).payloads:
-        version = version.apply(decode_edit(payload))
-    for level in range(1, NUM_LEVELS):
-        for left, right in itertools.pairwise(version.files(level)):
-            assert left.max_key < right.min_key, (level, left, right)
-    tables = {p[1] for name in os.listdir(directory) if (p := parse_file_name(name)) and p[0] == "sst"}
-    assert tables == version.all_numbers()
 
 
 # -- a generated program against the dict ------------------------------------------------
