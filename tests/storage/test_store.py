@@ -125,6 +125,23 @@ class Gate:
         assert await trio.to_thread.run_sync(self.entered.wait, GATE_TIMEOUT)
 
 
+def gated_fsync(monkeypatch: pytest.MonkeyPatch) -> tuple[Gate, list[int]]:
+    """Route every WAL fsync through a Gate; the list gets the WAL size each fsync made
+    durable (the bytes appended before it started), once it is done."""
+    gate = Gate()
+    synced_sizes: list[int] = []
+    original_sync = WalFile.sync
+
+    def gated_sync(self: WalFile) -> None:
+        size = self.size
+        gate.pass_through()
+        original_sync(self)
+        synced_sizes.append(size)
+
+    monkeypatch.setattr(WalFile, "sync", gated_sync)
+    return gate, synced_sizes
+
+
 def numbered_files(directory: Path, kind: str) -> set[int]:
     return {
         parsed[1] for name in os.listdir(directory) if (parsed := parse_file_name(name)) and parsed[0] == kind
@@ -314,17 +331,7 @@ async def test_a_reader_never_sees_half_a_write_batch(
 async def test_write_is_acknowledged_only_after_its_wal_fsync(
     tmp_path: Path, clock: trio.testing.MockClock, threads: WorkerThreads, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate()
-    synced_sizes: list[int] = []
-    original_sync = WalFile.sync
-
-    def gated_sync(self: WalFile) -> None:
-        size = self.size  # what this fsync makes durable: bytes appended before it started
-        gate.pass_through()
-        original_sync(self)
-        synced_sizes.append(size)
-
-    monkeypatch.setattr(WalFile, "sync", gated_sync)
+    gate, synced_sizes = gated_fsync(monkeypatch)
     async with open_store(tmp_path, options()) as store:
         segment = store.statistics().wal.segment
         wal_file = tmp_path / f"wal-{segment:06d}.log"
@@ -398,17 +405,7 @@ async def test_sync_interval_fsyncs_once_per_interval_when_dirty(
 async def test_sync_interval_covers_writes_made_during_a_periodic_fsync(
     tmp_path: Path, clock: trio.testing.MockClock, threads: WorkerThreads, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate()
-    synced_sizes: list[int] = []
-    original_sync = WalFile.sync
-
-    def gated_sync(self: WalFile) -> None:
-        size = self.size  # what this fsync makes durable: bytes appended before it started
-        gate.pass_through()
-        original_sync(self)
-        synced_sizes.append(size)
-
-    monkeypatch.setattr(WalFile, "sync", gated_sync)
+    gate, synced_sizes = gated_fsync(monkeypatch)
     opts = options(sync=SyncMode.INTERVAL, sync_interval=0.5)
     async with open_store(tmp_path, opts) as store:
         wal_file = tmp_path / f"wal-{store.statistics().wal.segment:06d}.log"
