@@ -15,6 +15,10 @@ from sentinel.storage.options import SyncMode
 app = typer.Typer(help="Measure Sentinel's performance on this machine.", no_args_is_help=True)
 
 
+_JSON = typer.Option(False, "--json", help="Print one JSON object instead of a table.")
+_QUICK = typer.Option(False, "--quick", help="Short runs (smoke test); noisy figures.")
+
+
 def _print_storage(result: dict) -> None:
     machine = result["machine"]
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}")
@@ -40,23 +44,13 @@ def _print_storage(result: dict) -> None:
 
 @app.command()
 @readable_errors
-def storage(
-    json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-    quick: bool = typer.Option(False, "--quick", help="Shorter runs (for smoke tests); noisier figures."),
-) -> None:
+def storage(json_output: bool = _JSON, quick: bool = _QUICK) -> None:
     """Skip list, LSM put at each sync mode, batched append, memtable overhead."""
     from sentinel.bench.storage import run_storage_bench
 
-    def progress(stage: str) -> None:
-        if not json_output:
-            typer.echo(f"... {stage}", err=True)
-
+    progress = _progress(json_output)
     result = trio.run(lambda: run_storage_bench(quick=quick, progress=progress))
-    result["machine"] = machine_info()
-    if json_output:
-        print(json.dumps(result))
-    else:
-        _print_storage(result)
+    _emit(result, json_output, _print_storage)
 
 
 # -- broker benchmarks -------------------------------------------------------------------------
@@ -146,8 +140,6 @@ def _emit(result: dict, json_output: bool, printer: Callable[[dict], None]) -> N
         printer(result)
 
 
-_JSON = typer.Option(False, "--json", help="Print one JSON object instead of a table.")
-_QUICK = typer.Option(False, "--quick", help="Short runs (smoke test); noisy figures.")
 _BROKER = typer.Option(None, "--broker", help=_BROKER_HELP)
 _SYNC = typer.Option(SyncMode.INTERVAL, "--sync", help=_SYNC_HELP)
 
