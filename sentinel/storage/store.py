@@ -36,7 +36,7 @@ from sentinel.actors import Reply
 from sentinel.errors import InvalidArgument, MailboxFull, StorageClosed
 from sentinel.storage.compactor import CompactAll, CompactionStatistics, Compactor, FlushMemtable, Reclaim
 from sentinel.storage.iterators import Entry
-from sentinel.storage.manifest import NUM_LEVELS
+from sentinel.storage.manifest import NUM_LEVELS, Version
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.memtable_owner import Flush, MemtableOwner, Write
 from sentinel.storage.options import StorageOptions
@@ -206,10 +206,7 @@ class Store:
         compactor = self._compactor
         assert compactor is not None
         await compactor.call(CompactAll())
-        # The answer can overtake the notice that makes the MemtableOwner publish the final
-        # version: wait for it, so reads (and statistics) after compact() see the result.
-        while self._view is not None and self._view.version is not compactor.version:
-            await self._view_published.wait()
+        await self._view_of(compactor.version)
 
     async def reclaim(self, ranges: Sequence[tuple[bytes, bytes]] = ()) -> int:
         """Let the compaction filter drop obsolete data that rests in tables no compaction
@@ -220,9 +217,15 @@ class Store:
         compactor = self._compactor
         assert compactor is not None
         rewritten = await compactor.call(Reclaim(tuple(ranges)))
-        while self._view is not None and self._view.version is not compactor.version:
-            await self._view_published.wait()
+        await self._view_of(compactor.version)
         return rewritten
+
+    async def _view_of(self, version: Version) -> None:
+        """Wait until the published view holds ``version``: the compactor's answer can
+        overtake the notice that makes the MemtableOwner publish it, and reads (and
+        statistics) after a compaction must see its result."""
+        while self._view is not None and self._view.version is not version:
+            await self._view_published.wait()
 
     def _owner(self) -> MemtableOwner:
         if not self._accepting or self._memtables is None:
