@@ -98,8 +98,10 @@ _SHUTDOWN_MARGIN = _FAIL_TIMEOUT + _PING_TIMEOUT + 2 * _CLOSE_TIMEOUT + 1.0
 _GOODBYE_PING = b"goodbye!"
 #: What an HTTP/2 client sends before its first frame.
 _CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: An HTTP/2 frame header: 24-bit length, type, flags, stream id.
+_FRAME_HEADER_BYTES = 9
 # The preface and the header of the first frame (the client's SETTINGS): a handshake.
-_HANDSHAKE_BYTES = len(_CLIENT_PREFACE) + 9
+_HANDSHAKE_BYTES = len(_CLIENT_PREFACE) + _FRAME_HEADER_BYTES
 
 SHUTTING_DOWN_MESSAGE = "the server is shutting down"
 
@@ -248,11 +250,11 @@ class _Protocol(H2Protocol):
             self._frame_header = b""
         position, end = self._frame_skip, len(data)
         limit = self.connection._connection.max_inbound_frame_size
-        while position + 9 <= end:
+        while position + _FRAME_HEADER_BYTES <= end:
             length = int.from_bytes(data[position : position + 3], "big")
             if length > limit:
                 return length
-            position += 9 + length
+            position += _FRAME_HEADER_BYTES + length
         if position > end:
             self._frame_skip = position - end
         else:
