@@ -234,17 +234,6 @@ class LocalPartitionLog:
         self.closed = True
         self._data_arrived.set()
 
-    def batches_from(self, offset: int) -> list[RecordBatch]:
-        """Every committed batch from the one holding ``offset`` (slow path: admin tools)."""
-        begin = keys.data_key(self.topic_id, self.partition, offset)
-        out = []
-        for _key, value in self._store.scan(begin, self._prefix_end):
-            batch = RecordBatch(value, verify_crc=False)
-            if batch.base_offset >= self._hw:
-                break
-            out.append(batch)
-        return out
-
     async def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int]:
         """The first offset whose record timestamp is >= ``timestamp_ms`` and that
         timestamp; ``(high_watermark, -1)`` when no such record exists. Reads only the
