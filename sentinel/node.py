@@ -57,6 +57,7 @@ class NodeConfig:
     default_retention_bytes: int = 0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     memtable_bytes: int = 8 * 1024 * 1024
+    accept_data_loss: bool = False  # let recovery truncate at corruption (reported) instead of refusing
 
 
 @attrs.frozen
@@ -83,7 +84,10 @@ class Node:
         config = self.config
         obsolete = ObsoleteData()
         storage_options = StorageOptions(
-            sync=config.sync, memtable_bytes=config.memtable_bytes, compaction_filter=obsolete
+            sync=config.sync,
+            memtable_bytes=config.memtable_bytes,
+            compaction_filter=obsolete,
+            accept_data_loss=config.accept_data_loss,
         )
         async with trio.open_nursery() as nursery:
             store = self.store = await nursery.start(Store(config.data_dir, storage_options).run)

@@ -19,6 +19,8 @@ async def serve(config: NodeConfig) -> None:
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             addresses: NodeAddresses = await nursery.start(node.run)
+            for line in node.store.recovery_report if node.store is not None else ():
+                typer.echo(f"recovery: {line}", err=True)
             metrics = (
                 f", metrics on http://{config.metrics_host}:{addresses.metrics_port}/metrics"
                 if addresses.metrics_port is not None
@@ -33,8 +35,6 @@ async def serve(config: NodeConfig) -> None:
                 typer.echo(f"received {signal.Signals(signum).name}, shutting down", err=True)
                 node.stop()
                 break
-    for line in node.store.recovery_report if node.store is not None else ():
-        logging.getLogger("sentinel").info("recovery: %s", line)
     typer.echo("sentinel stopped", err=True)
 
 
@@ -67,6 +67,12 @@ def run(
         DEFAULT_MAX_MESSAGE_BYTES, envvar="SENTINEL_MAX_MESSAGE_BYTES", help="Largest request accepted."
     ),
     memtable_bytes: int = typer.Option(8 * 1024 * 1024, envvar="SENTINEL_MEMTABLE_BYTES"),
+    accept_data_loss: bool = typer.Option(
+        False,
+        "--accept-data-loss",
+        envvar="SENTINEL_ACCEPT_DATA_LOSS",
+        help="Start on a corrupt WAL or manifest: truncate at the damage and report what was dropped.",
+    ),
 ) -> None:
     """Run a broker node until SIGINT or SIGTERM (graceful, bounded shutdown, exit 0)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -84,5 +90,6 @@ def run(
         default_retention_bytes=retention_bytes,
         max_message_bytes=max_message_bytes,
         memtable_bytes=memtable_bytes,
+        accept_data_loss=accept_data_loss,
     )
     trio.run(serve, config)

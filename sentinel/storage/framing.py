@@ -45,6 +45,10 @@ class FrameScan:
     total_bytes: int
     # Why reading stopped before total_bytes (None when the whole input was valid).
     tail_error: str | None
+    # True when reading stopped at an incomplete last frame (header or payload cut short:
+    # a crash mid-append). A complete frame that fails its checksum, or an implausible
+    # length, is NOT torn: it is corruption, even when it is the last frame.
+    torn: bool = False
 
     @property
     def dropped_bytes(self) -> int:
@@ -69,9 +73,11 @@ def scan_frames(data: bytes | memoryview) -> FrameScan:
     pos = 0
     payloads: list[bytes] = []
     error: str | None = None
+    torn = False
     while pos < total:
         if total - pos < FRAME_HEADER_SIZE:
             error = f"torn frame header at byte {pos} ({total - pos} of {FRAME_HEADER_SIZE} bytes)"
+            torn = True
             break
         crc, length = FRAME_HEADER.unpack_from(view, pos)
         if length > MAX_FRAME_PAYLOAD:
@@ -81,6 +87,7 @@ def scan_frames(data: bytes | memoryview) -> FrameScan:
         end = start + length
         if end > total:
             error = f"torn frame at byte {pos}: payload needs {length} bytes, {total - start} present"
+            torn = True
             break
         actual = zlib.crc32(view[start:end], zlib.crc32(view[pos + 4 : start]))
         if actual != crc:
@@ -88,4 +95,4 @@ def scan_frames(data: bytes | memoryview) -> FrameScan:
             break
         payloads.append(bytes(view[start:end]))
         pos = end
-    return FrameScan(payloads=payloads, valid_bytes=pos, total_bytes=total, tail_error=error)
+    return FrameScan(payloads=payloads, valid_bytes=pos, total_bytes=total, tail_error=error, torn=torn)

@@ -281,7 +281,7 @@ class Manifest:
         return self._state
 
     @classmethod
-    def open(cls, directory: Path) -> tuple[Manifest, ManifestState]:
+    def open(cls, directory: Path, *, accept_data_loss: bool = False) -> tuple[Manifest, ManifestState]:
         """Load the live manifest of ``directory``, creating one for a new directory."""
         names = os.listdir(directory)
         highest = max((p[1] for name in names if (p := parse_file_name(name))), default=0)
@@ -306,7 +306,7 @@ class Manifest:
             data = path.read_bytes()
         except FileNotFoundError:
             raise CorruptionError(str(path), None, "named by CURRENT but missing") from None
-        state, valid, snapshot_bytes, report = _replay(path, data)
+        state, valid, snapshot_bytes, report = _replay(path, data, accept_data_loss)
         state = attrs.evolve(state, next_file_number=max(state.next_file_number, highest + 1))
         # O_APPEND: every edit lands at the end however the descriptor's offset was left.
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
@@ -443,7 +443,9 @@ def _next_valid_frame(data: bytes, start: int) -> int | None:
     return None
 
 
-def _replay(path: Path, data: bytes) -> tuple[ManifestState, int, int, str | None]:
+def _replay(
+    path: Path, data: bytes, accept_data_loss: bool = False
+) -> tuple[ManifestState, int, int, str | None]:
     """Apply every edit in ``data``; returns the state, the valid length, the framed size of
     the first record (the snapshot) and a report of what was dropped (None: nothing)."""
     source = str(path)
@@ -453,13 +455,21 @@ def _replay(path: Path, data: bytes) -> tuple[ManifestState, int, int, str | Non
         # A torn append leaves nothing valid after it; a valid frame after the damage means a
         # record in the middle is bad, and dropping from there would forget live tables.
         following = _next_valid_frame(data, scan.valid_bytes + 1)
-        if following is not None:
-            raise CorruptionError(
-                source,
-                scan.valid_bytes,
-                f"{scan.tail_error}, and a valid record follows at byte {following}: not a torn tail",
+        if following is not None or not scan.torn:
+            why = (
+                f"a valid record follows at byte {following}"
+                if following is not None
+                else "the record is complete"
             )
-        report = f"{path.name}: dropped a torn tail of {scan.dropped_bytes} bytes ({scan.tail_error})"
+            detail = (
+                f"{scan.tail_error}, and {why}: not a torn tail; "
+                f"{scan.dropped_bytes} bytes of manifest records would be lost"
+            )
+            if not accept_data_loss:
+                raise CorruptionError(source, scan.valid_bytes, detail)
+            report = f"{path.name}: accepted data loss at byte {scan.valid_bytes}: {detail}"
+        else:
+            report = f"{path.name}: dropped a torn tail of {scan.dropped_bytes} bytes ({scan.tail_error})"
     state: ManifestState | None = None
     pos = 0
     for payload in scan.payloads:

@@ -42,3 +42,9 @@ class StorageOptions:
     # a partition's log start (retention) without scanning records. Must be thread-safe
     # and fast; None keeps everything.
     compaction_filter: Callable[[bytes], bool] | None = None
+    # Recovery meets corruption (a complete frame failing its checksum, damage followed by
+    # valid records) and refuses to open with a CorruptionError unless this is set: then
+    # it truncates at the damage, reports what it dropped and goes on (operator's choice:
+    # `sentinel run --accept-data-loss`). A torn tail (incomplete last frame) is always
+    # truncated and reported.
+    accept_data_loss: bool = False

@@ -71,7 +71,7 @@ def recover(directory: Path, options: StorageOptions) -> Recovered:
 
 
 def _recover_locked(directory: Path, options: StorageOptions, lock_fd: int) -> Recovered:
-    manifest, state = Manifest.open(directory)
+    manifest, state = Manifest.open(directory, accept_data_loss=options.accept_data_loss)
     tables: dict[int, SSTableReader] = {}
     try:
         return _recover_opened(directory, options, lock_fd, manifest, state, tables)
@@ -109,20 +109,34 @@ def _recover_opened(
     numbered = [parsed for name in os.listdir(directory) if (parsed := parse_file_name(name))]
     segments = sorted(n for kind, n in numbered if kind == "wal" and n >= state.log_number)
     memtable = Memtable(0)
+    stop_after: int | None = None
     for position, segment in enumerate(segments):
+        if stop_after is not None and position > stop_after:
+            break
         path = wal_path(directory, segment)
         replay = replay_wal(path)
         if replay.tail_error is not None:
-            if position != len(segments) - 1:
-                raise CorruptionError(
-                    str(path),
-                    replay.valid_bytes,
-                    f"{replay.tail_error} in a WAL segment older than the newest one",
+            newest = position == len(segments) - 1
+            if newest and replay.torn:
+                report.append(
+                    f"{path.name}: dropped a torn tail of {replay.dropped_bytes} bytes ({replay.tail_error})"
                 )
+            else:
+                where = "" if newest else " in a WAL segment older than the newest one"
+                after = f" after seq {replay.last_seq}" if replay.last_seq is not None else ""
+                detail = (
+                    f"{replay.tail_error}{where}: not a torn tail; "
+                    f"{replay.dropped_bytes} bytes of WAL records{after} would be lost"
+                )
+                if not options.accept_data_loss:
+                    raise CorruptionError(str(path), replay.valid_bytes, detail)
+                report.append(f"{path.name}: accepted data loss at byte {replay.valid_bytes}: {detail}")
+                if not newest:
+                    # Later segments follow the lost records: replaying them would leave a gap.
+                    for later in segments[position + 1 :]:
+                        report.append(f"{wal_path(directory, later).name}: dropped after the loss above")
+                    stop_after = position
             truncate_wal_tail(path, replay.valid_bytes)
-            report.append(
-                f"{path.name}: dropped a torn tail of {replay.dropped_bytes} bytes ({replay.tail_error})"
-            )
         for batch in replay.batches:
             memtable.apply(batch)
         if replay.last_seq is not None:

@@ -164,6 +164,7 @@ class WalReplay:
     total_bytes: int
     tail_error: str | None  # why reading stopped early (torn / checksum), None if it did not
     last_seq: int | None  # seq of the last entry of the last batch, None if no batches
+    torn: bool = False  # reading stopped at an incomplete last frame (not corruption)
 
     @property
     def dropped_bytes(self) -> int:
@@ -202,6 +203,7 @@ def replay_wal(path: Path) -> WalReplay:
         total_bytes=scan.total_bytes,
         tail_error=scan.tail_error,
         last_seq=last_seq,
+        torn=scan.torn,
     )
 
 

@@ -341,18 +341,25 @@ def test_torn_last_record_is_dropped_and_reported(tmp_path: Path) -> None:
         assert state.last_sequence == 6
 
 
-def test_garbage_in_the_last_record_is_a_torn_tail(tmp_path: Path) -> None:
+def test_flipped_byte_in_the_last_complete_record_is_corruption(tmp_path: Path) -> None:
+    """Was taken for a torn tail (issue 8): the table the record added vanished silently."""
     path, offsets = _three_record_manifest(tmp_path)
     data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF  # the size reached the disk, the last bytes did not
+    data[-1] ^= 0xFF  # the record is whole (its length says so) but fails its checksum
     path.write_bytes(bytes(data))
-    manifest, state = Manifest.open(tmp_path)
+    with pytest.raises(CorruptionError) as info:
+        Manifest.open(tmp_path)
+    assert info.value.source == str(path)
+    assert info.value.position == offsets[-1]
+    assert "not a torn tail" in str(info.value)
+    assert f"{len(data) - offsets[-1]} bytes of manifest records would be lost" in str(info.value)
+    assert path.read_bytes() == bytes(data)  # refusing changes nothing on disk
+    manifest, state = Manifest.open(tmp_path, accept_data_loss=True)
     manifest.close()
-    assert manifest.recovery_report == (
-        f"{path.name}: dropped a torn tail of {len(data) - offsets[-1]} bytes "
-        f"(checksum mismatch in frame at byte {offsets[-1]})"
-    )
+    assert manifest.recovery_report is not None
+    assert manifest.recovery_report.startswith(f"{path.name}: accepted data loss at byte {offsets[-1]}: ")
     assert numbers(state.version.files(0)) == [10]
+    assert path.stat().st_size == offsets[-1]
 
 
 @pytest.mark.parametrize("record", [0, 1])

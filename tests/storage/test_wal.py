@@ -191,9 +191,10 @@ def test_torn_tail_at_every_cut_point_is_reported_not_raised(tmp_path: Path) -> 
         assert replay.last_seq == 3
         assert replay.tail_error is not None
         assert replay.tail_error.startswith(f"torn frame {'header ' if cut - last < 8 else ''}at byte {last}")
+        assert replay.torn
 
 
-def test_flipped_byte_in_the_last_frame_is_a_tail(tmp_path: Path) -> None:
+def test_flipped_byte_in_the_last_complete_frame_is_not_torn(tmp_path: Path) -> None:
     path = tmp_path / "wal-000001.log"
     offsets = write_segment(path, BATCHES)
     whole = path.read_bytes()
@@ -207,6 +208,7 @@ def test_flipped_byte_in_the_last_frame_is_a_tail(tmp_path: Path) -> None:
         assert replay.valid_bytes == last
         assert replay.dropped_bytes == len(whole) - last
         assert replay.tail_error == f"checksum mismatch in frame at byte {last}"
+        assert not replay.torn, pos  # complete frame, bad CRC: corruption for recovery
 
 
 def test_checksum_valid_malformed_payload_is_corruption(tmp_path: Path) -> None:

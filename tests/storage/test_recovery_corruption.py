@@ -1,0 +1,90 @@
+"""Recovery tells a torn tail (truncate, report) from corruption (refuse unless accepted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sentinel.errors import CorruptionError
+from sentinel.storage.files import wal_path
+from sentinel.storage.framing import FRAME_HEADER_SIZE
+from sentinel.storage.options import StorageOptions
+from sentinel.storage.recovery import recover, unlock_directory
+from sentinel.storage.wal_format import encode_wal_record
+
+
+def _segment(directory: Path, number: int, first_seq: int, count: int) -> list[int]:
+    """A WAL segment of ``count`` one-entry batches; returns each frame's offset."""
+    if not (directory / "CURRENT").exists():
+        _open(directory)  # a fresh directory with its manifest, as a crashed broker leaves it
+    offsets, data = [], b""
+    for i in range(count):
+        offsets.append(len(data))
+        data += encode_wal_record(first_seq + i, [(b"k%03d" % (first_seq + i), b"v" * 20)])
+    wal_path(directory, number).write_bytes(data)
+    return offsets
+
+
+def _open(directory: Path, accept: bool = False) -> tuple[int, tuple[str, ...]]:
+    recovered = recover(directory, StorageOptions(accept_data_loss=accept))
+    try:
+        return recovered.last_seq, recovered.report
+    finally:
+        for reader in recovered.tables.values():
+            reader.close()
+        recovered.manifest.close()
+        unlock_directory(recovered.lock_fd)
+
+
+def test_torn_tail_of_the_newest_segment_is_truncated_and_reported(tmp_path: Path) -> None:
+    offsets = _segment(tmp_path, 1, 1, 5)
+    path = wal_path(tmp_path, 1)
+    data = path.read_bytes()
+    path.write_bytes(data[: offsets[-1] + FRAME_HEADER_SIZE + 3])  # the last frame cut short
+    last_seq, report = _open(tmp_path)
+    assert last_seq == 4
+    assert any(
+        line.startswith(f"{path.name}: dropped a torn tail of {FRAME_HEADER_SIZE + 3} bytes")
+        for line in report
+    )
+
+
+def test_flipped_byte_mid_newest_segment_refuses_naming_file_and_offset(tmp_path: Path) -> None:
+    offsets = _segment(tmp_path, 1, 1, 10)
+    path = wal_path(tmp_path, 1)
+    data = bytearray(path.read_bytes())
+    data[offsets[4] + FRAME_HEADER_SIZE + 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptionError) as info:
+        _open(tmp_path)
+    assert info.value.source == str(path)
+    assert info.value.position == offsets[4]
+    assert "would be lost" in str(info.value) and "after seq 4" in str(info.value)
+    assert path.read_bytes() == bytes(data)  # refusing changes nothing
+    last_seq, report = _open(tmp_path, accept=True)
+    assert last_seq == 4
+    assert any(f"accepted data loss at byte {offsets[4]}" in line for line in report)
+
+
+def test_flipped_byte_in_the_last_complete_frame_is_corruption(tmp_path: Path) -> None:
+    _segment(tmp_path, 1, 1, 3)
+    path = wal_path(tmp_path, 1)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptionError, match="not a torn tail"):
+        _open(tmp_path)
+
+
+def test_torn_frame_in_an_older_segment_is_corruption(tmp_path: Path) -> None:
+    offsets = _segment(tmp_path, 1, 1, 3)
+    _segment(tmp_path, 2, 4, 3)
+    path = wal_path(tmp_path, 1)
+    path.write_bytes(path.read_bytes()[: offsets[-1] + 5])
+    with pytest.raises(CorruptionError) as info:
+        _open(tmp_path)
+    assert info.value.source == str(path)
+    last_seq, report = _open(tmp_path, accept=True)
+    assert last_seq == 2  # nothing after the loss is replayed: no gap
+    assert any("wal-000002.log: dropped after the loss above" in line for line in report)
