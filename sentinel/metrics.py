@@ -9,6 +9,7 @@ snapshots the actors publish, so keeping them current costs the event loop nothi
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,8 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from sentinel.errors import SentinelError
 
 # Produce/consume latency buckets (seconds): from a fast in-memory ack to a slow fsync.
 LATENCY_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -107,7 +110,11 @@ class Metrics:
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve /metrics until cancelled; reports the bound port (0 picks a free one)."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            server, thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:  # say which address: "[Errno 98] Address already in use" alone does not
+            what = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc.strerror or exc}"
+            raise SentinelError(f"metrics port {host}:{port} {what} (--metrics-port)") from exc
         try:
             task_status.started(server.server_address[1])
             await trio.sleep_forever()

@@ -200,7 +200,9 @@ class LocalPartitionLog:
         if offset < start or offset > hw:
             raise OffsetOutOfRange(
                 f"offset {offset} is out of range for {self.topic}[{self.partition}]: "
-                f"valid offsets are {start}..{hw}",
+                # Half-open like every offset range here: {hw} is the next offset to be written,
+                # a valid place to wait for new records but not a record yet.
+                f"valid offsets are {start} to {hw} ({hw} is the next offset)",
                 log_start_offset=start,
                 high_watermark=hw,
             )

@@ -8,6 +8,7 @@ from sentinel import __version__
 from sentinel.cli import bench, consume, groups, produce, run, topics
 
 app = typer.Typer(
+    rich_markup_mode=None,  # plain click help: rich boxes cut option and env var names at 80 columns
     help="Sentinel: a Kafka-class log streaming engine on Trio.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -44,7 +44,9 @@ def run(
     host: str = typer.Option("127.0.0.1", envvar="SENTINEL_HOST", help="Address the gRPC API binds."),
     port: int = typer.Option(9092, envvar="SENTINEL_PORT", help="gRPC port (0 picks a free one)."),
     data: Path = typer.Option(Path("sentinel-data"), envvar="SENTINEL_DATA", help="Data directory."),
-    metrics_host: str = typer.Option("127.0.0.1", envvar="SENTINEL_METRICS_HOST"),
+    metrics_host: str = typer.Option(
+        "127.0.0.1", envvar="SENTINEL_METRICS_HOST", help="Address GET /metrics binds."
+    ),
     metrics_port: int = typer.Option(
         9100, envvar="SENTINEL_METRICS_PORT", help="Port of GET /metrics (0: any free port, -1: off)."
     ),
@@ -52,7 +54,10 @@ def run(
         SyncMode.INTERVAL, envvar="SENTINEL_SYNC", help="WAL sync mode: when a write counts as durable."
     ),
     auto_create_topics: bool = typer.Option(
-        True, "--auto-create-topics/--no-auto-create-topics", envvar="SENTINEL_AUTO_CREATE_TOPICS"
+        True,
+        "--auto-create-topics/--no-auto-create-topics",
+        envvar="SENTINEL_AUTO_CREATE_TOPICS",
+        help="Create a topic on its first produce or fetch.",
     ),
     default_partitions: int = typer.Option(
         1, envvar="SENTINEL_DEFAULT_PARTITIONS", help="Partitions of an auto-created topic."
@@ -66,7 +71,9 @@ def run(
     max_message_bytes: int = typer.Option(
         DEFAULT_MAX_MESSAGE_BYTES, envvar="SENTINEL_MAX_MESSAGE_BYTES", help="Largest request accepted."
     ),
-    memtable_bytes: int = typer.Option(8 * 1024 * 1024, envvar="SENTINEL_MEMTABLE_BYTES"),
+    memtable_bytes: int = typer.Option(
+        8 * 1024 * 1024, envvar="SENTINEL_MEMTABLE_BYTES", help="Memtable size that triggers a flush."
+    ),
     accept_data_loss: bool = typer.Option(
         False,
         "--accept-data-loss",

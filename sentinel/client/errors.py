@@ -71,10 +71,11 @@ _SIMPLE_STATUS_ERRORS: Final[dict[Status, type[SentinelError]]] = {
     Status.DEADLINE_EXCEEDED: RequestTimeout,
 }
 
-# The broker's OffsetOutOfRange message names the valid range ("valid offsets are 3..17");
+# The broker's OffsetOutOfRange message names the valid range
+# ("valid offsets are 3 to 17 (17 is the next offset)");
 # gRPC carries no structured fields for it, so the range is recovered from the text when
 # present. Nothing depends on it: a consumer resets with ListOffsets either way.
-_VALID_RANGE: Final = re.compile(r"valid offsets are (\d+)\.\.(\d+)")
+_VALID_RANGE: Final = re.compile(r"valid offsets are (\d+) to (\d+)")
 # The server appends the leader hint of an UNAVAILABLE answer to its message as
 # " [leader=<node>]" (sentinel/server/status.py: the generated stubs raise a GRPCError
 # without the trailing metadata that carries it too).

@@ -235,7 +235,8 @@ async def test_read_outside_the_log_raises_offset_out_of_range(
         log = (await running.broker.create_topic("t", 1)).logs[0]
         await log.append([batch(b"a", b"b")])
         with pytest.raises(
-            OffsetOutOfRange, match=r"offset 3 is out of range for t\[0\]: valid offsets are 0..2"
+            OffsetOutOfRange,
+            match=r"offset 3 is out of range for t\[0\]: valid offsets are 0 to 2 \(2 is the next offset\)",
         ):
             log.read(3, 100)
         with pytest.raises(OffsetOutOfRange) as info:
@@ -422,7 +423,7 @@ async def test_time_retention_moves_log_start_and_compaction_drops_the_data(
         assert removed == 4
         assert log.log_start_offset == 4 and log.high_watermark == 10
         assert log.size_bytes == sum(len(b.data) for b in batches[2:])
-        with pytest.raises(OffsetOutOfRange, match=r"valid offsets are 4..10"):
+        with pytest.raises(OffsetOutOfRange, match=r"valid offsets are 4 to 10 \(10 is the next offset\)"):
             log.read(3, 1 << 20)
         assert values_of(log.read(4, 1 << 20).data)[0] == (4, b"a2000")
         assert await log.offset_for_timestamp(0) == (4, now - 2_005)

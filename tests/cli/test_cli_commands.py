@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from cli_support import ThreadedFake, error_line, invoke
 from grpclib.const import Status
+from typer.testing import CliRunner
 
 from sentinel.cli import output
 from sentinel.client import Producer
@@ -248,7 +249,7 @@ def test_consume_errors(fake: ThreadedFake) -> None:
     )
     result = invoke("consume", "-b", fake.address, "-t", "events", "-p", "0", "-o", "7")
     assert result.exit_code == 1
-    assert "valid offsets are 0..0" in error_line(result)  # never silently reset
+    assert "valid offsets are 0 to 0 (0 is the next offset)" in error_line(result)  # never silently reset
 
 
 def test_consume_as_group_member_commits_what_it_printed(fake: ThreadedFake) -> None:
@@ -325,3 +326,44 @@ def test_topics_commands(fake: ThreadedFake) -> None:
     assert error_line(result) == "error: topic 'orders' does not exist"
     result = invoke("topics", "delete", "orders", *b)
     assert result.exit_code == 1
+
+
+def test_busy_metrics_port_names_the_port(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Was "error: [Errno 98] Address already in use": no port, no option.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = invoke("run", "--port", "0", "--data", str(tmp_path / "d"), "--metrics-port", str(port))
+    assert result.exit_code == 1
+    assert error_line(result) == f"error: metrics port 127.0.0.1:{port} is in use (--metrics-port)"
+
+
+def test_every_option_has_help_and_names_fit_80_columns() -> None:
+    import typer.core
+    import typer.main
+
+    from sentinel.cli.main import app
+
+    root = typer.main.get_command(app)
+
+    def commands(cmd: typer.core.TyperCommand, path: list[str]):  # type: ignore[no-untyped-def]
+        if isinstance(cmd, typer.core.TyperGroup):
+            for name, sub in cmd.commands.items():
+                yield from commands(sub, [*path, name])
+        else:
+            yield path, cmd
+
+    for path, cmd in commands(root, []):
+        result = CliRunner(env={"COLUMNS": "80"}).invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, (path, result.output)
+        text = " ".join(result.output.split())
+        for param in cmd.params:
+            if not isinstance(param, typer.core.TyperOption) or param.hidden:
+                continue
+            assert param.help, f"{' '.join(path)} {param.opts[0]} has no help"
+            for name in [*param.opts, *param.secondary_opts]:
+                assert name in text, (path, name, result.output)
+            envvar = param.envvar
+            if isinstance(envvar, str):
+                assert envvar in text, (path, envvar, result.output)

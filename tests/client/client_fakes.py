@@ -178,7 +178,8 @@ class FakeSentinel(pb.SentinelBase):
             raise GRPCError(
                 Status.OUT_OF_RANGE,
                 f"offset {offset} is out of range for {message.topic}[{message.partition}]: "
-                f"valid offsets are {part.log_start}..{part.next_offset}",
+                f"valid offsets are {part.log_start} to {part.next_offset} "
+                f"({part.next_offset} is the next offset)",
             )
         if offset == part.next_offset and message.max_wait_ms:
             with contextlib.suppress(TimeoutError):

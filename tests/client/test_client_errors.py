@@ -51,7 +51,7 @@ def test_other_statuses_are_plain_sentinel_errors_naming_the_status() -> None:
 
 
 def test_out_of_range_recovers_the_valid_range_from_the_message() -> None:
-    message = "offset 99 is out of range for t[0]: valid offsets are 3..17"
+    message = "offset 99 is out of range for t[0]: valid offsets are 3 to 17 (17 is the next offset)"
     error = error_from_status(Status.OUT_OF_RANGE, message)
     assert isinstance(error, OffsetOutOfRange)
     assert (error.log_start_offset, error.high_watermark) == (3, 17)

@@ -180,7 +180,8 @@ def test_bad_offset(bad_broker: BrokerProcess) -> None:
             await rejected(
                 stub.fetch(beyond),
                 Status.OUT_OF_RANGE,
-                rf"offset {end + 5} is out of range for good\[0\]: valid offsets are 0\.\.{end}",
+                rf"offset {end + 5} is out of range for good\[0\]: "
+                rf"valid offsets are 0 to {end} \({end} is the next offset\)",
             )
             # The end itself is valid: an empty answer after the (short) long poll.
             at_end = await stub.fetch(pb.ConsumeRequest(topic=TOPIC, partition=0, offset=end, max_wait_ms=10))

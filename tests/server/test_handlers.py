@@ -346,7 +346,9 @@ async def test_fetch_errors(tmp_path: Path, clock: trio.testing.MockClock) -> No
         with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "offset must be >= 0, got -1"):
             await h.fetch(pb.ConsumeRequest(topic="t", partition=0, offset=-1))
         with Fails(
-            OffsetOutOfRange, Status.OUT_OF_RANGE, "offset 3 is out of range for t[0]: valid offsets are 0..2"
+            OffsetOutOfRange,
+            Status.OUT_OF_RANGE,
+            "offset 3 is out of range for t[0]: valid offsets are 0 to 2 (2 is the next offset)",
         ):
             # Out of range is answered at once, not after the long poll.
             start = trio.current_time()

@@ -114,7 +114,7 @@ def test_round_trip_restores_type_and_message(error: SentinelError) -> None:
 
 def test_round_trip_of_offset_out_of_range_keeps_the_valid_range() -> None:
     error = OffsetOutOfRange(
-        "offset 99 is out of range for orders[0]: valid offsets are 3..17",
+        "offset 99 is out of range for orders[0]: valid offsets are 3 to 17 (17 is the next offset)",
         log_start_offset=3,
         high_watermark=17,
     )
