@@ -31,6 +31,11 @@ class CorruptionError(SentinelError):
         super().__init__(f"corruption in {where}: {detail}")
 
 
+class DataLoss(SentinelError):
+    """Data that must exist is missing (e.g. offsets below a partition's high watermark
+    after an operator accepted a loss at recovery): the read is refused, never skipped."""
+
+
 class InvalidRecordBatch(InvalidArgument):
     """A record batch failed validation (length, magic, CRC, record count)."""
 

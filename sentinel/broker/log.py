@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import attrs
 import outcome
@@ -35,7 +35,7 @@ import trio
 
 from sentinel.actors import ObservedReply
 from sentinel.broker import keys
-from sentinel.errors import InvalidArgument, OffsetOutOfRange
+from sentinel.errors import DataLoss, InvalidArgument, OffsetOutOfRange
 from sentinel.records import RecordBatch
 from sentinel.records import batch_format as fmt
 from sentinel.storage.store import Store
@@ -211,19 +211,34 @@ class LocalPartitionLog:
         next_offset = offset
         if offset < hw:
             begin = keys.data_key(self.topic_id, self.partition, offset)
+            # Batches below the high watermark are contiguous: the first holds ``offset`` and
+            # each next one starts right after the previous. Anything else is data that is
+            # missing (a loss accepted at recovery): refuse it, never skip it silently.
+            expected = offset
             for key, value in self._store.scan(begin, self._prefix_end):
                 (base,) = _BASE_OFFSET.unpack_from(value)
+                if base > expected:
+                    self._missing(expected, min(base, hw))
                 if base >= hw:
                     break
                 if parts and total + len(value) > max_bytes:
                     break
                 parts.append(value)
                 total += len(value)
-                next_offset = keys.parse_data_key(key)[2] + 1  # type: ignore[index]
+                next_offset = expected = keys.parse_data_key(key)[2] + 1  # type: ignore[index]
                 if total >= max_bytes:
                     break
+            else:
+                if next_offset < hw:
+                    self._missing(next_offset, hw)
         return ReadResult(
             data=b"".join(parts), next_offset=next_offset, high_watermark=hw, log_start_offset=start
+        )
+
+    def _missing(self, first: int, end: int) -> NoReturn:
+        raise DataLoss(
+            f"offsets {first} to {end - 1} of {self.topic}[{self.partition}] are missing from storage "
+            f"(below the high watermark {self._hw}); the data was lost, not skipped"
         )
 
     async def wait_for_data(self, offset: int) -> None:

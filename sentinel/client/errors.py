@@ -37,6 +37,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from sentinel.errors import (
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -68,6 +69,7 @@ _SIMPLE_STATUS_ERRORS: Final[dict[Status, type[SentinelError]]] = {
     Status.ALREADY_EXISTS: AlreadyExists,
     Status.FAILED_PRECONDITION: FailedPrecondition,
     Status.RESOURCE_EXHAUSTED: ResourceExhausted,
+    Status.DATA_LOSS: DataLoss,
     Status.DEADLINE_EXCEEDED: RequestTimeout,
 }
 

@@ -20,7 +20,7 @@ import trio.testing
 from sentinel.broker import keys
 from sentinel.broker import log as log_module
 from sentinel.broker.broker import TopicConfig
-from sentinel.errors import InvalidArgument, OffsetOutOfRange
+from sentinel.errors import DataLoss, InvalidArgument, OffsetOutOfRange
 from sentinel.records import RecordBatch, build_batch, split_batches
 from sentinel.storage.compaction import CompactionOptions
 from sentinel.storage.options import SyncMode
@@ -242,6 +242,32 @@ async def test_read_outside_the_log_raises_offset_out_of_range(
         with pytest.raises(OffsetOutOfRange) as info:
             log.read(-1, 100)
         assert (info.value.log_start_offset, info.value.high_watermark) == (0, 2)
+
+
+async def test_missing_data_below_the_high_watermark_is_refused_never_skipped(
+    node: NodeFactory, clock: trio.testing.MockClock
+) -> None:
+    # What an accepted loss at recovery can leave behind: batches gone from the middle and
+    # from the end of what the partition state says it holds.
+    async with node.run() as running:
+        log = (await running.broker.create_topic("t", 1)).logs[0]
+        await log.append([batch(b"a", b"b", b"c"), batch(b"d", b"e", b"f"), batch(b"g", b"h", b"i")])
+        await log.append([batch(b"j")])
+        size = len(log.read(0, 1).data)
+        await running.store.write(
+            [(keys.data_key(log.topic_id, 0, 5), None), (keys.data_key(log.topic_id, 0, 9), None)]
+        )
+        gap = r"offsets {} to {} of t\[0\] are missing from storage \(below the high watermark 10\)"
+        with pytest.raises(DataLoss, match=gap.format(3, 5)):
+            log.read(0, 1 << 20)
+        with pytest.raises(DataLoss, match=gap.format(4, 5)):
+            log.read(4, 1 << 20)
+        with pytest.raises(DataLoss, match=gap.format(9, 9)):
+            log.read(6, 1 << 20)
+        # What is there is still served up to the gap: a reader gets every good record first.
+        result = log.read(0, size)
+        assert values_of(result.data) == [(0, b"a"), (1, b"b"), (2, b"c")] and result.next_offset == 3
+        assert values_of(log.read(7, size).data)[0] == (6, b"g")
 
 
 # -- long polls --------------------------------------------------------------------------
