@@ -167,6 +167,15 @@ class Node:
             stats = store.statistics()
         except Exception:  # the store is closing: skip the engine's gauges this scrape
             stats = None
+        drops, dropped_bytes = store.recovery_drops
+        yield GaugeMetricFamily(
+            "sentinel_recovery_drops",
+            "Torn tails truncated and losses accepted by recovery at this start",
+            value=drops,
+        )
+        yield GaugeMetricFamily(
+            "sentinel_recovery_dropped_bytes", "WAL bytes recovery dropped at this start", value=dropped_bytes
+        )
         if stats is not None:
             yield GaugeMetricFamily(
                 "sentinel_memtable_bytes", "Bytes in memtables", value=stats.memtable_bytes

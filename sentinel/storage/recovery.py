@@ -26,12 +26,12 @@ import attrs
 
 from sentinel.errors import CorruptionError, StorageError
 from sentinel.storage.compactor import TableReader, delete_tables, write_tables
-from sentinel.storage.files import LOCK, fsync_dir, parse_file_name, sst_path, wal_path
+from sentinel.storage.files import CURRENT, LOCK, fsync_dir, parse_file_name, sst_path, wal_path
 from sentinel.storage.manifest import FileMeta, Manifest, ManifestState, VersionEdit
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.options import StorageOptions
 from sentinel.storage.sstable import SSTableReader
-from sentinel.storage.wal import replay_wal, truncate_wal_tail
+from sentinel.storage.wal import WalFile, replay_wal, truncate_wal_tail
 
 
 @attrs.frozen
@@ -43,6 +43,9 @@ class Recovered:
     wal_segment: int  # the segment the WalWriter creates and writes next
     last_seq: int
     report: tuple[str, ...]  # what recovery dropped or repaired, for the operator
+    #: What recovery dropped (torn tails, accepted losses): counted in the node's metrics.
+    dropped_bytes: int = 0
+    drops: int = 0
 
 
 def lock_directory(directory: Path) -> int:
@@ -71,10 +74,11 @@ def recover(directory: Path, options: StorageOptions) -> Recovered:
 
 
 def _recover_locked(directory: Path, options: StorageOptions, lock_fd: int) -> Recovered:
+    existed = (directory / CURRENT).exists()
     manifest, state = Manifest.open(directory, accept_data_loss=options.accept_data_loss)
     tables: dict[int, SSTableReader] = {}
     try:
-        return _recover_opened(directory, options, lock_fd, manifest, state, tables)
+        return _recover_opened(directory, options, lock_fd, manifest, state, tables, existed)
     except BaseException:
         # A failed open must not leak the descriptors it took (a node may retry the open).
         for reader in tables.values():
@@ -90,11 +94,14 @@ def _recover_opened(
     manifest: Manifest,
     state: ManifestState,
     tables: dict[int, SSTableReader],
+    existed: bool,
 ) -> Recovered:
     """Steps 3-6 with the manifest open; fills ``tables`` as it opens them."""
     report: list[str] = []
+    dropped_bytes = drops = 0
     if manifest.recovery_report:
         report.append(manifest.recovery_report)
+        drops += 1
     last_seq = state.last_sequence
     for level, meta in _all_files(state):
         path = sst_path(directory, meta.number)
@@ -108,6 +115,13 @@ def _recover_opened(
 
     numbered = [parsed for name in os.listdir(directory) if (parsed := parse_file_name(name))]
     segments = sorted(n for kind, n in numbered if kind == "wal" and n >= state.log_number)
+    # Numbered past every segment on disk, also those an accepted loss drops (garbage
+    # collection below then removes them, so a later start cannot replay them over a gap).
+    next_segment = max([state.log_number, *(s + 1 for s in segments)])
+    if existed and (segments or tables or state.last_sequence):
+        reported = len(report)
+        segments = _check_segments_present(directory, options, state, segments, report)
+        drops += len(report) > reported
     memtable = Memtable(0)
     stop_after: int | None = None
     for position, segment in enumerate(segments):
@@ -137,13 +151,18 @@ def _recover_opened(
                         report.append(f"{wal_path(directory, later).name}: dropped after the loss above")
                     stop_after = position
             truncate_wal_tail(path, replay.valid_bytes)
+            dropped_bytes += replay.dropped_bytes
+            drops += 1
         for batch in replay.batches:
             memtable.apply(batch)
         if replay.last_seq is not None:
             last_seq = max(last_seq, replay.last_seq)
 
-    next_segment = max([state.log_number, *(s + 1 for s in segments)])
-    if segments:
+    # The segment the WalWriter will write exists before any manifest names it, so a missing
+    # segment the manifest's log number covers is always damage, never a crash mid-start.
+    if not wal_path(directory, next_segment).exists():
+        WalFile.create(wal_path(directory, next_segment)).close()
+    if segments or next_segment != state.log_number:
         added = write_tables(directory, manifest, options, memtable.scan(), None) if len(memtable) else []
         if added:
             fsync_dir(directory)
@@ -167,7 +186,37 @@ def _recover_opened(
         wal_segment=next_segment,
         last_seq=last_seq,
         report=tuple(report),
+        dropped_bytes=dropped_bytes,
+        drops=drops,
     )
+
+
+def _check_segments_present(
+    directory: Path, options: StorageOptions, state: ManifestState, segments: list[int], report: list[str]
+) -> list[int]:
+    """Every segment from the manifest's log number to the newest must exist (they are
+    numbered consecutively and each is created before the manifest or a newer one names it).
+
+    A missing one is corruption: refused, or with ``accept_data_loss`` the segments after
+    the hole are dropped too (replaying them would leave a gap). Returns what to replay.
+    """
+    newest = max(segments, default=state.log_number)
+    present = set(segments)
+    missing = [n for n in range(state.log_number, newest + 1) if n not in present]
+    if not missing:
+        return segments
+    path = wal_path(directory, missing[0])
+    detail = (
+        f"WAL segment missing (the manifest's log number is {state.log_number}, the newest segment "
+        f"present is {newest}): the records it held, written after seq {state.last_sequence}, would be lost"
+    )
+    if not options.accept_data_loss:
+        raise CorruptionError(str(path), None, detail)
+    report.append(f"{path.name}: accepted data loss: {detail}")
+    kept = [n for n in segments if n < missing[0]]
+    for later in segments[len(kept) :]:
+        report.append(f"{wal_path(directory, later).name}: dropped after the loss above")
+    return kept
 
 
 def _all_files(state: ManifestState) -> list[tuple[int, FileMeta]]:

@@ -71,6 +71,8 @@ class Store:
         self._started = False
         self._accepting = False
         self.recovery_report: tuple[str, ...] = ()
+        #: (things dropped, WAL bytes dropped) by the recovery of this open: for the metrics.
+        self.recovery_drops: tuple[int, int] = (0, 0)
         self._wal: WalWriter | None = None
         self._compactor: Compactor | None = None
         self._memtables: MemtableOwner | None = None
@@ -87,6 +89,7 @@ class Store:
             self._closed.set()  # nothing to close: aclose must not wait for a run that never was
             raise
         self.recovery_report = recovered.report
+        self.recovery_drops = (recovered.drops, recovered.dropped_bytes)
         try:
             async with trio.open_nursery() as nursery:
                 wal = self._wal = WalWriter(self.directory, recovered.wal_segment, self.options)

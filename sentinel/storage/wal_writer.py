@@ -100,7 +100,10 @@ class WalWriter(Actor[object]):
         )
 
     async def on_start(self) -> None:
-        self._file = await trio.to_thread.run_sync(WalFile.create, wal_path(self._directory, self._segment))
+        # Recovery created this segment (empty) before the manifest named it: open it.
+        self._file = await trio.to_thread.run_sync(
+            WalFile.open_for_append, wal_path(self._directory, self._segment), 0
+        )
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:

@@ -25,7 +25,7 @@ def test_run_refuses_a_corrupt_wal_and_accepts_the_loss_on_request(tmp_path: Pat
     damaged_at = sum(len(f) for f in frames[:5])
     data = bytearray(b"".join(frames))
     data[damaged_at + 10] ^= 0x01
-    path = wal_path(tmp_path, 100)
+    path = wal_path(tmp_path, recovered.wal_segment)  # the segment a broker would be writing
     path.write_bytes(bytes(data))
     args = [*RUN, "--data", str(tmp_path), "--port", "0", "--metrics-port", "-1"]
     refused = subprocess.run(args, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)

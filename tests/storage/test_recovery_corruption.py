@@ -29,6 +29,9 @@ def _segment(directory: Path, number: int, first_seq: int, count: int) -> list[i
 def _open(directory: Path, accept: bool = False) -> tuple[int, tuple[str, ...]]:
     recovered = recover(directory, StorageOptions(accept_data_loss=accept))
     try:
+        # Counted for the metrics whenever something was dropped, and only then.
+        dropped = any("dropped" in line or "accepted" in line for line in recovered.report)
+        assert (recovered.drops > 0) == dropped
         return recovered.last_seq, recovered.report
     finally:
         for reader in recovered.tables.values():
@@ -42,7 +45,11 @@ def test_torn_tail_of_the_newest_segment_is_truncated_and_reported(tmp_path: Pat
     path = wal_path(tmp_path, 1)
     data = path.read_bytes()
     path.write_bytes(data[: offsets[-1] + FRAME_HEADER_SIZE + 3])  # the last frame cut short
-    last_seq, report = _open(tmp_path)
+    recovered = recover(tmp_path, StorageOptions())
+    recovered.manifest.close()
+    unlock_directory(recovered.lock_fd)
+    assert (recovered.drops, recovered.dropped_bytes) == (1, FRAME_HEADER_SIZE + 3)
+    last_seq, report = recovered.last_seq, recovered.report
     assert last_seq == 4
     assert any(
         line.startswith(f"{path.name}: dropped a torn tail of {FRAME_HEADER_SIZE + 3} bytes")
@@ -88,3 +95,48 @@ def test_torn_frame_in_an_older_segment_is_corruption(tmp_path: Path) -> None:
     last_seq, report = _open(tmp_path, accept=True)
     assert last_seq == 2  # nothing after the loss is replayed: no gap
     assert any("wal-000002.log: dropped after the loss above" in line for line in report)
+
+
+def _flushed_directory(directory: Path) -> None:
+    """A directory whose first segment was replayed and flushed: the manifest now names
+    segment 2 as the one to replay from, and recovery created it (empty)."""
+    _segment(directory, 1, 1, 5)
+    assert _open(directory)[0] == 5
+    assert wal_path(directory, 2).exists() and not wal_path(directory, 1).exists()
+
+
+def test_deleted_newest_segment_the_manifest_names_is_refused(tmp_path: Path) -> None:
+    _flushed_directory(tmp_path)
+    _segment(tmp_path, 2, 6, 5)  # acknowledged writes after the flush
+    wal_path(tmp_path, 2).unlink()
+    with pytest.raises(CorruptionError) as info:
+        _open(tmp_path)
+    assert info.value.source == str(wal_path(tmp_path, 2))
+    assert "WAL segment missing" in info.value.detail and "after seq 5" in info.value.detail
+    last_seq, report = _open(tmp_path, accept=True)
+    assert last_seq == 5
+    assert any(line.startswith("wal-000002.log: accepted data loss: WAL segment missing") for line in report)
+    assert _open(tmp_path)[0] == 5  # accepted once: later starts are clean
+
+
+def test_missing_middle_segment_is_refused_and_accepting_drops_what_follows_it(tmp_path: Path) -> None:
+    _flushed_directory(tmp_path)
+    _segment(tmp_path, 2, 6, 3)
+    _segment(tmp_path, 3, 9, 3)
+    _segment(tmp_path, 4, 12, 3)
+    wal_path(tmp_path, 3).unlink()
+    with pytest.raises(CorruptionError) as info:
+        _open(tmp_path)
+    assert info.value.source == str(wal_path(tmp_path, 3))
+    last_seq, report = _open(tmp_path, accept=True)
+    assert last_seq == 8  # segment 2 replayed; 4 follows the hole and is dropped with it
+    assert "wal-000004.log: dropped after the loss above" in report
+    assert not wal_path(tmp_path, 4).exists()
+    assert _open(tmp_path)[0] == 8
+
+
+def test_a_fresh_directory_whose_first_segment_was_never_written_opens(tmp_path: Path) -> None:
+    _open(tmp_path)  # a crash right after the first start: an empty segment, nothing else
+    for path in tmp_path.glob("wal-*.log"):
+        path.unlink()
+    assert _open(tmp_path) == (0, ())
