@@ -67,8 +67,11 @@ class _PartitionAcks:
 class _Run:
     """What was sent and acknowledged; reports each acknowledgement as it arrives."""
 
-    def __init__(self, *, json_output: bool, progress: Progress) -> None:
+    def __init__(
+        self, *, json_output: bool, progress: Progress, headers: tuple[tuple[str, bytes], ...] = ()
+    ) -> None:
         self.json_output = json_output
+        self.headers = headers  # the same on every record of a run
         self.progress = progress
         self.partitions: dict[int, _PartitionAcks] = {}
         self.sent = 0
@@ -119,6 +122,7 @@ class _Run:
                     "timestamp": meta.timestamp_ms,
                     "key": json_bytes(key),
                     "value": json_bytes(value),
+                    "headers": [[name, json_bytes(v)] for name, v in self.headers],
                 },
                 ensure_ascii=False,
             )
@@ -244,7 +248,7 @@ async def _produce(
         with on_interrupt(run.interrupt):
 
             async def send(value: bytes) -> None:
-                future = await producer.send(topic, value, key=key, partition=partition)
+                future = await producer.send(topic, value, key=key, partition=partition, headers=run.headers)
                 run.track(future, key, value)
 
             try:
@@ -302,6 +306,12 @@ def produce(
         "-n",
         help="With --message: how many times to send it (default 1). Otherwise: at most this many lines.",
     ),
+    header: list[str] = typer.Option(
+        [],
+        "--header",
+        "-H",
+        help="A header NAME=VALUE on every record (repeat for several).",
+    ),
     acks: str = typer.Option(
         "all",
         "--acks",
@@ -310,7 +320,8 @@ def produce(
     output_format: OutputFormat = format_option(
         "text: a summary at the end (records and offsets per partition). json: one object per acknowledged "
         "record, as it is acknowledged: topic, partition, offset (null with --acks 0), timestamp, key, value "
-        '(bytes as a UTF-8 string, or {"base64": ...} when not valid UTF-8).'
+        "and headers (a list of two-element name, value lists), as `sentinel consume --format json` prints "
+        'them (bytes as a UTF-8 string, or {"base64": ...} when not valid UTF-8).'
     ),
 ) -> None:
     """Write records to a topic: --message (repeated --count times) or one record per stdin line."""
@@ -321,6 +332,12 @@ def produce(
         usage_error(f"--partition must be >= 0, or -1 to let the partitioner choose; got {partition}")
     if count is not None and count < 0:
         usage_error(f"--count must be >= 0, got {count}")
+    headers: list[tuple[str, bytes]] = []
+    for item in header:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            usage_error(f"--header must be NAME=VALUE, got {item!r}")
+        headers.append((name, value.encode()))
     json_output = output_format is OutputFormat.json
     expected = (1 if count is None else count) if message is not None else count
     # No bar over records being typed, nor between acknowledgements printed to the terminal.
@@ -330,7 +347,7 @@ def produce(
         length=expected,
         label=f"producing to {topic}",
     )
-    run = _Run(json_output=json_output, progress=progress)
+    run = _Run(json_output=json_output, progress=progress, headers=tuple(headers))
     try:
         asyncio.run(
             _produce(

@@ -115,9 +115,40 @@ def test_produce_stdin_lines_as_json_acknowledgements(fake: ThreadedFake) -> Non
         (0, 3, "k1", "gamma"),
     ]
     assert all(a["topic"] == "events" and isinstance(a["timestamp"], int) for a in acks)
-    assert list(acks[0]) == ["topic", "partition", "offset", "timestamp", "key", "value"]
+    # The same fields as ``consume --format json`` prints, headers included.
+    assert list(acks[0]) == ["topic", "partition", "offset", "timestamp", "key", "value", "headers"]
+    assert acks[0]["headers"] == []
     stored = fake.call(lambda f: f.topics["events"][0].records())
     assert stored == [(0, b"k1", b"alpha"), (1, b"k1", b"beta"), (2, b"k1", b""), (3, b"k1", b"gamma")]
+
+
+def test_produce_headers_are_sent_and_printed_like_consume_prints_them(fake: ThreadedFake) -> None:
+    fake.call(lambda f: f.create("events", 1))
+    result = invoke(
+        "produce",
+        "-b",
+        fake.address,
+        "-t",
+        "events",
+        "-m",
+        "v",
+        "-H",
+        "trace=abc",
+        "-H",
+        "empty=",
+        "-f",
+        "json",
+    )
+    assert result.exit_code == 0, result.output
+    produced = json.loads(result.stdout)
+    assert produced["headers"] == [["trace", "abc"], ["empty", ""]]
+    result = invoke("consume", "-b", fake.address, "-t", "events", "--from-beginning", "-f", "json")
+    consumed = json.loads(result.stdout)
+    assert {k: consumed[k] for k in ("key", "value", "headers")} == {
+        k: produced[k] for k in ("key", "value", "headers")
+    }
+    result = invoke("produce", "-b", fake.address, "-t", "events", "-m", "v", "-H", "novalue")
+    assert result.exit_code != 0 and "--header must be NAME=VALUE, got 'novalue'" in result.output
 
 
 def test_produce_count_limits_stdin_lines(fake: ThreadedFake) -> None:
