@@ -109,6 +109,16 @@ def _encode_topic(
     ).encode()
 
 
+@attrs.frozen
+class _Liveness:
+    """What decides whether stored data is obsolete, published by the broker as one value."""
+
+    live_ids: frozenset[int]
+    #: Every topic id below this that is not live belongs to a deleted topic.
+    next_topic_id: int
+    log_starts: Mapping[tuple[int, int], int]
+
+
 class ObsoleteData:
     """The storage engine's compaction filter for a broker's data.
 
@@ -154,8 +164,8 @@ class Broker(Actor[object]):
         # moved log starts): that pass asks the storage engine to reclaim their space.
         self._to_reclaim: list[tuple[bytes, bytes]] = []
         # Read by the compaction filter in storage worker threads: replaced, never mutated.
-        self._live_ids: frozenset[int] = frozenset()
-        self._log_starts: Mapping[tuple[int, int], int] = {}
+        # Until ``_load`` publishes the first one, nothing counts as obsolete.
+        self._liveness = _Liveness(live_ids=frozenset(), next_topic_id=0, log_starts={})
 
     # -- snapshot reads (no actor round trip) -----------------------------------------
 
@@ -176,11 +186,10 @@ class Broker(Actor[object]):
         if parsed is None:
             return False
         topic_id, partition, last_offset = parsed
-        # Read before the live ids: ``_load`` publishes them first, then the counter.
-        next_topic_id = self._next_topic_id
-        if topic_id not in self._live_ids:
-            return topic_id < next_topic_id
-        return last_offset < self._log_starts.get((topic_id, partition), 0)
+        liveness = self._liveness  # one read: one consistent view, whatever the actor does
+        if topic_id not in liveness.live_ids:
+            return topic_id < liveness.next_topic_id
+        return last_offset < liveness.log_starts.get((topic_id, partition), 0)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -217,10 +226,8 @@ class Broker(Actor[object]):
                 )
             except (ValueError, KeyError, TypeError) as exc:
                 raise CorruptionError(f"topic metadata of {name!r}", None, str(exc)) from None
-        self._publish(topics)
-        # Only now: the compaction filter (worker threads) treats every id below this one
-        # that is not live as deleted, so it must never see it before the live ids.
         self._next_topic_id = next_topic_id
+        self._publish(topics)
 
     def _open_log(self, name: str, topic_id: int, partition: int) -> LocalPartitionLog:
         raw = self.store.get(keys.state_key(topic_id, partition))
@@ -236,13 +243,18 @@ class Broker(Actor[object]):
 
     def _publish(self, topics: dict[str, Topic]) -> None:
         self._topics = MappingProxyType(topics)
-        self._live_ids = frozenset(t.topic_id for t in topics.values())
         self._refresh_log_starts()
 
     def _refresh_log_starts(self) -> None:
-        self._log_starts = {
-            (t.topic_id, log.partition): log.log_start_offset for t in self._topics.values() for log in t.logs
-        }
+        """Publish what the compaction filter reads, as one immutable value."""
+        topics = self._topics.values()
+        self._liveness = _Liveness(
+            live_ids=frozenset(t.topic_id for t in topics),
+            next_topic_id=self._next_topic_id,
+            log_starts=MappingProxyType(
+                {(t.topic_id, log.partition): log.log_start_offset for t in topics for log in t.logs}
+            ),
+        )
 
     # -- topic admin (requests served by the actor) -------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -315,6 +316,26 @@ async def test_compaction_filter_decisions(node: NodeFactory, clock: trio.testin
         assert not obsolete(keys.data_key(99, 0, 0))  # an id not handed out yet
         for other in (keys.topic_key("dead"), keys.state_key(dead.topic_id, 0), keys.COUNTERS):
             assert not obsolete(other)
+
+
+async def test_compaction_filter_reads_one_immutable_snapshot(
+    node: NodeFactory, clock: trio.testing.MockClock
+) -> None:
+    # Worker threads read the broker's liveness with one attribute access: a snapshot taken
+    # before a change stays whole and unchanged, the change arrives as a new snapshot.
+    async with node.run() as running:
+        broker = running.broker
+        topic = await broker.create_topic("t", 1)
+        before = broker._liveness
+        assert topic.topic_id in before.live_ids and before.next_topic_id == topic.topic_id + 1
+        await broker.delete_topic("t")
+        after = broker._liveness
+        assert topic.topic_id in before.live_ids and topic.topic_id not in after.live_ids
+        assert after.next_topic_id == before.next_topic_id
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            after.live_ids = frozenset()  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            after.log_starts[(topic.topic_id, 0)] = 5  # type: ignore[index]
 
 
 async def test_compaction_filter_never_drops_live_data_while_the_broker_loads(
