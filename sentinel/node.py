@@ -210,7 +210,7 @@ class Node:
             "Committed-offset lag of a consumer group",
             labels=["group", "topic", "partition"],
         )
-        for group in coordinator.group_ids():
+        for group in coordinator.committed_offsets:  # snapshots only: this is the metrics thread
             for entry in coordinator.lag(group):
                 lag.add_metric([group, entry.topic, str(entry.partition)], entry.lag)
         yield lag

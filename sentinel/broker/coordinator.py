@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 import attrs
 import trio
@@ -88,6 +89,8 @@ class GroupCoordinator(Actor[object]):
         broker.on_topic_created.append(self.topic_created)
         self._parked: dict[tuple[str, str], tuple[Reply[pb.JoinGroupResponse], float]] = {}
         self._offsets: dict[str, dict[TopicPartition, tuple[int, str]]] = {}
+        # What other threads (the metrics collector) read: replaced whole, never mutated.
+        self._published_offsets: Mapping[str, Mapping[TopicPartition, tuple[int, str]]] = MappingProxyType({})
 
     def _partitions_of(self, topic: str) -> int:
         found = self._broker.topics.get(topic)
@@ -96,7 +99,22 @@ class GroupCoordinator(Actor[object]):
     # -- snapshot reads ----------------------------------------------------------------
 
     def committed(self, group_id: str) -> Mapping[TopicPartition, tuple[int, str]]:
-        return self._offsets.get(group_id, {})
+        return self._published_offsets.get(group_id, {})
+
+    @property
+    def committed_offsets(self) -> Mapping[str, Mapping[TopicPartition, tuple[int, str]]]:
+        """Every group's committed offsets: an immutable snapshot (safe from any thread)."""
+        return self._published_offsets
+
+    def _publish_offsets(self, group_ids: Iterable[str]) -> None:
+        published = dict(self._published_offsets)
+        for group_id in group_ids:
+            offsets = self._offsets.get(group_id)
+            if offsets:
+                published[group_id] = MappingProxyType(dict(offsets))
+            else:
+                published.pop(group_id, None)
+        self._published_offsets = MappingProxyType(published)
 
     def group_ids(self) -> list[str]:
         return sorted(set(self._groups.group_ids()) | set(self._offsets))
@@ -108,6 +126,7 @@ class GroupCoordinator(Actor[object]):
         for key, value in self._store.scan(start, end):
             group, topic, partition = keys.parse_offset_key(key)
             self._offsets.setdefault(group, {})[(topic, partition)] = keys.decode_offset(value)
+        self._publish_offsets(self._offsets)
 
     async def serve(self) -> None:
         while True:
@@ -207,7 +226,7 @@ class GroupCoordinator(Actor[object]):
 
     def lag(self, group_id: str) -> list[pb.PartitionLag]:
         out = []
-        for (topic, partition), (offset, _meta) in sorted(self._offsets.get(group_id, {}).items()):
+        for (topic, partition), (offset, _meta) in sorted(self.committed(group_id).items()):
             found = self._broker.topics.get(topic)
             if found is None or partition >= found.partitions:
                 continue
@@ -261,6 +280,7 @@ class GroupCoordinator(Actor[object]):
                     del offsets[(topic, partition)]
             if ops:
                 await self._store.write(ops)
+                self._publish_offsets(self._offsets)
             self._groups.request_rebalance(message.topic, now)
             message.reply.set(None)
         else:
@@ -317,4 +337,5 @@ class GroupCoordinator(Actor[object]):
         committed = self._offsets.setdefault(r.group_id, {})
         for po in r.offsets:
             committed[(po.topic, po.partition)] = (po.offset, po.metadata)
+        self._publish_offsets((r.group_id,))
         message.reply.set(pb.CommitOffsetsResponse())
