@@ -88,12 +88,10 @@ class Node:
             memtable_bytes=config.memtable_bytes,
             compaction_filter=obsolete,
             accept_data_loss=config.accept_data_loss,
+            on_wal_fsync=self.metrics.wal_fsync.observe,
         )
         async with trio.open_nursery() as nursery:
             store = self.store = await nursery.start(Store(config.data_dir, storage_options).run)
-            store_wal = store._wal
-            if store_wal is not None:
-                store_wal.on_fsync.append(self.metrics.wal_fsync.observe)
             broker = self.broker = Broker(
                 store,
                 BrokerOptions(

@@ -42,6 +42,8 @@ class StorageOptions:
     # a partition's log start (retention) without scanning records. Must be thread-safe
     # and fast; None keeps everything.
     compaction_filter: Callable[[bytes], bool] | None = None
+    #: Observes each WAL fsync's duration in seconds (the metrics hook; called on the Trio thread).
+    on_wal_fsync: Callable[[float], None] | None = None
     # Recovery meets corruption (a complete frame failing its checksum, damage followed by
     # valid records) and refuses to open with a CorruptionError unless this is set: then
     # it truncates at the damage, reports what it dropped and goes on (operator's choice:

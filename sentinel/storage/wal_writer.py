@@ -89,6 +89,8 @@ class WalWriter(Actor[object]):
         self._fsync_seconds = 0.0
         #: Observers of fsync latency in seconds (metrics hook); called on the Trio thread.
         self.on_fsync: list[Callable[[float], None]] = []
+        if options.on_wal_fsync is not None:
+            self.on_fsync.append(options.on_wal_fsync)
 
     def wal_statistics(self) -> WalStatistics:
         return WalStatistics(

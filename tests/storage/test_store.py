@@ -328,6 +328,17 @@ async def test_a_reader_never_sees_half_a_write_batch(
     assert len(observed) > 100  # the reader really interleaved with the writer
 
 
+async def test_each_wal_fsync_is_observed_through_the_options_hook(
+    tmp_path: Path, clock: trio.testing.MockClock, threads: WorkerThreads
+) -> None:
+    observed: list[float] = []
+    async with open_store(tmp_path, options(on_wal_fsync=observed.append)) as store:
+        for i in range(3):
+            await store.put(b"k%d" % i, b"v")
+        assert len(observed) == store.statistics().wal.fsyncs >= 3
+        assert all(seconds >= 0 for seconds in observed)
+
+
 async def test_write_is_acknowledged_only_after_its_wal_fsync(
     tmp_path: Path, clock: trio.testing.MockClock, threads: WorkerThreads, monkeypatch: pytest.MonkeyPatch
 ) -> None:
