@@ -90,8 +90,8 @@ def list_topics(broker: str = broker_option(), output_format: OutputFormat = for
 def create(
     name: str = typer.Argument(..., help="Topic name: ASCII letters, digits, '.', '_' and '-'."),
     broker: str = broker_option(),
-    partitions: int = typer.Option(
-        0, "--partitions", "-p", help="Partition count (0: the broker's default)."
+    partitions: int | None = typer.Option(
+        None, "--partitions", "-p", help="Partition count, >= 1 (omit it for the broker's default)."
     ),
     replication_factor: int = typer.Option(1, "--replication-factor", "-r", help="Replicas per partition."),
     retention_ms: int = typer.Option(
@@ -102,8 +102,10 @@ def create(
     ),
 ) -> None:
     """Create a topic."""
+    if partitions is not None and partitions < 1:
+        # 0 is not "the default": omitting the option is (a typo must not create 1 partition).
+        usage_error(f"--partitions must be >= 1, got {partitions} (omit it for the broker's default)")
     for option, value, least in (
-        ("--partitions", partitions, 0),
         ("--replication-factor", replication_factor, 1),
         ("--retention-ms", retention_ms, 0),
         ("--retention-bytes", retention_bytes, 0),
@@ -115,7 +117,7 @@ def create(
             broker,
             lambda admin: admin.create_topic(
                 name,
-                partitions=partitions,
+                partitions=partitions or 0,  # 0 on the wire: the broker's default
                 replication_factor=replication_factor,
                 retention_ms=retention_ms,
                 retention_bytes=retention_bytes,
