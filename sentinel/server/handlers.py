@@ -12,6 +12,7 @@ verbatim.
 
 from __future__ import annotations
 
+import enum
 import time
 
 import trio
@@ -54,6 +55,7 @@ class Handlers:
         started = time.perf_counter()
         if not request.record_batches:
             raise InvalidArgument("produce request carries no record batches")
+        known_enum(request.acks, "acks")
         batches = list(iter_batches(request.record_batches, max_batch_bytes=self.max_batch_bytes))
         wait = request.acks != pb.Acks.NONE
         partition, result = await self.broker.produce(request.topic, request.partition, batches, wait=wait)
@@ -141,6 +143,7 @@ class Handlers:
         )
 
     async def list_offsets(self, request: pb.ListOffsetsRequest) -> pb.ListOffsetsResponse:
+        known_enum(request.spec, "spec")
         log = self.broker.topic(request.topic).log(request.partition)
         if request.spec == pb.OffsetSpec.EARLIEST:
             return pb.ListOffsetsResponse(offset=log.log_start_offset, timestamp_ms=-1)
@@ -194,3 +197,11 @@ class Handlers:
 
     async def describe_group(self, request: pb.DescribeGroupRequest) -> pb.GroupDescription:
         return await self.coordinator.describe(request.group_id)
+
+
+def known_enum(value: enum.Enum, field: str) -> None:
+    """Refuse an enum value the schema does not define (protobuf keeps unknown ones)."""
+    members = type(value).__members__
+    if value.name not in members or members[value.name] is not value:
+        names = ", ".join(f"{m.name} ({m.value})" for m in members.values())
+        raise InvalidArgument(f"unknown {field} {value.value}: expected one of {names}")

@@ -188,6 +188,15 @@ async def test_produce_errors(tmp_path: Path, clock: trio.testing.MockClock) -> 
 
         with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "produce request carries no record batches"):
             await h.produce(pb.ProduceRequest(topic="t", partition=0))
+        # An enum value the schema does not define (protobuf keeps it) is refused, not guessed.
+        unknown_acks = pb.ProduceRequest().parse(
+            bytes(pb.ProduceRequest(topic="t", record_batches=good)) + b"\x20\x09"
+        )
+        with Fails(
+            InvalidArgument, Status.INVALID_ARGUMENT, "unknown acks 9: expected one of ALL (0), LEADER (1)"
+        ):
+            await h.produce(unknown_acks)
+        assert log.log_end_offset == 0
         with Fails(InvalidRecordBatch, Status.INVALID_ARGUMENT, "batch at byte 0: truncated: 5 bytes left"):
             await h.produce(pb.ProduceRequest(topic="t", partition=0, record_batches=b"junk!"))
         corrupt = bytearray(good)
@@ -444,6 +453,9 @@ async def test_list_offsets(tmp_path: Path, clock: trio.testing.MockClock) -> No
             await offsets(pb.OffsetSpec.TIMESTAMP, -1)
         with Fails(NotFound, Status.NOT_FOUND, "topic 'nope' does not exist"):
             await h.list_offsets(pb.ListOffsetsRequest(topic="nope", partition=0))
+        unknown_spec = pb.ListOffsetsRequest().parse(bytes(pb.ListOffsetsRequest(topic="t")) + b"\x18\x07")
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "unknown spec 7: expected one of LATEST (0)"):
+            await h.list_offsets(unknown_spec)
         with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "partition 1 does not exist in topic 't'"):
             await h.list_offsets(pb.ListOffsetsRequest(topic="t", partition=1))
 
