@@ -57,6 +57,8 @@ class NodeConfig:
     default_retention_bytes: int = 0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     memtable_bytes: int = 8 * 1024 * 1024
+    group_min_session_timeout_ms: int = 6_000  # Kafka's group.min.session.timeout.ms
+    group_max_session_timeout_ms: int = 1_800_000  # Kafka's group.max.session.timeout.ms
     accept_data_loss: bool = False  # let recovery truncate at corruption (reported) instead of refusing
 
 
@@ -105,7 +107,12 @@ class Node:
             )
             obsolete.bind(broker)
             await nursery.start(broker.run)
-            coordinator = self.coordinator = GroupCoordinator(store, broker)
+            coordinator = self.coordinator = GroupCoordinator(
+                store,
+                broker,
+                min_session_timeout=config.group_min_session_timeout_ms / 1000,
+                max_session_timeout=config.group_max_session_timeout_ms / 1000,
+            )
             await nursery.start(coordinator.run)
 
             metrics_port = None

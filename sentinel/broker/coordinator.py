@@ -34,6 +34,11 @@ from sentinel.storage.store import Store
 # behind a consumer that died without leaving).
 DEFAULT_REBALANCE_TIMEOUT = 30.0
 DEFAULT_SESSION_TIMEOUT = 10.0
+# Kafka's group.min.session.timeout.ms and group.max.session.timeout.ms defaults: a shorter
+# session turns heartbeats into load and flaps membership on any pause; a longer one hides
+# dead consumers for too long. Configurable per broker (``sentinel run`` options).
+DEFAULT_MIN_SESSION_TIMEOUT = 6.0
+DEFAULT_MAX_SESSION_TIMEOUT = 1800.0
 # Members are told to heartbeat this many times per session timeout.
 HEARTBEATS_PER_SESSION = 3
 
@@ -80,8 +85,11 @@ class GroupCoordinator(Actor[object]):
         *,
         rng: random.Random | None = None,
         rebalance_timeout: float = DEFAULT_REBALANCE_TIMEOUT,
+        min_session_timeout: float = DEFAULT_MIN_SESSION_TIMEOUT,
+        max_session_timeout: float = DEFAULT_MAX_SESSION_TIMEOUT,
     ) -> None:
         super().__init__("group-coordinator")
+        self._session_bounds = (min_session_timeout, max_session_timeout)
         self._store = store
         self._broker = broker
         self._rebalance_timeout = rebalance_timeout
@@ -293,6 +301,13 @@ class GroupCoordinator(Actor[object]):
             if not r.topics:
                 raise InvalidArgument("a group member must subscribe to at least one topic")
             session = (r.session_timeout_ms or DEFAULT_SESSION_TIMEOUT * 1000) / 1000
+            low, high = self._session_bounds
+            if not low <= session <= high:
+                raise InvalidArgument(
+                    f"session_timeout_ms {r.session_timeout_ms} is outside the broker's allowed range "
+                    f"{low * 1000:.0f} to {high * 1000:.0f} ms "
+                    "(--group-min-session-timeout-ms, --group-max-session-timeout-ms)"
+                )
             group = self._groups.group(r.group_id)
             member_id = group.join(
                 r.member_id or None, r.client_id, list(r.topics), session, self._rebalance_timeout, now

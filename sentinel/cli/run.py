@@ -10,6 +10,7 @@ import trio
 import typer
 
 from sentinel.cli.errors import readable_errors
+from sentinel.cli.output import usage_error
 from sentinel.node import DEFAULT_MAX_MESSAGE_BYTES, Node, NodeAddresses, NodeConfig
 from sentinel.storage.options import SyncMode
 
@@ -74,6 +75,16 @@ def run(
     memtable_bytes: int = typer.Option(
         8 * 1024 * 1024, envvar="SENTINEL_MEMTABLE_BYTES", help="Memtable size that triggers a flush."
     ),
+    group_min_session_timeout_ms: int = typer.Option(
+        6_000,
+        envvar="SENTINEL_GROUP_MIN_SESSION_TIMEOUT_MS",
+        help="Shortest session timeout a group member may ask for (Kafka's default).",
+    ),
+    group_max_session_timeout_ms: int = typer.Option(
+        1_800_000,
+        envvar="SENTINEL_GROUP_MAX_SESSION_TIMEOUT_MS",
+        help="Longest session timeout a group member may ask for (Kafka's default).",
+    ),
     accept_data_loss: bool = typer.Option(
         False,
         "--accept-data-loss",
@@ -82,6 +93,11 @@ def run(
     ),
 ) -> None:
     """Run a broker node until SIGINT or SIGTERM (graceful, bounded shutdown, exit 0)."""
+    if not 1 <= group_min_session_timeout_ms <= group_max_session_timeout_ms:
+        usage_error(
+            "--group-min-session-timeout-ms must be >= 1 and at most --group-max-session-timeout-ms, "
+            f"got {group_min_session_timeout_ms} and {group_max_session_timeout_ms}"
+        )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = NodeConfig(
         node_id=node_id,
@@ -98,5 +114,7 @@ def run(
         max_message_bytes=max_message_bytes,
         memtable_bytes=memtable_bytes,
         accept_data_loss=accept_data_loss,
+        group_min_session_timeout_ms=group_min_session_timeout_ms,
+        group_max_session_timeout_ms=group_max_session_timeout_ms,
     )
     trio.run(serve, config)

@@ -301,7 +301,16 @@ async def test_invalid_joins_and_heartbeats_fail_the_caller_not_the_coordinator(
             (pb.JoinGroupRequest(group_id="g", topics=["bad name"]), "invalid topic name 'bad name'"),
             (
                 pb.JoinGroupRequest(group_id="g", topics=["t"], session_timeout_ms=3_600_000),
-                "session timeout must be more than 0 and at most 1800 seconds, got 3600.0",
+                "session_timeout_ms 3600000 is outside the broker's allowed range 6000 to 1800000 ms",
+            ),
+            # Kafka's group.min.session.timeout.ms: a 1 ms session (heartbeat every 0 ms) is refused.
+            (
+                pb.JoinGroupRequest(group_id="g", topics=["t"], session_timeout_ms=1),
+                "session_timeout_ms 1 is outside the broker's allowed range 6000 to 1800000 ms",
+            ),
+            (
+                pb.JoinGroupRequest(group_id="g", topics=["t"], session_timeout_ms=-5),
+                "session_timeout_ms -5 is outside the broker's allowed range",
             ),
         ]
         for request, message in cases:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from broker_process import BrokerProcess
@@ -34,6 +36,19 @@ PARTITIONS = 6
 # on a loaded machine. The child's session is short: it is the one that dies.
 LIVE_SESSION_MS = 3000
 CHILD_SESSION_MS = 1500
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    """A broker that allows these short sessions (below Kafka's 6 s minimum, on purpose)."""
+    process = BrokerProcess(tmp_path / "data", extra_args=["--group-min-session-timeout-ms", "1000"])
+    process.start()
+    try:
+        yield process
+    finally:
+        process.close()
+
+
 WAIT = 30.0  # generous bound for every condition (a loaded 2-core CI machine)
 
 Record = tuple[int, int, str]  # (partition, offset, value)
