@@ -23,7 +23,7 @@ import trio
 from sentinel.actors import Actor, Reply, Request
 from sentinel.broker import keys
 from sentinel.broker.broker import Broker
-from sentinel.broker.groups import ConsumerGroups, JoinFailed, JoinResult
+from sentinel.broker.groups import ConsumerGroups, HeartbeatResult, JoinFailed, JoinResult, unknown_member
 from sentinel.broker.names import validate_group_id
 from sentinel.errors import ActorClosed, FailedPrecondition, InvalidArgument, MailboxFull, NotFound
 from sentinel.generated.sentinel import v1 as pb
@@ -263,11 +263,15 @@ class GroupCoordinator(Actor[object]):
             except InvalidArgument as exc:
                 message.reply.fail(exc)  # the caller's mistake: never a coordinator crash
                 return
+            # An unknown member (or group) is answered as a commit from it is: rejoin.
             if r.group_id not in self._groups:
-                message.reply.set(pb.HeartbeatResponse(rebalance_needed=True, generation=-1))
+                message.reply.fail(unknown_member(r.member_id, r.group_id))
                 return
             group = self._groups.get(r.group_id)
             result = group.heartbeat(r.member_id, r.generation, now)
+            if result is HeartbeatResult.UNKNOWN_MEMBER:
+                message.reply.fail(unknown_member(r.member_id, r.group_id))
+                return
             message.reply.set(
                 pb.HeartbeatResponse(rebalance_needed=result.must_rejoin, generation=group.generation)
             )
@@ -330,10 +334,7 @@ class GroupCoordinator(Actor[object]):
             if r.group_id in self._groups:
                 self._groups.get(r.group_id).validate_commit(r.member_id or None, r.generation, now)
             elif r.member_id:  # refused without creating the group
-                raise FailedPrecondition(
-                    f"unknown member {r.member_id!r} in group {r.group_id!r} (it left or its session "
-                    "expired): rejoin the group"
-                )
+                raise unknown_member(r.member_id, r.group_id)
             ops: list[tuple[bytes, bytes | None]] = []
             for po in r.offsets:
                 topic = self._broker.topic(po.topic)

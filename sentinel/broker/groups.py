@@ -64,6 +64,7 @@ __all__ = [
     "PartitionsOf",
     "TopicPartition",
     "assign_round_robin",
+    "unknown_member",
 ]
 
 TopicPartition: TypeAlias = tuple[str, int]
@@ -205,6 +206,14 @@ class _Member:
     # The generation whose assignment the member holds; None before its first join completes.
     generation: int | None = None
     assignment: tuple[TopicPartition, ...] = ()
+
+
+def unknown_member(member_id: str, group_id: str) -> FailedPrecondition:
+    """Kafka's UNKNOWN_MEMBER_ID, as every group request from such a member is answered."""
+    return FailedPrecondition(
+        f"unknown member {member_id!r} in group {group_id!r} (it left or its session expired): "
+        "rejoin the group"
+    )
 
 
 def _check_timeout(what: str, value: float, maximum: float) -> float:
@@ -405,10 +414,7 @@ class ConsumerGroup:
             return
         member = self._members.get(member_id)
         if member is None:
-            raise FailedPrecondition(
-                f"unknown member {member_id!r} in group {gid!r} (it left or its session expired): "
-                "rejoin the group"
-            )
+            raise unknown_member(member_id, gid)
         if member.generation is None:
             raise FailedPrecondition(
                 f"member {member_id!r} of group {gid!r} has no assignment yet (generation {generation} "

@@ -76,8 +76,11 @@ class Member:
                 await trio.sleep(self.beat_every or response.heartbeat_interval_ms / 1000)
                 if not self.heartbeating:
                     await trio.sleep_forever()
-                beat = await self.heartbeat()
-                if beat.rebalance_needed and self.rejoining:
+                try:
+                    rejoin = (await self.heartbeat()).rebalance_needed
+                except FailedPrecondition:  # unknown member (evicted): rejoin, as the client does
+                    rejoin = True
+                if rejoin and self.rejoining:
                     response = await self.join()
 
     async def commit(self, offsets: dict[tuple[str, int], int], generation: int | None = None) -> None:
@@ -194,9 +197,11 @@ async def test_a_member_leaving_triggers_a_rebalance_over_the_others(
         assert (description.state, description.generation) == ("Stable", 3)
         assert leaver.member_id not in members_of(description)
 
-        # The member that left is unknown now: told to rejoin, and fenced from committing.
-        assert (await leaver.heartbeat()).rebalance_needed
-        with pytest.raises(FailedPrecondition, match=rf"unknown member '{leaver.member_id}' in group 'g'"):
+        # The member that left is unknown now: heartbeat and commit answer it alike (rejoin).
+        unknown = rf"unknown member '{leaver.member_id}' in group 'g' \(it left or its session expired\)"
+        with pytest.raises(FailedPrecondition, match=unknown):
+            await leaver.heartbeat()
+        with pytest.raises(FailedPrecondition, match=unknown):
             await leaver.commit({("t", 0): 1})
         nursery.cancel_scope.cancel()
 
@@ -325,9 +330,9 @@ async def test_invalid_joins_and_heartbeats_fail_the_caller_not_the_coordinator(
             await coordinator.commit(
                 pb.CommitOffsetsRequest(group_id="phantom", member_id="ghost", generation=1)
             )
-        # Still serving; a heartbeat to a group that does not exist asks the member to join.
-        beat = await coordinator.heartbeat(pb.HeartbeatRequest(group_id="nope", member_id="m", generation=1))
-        assert (beat.rebalance_needed, beat.generation) == (True, -1)
+        # Still serving; a heartbeat to a group that does not exist is answered as a commit is.
+        with pytest.raises(FailedPrecondition, match="unknown member 'm' in group 'nope'"):
+            await coordinator.heartbeat(pb.HeartbeatRequest(group_id="nope", member_id="m", generation=1))
         # No request above left a group behind.
         assert (await coordinator.list_groups()).group_ids == []
         await running.broker.create_topic("t", 1)

@@ -298,8 +298,12 @@ class FakeSentinel(pb.SentinelBase):
     async def heartbeat(self, message: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         self._enter("heartbeat")
         group = self.groups[message.group_id]
-        if message.member_id not in group.members:
-            raise GRPCError(Status.NOT_FOUND, f"unknown member {message.member_id!r}")
+        if message.member_id not in group.members:  # as the real coordinator answers it
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"unknown member {message.member_id!r} in group {message.group_id!r} "
+                "(it left or its session expired): rejoin the group",
+            )
         return pb.HeartbeatResponse(
             rebalance_needed=message.generation != group.generation, generation=group.generation
         )
