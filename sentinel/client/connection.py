@@ -114,8 +114,11 @@ class Connection:
 class Cluster:
     """The brokers a client talks to and the metadata it routes by."""
 
-    def __init__(self, bootstrap: str, *, request_timeout_s: float) -> None:
+    def __init__(self, bootstrap: str, *, request_timeout_s: float, allow_auto_create: bool = False) -> None:
         self.request_timeout_s = request_timeout_s
+        # Ask the broker to auto-create requested topics (producers and consumers, as Kafka's
+        # clients do; never an admin's look-up). The broker's own setting decides.
+        self.allow_auto_create = allow_auto_create
         self._connections: dict[tuple[str, int], Connection] = {}
         self._bootstrap = [self._connection(host, port) for host, port in parse_bootstrap(bootstrap)]
         self._current = 0  # index of the bootstrap connection that last answered
@@ -168,7 +171,7 @@ class Cluster:
 
         Requested topics that the answer lacks are dropped from the cache.
         """
-        request = pb.MetadataRequest(topics=list(topics or ()))
+        request = pb.MetadataRequest(topics=list(topics or ()), allow_auto_create=self.allow_auto_create)
         last_error: SentinelError | None = None
         count = len(self._bootstrap)
         for i in range(count):

@@ -152,7 +152,7 @@ class Consumer:
         """Connect and fetch the cluster metadata (fails fast on a wrong address)."""
         if self._state is not _State.NEW:
             raise FailedPrecondition(f"consumer is {self._state.value}; start() runs once")
-        cluster = Cluster(self._bootstrap, request_timeout_s=self._request_timeout_s)
+        cluster = Cluster(self._bootstrap, request_timeout_s=self._request_timeout_s, allow_auto_create=True)
         try:
             await with_retries(cluster.fetch_metadata, retries=self._retries, backoff_s=self._backoff_s)
         except BaseException:

@@ -52,8 +52,9 @@ def topic_from_metadata(message: pb.TopicMetadata) -> TopicInfo:
 def cluster_metadata(message: pb.MetadataResponse) -> ClusterMetadata:
     return ClusterMetadata(
         brokers=tuple(BrokerInfo(b.node_id, b.host, b.port) for b in message.brokers),
-        topics=tuple(topic_from_metadata(t) for t in message.topics),
+        topics=tuple(topic_from_metadata(t) for t in message.topics if not t.error_code),
         controller_id=message.controller_id,
+        topic_errors=tuple((t.name, t.error_message) for t in message.topics if t.error_code),
     )
 
 

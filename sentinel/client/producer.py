@@ -13,8 +13,9 @@ How it works:
   partitioner: with a per-partition linger, round-robin fills batches evenly enough.)
 - **Metadata.** Partition counts come from FetchMetadata, cached, refreshed when a send
   names a partition the cache does not know or a request fails with UNAVAILABLE/NOT_FOUND.
-  An unknown topic is created with CreateTopic (partitions=0: the broker's default),
-  ignoring ALREADY_EXISTS, then its metadata is fetched.
+  The producer never creates a topic itself: the broker auto-creates a topic named in a
+  metadata request when its own ``--auto-create-topics`` setting allows, so that setting
+  governs every client; an unknown topic it does not create is NOT_FOUND.
 - **Batching.** ``send`` appends to the partition's queue in the accumulator (a pure core)
   and returns at once. One sender task per partition drains the queue when it holds
   ``batch_size`` bytes, when its oldest record has waited ``linger_ms``, or at once while a
@@ -62,7 +63,6 @@ from sentinel.client.connection import Cluster, retry_delay, with_retries
 from sentinel.client.errors import RETRIABLE_ERRORS
 from sentinel.client.types import BatchMetadata, RecordMetadata, TopicPartition
 from sentinel.errors import (
-    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -210,7 +210,7 @@ class Producer:
         """Connect and fetch the cluster metadata (fails fast on a wrong address)."""
         if self._state is not _State.NEW:
             raise FailedPrecondition(f"producer is {self._state.value}; start() runs once")
-        cluster = Cluster(self._bootstrap, request_timeout_s=self._request_timeout_s)
+        cluster = Cluster(self._bootstrap, request_timeout_s=self._request_timeout_s, allow_auto_create=True)
         try:
             await with_retries(cluster.fetch_metadata, retries=METADATA_RETRIES, backoff_s=self._backoff_s)
         except BaseException:
@@ -450,25 +450,8 @@ class Producer:
             lambda: cluster.fetch_metadata([topic]), retries=METADATA_RETRIES, backoff_s=backoff_s
         )
         count = cluster.partition_count(topic)
-        if count:
-            return count
-
-        async def create() -> None:
-            conn = cluster.bootstrap
-            request = pb.CreateTopicRequest(name=topic, partitions=0, replication_factor=0)
-            try:
-                with conn.errors:
-                    await conn.stub.create_topic(request, timeout=self._request_timeout_s)
-            except AlreadyExists:
-                pass  # another client created it first: just as good
-
-        await with_retries(create, retries=METADATA_RETRIES, backoff_s=backoff_s)
-        await with_retries(
-            lambda: cluster.fetch_metadata([topic]), retries=METADATA_RETRIES, backoff_s=backoff_s
-        )
-        count = cluster.partition_count(topic)
         if not count:
-            raise NotFound(f"topic {topic!r} has no partitions in the cluster metadata after it was created")
+            raise NotFound(f"topic {topic!r} does not exist (and the broker does not auto-create topics)")
         return count
 
     async def _check_partition(self, topic: str, partition: object) -> int:

@@ -134,6 +134,9 @@ class ClusterMetadata:
     brokers: tuple[BrokerInfo, ...]
     topics: tuple[TopicInfo, ...]
     controller_id: int
+    #: Requested topics the broker reported an error for, e.g. ``("nope", "topic 'nope' does
+    #: not exist")``: never left out silently.
+    topic_errors: tuple[tuple[str, str], ...] = ()
 
     def topic(self, name: str) -> TopicInfo | None:
         for topic in self.topics:

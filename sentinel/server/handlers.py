@@ -12,6 +12,7 @@ verbatim.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 
@@ -19,10 +20,11 @@ import trio
 
 from sentinel.broker.broker import Broker, Topic, TopicConfig
 from sentinel.broker.coordinator import GroupCoordinator
-from sentinel.errors import InvalidArgument, NotFound
+from sentinel.errors import InvalidArgument, NotFound, SentinelError
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.metrics import Metrics
 from sentinel.records import iter_batches
+from sentinel.server.status import status_of
 
 DEFAULT_FETCH_MAX_BYTES = 1024 * 1024
 # A single fetch response never carries more than this (the client can ask for less).
@@ -125,20 +127,37 @@ class Handlers:
         )
 
     async def fetch_metadata(self, request: pb.MetadataRequest) -> pb.MetadataResponse:
+        # A client that asks (Kafka's allow_auto_topic_creation) gets requested topics created
+        # here, by the broker's own setting: clients never create topics on their own.
+        if request.allow_auto_create and self.broker.options.auto_create_topics:
+            for name in request.topics:
+                if name not in self.broker.topics:
+                    with contextlib.suppress(InvalidArgument):  # reported per topic below
+                        await self.broker.create_topic(name, if_absent=True)
         topics = self.broker.topics
-        names = request.topics or sorted(topics)
         node = self.broker.options.node_id
+        entries = []
+        for name in request.topics or sorted(topics):
+            topic = topics.get(name)
+            if topic is not None:
+                entries.append(
+                    pb.TopicMetadata(
+                        name=name,
+                        partitions=self._partition_metadata(topic),
+                        replication_factor=topic.replication_factor,
+                    )
+                )
+                continue
+            try:  # as the topic's own request would fail: an invalid name, or no such topic
+                self.broker.topic(name)
+            except SentinelError as exc:
+                failed = status_of(exc)
+                entries.append(
+                    pb.TopicMetadata(name=name, error_code=failed.status.value, error_message=failed.message)
+                )
         return pb.MetadataResponse(
             brokers=[pb.BrokerInfo(node_id=node, host=self.host, port=self.port)],
-            topics=[
-                pb.TopicMetadata(
-                    name=name,
-                    partitions=self._partition_metadata(topics[name]),
-                    replication_factor=topics[name].replication_factor,
-                )
-                for name in names
-                if name in topics
-            ],
+            topics=entries,
             controller_id=node,
         )
 

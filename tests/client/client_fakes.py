@@ -15,6 +15,7 @@ import contextlib
 import socket
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -59,8 +60,9 @@ class FakeGroup:
 
 
 class FakeSentinel(pb.SentinelBase):
-    def __init__(self, *, default_partitions: int = 1) -> None:
+    def __init__(self, *, default_partitions: int = 1, auto_create_topics: bool = True) -> None:
         self.default_partitions = default_partitions
+        self.auto_create_topics = auto_create_topics
         self.topics: dict[str, list[FakePartition]] = {}
         self.groups: dict[str, FakeGroup] = defaultdict(FakeGroup)
         self.calls: Counter[str] = Counter()
@@ -144,6 +146,8 @@ class FakeSentinel(pb.SentinelBase):
         except InvalidRecordBatch as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         if message.topic not in self.topics:
+            if not self.auto_create_topics:
+                raise GRPCError(Status.NOT_FOUND, f"topic {message.topic!r} does not exist")
             self.create(message.topic, self.default_partitions)
         partition = message.partition
         if partition < 0:
@@ -222,14 +226,21 @@ class FakeSentinel(pb.SentinelBase):
 
     async def fetch_metadata(self, message: pb.MetadataRequest) -> pb.MetadataResponse:
         self._enter("fetch_metadata")
+        if message.allow_auto_create and self.auto_create_topics:  # as the real handler does
+            for name in message.topics:
+                if name not in self.topics:
+                    self.create(name, self.default_partitions)
         host, port = self.address.rsplit(":", 1)
         names = message.topics or sorted(self.topics)
         return pb.MetadataResponse(
             brokers=[pb.BrokerInfo(node_id=NODE_ID, host=host, port=int(port))],
             topics=[
                 pb.TopicMetadata(name=n, partitions=self._metadata(n), replication_factor=1)
-                for n in names
                 if n in self.topics
+                else pb.TopicMetadata(
+                    name=n, error_code=Status.NOT_FOUND.value, error_message=f"topic {n!r} does not exist"
+                )
+                for n in names
             ],
             controller_id=NODE_ID,
         )
@@ -384,7 +395,7 @@ class FakeSentinel(pb.SentinelBase):
 
 
 @contextlib.asynccontextmanager
-async def fake_broker(**kwargs: int) -> AsyncIterator[FakeSentinel]:
+async def fake_broker(**kwargs: Any) -> AsyncIterator[FakeSentinel]:
     fake = FakeSentinel(**kwargs)
     # IPPROTO_TCP explicitly: grpclib only sets TCP_NODELAY on sockets that say so, and
     # without it every RPC pays a ~40 ms delayed-ACK stall.
@@ -404,7 +415,7 @@ async def fake_broker(**kwargs: int) -> AsyncIterator[FakeSentinel]:
 SCENARIO_TIMEOUT_S = 10
 
 
-def run(scenario: Callable[[FakeSentinel], Awaitable[None]], **kwargs: int) -> None:
+def run(scenario: Callable[[FakeSentinel], Awaitable[None]], **kwargs: Any) -> None:
     """Run ``scenario(fake)`` on a fresh event loop with a fresh fake broker."""
 
     async def main() -> None:

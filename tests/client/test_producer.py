@@ -12,7 +12,7 @@ from grpclib.const import Status
 
 from sentinel.broker.partitioner import partition_for_key
 from sentinel.client import Consumer, Producer, RecordMetadata, TopicPartition
-from sentinel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from sentinel.records import Compression, iter_batches
 
 
@@ -170,15 +170,25 @@ def test_compression_round_trip(name: str, codec: Compression) -> None:
     run(scenario)
 
 
-def test_unknown_topic_is_created_with_the_broker_default() -> None:
+def test_unknown_topic_is_auto_created_by_the_broker_with_its_default() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         async with Producer(fake.address) as producer:
             mds = await asyncio.gather(*[producer.send_and_wait("fresh", b"%d" % i) for i in range(6)])
-        assert fake.calls["create_topic"] == 1  # concurrent sends shared one creation
+        assert fake.calls["create_topic"] == 0  # the broker's metadata answer created it
         assert len(fake.topics["fresh"]) == 3
         assert sorted(md.partition for md in mds) == [0, 0, 1, 1, 2, 2]
 
     run(scenario, default_partitions=3)
+
+
+def test_a_producer_never_creates_a_topic_the_broker_would_not_auto_create() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        async with Producer(fake.address) as producer:
+            with pytest.raises(NotFound, match="topic 'nope' does not exist"):
+                await producer.send_and_wait("nope", b"x")
+        assert fake.calls["create_topic"] == 0 and "nope" not in fake.topics
+
+    run(scenario, auto_create_topics=False)
 
 
 def test_linger_batches_and_batch_size_splits_a_request() -> None:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import urllib.request
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
 from broker_process import BrokerProcess, sentinel_command, subprocess_env
@@ -227,3 +228,28 @@ def test_errors_are_one_line(broker: BrokerProcess) -> None:
     down = cli_all(("topics", "list", *b), ("produce", "--topic", "single", "--message", "x", *b))
     for result in down:
         assert f"cannot reach broker {broker.address}" in one_error_line(result)
+
+
+@pytest.mark.slow
+def test_no_auto_create_topics_governs_every_client_path(tmp_path: Path) -> None:
+    broker = BrokerProcess(tmp_path / "data", extra_args=["--no-auto-create-topics"])
+    broker.start()
+    try:
+        b = ("--broker", broker.address)
+        for args in (
+            ("produce", "--topic", "nope", "--message", "x", *b),
+            ("consume", "--topic", "nope", "--from-beginning", *b),
+        ):
+            result = cli(*args)
+            assert result.returncode == 1, result
+            assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
+            assert result.stderr.startswith("error: ") and "topic 'nope' does not exist" in result.stderr
+        assert json.loads(ok(cli("topics", "list", "--format", "json", *b))) == []
+        # An explicit creation still works; --partitions 0 is refused before anything is sent.
+        zero = cli("topics", "create", "zp", "--partitions", "0", *b)
+        assert zero.returncode == 2 and "--partitions must be >= 1, got 0" in zero.stderr
+        ok(cli("topics", "create", "made", *b))
+        ok(cli("produce", "--topic", "made", "--message", "x", *b))
+        assert [t["name"] for t in json.loads(ok(cli("topics", "list", "--format", "json", *b)))] == ["made"]
+    finally:
+        broker.close()

@@ -395,8 +395,21 @@ async def test_metadata_and_topic_admin(tmp_path: Path, clock: trio.testing.Mock
             (p, 3, [3], [3]) for p in range(3)
         ]
         assert [p.high_watermark for p in a.partitions] == [0, 2, 0]
-        only = await h.fetch_metadata(pb.MetadataRequest(topics=["b", "unknown"]))
-        assert [t.name for t in only.topics] == ["b"]  # unknown names are left out
+        # A requested topic is never left out: a missing or invalid one carries its error.
+        only = await h.fetch_metadata(pb.MetadataRequest(topics=["b", "unknown", "bad/name"]))
+        assert [(t.name, t.error_code) for t in only.topics] == [
+            ("b", 0),
+            ("unknown", Status.NOT_FOUND.value),
+            ("bad/name", Status.INVALID_ARGUMENT.value),
+        ]
+        assert only.topics[1].error_message == "topic 'unknown' does not exist"
+        assert only.topics[2].error_message.startswith("invalid topic name 'bad/name'")
+        assert "unknown" not in stack.broker.topics  # not created: the client did not ask
+        # Asked (a producer or consumer): created by the broker's own auto-create setting.
+        created = await h.fetch_metadata(pb.MetadataRequest(topics=["fresh"], allow_auto_create=True))
+        assert (created.topics[0].name, created.topics[0].error_code) == ("fresh", 0)
+        assert "fresh" in stack.broker.topics
+        await stack.broker.delete_topic("fresh")
 
         listed = await h.list_topics(pb.ListTopicsRequest())
         assert [t.name for t in listed.topics] == ["a", "b"]

@@ -493,6 +493,16 @@ default_message_pool.register_message("sentinel.v1", "ListTopicsResponse", ListT
 @dataclass(eq=False, repr=False)
 class MetadataRequest(betterproto2.Message):
     topics: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Empty: every topic.
+    """
+
+    allow_auto_create: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    Kafka's allow_auto_topic_creation: a requested topic that does not exist is created
+    with the broker's defaults if, and only if, the broker's own auto-create setting is on.
+    A client never creates a topic itself; the broker's setting governs every path.
+    """
 
 
 default_message_pool.register_message("sentinel.v1", "MetadataRequest", MetadataRequest)
@@ -683,6 +693,15 @@ class TopicMetadata(betterproto2.Message):
     partitions: "list[PartitionMetadata]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
 
     replication_factor: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+    error_code: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    Per-topic error, as Kafka's per-topic error code: 0 when the topic exists, else the
+    gRPC status code the topic's own request would get (5 NOT_FOUND: no such topic,
+    3 INVALID_ARGUMENT: an invalid name). A requested topic is never silently left out.
+    """
+
+    error_message: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
 
 default_message_pool.register_message("sentinel.v1", "TopicMetadata", TopicMetadata)
