@@ -24,7 +24,7 @@ from typing import Final, TypeVar
 
 from grpclib.client import Channel
 
-import sentinel.h2_repr  # noqa: F401 -- bounds h2's per-frame debug repr (a hot spot)
+import sentinel.server.compat  # noqa: F401 -- checks grpclib/h2 versions, bounds h2's frame repr
 from sentinel.client.convert import cluster_metadata
 from sentinel.client.errors import RETRIABLE_ERRORS, rpc_errors
 from sentinel.client.types import ClusterMetadata, TopicInfo, TopicPartition

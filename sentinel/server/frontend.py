@@ -6,12 +6,10 @@ subclasses) whose handlers run on the asyncio loop and enter Trio through the br
 :class:`~sentinel.server.bridge.TrioPortal`.
 
 grpclib leaves gaps a production server must close; this module closes them on top of
-grpclib's own classes (``Server``, ``Handler``, ``H2Protocol``), and depends on these
-grpclib 0.4 internals, which the tests exercise: ``Server._protocol_factory`` and the
-attributes it reads, ``Handler.accept`` receiving the HTTP/2 stream, ``protocol.Stream.
-recv_data`` being the only read path of ``grpclib.stream.recv_message``, and
-``EventsProcessor.processors`` (the event dispatch table), and ``Connection._connection``
-(the h2 connection) for PING and GOAWAY.
+grpclib's own classes (``Server``, ``Handler``, ``H2Protocol``). Every grpclib/h2 internal it
+relies on is reached through :mod:`sentinel.server.compat`, which checks the versions.
+Request bodies are decoded by :class:`~sentinel.server.codec.StrictProtoCodec`: a body
+that is not valid protobuf is ``INVALID_ARGUMENT``.
 
 * **Request size limit, enforced before buffering.** grpclib reads a message as
   ``recv_data(5)`` (the gRPC prefix: compressed flag, 4-byte big-endian length) followed by
@@ -61,8 +59,14 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.protocol import H2Protocol
 from grpclib.server import Handler, Server
 
-import sentinel.h2_repr  # noqa: F401 -- bounds h2's per-frame debug repr (a hot spot)
 from sentinel.server.bridge import AsyncioThread, TrioPortal, raise_sole_exception
+from sentinel.server.codec import StrictProtoCodec
+from sentinel.server.compat import (
+    default_status_details_codec,
+    event_processors,
+    h2_connection,
+    new_connection_handler,
+)
 from sentinel.server.status import RpcStatus, status_of
 
 if TYPE_CHECKING:
@@ -202,7 +206,7 @@ class _Protocol(H2Protocol):
             self._owner.handshake_timeout, self._handshake_timed_out
         )
         super().connection_made(transport)
-        processors: dict[Any, Any] = self.processor.processors
+        processors = event_processors(self.processor)
         processors[h2.events.UnknownFrameReceived] = _ignore_event
         process_ping_ack = processors[h2.events.PingAckReceived]
 
@@ -249,7 +253,7 @@ class _Protocol(H2Protocol):
             data = self._frame_header + data
             self._frame_header = b""
         position, end = self._frame_skip, len(data)
-        limit = self.connection._connection.max_inbound_frame_size
+        limit = h2_connection(self.connection).max_inbound_frame_size
         while position + _FRAME_HEADER_BYTES <= end:
             length = int.from_bytes(data[position : position + 3], "big")
             if length > limit:
@@ -266,7 +270,7 @@ class _Protocol(H2Protocol):
         """GOAWAY with FRAME_SIZE_ERROR, then close."""
         log.debug("dropping connection from %s: frame of %d bytes announced", self._peer(), length)
         try:
-            self.connection._connection.close_connection(
+            h2_connection(self.connection).close_connection(
                 error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR,
                 additional_data=f"frame of {length} bytes exceeds the maximum frame size".encode(),
             )
@@ -302,7 +306,7 @@ class _Protocol(H2Protocol):
             return
         self._goodbye_acked = asyncio.Event()
         try:
-            connection._connection.ping(_GOODBYE_PING)
+            h2_connection(connection).ping(_GOODBYE_PING)
             connection.flush()
         except h2.exceptions.ProtocolError:  # the h2 connection is already closed
             pass
@@ -320,7 +324,7 @@ class _Protocol(H2Protocol):
         if connection.is_closing():
             return
         try:
-            connection._connection.close_connection()
+            h2_connection(connection).close_connection()
             connection.flush()
         except h2.exceptions.ProtocolError:  # the h2 connection is already closed
             pass
@@ -376,7 +380,11 @@ class _AsyncioServer(Server):
         self._connections_closed: asyncio.Event | None = None
         self.draining = False
         self.port = 0
-        super().__init__([_GuardedService(service, self) for service in services])
+        super().__init__(
+            [_GuardedService(service, self) for service in services],
+            codec=StrictProtoCodec(),
+            status_details_codec=default_status_details_codec(),
+        )
 
     @property
     def listening(self) -> bool:
@@ -401,16 +409,10 @@ class _AsyncioServer(Server):
     # -- grpclib hooks ------------------------------------------------------------------
 
     def _protocol_factory(self) -> H2Protocol:
-        self.__gc_step__()
-        handler = _Handler(
-            self._mapping,
-            self._codec,
-            self._status_details_codec,
-            self.__dispatch__,
-            max_message_bytes=self._max_message_bytes,
+        handler, config, h2_config = new_connection_handler(
+            self, _Handler, max_message_bytes=self._max_message_bytes
         )
-        self._handlers.add(handler)
-        return _Protocol(handler, self._config, self._h2_config, self)
+        return _Protocol(handler, config, h2_config, self)
 
     def _connection_made(self, protocol: _Protocol) -> None:
         self._connections.add(protocol)

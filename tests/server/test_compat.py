@@ -1,4 +1,4 @@
-"""sentinel.h2_repr: h2's per-frame debug repr keeps its text but no longer reads the
+"""sentinel.server.compat: h2's per-frame debug repr keeps its text but no longer reads the
 whole payload of a DATA frame."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ padded.pad_length = 3
 frames += [padded, HeadersFrame(1, b"\x82\x86" * 30), PingFrame(0, b"12345678")]
 before = [repr(f) for f in frames]
 read_before, hexlified[:] = max(hexlified), []
-import sentinel.h2_repr
+import sentinel.server.compat
 after = [repr(f) for f in frames]
 print(json.dumps({"same": before == after, "read_before": read_before, "read_after": max(hexlified)}))
 """
@@ -38,3 +38,26 @@ def test_frame_reprs_unchanged_and_bounded() -> None:
     assert result["same"]
     assert result["read_before"] == 1_000_000  # hyperframe alone hex-encodes the whole payload
     assert result["read_after"] <= 24  # the padded frame's header + 11 bytes at most
+
+
+def test_supported_versions_are_the_installed_ones() -> None:
+    from sentinel.server.compat import SUPPORTED, check_versions, installed_versions
+
+    check_versions(installed_versions())
+    assert set(SUPPORTED) == {"grpclib", "h2", "hyperframe"}
+
+
+def test_a_mismatching_version_is_refused_with_what_to_do() -> None:
+    import pytest
+
+    from sentinel.server.compat import SUPPORTED, UnsupportedVersion, check_versions
+
+    installed = {**SUPPORTED, "grpclib": "0.5.0", "hyperframe": None}
+    with pytest.raises(UnsupportedVersion) as caught:
+        check_versions(installed)
+    message = str(caught.value)
+    assert "grpclib 0.5.0 (supported: 0.4.9)" in message
+    assert "hyperframe not installed (supported: 6.1.0)" in message
+    assert "h2 " not in message.replace("h2 and", "")  # the matching one is not named
+    assert "pip install grpclib==0.4.9 h2==4.4.1 hyperframe==6.1.0" in message
+    assert "pyproject.toml" in message
