@@ -73,6 +73,18 @@ class ResourceExhausted(SentinelError):
     """A limit was hit: a message too large, a mailbox full. Retry later or send less."""
 
 
+class DiskFullError(ResourceExhausted):
+    """The storage directory's filesystem is full (ENOSPC) or over quota (EDQUOT).
+
+    Not fatal: the write that met it was not acknowledged and nothing of it is visible;
+    the node keeps serving reads and accepts writes again once space is freed. ``path``
+    names the file the engine could not write."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        super().__init__(f"disk full: cannot write {path}: {detail}; free space on its filesystem")
+
+
 class Unavailable(SentinelError):
     """The service cannot answer now (shutting down, not the leader); retriable.
     ``leader`` names the node to retry against when known."""

@@ -32,6 +32,7 @@ from sentinel.errors import (
     AlreadyExists,
     CorruptionError,
     DataLoss,
+    DiskFullError,
     FailedPrecondition,
     InvalidArgument,
     InvalidRecordBatch,
@@ -76,6 +77,7 @@ _STATUS_OF_CLASS: dict[type[BaseException], Status] = {
     AlreadyExists: Status.ALREADY_EXISTS,
     FailedPrecondition: Status.FAILED_PRECONDITION,
     ResourceExhausted: Status.RESOURCE_EXHAUSTED,
+    DiskFullError: Status.RESOURCE_EXHAUSTED,  # refused, not retried: space must be freed first
     MailboxFull: Status.UNAVAILABLE,  # busy right now: worth a retry
     Unavailable: Status.UNAVAILABLE,
     ActorClosed: Status.UNAVAILABLE,

@@ -40,7 +40,10 @@ import attrs
 from sentinel.errors import CorruptionError, StorageError
 from sentinel.storage.files import (
     CURRENT,
+    disk,
+    disk_full_error,
     fsync_dir,
+    is_disk_full,
     manifest_path,
     parse_file_name,
     write_file_atomically,
@@ -363,8 +366,11 @@ class Manifest:
         record = frame(encode_edit(edit))
         try:
             _write_all(fd, record)
-            os.fsync(fd)
+            disk.fsync(fd)
         except OSError as exc:
+            if is_disk_full(exc) and self._cut_back(fd):
+                # Nothing of the edit remains: the manifest stays usable, the caller retries.
+                raise disk_full_error(self.path, exc) from exc
             self.close()
             raise StorageError(f"writing manifest {self.path} failed: {exc}") from exc
         self._size += len(record)
@@ -397,6 +403,15 @@ class Manifest:
             # open, so failing the (already durable) edit here would only mislead the caller.
             pass
 
+    def _cut_back(self, fd: int) -> bool:
+        """After a failed append, cut the file back to its last whole edit (durably)."""
+        try:
+            disk.ftruncate(fd, self._size)
+            disk.fsync(fd)
+        except OSError:
+            return False
+        return True
+
     def _usable_fd(self) -> int:
         if self._fd is None:
             raise StorageError(f"manifest {self.path} is closed")
@@ -411,7 +426,7 @@ class Manifest:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        written = disk.write(fd, view)
         view = view[written:]
 
 

@@ -40,6 +40,7 @@ import attrs
 
 from sentinel.errors import CorruptionError
 from sentinel.storage.bloom import BloomFilter, bloom_hash
+from sentinel.storage.files import disk
 from sentinel.storage.sstable_format import (
     BLOCK_HEADER,
     BLOCK_HEADER_SIZE,
@@ -204,7 +205,7 @@ class SSTableWriter:
         view = memoryview(self._out)
         try:
             while view:
-                written = os.write(self._fd, view)
+                written = disk.write(self._fd, view)
                 view = view[written:]
                 self._written += written
         finally:
@@ -242,7 +243,7 @@ class SSTableWriter:
                 )
             )
             self._flush()
-            os.fsync(self._fd)
+            disk.fsync(self._fd)
         except BaseException:
             self.abandon()
             raise

@@ -32,13 +32,16 @@ from types import TracebackType
 import attrs
 
 from sentinel.errors import CorruptionError, StorageClosed, StorageError
-from sentinel.storage.files import fsync_dir
+from sentinel.storage.files import disk, fsync_dir
 from sentinel.storage.framing import FRAME_HEADER_SIZE, scan_frames
 from sentinel.storage.wal_format import decode_write_batch
 
-# fdatasync skips flushing metadata that reading the data does not need (mtime), but does
-# flush a file-size change, which is all an append needs. Not every platform has it.
-_datasync = getattr(os, "fdatasync", os.fsync)
+
+def _datasync(fd: int) -> None:
+    # fdatasync skips flushing metadata that reading the data does not need (mtime), but
+    # does flush a file-size change, which is all an append needs (through the test seam).
+    disk.fdatasync(fd)
+
 
 _NEW_FILE_MODE = 0o644
 
@@ -112,13 +115,13 @@ class WalFile:
     def _write(self, data: bytes) -> None:
         fd = self._usable_fd()
         try:
-            written = os.write(fd, data)
+            written = disk.write(fd, data)
             if written < len(data):
                 # Regular files write short only when the disk fills or past the kernel's
                 # per-call limit (~2 GiB); finish the record or fail with the real error.
                 view = memoryview(data)[written:]
                 while view:
-                    written = os.write(fd, view)
+                    written = disk.write(fd, view)
                     if written == 0:
                         raise OSError(f"write made no progress with {len(view)} bytes left")
                     view = view[written:]
@@ -222,7 +225,7 @@ def _truncate_fd(fd: int, path: Path, valid_bytes: int) -> None:
         # Truncating "up" would append zeros that replay would then report as a torn tail.
         raise ValueError(f"cannot cut {path} ({size} bytes) to {valid_bytes} bytes")
     if valid_bytes < size:
-        os.ftruncate(fd, valid_bytes)
+        disk.ftruncate(fd, valid_bytes)
         # Durable before anything new is appended: if a crash undid the cut, stale frames
         # of the old tail could reappear after the new records and be replayed out of order.
-        os.fsync(fd)
+        disk.fsync(fd)
