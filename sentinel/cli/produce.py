@@ -11,6 +11,7 @@ partition, each flushed as it arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -163,12 +164,17 @@ class _StdinLines:
 
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
-        self._queue: asyncio.Queue[list[bytes] | BaseException | None] = asyncio.Queue(_READ_AHEAD_CHUNKS)
+        self._queue: asyncio.Queue[list[bytes] | BaseException | None] = asyncio.Queue()
+        # Read-ahead bound, held by the reader thread: released as the loop takes a chunk.
+        self._room = threading.Semaphore(_READ_AHEAD_CHUNKS)
         self._loop = asyncio.get_running_loop()
         threading.Thread(target=self._read, name="sentinel-produce-stdin", daemon=True).start()
 
     def _put(self, item: list[bytes] | BaseException | None) -> None:
-        asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop).result()
+        """Hand ``item`` to the loop; raises RuntimeError once the loop is closed. No coroutine
+        is made in this thread: one the closed loop never ran would warn at exit."""
+        self._room.acquire()
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     def _read(self) -> None:
         try:
@@ -202,11 +208,11 @@ class _StdinLines:
                 last = b"".join(partial)
                 self._put([last[:-1] if last.endswith(b"\r") else last])
             self._put(None)
-        except BaseException as exc:  # the loop is gone (cancelled at exit), or the read failed
-            try:
+        except RuntimeError:  # the loop is closed: the command is over, nobody reads any more
+            return
+        except BaseException as exc:  # the read failed: the command reports it
+            with contextlib.suppress(RuntimeError):
                 self._put(exc)
-            except BaseException:
-                pass
 
     async def chunks(self, stop: asyncio.Event) -> AsyncIterator[list[bytes]]:
         stopped = asyncio.ensure_future(stop.wait())
@@ -218,6 +224,7 @@ class _StdinLines:
                     getter.cancel()
                     return
                 item = getter.result()
+                self._room.release()
                 if item is None:
                     return
                 if isinstance(item, BaseException):
