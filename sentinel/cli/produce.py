@@ -293,7 +293,9 @@ async def _produce(
 
 @readable_errors
 def produce(
-    topic: str = typer.Option(..., "--topic", "-t", help="Topic to write to (created if it does not exist)."),
+    topic: str = typer.Option(
+        ..., "--topic", "-t", help="Topic to write to (auto-created if the broker allows it)."
+    ),
     broker: str = broker_option(),
     message: str | None = typer.Option(
         None,
