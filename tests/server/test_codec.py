@@ -16,10 +16,10 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
+from test_frontend import HOST, SAFETY, Harness, harness
 
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.server.codec import MalformedMessage, StrictProtoCodec, check_wire
-from tests.server.test_frontend import HOST, SAFETY, Harness, harness
 
 __all__ = ["harness"]  # the fixture
 
