@@ -54,7 +54,7 @@ def cluster_metadata(message: pb.MetadataResponse) -> ClusterMetadata:
         brokers=tuple(BrokerInfo(b.node_id, b.host, b.port) for b in message.brokers),
         topics=tuple(topic_from_metadata(t) for t in message.topics if not t.error_code),
         controller_id=message.controller_id,
-        topic_errors=tuple((t.name, t.error_message) for t in message.topics if t.error_code),
+        topic_errors=tuple((t.name, t.error_code, t.error_message) for t in message.topics if t.error_code),
     )
 
 

@@ -50,6 +50,8 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
+from grpclib.const import Status
+
 from sentinel.broker.partitioner import RoundRobinPartitioner, partition_for_key
 from sentinel.client.accumulator import (
     BATCH_OVERHEAD,
@@ -60,7 +62,7 @@ from sentinel.client.accumulator import (
     estimate_size,
 )
 from sentinel.client.connection import Cluster, retry_delay, with_retries
-from sentinel.client.errors import RETRIABLE_ERRORS
+from sentinel.client.errors import RETRIABLE_ERRORS, error_from_status
 from sentinel.client.types import BatchMetadata, RecordMetadata, TopicPartition
 from sentinel.errors import (
     FailedPrecondition,
@@ -446,13 +448,16 @@ class Producer:
         cluster = self._cluster
         assert cluster is not None
         backoff_s = self._backoff_s
-        await with_retries(
+        metadata = await with_retries(
             lambda: cluster.fetch_metadata([topic]), retries=METADATA_RETRIES, backoff_s=backoff_s
         )
         count = cluster.partition_count(topic)
-        if not count:
-            raise NotFound(f"topic {topic!r} does not exist (and the broker does not auto-create topics)")
-        return count
+        if count:
+            return count
+        error = metadata.topic_error(topic)
+        if error is not None:  # the broker's own word: an invalid name, or no such topic
+            raise error_from_status(Status(error[0]), error[1])
+        raise NotFound(f"topic {topic!r} does not exist (and the broker does not auto-create topics)")
 
     async def _check_partition(self, topic: str, partition: object) -> int:
         """Validate an explicit partition, refreshing metadata once in case partitions were added."""

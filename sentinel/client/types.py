@@ -134,9 +134,15 @@ class ClusterMetadata:
     brokers: tuple[BrokerInfo, ...]
     topics: tuple[TopicInfo, ...]
     controller_id: int
-    #: Requested topics the broker reported an error for, e.g. ``("nope", "topic 'nope' does
-    #: not exist")``: never left out silently.
-    topic_errors: tuple[tuple[str, str], ...] = ()
+    #: Requested topics the broker reported an error for, as ``(name, gRPC status code,
+    #: message)``, e.g. ``("nope", 5, "topic 'nope' does not exist")``: never left out silently.
+    topic_errors: tuple[tuple[str, int, str], ...] = ()
+
+    def topic_error(self, name: str) -> tuple[int, str] | None:
+        for topic, code, message in self.topic_errors:
+            if topic == name:
+                return code, message
+        return None
 
     def topic(self, name: str) -> TopicInfo | None:
         for topic in self.topics:

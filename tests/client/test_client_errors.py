@@ -124,7 +124,7 @@ def test_admin_topics_and_groups() -> None:
             assert [t.name for t in metadata.topics] == ["orders"]
             assert metadata.brokers[0].address == fake.address
             assert metadata.topic("missing") is None
-            assert metadata.topic_errors == (("missing", "topic 'missing' does not exist"),)
+            assert metadata.topic_errors == (("missing", 5, "topic 'missing' does not exist"),)
             assert "missing" not in fake.topics  # an admin's look-up never creates a topic
             await admin.delete_topic("orders")
             with pytest.raises(NotFound, match="topic 'orders' does not exist"):
