@@ -76,6 +76,7 @@ def recover(directory: Path, options: StorageOptions) -> Recovered:
 def _recover_locked(directory: Path, options: StorageOptions, lock_fd: int) -> Recovered:
     existed = (directory / CURRENT).exists()
     manifest, state = Manifest.open(directory, accept_data_loss=options.accept_data_loss)
+
     tables: dict[int, SSTableReader] = {}
     try:
         return _recover_opened(directory, options, lock_fd, manifest, state, tables, existed)
@@ -118,7 +119,7 @@ def _recover_opened(
     # Numbered past every segment on disk, also those an accepted loss drops (garbage
     # collection below then removes them, so a later start cannot replay them over a gap).
     next_segment = max([state.log_number, *(s + 1 for s in segments)])
-    if existed and (segments or tables or state.last_sequence):
+    if existed:
         reported = len(report)
         segments = _check_segments_present(directory, options, state, segments, report)
         drops += len(report) > reported
@@ -158,8 +159,10 @@ def _recover_opened(
         if replay.last_seq is not None:
             last_seq = max(last_seq, replay.last_seq)
 
-    # The segment the WalWriter will write exists before any manifest names it, so a missing
-    # segment the manifest's log number covers is always damage, never a crash mid-start.
+    # The segment the WalWriter will write exists before any manifest edit names it, so a
+    # missing segment the manifest's log number covers is damage. (On a first start the fresh
+    # manifest names it a moment before this creates it: a crash in between is the one false
+    # alarm, and no write can have been acknowledged before it.)
     if not wal_path(directory, next_segment).exists():
         WalFile.create(wal_path(directory, next_segment)).close()
     if segments or next_segment != state.log_number:

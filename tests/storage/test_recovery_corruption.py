@@ -135,8 +135,11 @@ def test_missing_middle_segment_is_refused_and_accepting_drops_what_follows_it(t
     assert _open(tmp_path)[0] == 8
 
 
-def test_a_fresh_directory_whose_first_segment_was_never_written_opens(tmp_path: Path) -> None:
-    _open(tmp_path)  # a crash right after the first start: an empty segment, nothing else
-    for path in tmp_path.glob("wal-*.log"):
-        path.unlink()
+def test_the_only_segment_of_a_directory_that_never_flushed_is_not_deleted_silently(tmp_path: Path) -> None:
+    _open(tmp_path)  # the first start made the segment before the manifest named it
     assert _open(tmp_path) == (0, ())
+    (current,) = tmp_path.glob("wal-*.log")  # the segment the WalWriter would write
+    current.write_bytes(b"".join(encode_wal_record(seq, [(b"k%d" % seq, b"v")]) for seq in (1, 2, 3)))
+    current.unlink()  # acknowledged writes, never flushed, deleted
+    with pytest.raises(CorruptionError, match="WAL segment missing"):
+        _open(tmp_path)
