@@ -32,7 +32,7 @@ from sentinel.broker.names import (
     validate_topic_name,
 )
 from sentinel.broker.partitioner import ANY_PARTITION, RoundRobinPartitioner, partition_for_key
-from sentinel.errors import AlreadyExists, CorruptionError, InvalidArgument, NotFound
+from sentinel.errors import AlreadyExists, CorruptionError, InvalidArgument, InvalidRecordBatch, NotFound
 from sentinel.records import RecordBatch
 from sentinel.storage.store import Store
 
@@ -339,6 +339,13 @@ class Broker(Actor[object]):
             if not self.options.auto_create_topics:
                 raise NotFound(f"topic {topic_name!r} does not exist (auto-creation is disabled)")
             topic = await self.create_topic(topic_name, if_absent=True)
+        # Every record of every batch, whichever partition it goes to: a batch stored here is
+        # one every consumer can decode (its codec included).
+        for index, batch in enumerate(batches):
+            try:
+                batch.validate_records()
+            except InvalidRecordBatch as exc:
+                raise InvalidRecordBatch(f"batch {index} of the produce request: {exc}") from None
         if partition == ANY_PARTITION:
             partition = self._choose_partition(topic, batches)
         log = topic.log(partition)

@@ -35,7 +35,7 @@ import trio
 
 from sentinel.actors import ObservedReply
 from sentinel.broker import keys
-from sentinel.errors import DataLoss, InvalidArgument, OffsetOutOfRange
+from sentinel.errors import DataLoss, InvalidArgument, InvalidRecordBatch, OffsetOutOfRange
 from sentinel.records import RecordBatch
 from sentinel.records import batch_format as fmt
 from sentinel.storage.store import Store
@@ -275,7 +275,14 @@ class LocalPartitionLog:
             if batch.base_offset >= end or batch.base_offset >= self._hw:
                 return None
             if batch.max_timestamp >= timestamp_ms:
-                for record in batch.records():
+                try:
+                    records = batch.decode_records()
+                except InvalidRecordBatch:
+                    # A damaged batch stored before produce validated records: its header
+                    # says a record in it reaches the timestamp. Answer its first offset
+                    # (never skip past it); a read from there reports the damage.
+                    return max(first, batch.base_offset), batch.max_timestamp
+                for record in records:
                     if first <= record.offset < self._hw and record.timestamp >= timestamp_ms:
                         return record.offset, record.timestamp
             scanned += 1

@@ -1,13 +1,18 @@
 """Compression codecs of a record batch's records section, with bounded decompression.
 
-gzip uses the standard library; lz4 (``lz4.frame``) and zstd (``zstandard``) are optional
-packages, imported lazily on each use so a missing one only matters to batches that use it
-and the error names the package to install. Snappy is a known codec id that Sentinel does
-not implement: using it fails with a clear error.
+gzip uses the standard library; lz4 (``lz4.frame``), zstd (``zstandard``) and snappy
+(``cramjam``) are optional packages, imported lazily on each use so a missing one only
+matters to batches that use it and the error names the package to install.
+
+Snappy comes in the two shapes Kafka clients write: the Java client (xerial snappy-java)
+frames raw snappy blocks behind the ``\x82SNAPPY\x00`` magic (each block a 4-byte big-endian
+length and a raw block); librdkafka and others may send one raw snappy block. Both decode;
+Sentinel writes the xerial framing, which every Kafka client reads.
 
 Invariants:
 - ``decompress`` never returns more than ``max_size`` bytes and never lets a small input
-  (a "zip bomb") allocate much more: zlib and lz4 stop at ``max_size + 1`` output bytes;
+  (a "zip bomb") allocate much more: a raw snappy block declares its length up front and is
+  checked before it is decompressed; zlib and lz4 stop at ``max_size + 1`` output bytes;
   zstd either trusts a frame's declared content size after checking it against the limit
   (libzstd then refuses to write past it) or is fed input in slices small enough that one
   slice cannot expand past the limit (with a floor of 64 input bytes, i.e. 2 MiB of output,
@@ -62,8 +67,6 @@ class Compression(enum.IntEnum):
 
     def is_available(self) -> bool:
         """True when this process can both compress and decompress with this codec."""
-        if self is Compression.SNAPPY:
-            return False
         package = _OPTIONAL_PACKAGES.get(self)
         if package is None:
             return True
@@ -78,7 +81,16 @@ class Compression(enum.IntEnum):
 _OPTIONAL_PACKAGES: Final[dict[Compression, tuple[str, str]]] = {
     Compression.LZ4: ("lz4.frame", "lz4"),
     Compression.ZSTD: ("zstandard", "zstandard"),
+    Compression.SNAPPY: ("cramjam", "cramjam"),
 }
+
+# xerial snappy-java's stream header: magic, then version and minimum compatible version
+# (both 1 as Kafka's Java client writes them), then blocks of int32 length + raw snappy.
+_XERIAL_MAGIC: Final = b"\x82SNAPPY\x00"
+_XERIAL_HEADER: Final = _XERIAL_MAGIC + (1).to_bytes(4, "big") + (1).to_bytes(4, "big")
+_XERIAL_BLOCK_LENGTH: Final = 4
+# snappy-java's default block size: what Kafka's Java producer frames.
+_XERIAL_BLOCK_SIZE: Final = 32 * 1024
 
 
 def available_codecs() -> tuple[Compression, ...]:
@@ -97,10 +109,6 @@ def _load(codec: Compression, error: type[InvalidArgument]) -> ModuleType:
             f"{codec.name.lower()} compression needs the {distribution!r} package, which is not "
             f"installed (pip install {distribution}, or sentinel-streaming[compression])"
         ) from None
-
-
-def _snappy_unsupported(error: type[InvalidArgument]) -> InvalidArgument:
-    return error("snappy compression is not supported by Sentinel; use gzip, lz4 or zstd")
 
 
 def compress(codec: Compression, data: bytes | bytearray, level: int | None = None) -> bytes:
@@ -143,7 +151,9 @@ def compress(codec: Compression, data: bytes | bytearray, level: int | None = No
             raise InvalidArgument(f"zstd compression level {level} is not supported: {exc}") from None
         return bytes(compressor.compress(data))
     if codec is Compression.SNAPPY:
-        raise _snappy_unsupported(InvalidArgument)
+        if level is not None:
+            raise InvalidArgument(f"snappy has no compression levels, got level {level}")
+        return _snappy_compress(_load(codec, InvalidArgument), data)
     raise InvalidArgument(f"codec {codec!r} does not compress")
 
 
@@ -159,7 +169,7 @@ def decompress(codec: Compression, data: bytes | memoryview, max_size: int) -> b
     if codec is Compression.ZSTD:
         return _zstd_decompress(_load(codec, InvalidRecordBatch), data, max_size)
     if codec is Compression.SNAPPY:
-        raise _snappy_unsupported(InvalidRecordBatch)
+        return _snappy_decompress(_load(codec, InvalidRecordBatch), data, max_size)
     raise InvalidRecordBatch(f"codec {codec!r} does not decompress")
 
 
@@ -250,3 +260,57 @@ def _zstd_stream_decompress(zstandard: ModuleType, view: memoryview, max_size: i
     if trailing:
         raise _trailing("zstd", trailing)
     return b"".join(chunks)
+
+
+def _snappy_compress(cramjam: ModuleType, data: bytes | bytearray) -> bytes:
+    raw = cramjam.snappy.compress_raw
+    parts = [_XERIAL_HEADER]
+    view = memoryview(data)
+    for start in range(0, len(view), _XERIAL_BLOCK_SIZE):
+        block = bytes(raw(view[start : start + _XERIAL_BLOCK_SIZE]))
+        parts.append(len(block).to_bytes(_XERIAL_BLOCK_LENGTH, "big"))
+        parts.append(block)
+    return b"".join(parts)
+
+
+def _snappy_decompress(cramjam: ModuleType, data: bytes | memoryview, max_size: int) -> bytes:
+    view = memoryview(data)
+    if bytes(view[: len(_XERIAL_MAGIC)]) != _XERIAL_MAGIC:
+        return _snappy_block(cramjam, view, max_size, "snappy")
+    if len(view) < len(_XERIAL_HEADER):
+        raise InvalidRecordBatch(
+            f"snappy: xerial stream header truncated: {len(view)} bytes, the header is "
+            f"{len(_XERIAL_HEADER)} bytes"
+        )
+    pos = len(_XERIAL_HEADER)
+    chunks: list[bytes] = []
+    total = 0
+    while pos < len(view):
+        if len(view) - pos < _XERIAL_BLOCK_LENGTH:
+            raise _truncated("snappy")
+        size = int.from_bytes(view[pos : pos + _XERIAL_BLOCK_LENGTH], "big")
+        pos += _XERIAL_BLOCK_LENGTH
+        if size > len(view) - pos:
+            raise InvalidRecordBatch(
+                f"snappy: xerial block at byte {pos - _XERIAL_BLOCK_LENGTH} claims {size} bytes, "
+                f"{len(view) - pos} left"
+            )
+        chunk = _snappy_block(cramjam, view[pos : pos + size], max_size - total, "snappy")
+        total += len(chunk)
+        chunks.append(chunk)
+        pos += size
+    return b"".join(chunks)
+
+
+def _snappy_block(cramjam: ModuleType, block: memoryview, max_size: int, codec: str) -> bytes:
+    """One raw snappy block; its declared length is checked against the limit first."""
+    try:
+        declared = cramjam.snappy.decompress_raw_len(block)
+    except cramjam.DecompressionError as exc:
+        raise InvalidRecordBatch(f"{codec}: invalid compressed data: {exc}") from None
+    if declared > max_size:
+        raise _too_big(codec, max_size)
+    try:
+        return bytes(cramjam.snappy.decompress_raw(block))
+    except cramjam.DecompressionError as exc:
+        raise InvalidRecordBatch(f"{codec}: invalid compressed data: {exc}") from None

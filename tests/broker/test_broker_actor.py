@@ -374,3 +374,49 @@ async def test_corrupt_topic_metadata_fails_the_start_loudly(
     ):
         async with node.run():
             pass
+
+
+# -- poison batches ----------------------------------------------------------------------
+
+
+def _poison() -> RecordBatch:
+    """A batch with a valid header and CRC whose records are garbage."""
+    import struct
+
+    from crc32c import crc32c
+
+    good = bytearray(build_batch([(None, b"v%d" % i, (), 1_000) for i in range(3)]))
+    good[61 + 3] = 0x7E  # record 0's offsetDelta: 63
+    struct.pack_into(">I", good, 17, crc32c(bytes(good[21:])))
+    return RecordBatch(bytes(good))
+
+
+@pytest.mark.parametrize("partition", [0, 1, -1])
+async def test_a_poison_batch_is_rejected_on_every_produce_path(
+    node: NodeFactory, clock: trio.testing.MockClock, partition: int
+) -> None:
+    async with node.run() as running:
+        await running.broker.create_topic("t", 2)
+        with pytest.raises(
+            InvalidArgument,
+            match=r"^batch 1 of the produce request: malformed record 0 at byte 0 of the records "
+            r"section: offsetDelta: expected 0, found 63$",
+        ):
+            await running.broker.produce("t", partition, [batch(b"ok"), _poison()])
+        assert all(log.log_end_offset == 0 for log in running.broker.topic("t").logs)
+
+
+async def test_offset_for_timestamp_answers_despite_a_damaged_stored_batch(
+    node: NodeFactory, clock: trio.testing.MockClock
+) -> None:
+    async with node.run() as running:
+        await running.broker.create_topic("t", 1)
+        log = running.broker.topic("t").logs[0]
+        early = RecordBatch(build_batch([(None, v, (), 500) for v in (b"a", b"b")]))
+        await log.append([early])  # the log takes what it is given: bypasses produce validation
+        await log.append([_poison()])  # offsets 2..4, timestamps 1_000
+        await log.append([batch(b"c")])
+        assert await log.offset_for_timestamp(400) == (0, 500)
+        # The damaged batch is the first whose header reaches 1_000: its first offset answers.
+        assert await log.offset_for_timestamp(1_000) == (2, 1_000)
+        assert await log.offset_for_timestamp(1_001) == (6, -1)

@@ -530,7 +530,7 @@ def test_build_rejects_an_empty_batch() -> None:
         ({"partition_leader_epoch": -(1 << 31) - 1}, r"partition_leader_epoch must be an int in"),
         ({"compression": 7}, r"7 is not a valid Compression"),
         ({"timestamp_type": 2}, r"2 is not a valid TimestampType"),
-        ({"compression": Compression.SNAPPY}, r"snappy compression is not supported by Sentinel"),
+        ({"compression": Compression.SNAPPY, "compression_level": 1}, r"snappy has no compression levels"),
         ({"compression": Compression.GZIP, "compression_level": 10}, r"gzip compression level must be in"),
     ],
 )

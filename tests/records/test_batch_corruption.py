@@ -68,8 +68,7 @@ RECORD_ERRORS = re.compile(
     r"^(malformed record \d+ at byte \d+ of the records section: .+"
     r"|records section has \d+ trailing bytes after the last of the \d+ records recordCount announces"
     r"|bad recordCount: .*"
-    r"|(gzip|lz4|zstd): .+"
-    r"|snappy compression is not supported by Sentinel; use gzip, lz4 or zstd)$"
+    r"|(gzip|lz4|zstd|snappy): .+)$"
 )
 
 
@@ -307,6 +306,10 @@ def test_malformed_record_fields_are_named(section: bytes, message: str) -> None
         InvalidRecordBatch, match=r"^malformed record 0 at byte 0 of the records section: " + message
     ):
         batch.records()
+    with pytest.raises(
+        InvalidRecordBatch, match=r"^malformed record 0 at byte 0 of the records section: " + message
+    ):
+        batch.validate_records()
 
 
 @pytest.mark.parametrize(
@@ -465,9 +468,18 @@ def check_against_reference(data: bytes) -> None:
     append_time = batch.max_timestamp if batch.timestamp_type is TimestampType.LOG_APPEND_TIME else None
     try:
         got: list[Record] | None = batch.decode_records()
+        decode_error = None
     except InvalidRecordBatch as exc:
         assert RECORD_ERRORS.match(str(exc)), str(exc)
         got = None
+        decode_error = str(exc)
+    # The broker's validator rejects exactly what the decoder rejects, with its message.
+    try:
+        batch.validate_records()
+        validate_error = None
+    except InvalidRecordBatch as exc:
+        validate_error = str(exc)
+    assert validate_error == decode_error
     if batch.compression is not Compression.NONE:
         return  # the reference does not decompress; the codec's own answer was well-formed
     try:
@@ -571,3 +583,62 @@ def test_garbage_after_good_batches_is_reported_at_its_position(
         assert next(it).data == part
     with pytest.raises(InvalidRecordBatch, match=rf"^batch at byte {sum(map(len, parts))}: "):
         next(it)
+
+
+# --------------------------------------------------------------------------------------------
+# The broker's validator: garbage records behind a valid header and CRC, in every codec
+
+
+def _poison(codec: Compression, section: bytes, count: int) -> bytes:
+    """A batch whose header and CRC are valid and whose (compressed) records are ``section``."""
+    from sentinel.records.compression import compress
+
+    payload = section if codec is Compression.NONE else compress(codec, section)
+    header = fmt.HEADER.pack(0, 0, -1, 2, 0, int(codec), count - 1, T0, T0, -1, -1, -1, count)
+    return restamp(header + payload)
+
+
+@pytest.mark.parametrize("codec", available_codecs(), ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    ("section", "count", "message"),
+    [
+        (b"\x00" * 40, 3, r"^malformed record 0 at byte 0 .*: record length 0 is below the minimum 6$"),
+        (
+            _rec(b"\x00\x00" + _v(0) + _v(-1) + _v(-1) + _v(0)) * 2,
+            2,
+            r"^malformed record 1 at byte 7 .*: offsetDelta: expected 1, found 0$",
+        ),
+        (
+            b"".join(_rec(b"\x00\x00" + _v(i) + _v(-1) + _v(-1) + _v(0)) for i in range(3)),
+            2,
+            r"^records section has 7 trailing bytes after the last of the 2 records",
+        ),
+        (
+            _rec(b"\x00\x00" + _v(0) + _v(-1) + _v(-1) + _v(0)) + _v(30) + b"\x00" * 10,
+            2,
+            r"^malformed record 1 at byte 7 .*: record length 30 runs 20 bytes past the section's end$",
+        ),
+    ],
+    ids=["garbage", "offset-delta", "count-mismatch", "truncated"],
+)
+def test_validator_rejects_garbage_records_with_a_valid_crc(
+    codec: Compression, section: bytes, count: int, message: str
+) -> None:
+    data = _poison(codec, section, count)
+    batch = RecordBatch.parse(data)  # header and CRC are fine: only the records are garbage
+    with pytest.raises(InvalidRecordBatch, match=message):
+        batch.validate_records()
+
+
+@pytest.mark.parametrize("codec", [c for c in available_codecs() if c is not Compression.NONE])
+def test_validator_refuses_a_decompression_bomb(codec: Compression) -> None:
+    data = _poison(codec, bytes(80 * 1024 * 1024), 1)
+    batch = RecordBatch.parse(data)
+    with pytest.raises(InvalidRecordBatch, match=r"(decompresses to more than|over the limit)"):
+        batch.validate_records()
+
+
+@pytest.mark.parametrize("codec", available_codecs(), ids=lambda c: c.name)
+def test_validator_accepts_what_build_batch_writes(codec: Compression) -> None:
+    records = [(b"k" * (i % 300), b"v" * (i * 7 % 5000), [("h", b"x")] * (i % 3), T0 - i) for i in range(300)]
+    RecordBatch.parse(build_batch(records, compression=codec)).validate_records()

@@ -342,20 +342,41 @@ def test_random_garbage_only_ever_raises_invalid_record_batch(codec: Compression
 # Snappy and missing packages
 
 
-def test_snappy_is_a_known_id_that_fails_clearly() -> None:
-    assert not Compression.SNAPPY.is_available()
-    assert Compression.SNAPPY not in available_codecs()
-    with pytest.raises(
-        InvalidArgument, match=r"^snappy compression is not supported by Sentinel; use gzip, lz4 or zstd$"
-    ):
-        compress(Compression.SNAPPY, b"x")
-    with pytest.raises(InvalidRecordBatch, match=r"^snappy compression is not supported by Sentinel"):
-        decompress(Compression.SNAPPY, b"x", 100)
+def test_snappy_round_trips_in_xerial_framing_and_reads_raw_blocks() -> None:
+    cramjam = pytest.importorskip("cramjam")
+    assert Compression.SNAPPY in available_codecs()
+    records = [(b"k%d" % i, b"value-%d" % i * 20, [], T0 + i) for i in range(500)]
+    data = build_batch(records, compression=Compression.SNAPPY)
+    section = data[fmt.RECORDS_OFFSET :]
+    assert section.startswith(b"\x82SNAPPY\x00")  # what Kafka's Java client writes
+    batch = RecordBatch.parse(data)
+    assert [r.value for r in batch.records()] == [r[1] for r in records]
+    batch.validate_records()
+    # librdkafka-style raw snappy (no framing) decodes too.
+    plain = build_batch(records)
+    raw = bytes(cramjam.snappy.compress_raw(plain[fmt.RECORDS_OFFSET :]))
+    other = RecordBatch.parse(with_records_section(plain, fmt.CODEC_SNAPPY, raw))
+    assert other.decode_records() == RecordBatch.parse(plain).decode_records()
+    with pytest.raises(InvalidArgument, match=r"^snappy has no compression levels"):
+        compress(Compression.SNAPPY, b"x", 3)
+
+
+def test_snappy_bombs_and_garbage_are_rejected() -> None:
+    cramjam = pytest.importorskip("cramjam")
+    bomb = bytes(cramjam.snappy.compress_raw(bytes(10_000_000)))
+    assert len(bomb) < 500_000
+    with pytest.raises(InvalidRecordBatch, match=r"^snappy: records section decompresses to more than"):
+        decompress(Compression.SNAPPY, bomb, 1_000_000)
+    framed = compress(Compression.SNAPPY, bytes(3_000_000))
+    with pytest.raises(InvalidRecordBatch, match=r"^snappy: records section decompresses to more than"):
+        decompress(Compression.SNAPPY, framed, 1_000_000)
+    with pytest.raises(InvalidRecordBatch, match=r"^snappy: xerial block at byte 16 claims"):
+        decompress(Compression.SNAPPY, framed[:100], 10_000_000)
+    with pytest.raises(InvalidRecordBatch, match=r"^snappy: invalid compressed data"):
+        decompress(Compression.SNAPPY, b"\x05\xff\xff garbage", 100)
     data = with_records_section(build_batch([(b"k", b"v", [], T0)]), fmt.CODEC_SNAPPY, b"\x00" * 9)
-    batch = RecordBatch.parse(data)  # a known codec id: the header is valid
-    assert batch.compression is Compression.SNAPPY
-    with pytest.raises(InvalidRecordBatch, match=r"^snappy compression is not supported"):
-        batch.records()
+    with pytest.raises(InvalidRecordBatch, match=r"^snappy: "):
+        RecordBatch.parse(data).validate_records()
 
 
 @pytest.mark.parametrize("codec_id", [5, 6, 7])
