@@ -243,9 +243,9 @@ class Broker(Actor[object]):
 
     def _publish(self, topics: dict[str, Topic]) -> None:
         self._topics = MappingProxyType(topics)
-        self._refresh_log_starts()
+        self._publish_liveness()
 
-    def _refresh_log_starts(self) -> None:
+    def _publish_liveness(self) -> None:
         """Publish what the compaction filter reads, as one immutable value."""
         topics = self._topics.values()
         self._liveness = _Liveness(
@@ -386,7 +386,7 @@ class Broker(Actor[object]):
                         (start, keys.data_key(topic.topic_id, log.partition, log.log_start_offset))
                     )
         if removed:
-            self._refresh_log_starts()
+            self._publish_liveness()
         if self._to_reclaim:
             ranges, self._to_reclaim = self._to_reclaim, []
             await self.store.reclaim(ranges)

@@ -148,8 +148,7 @@ def _recover_opened(
                 report.append(f"{path.name}: accepted data loss at byte {replay.valid_bytes}: {detail}")
                 if not newest:
                     # Later segments follow the lost records: replaying them would leave a gap.
-                    for later in segments[position + 1 :]:
-                        report.append(f"{wal_path(directory, later).name}: dropped after the loss above")
+                    _report_dropped(directory, segments[position + 1 :], report)
                     stop_after = position
             truncate_wal_tail(path, replay.valid_bytes)
             dropped_bytes += replay.dropped_bytes
@@ -217,9 +216,14 @@ def _check_segments_present(
         raise CorruptionError(str(path), None, detail)
     report.append(f"{path.name}: accepted data loss: {detail}")
     kept = [n for n in segments if n < missing[0]]
-    for later in segments[len(kept) :]:
-        report.append(f"{wal_path(directory, later).name}: dropped after the loss above")
+    _report_dropped(directory, segments[len(kept) :], report)
     return kept
+
+
+def _report_dropped(directory: Path, later: list[int], report: list[str]) -> None:
+    """Segments after an accepted loss are not replayed (they would leave a gap): say so."""
+    for segment in later:
+        report.append(f"{wal_path(directory, segment).name}: dropped after the loss above")
 
 
 def _all_files(state: ManifestState) -> list[tuple[int, FileMeta]]:

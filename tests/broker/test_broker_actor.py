@@ -305,7 +305,7 @@ async def test_compaction_filter_decisions(node: NodeFactory, clock: trio.testin
         assert (
             await live.logs[1].apply_retention(retention_ms=0, retention_bytes=len(last.data), now_ms=0) == 2
         )
-        broker._refresh_log_starts()  # what enforce_retention does after removing records
+        broker._publish_liveness()  # what enforce_retention does after removing records
         await broker.delete_topic("dead")
 
         obsolete = broker.is_obsolete

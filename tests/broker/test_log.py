@@ -461,7 +461,7 @@ async def test_time_retention_moves_log_start_and_compaction_drops_the_data(
         # then drops what lies below the log start (published by enforce_retention).
         prefix = keys.data_prefix(topic.topic_id, 0)
         assert sum(k.startswith(prefix) for k in running.data_keys()) == 5
-        running.broker._refresh_log_starts()  # what Broker.enforce_retention does after removals
+        running.broker._publish_liveness()  # what Broker.enforce_retention does after removals
         await running.compact()  # merges the data table with the newer partition-state table
         left = [keys.parse_data_key(k) for k in running.data_keys() if k.startswith(prefix)]
         assert [last for _, _, last in left] == [5, 7, 9]
