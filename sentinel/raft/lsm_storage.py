@@ -44,7 +44,7 @@ Invariants and their reasons:
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 from sentinel.raft import format as fmt
@@ -212,9 +212,11 @@ class LsmRaftStorage:
 
     # -- write side ----------------------------------------------------------------------
 
-    async def persist(self, rd: Ready) -> None:
-        """Make ``rd``'s snapshot, entries and hard state durable in one atomic write."""
+    async def persist(self, rd: Ready, extra: Sequence[tuple[bytes, bytes | None]] = ()) -> None:
+        """Make ``rd``'s snapshot, entries and hard state durable in one atomic write, with
+        the owner's ``extra`` ops (its own state that must change with the log)."""
         ops = self.ops_for(rd)
+        ops.extend(extra)
         if ops:
             await self.store.write(ops)
             self.persisted(rd)
