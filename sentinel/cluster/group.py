@@ -54,11 +54,17 @@ class MemoryGroupStorage(MemoryStorage):
 
 
 async def handle_ready(
-    node: RaftNode, storage: GroupStorage, group: int, send: Send, extra: Ops = ()
+    node: RaftNode,
+    storage: GroupStorage,
+    group: int,
+    send: Send,
+    before_persist: Callable[[Ready], Ops] | None = None,
 ) -> Ready:
     """Take the node's Ready, send and persist it per the contract; the caller applies it
-    (snapshot, then committed entries) and calls ``node.advance(rd)``."""
+    (snapshot, then committed entries) and calls ``node.advance(rd)``. ``before_persist``
+    sees the Ready first and returns the owner's own ops to write atomically with it."""
     rd = node.ready()
+    extra = before_persist(rd) if before_persist is not None else ()
     for m in rd.messages:
         send(group, m)
     if rd.entries or rd.hard_state is not None or rd.snapshot is not None or extra:
