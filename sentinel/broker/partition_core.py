@@ -42,6 +42,7 @@ class BatchSpan:
     base_offset: int
     end_offset: int  # offset after its last record
     size: int  # bytes of the stored batch
+    max_timestamp: int = -1
 
 
 def batch_span(index: int, data: bytes) -> BatchSpan | None:
@@ -51,7 +52,8 @@ def batch_span(index: int, data: bytes) -> BatchSpan | None:
         return None
     (base,) = fmt.BASE_OFFSET.unpack_from(data, fmt.BASE_OFFSET_OFFSET)
     (delta,) = _LAST_OFFSET_DELTA.unpack_from(data, fmt.LAST_OFFSET_DELTA_OFFSET)
-    return BatchSpan(index, base, base + delta + 1, len(data))
+    (max_timestamp,) = fmt.BASE_OFFSET.unpack_from(data, fmt.MAX_TIMESTAMP_OFFSET)
+    return BatchSpan(index, base, base + delta + 1, len(data), max_timestamp)
 
 
 class PartitionCore:
@@ -113,6 +115,30 @@ class PartitionCore:
         self._tail.clear()
         self.log_start_offset = self.log_end_offset = self.high_watermark = offset
         self.size_bytes = 0
+
+    def retention_plan(
+        self, spans: Iterable[BatchSpan], *, retention_ms: int, retention_bytes: int, now_ms: int
+    ) -> tuple[int, int, int] | None:
+        """Which committed batches retention removes, given the batches from the log start
+        on (in order): ``(new log start, bytes freed, index of the last batch removed)``, or
+        None. A batch goes when all its records are older than ``retention_ms`` or while the
+        partition is larger than ``retention_bytes`` (0 disables either); the first batch
+        that stays ends the plan, and nothing at or past the high watermark ever goes."""
+        if retention_ms <= 0 and retention_bytes <= 0:
+            return None
+        size = self.size_bytes
+        plan = None
+        freed = 0
+        for span in spans:
+            if span.end_offset > self.high_watermark:
+                break
+            too_old = retention_ms > 0 and span.max_timestamp < now_ms - retention_ms
+            too_big = retention_bytes > 0 and size - freed > retention_bytes
+            if not (too_old or too_big):
+                break
+            freed += span.size
+            plan = (span.end_offset, freed, span.index)
+        return plan
 
     def retained(self, new_start: int, freed_bytes: int) -> None:
         """Retention moved the log start (only ever within the committed prefix)."""

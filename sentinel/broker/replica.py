@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final, assert_never
 
 import attrs
@@ -57,6 +57,8 @@ GROUP_SHIFT: Final = 32
 # Applied entries between two writes of the producer table (what a restart replays at most).
 PRODUCER_SNAPSHOT_EVERY: Final = 1000
 _BATCH: Final = 256
+# Bytes of entries read per step of a retention scan.
+_SCAN_BYTES: Final = 4 * 1024 * 1024
 _PRODUCERS = b"P"
 _APPLIED = struct.Struct(">Q")
 _SNAPSHOT = struct.Struct(">BQQ")  # version, log start offset, applied index; then producers
@@ -141,7 +143,17 @@ class TransferLeadership(Request[None]):
     to: int
 
 
-ReplicaMessage = Tick | Inbound | Produce | TransferLeadership
+@attrs.define(slots=True, eq=False)
+class ApplyRetention(Request[int]):
+    """From the broker's retention pass: move the log start by the topic's retention (0
+    disables either bound); answered with the number of records removed."""
+
+    retention_ms: int
+    retention_bytes: int
+    now_ms: int
+
+
+ReplicaMessage = Tick | Inbound | Produce | TransferLeadership | ApplyRetention
 
 
 @attrs.define(slots=True, eq=False)
@@ -192,6 +204,7 @@ class PartitionReplica(Actor[ReplicaMessage]):
         # Proposals answered otherwise (acks 0/1, retries of in-flight batches): kept until
         # their index commits only to forget their in-flight batches then.
         self._pending_extra: list[_Pending] = []
+        self._retention_requests: list[ApplyRetention] = []
         self._changed = trio.Event()
         # Built in on_start (they read the store).
         self.storage: LsmRaftStorage
@@ -277,9 +290,14 @@ class PartitionReplica(Actor[ReplicaMessage]):
                     self._dispatch(message)
                 while node.has_ready():
                     await self._handle_ready()
+                while self._retention_requests:
+                    request = self._retention_requests.pop(0)
+                    request.reply.set(await self._retain(request))
                 self._in_flight = []
                 self._publish()
         finally:
+            for request in self._retention_requests:
+                request.reply.fail(Unavailable("the replica stopped"))
             self._fail_all(Unavailable(f"the replica of {self.topic}[{self.partition}] stopped"))
             self.view = attrs.evolve(self.view, closed=True)
             self.view.changed.set()
@@ -296,6 +314,8 @@ class PartitionReplica(Actor[ReplicaMessage]):
                 node.step(m)
             case Produce():
                 self._produce(message)
+            case ApplyRetention():
+                self._retention_requests.append(message)
             case TransferLeadership(to=to):
                 try:
                     node.transfer_leadership(to)
@@ -488,6 +508,54 @@ class PartitionReplica(Actor[ReplicaMessage]):
         for batch in pending.request.batches:
             if self._inflight_batches.get(_batch_key(batch)) is pending:
                 del self._inflight_batches[_batch_key(batch)]
+
+    # -- retention ---------------------------------------------------------------------
+
+    def _committed_spans(self) -> Iterator[BatchSpan]:
+        """The committed batches from the log start, in order: first any written before this
+        partition's data went through Raft (a single-node data directory from before: no
+        Raft index, index 0), then the Raft log's."""
+        storage, core = self.storage, self.core
+        first, commit = storage.first_index(), self.node.log.committed
+        raft_entries: list[Entry] = storage.entries(first, commit + 1, _SCAN_BYTES) if first <= commit else []
+        first_raft = next((s for s in self._spans(raft_entries)), None)
+        legacy_end = first_raft.base_offset if first_raft is not None else core.high_watermark
+        if core.log_start_offset < legacy_end:
+            begin = keys.data_key(self.topic_id, self.partition, core.log_start_offset)
+            end = keys.data_key(self.topic_id, self.partition, legacy_end)
+            for _key, value in self.store.scan(begin, end):
+                span = batch_span(0, value)
+                if span is not None:
+                    yield span
+        index = first
+        while raft_entries:
+            yield from self._spans(raft_entries)
+            index = raft_entries[-1].index + 1
+            raft_entries = storage.entries(index, commit + 1, _SCAN_BYTES) if index <= commit else []
+
+    async def _retain(self, request: ApplyRetention) -> int:
+        core = self.core
+        plan = core.retention_plan(
+            self._committed_spans(),
+            retention_ms=request.retention_ms,
+            retention_bytes=request.retention_bytes,
+            now_ms=request.now_ms,
+        )
+        if plan is None:
+            return 0
+        new_start, freed, index = plan
+        removed = new_start - core.log_start_offset
+        core.retained(new_start, freed)
+        state = keys.PartitionState(core.log_end_offset, core.log_start_offset, core.size_bytes)
+        await self.store.write([(self._state_key, keys.encode_state(state))])
+        if index >= self.storage.first_index():
+            # The Raft log ends its front where the partition's does: a follower that needs
+            # what was before gets a snapshot saying the partition starts at new_start.
+            await self.storage.compact(
+                index, encode_snapshot(new_start, self._producers_applied, self.producers)
+            )
+        self._publish()
+        return removed
 
     async def _save_producers(self) -> None:
         applied = self._producers_applied

@@ -16,9 +16,9 @@ def span(index: int, base: int, count: int, size: int = 100) -> BatchSpan:
 def test_batch_span_reads_the_assigned_offsets_from_the_batch_header() -> None:
     data = build_batch([(None, b"v%d" % i, [], 1000) for i in range(5)])
     moved = bytes(8) + data[8:]
-    assert batch_span(7, moved) == BatchSpan(7, 0, 5, len(data))
+    assert batch_span(7, moved) == BatchSpan(7, 0, 5, len(data), max_timestamp=1000)
     rebased = (1234).to_bytes(8, "big") + data[8:]
-    assert batch_span(7, rebased) == BatchSpan(7, 1234, 1239, len(data))
+    assert batch_span(7, rebased) == BatchSpan(7, 1234, 1239, len(data), max_timestamp=1000)
     assert batch_span(8, b"") is None  # a leader's no-op
 
 
@@ -72,3 +72,19 @@ def test_retention_and_snapshots_move_the_start() -> None:
     )
     core.appended(7, [span(7, 500, 2)])
     assert core.log_end_offset == 502
+
+
+def test_retention_plans_by_age_and_size_within_the_committed_prefix() -> None:
+    core = PartitionCore(log_start_offset=0, log_end_offset=0, size_bytes=0)
+    spans = [BatchSpan(i, (i - 1) * 10, i * 10, 100, max_timestamp=1000 * i) for i in range(1, 6)]
+    core.appended(1, spans)
+    core.committed_to(4)  # batch 5 is not committed: never removed
+    plan = core.retention_plan
+    assert plan(spans, retention_ms=0, retention_bytes=0, now_ms=10**9) is None
+    # By age: batches whose newest record is older than now - retention.
+    assert plan(spans, retention_ms=1500, retention_bytes=0, now_ms=4000) == (20, 200, 2)
+    assert plan(spans, retention_ms=1, retention_bytes=0, now_ms=10**9) == (40, 400, 4)
+    # By size: 500 bytes held, keep at most 250: the oldest three go.
+    assert plan(spans, retention_ms=0, retention_bytes=250, now_ms=0) == (30, 300, 3)
+    # The first batch that stays ends the plan, even if a later one would qualify.
+    assert plan(spans, retention_ms=1500, retention_bytes=0, now_ms=1000) is None

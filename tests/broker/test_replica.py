@@ -14,7 +14,7 @@ from conftest import frozen
 
 from sentinel.broker import keys
 from sentinel.broker.producer_state import OutOfOrderSequence
-from sentinel.broker.replica import ACKS_ALL, ACKS_LEADER, AppendResult, PartitionReplica
+from sentinel.broker.replica import ACKS_ALL, ACKS_LEADER, AppendResult, ApplyRetention, PartitionReplica
 from sentinel.cluster.ticker import RaftTicker
 from sentinel.errors import Unavailable
 from sentinel.raft.messages import Message, Role
@@ -233,4 +233,33 @@ async def test_a_restart_restores_offsets_and_the_producer_table(
         assert (leader.view.high_watermark, leader.view.log_end_offset) == (6, 6)
         assert await leader.produce([batch(3, pid=9, epoch=1, seq=0)]) == AppendResult(0, 2)  # still known
         assert await leader.produce([batch(1, pid=9, epoch=1, seq=3)]) == AppendResult(6, 6)
+        nursery.cancel_scope.cancel()
+
+
+async def test_retention_moves_the_start_and_a_lagging_replica_catches_up_by_snapshot(
+    clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with trio.open_nursery() as nursery:
+        p = await start_partition(nursery, clock, tmp_path)
+        leader = await p.leader()
+        await leader.produce([batch(2)])
+        await p.hw_everywhere(2)
+        p.cut.add(3)
+        for _ in range(10):
+            await leader.produce([batch(5)])  # offsets 2..51, ~1 KiB per batch
+        size = leader.view.size_bytes
+        removed = await leader.call(ApplyRetention(0, size // 2, 0))
+        assert removed > 0 and leader.view.log_start_offset == removed
+        await p.replicas[2].call(ApplyRetention(0, size // 2, 0))
+        assert p.stores[1] and p.replicas[1].storage.first_index() > 2  # the Raft log was truncated too
+        p.cut.clear()
+        await leader.produce([batch(1, tag="after")])
+        await p.hw_everywhere(53)
+        lagging = p.replicas[3].view
+        # Node 3 never received the truncated entries: it starts where the leader's log starts.
+        assert lagging.log_start_offset == leader.view.log_start_offset
+        assert p.stored(3)[-1] == (52, 52)
+        # What it held from before the cut (offsets 0-1) waits for the compaction filter;
+        # nothing between that and the new start was ever written on it.
+        assert [b for b in p.stored(3) if b[0] < lagging.log_start_offset] == [(0, 1)]
         nursery.cancel_scope.cancel()
