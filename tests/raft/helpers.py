@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 
 from sentinel.raft.core import Config, RaftNode, Ready
-from sentinel.raft.messages import NONE, Entry, HardState, Message, MsgType, Role, Snapshot
+from sentinel.raft.messages import Entry, HardState, Message, MsgType, Role, Snapshot
 from sentinel.raft.storage import MemoryStorage
 
 # The paper's Raft: no pre-vote, no check-quorum (both are thesis extensions that change
@@ -37,6 +37,9 @@ PAPER = {"pre_vote": False, "check_quorum": False}
 PROMISES = frozenset({MsgType.APP_RESP, MsgType.VOTE_RESP})
 
 BIG = 1 << 60  # a byte limit that cuts nothing
+# More Readys in a row than any test needs: a node that never runs out is a bug, reported
+# as a failure rather than a hang.
+MAX_READYS = 100
 
 
 def ids(n: int) -> tuple[int, ...]:
@@ -165,6 +168,7 @@ class Peer:
         out = []
         while self.node.has_ready():
             out.append(self.handle_ready())
+            assert len(out) < MAX_READYS, f"node {self.id} never runs out of Readys"
         return out
 
     def drain_messages(self) -> list[Message]:
@@ -229,7 +233,8 @@ def make_candidate(peer: Peer) -> Peer:
 
 def make_leader(peer: Peer) -> Peer:
     """Campaign and win with the fewest grants (the lowest other ids). The new leader's
-    first Ready (its empty entry and the appends carrying it) is left unhandled."""
+    first Ready (its empty entry and the appends carrying it) is left unhandled, except in
+    a group of one, which becomes leader while its own vote's Ready is handled."""
     node = peer.node
     node.campaign()
     peer.drain()  # the own vote counts once persisted
@@ -246,7 +251,9 @@ def commit_noop(peer: Peer) -> None:
     """Replicate a new leader's empty entry to every follower and commit it (etcd's
     commitNoopEntry): every append is acknowledged until the leader is quiet."""
     assert peer.node.role is Role.LEADER
-    while peer.node.has_ready():
+    for _ in range(MAX_READYS):
+        if not peer.node.has_ready():
+            break
         for m in peer.handle_ready().messages:
             if m.type is MsgType.APP:
                 peer.step(accept_and_reply(m))
@@ -286,13 +293,15 @@ class Network:
     def process_readys(self) -> bool:
         busy = False
         for p in self.live():
-            while p.node.has_ready():
+            for _ in range(MAX_READYS):
+                if not p.node.has_ready():
+                    break
                 busy = True
                 handled = p.handle_ready()
                 self.queue.extend(handled.sent)
                 for e in handled.committed:
                     seen = self.applied_at.setdefault(e.index, e)
-                    assert seen == e, f"State Machine Safety: node {p.id} applies {e!r}, another applied {seen!r}"
+                    assert seen == e, f"State Machine Safety: node {p.id} applies {e!r}, another {seen!r}"
         return busy
 
     def deliver(self) -> bool:
@@ -313,9 +322,6 @@ class Network:
                 return
         raise AssertionError(f"the network did not settle in {max_rounds} rounds")
 
-    def send(self, *msgs: Message) -> None:
-        self.queue.extend(msgs)
-
     def crash(self, id: int) -> None:
         """The node stops; its storage (what it persisted) survives."""
         self.crashed.add(id)
@@ -325,12 +331,3 @@ class Network:
         old = self.peers[id]
         self.crashed.discard(id)
         self.peers[id] = Peer.start(old.config, old.storage, old.rng)
-
-    def leader_of(self, term: int | None = None) -> int:
-        leaders = [
-            p.id
-            for p in self.live()
-            if p.node.role is Role.LEADER and (term is None or p.node.term == term)
-        ]
-        assert len(leaders) <= 1 or term is None, leaders
-        return leaders[0] if leaders else NONE

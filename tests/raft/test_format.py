@@ -269,7 +269,7 @@ def test_entry_indices_must_not_overflow() -> None:
 
 
 def test_short_header_at_an_offset() -> None:
-    buf = b"\x00" * 10 + fmt.encode_message(SAMPLES["heartbeat"])[:HEADER - 1]
+    buf = b"\x00" * 10 + fmt.encode_message(SAMPLES["heartbeat"])[: HEADER - 1]
     assert decode_error(buf, 10).position == 10
 
 

@@ -88,6 +88,8 @@ def test_update_term_from_message(role: str, mtype: MsgType, lead: int) -> None:
     p.step(Message(mtype, 2, 1, 2))
 
     assert (p.node.term, p.node.role, p.node.lead) == (2, Role.FOLLOWER, lead)
+    if mtype is not VOTE:
+        assert p.node.vote == NONE  # a vote cast in term 1 is no vote in term 2
     p.drain()
     assert p.storage.hard_state.term == 2
 
@@ -287,10 +289,13 @@ def test_election_timeout_nonconflict(role: str) -> None:
                 make_candidate(p)
         start = {p.id: p.node.term for p in peers}
         timed_out = 0
-        while timed_out == 0:
+        for _ in range(2 * ET):
             for p in peers:
                 p.node.tick()
             timed_out = sum(1 for p in peers if p.node.term != start[p.id])
+            if timed_out:
+                break
+        assert timed_out, "no node timed out within 2 * ET ticks"
         if timed_out > 1:
             conflicts += 1
         for p in peers:
@@ -417,6 +422,23 @@ def test_follower_commit_entry(ents: list[Entry], commit: int) -> None:
     assert p.applied == ents[:commit]
 
 
+def test_follower_commit_from_heartbeat() -> None:
+    """§5.3: the leader includes its commit index "in future AppendEntries RPCs
+    (including heartbeats) so that the other servers eventually find out": a heartbeat
+    alone commits what the follower holds."""
+    p = follower_at(new_node(), 1, 2)
+    p.step(app(2, 1, 1, 0, 0, entries(1, 1, 1)))
+    p.drain()
+    assert p.node.log.committed == 0
+
+    p.step(heartbeat(2, 1, 1, commit=2))
+    h = p.handle_ready()
+
+    assert h.committed == entries(1, 1, 1)
+    assert h.hard_state == HardState(1, NONE, 2)
+    assert h.after == [Message(MsgType.HEARTBEAT_RESP, 1, 2, 1)]
+
+
 @pytest.mark.parametrize(
     ("log_term", "index", "answer"),
     [
@@ -531,7 +553,7 @@ def test_vote_request(ents: list[Entry], term: int) -> None:
         p.node.tick()
 
     last = ents[-1]
-    assert p.drain_messages() == [vote(1, 2, term, last.index, last.term), vote(1, 3, term, last.index, last.term)]
+    assert p.drain_messages() == [vote(1, v, term, last.index, last.term) for v in (2, 3)]
 
 
 @pytest.mark.parametrize(

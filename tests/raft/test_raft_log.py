@@ -111,6 +111,15 @@ def test_slice(lo: int, hi: int, max_bytes: int, want: list[int]) -> None:
     assert all(e.data == b"0123456789" for e in got)
 
 
+def test_slice_cut_in_the_stable_part_takes_nothing_unstable() -> None:
+    """A large stored entry stops the slice: the small unstable entries after it must
+    not be appended to what came before it (that would skip an index)."""
+    log = log_of([Entry(1, 1, b"a"), Entry(1, 2, b"b"), Entry(1, 3, b"x" * 1000)], entries(4, 1, 1))
+    assert [e.index for e in log.slice(1, 6, 200)] == [1, 2]
+    assert [e.index for e in log.slice(3, 6, 200)] == [3]
+    assert [e.index for e in log.slice(4, 6, 200)] == [4, 5]
+
+
 def test_slice_below_first_index_is_compacted() -> None:
     log = log_of(entries(1, 1, 1, 1, 1), compact=2)
     with pytest.raises(LogCompacted):
