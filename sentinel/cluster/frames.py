@@ -12,6 +12,9 @@ Kinds:
 * RAFT: ``u32 count`` then ``count`` times ``u64 group | u32 length | message``
   (``sentinel.raft.format``): every Raft message queued for the peer, of every group,
   coalesced into one frame (one syscall, one CRC).
+* REQUEST: ``u64 request id | u16 method | payload``; REPLY: ``u64 request id | u8 ok |
+  payload``: a small request/reply protocol between brokers (a follower forwarding a
+  controller proposal to the leader, say). Payloads are the method's own encoding.
 
 Frames are bounded (``MAX_FRAME_BYTES``): a reader never buffers more than that on a
 length it has not checked, so a corrupt or hostile length cannot make it allocate
@@ -32,6 +35,8 @@ from sentinel.raft.messages import Message
 VERSION: Final = 1
 KIND_HELLO: Final = 1
 KIND_RAFT: Final = 2
+KIND_REQUEST: Final = 3
+KIND_REPLY: Final = 4
 
 # One Raft append carries up to 1 MiB by default; a frame carries many messages of many
 # groups, and the encoder stops adding messages at the soft budget below.
@@ -43,6 +48,8 @@ _BODY_HEADER = struct.Struct("<BB")
 _HELLO = struct.Struct("<QII")
 _COUNT = struct.Struct("<I")
 _ITEM = struct.Struct("<QI")
+_REQUEST = struct.Struct("<QH")
+_REPLY = struct.Struct("<QB")
 PREFIX_SIZE: Final = _PREFIX.size
 
 
@@ -53,7 +60,22 @@ class Hello:
     to: int
 
 
+@attrs.frozen
+class PeerRequest:
+    request_id: int
+    method: int
+    payload: bytes
+
+
+@attrs.frozen
+class PeerReply:
+    request_id: int
+    ok: bool
+    payload: bytes
+
+
 RaftItems = list[tuple[int, Message]]
+Frame = Hello | RaftItems | PeerRequest | PeerReply
 
 
 class FrameError(ValueError):
@@ -85,6 +107,18 @@ def encode_raft(messages: list[tuple[int, Message]]) -> bytes:
     return b"".join(_frame(parts))
 
 
+def encode_request(request_id: int, method: int, payload: bytes) -> bytes:
+    return b"".join(
+        _frame([_BODY_HEADER.pack(VERSION, KIND_REQUEST), _REQUEST.pack(request_id, method), payload])
+    )
+
+
+def encode_reply(request_id: int, ok: bool, payload: bytes) -> bytes:
+    return b"".join(
+        _frame([_BODY_HEADER.pack(VERSION, KIND_REPLY), _REPLY.pack(request_id, int(ok)), payload])
+    )
+
+
 def parse_prefix(prefix: bytes) -> tuple[int, int]:
     """(body length, crc) of a frame prefix; FrameError if the length is out of bounds."""
     length, crc = _PREFIX.unpack(prefix)
@@ -93,8 +127,8 @@ def parse_prefix(prefix: bytes) -> tuple[int, int]:
     return length, crc
 
 
-def decode_body(body: bytes, crc: int) -> Hello | RaftItems:
-    """A frame body: a Hello, or a RAFT frame's ``(group, Message)`` items."""
+def decode_body(body: bytes, crc: int) -> Frame:
+    """A frame body: a Hello, a RAFT frame's ``(group, Message)`` items, a request or a reply."""
     if crc32c(body) != crc:
         raise FrameError(PREFIX_SIZE, "checksum mismatch")
     version, kind = _BODY_HEADER.unpack_from(body, 0)
@@ -105,6 +139,18 @@ def decode_body(body: bytes, crc: int) -> Hello | RaftItems:
         if len(body) - pos != _HELLO.size:
             raise FrameError(PREFIX_SIZE + pos, f"hello of {len(body) - pos} bytes, expected {_HELLO.size}")
         return Hello(*_HELLO.unpack_from(body, pos))
+    if kind == KIND_REQUEST:
+        if len(body) - pos < _REQUEST.size:
+            raise FrameError(PREFIX_SIZE + pos, "request header past the end")
+        request_id, method = _REQUEST.unpack_from(body, pos)
+        return PeerRequest(request_id, method, body[pos + _REQUEST.size :])
+    if kind == KIND_REPLY:
+        if len(body) - pos < _REPLY.size:
+            raise FrameError(PREFIX_SIZE + pos, "reply header past the end")
+        request_id, ok = _REPLY.unpack_from(body, pos)
+        if ok > 1:
+            raise FrameError(PREFIX_SIZE + pos + 8, f"reply status {ok} is neither 0 nor 1")
+        return PeerReply(request_id, bool(ok), body[pos + _REPLY.size :])
     if kind != KIND_RAFT:
         raise FrameError(PREFIX_SIZE + 1, f"unknown frame kind {kind}")
     if len(body) - pos < _COUNT.size:

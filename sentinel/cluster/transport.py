@@ -21,6 +21,7 @@ else (another cluster, an unknown node, a frame that fails its CRC) closes it, l
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -28,6 +29,15 @@ import attrs
 import trio
 
 from sentinel.cluster import frames
+from sentinel.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SentinelError,
+    Unavailable,
+)
 from sentinel.raft.messages import ENTRY_OVERHEAD, Message
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,41 @@ BACKOFF_MAX_SECONDS = 2.0
 # A connection that does not complete its HELLO in this time is dropped.
 HANDSHAKE_TIMEOUT_SECONDS = 5.0
 _MESSAGE_OVERHEAD = 80  # header and framing per message, for the queue's byte accounting
+# A peer request not answered in this time fails UNAVAILABLE (the caller retries).
+REQUEST_TIMEOUT_SECONDS = 10.0
+
+RequestHandler = Callable[[int, int, bytes], Awaitable[bytes]]
+
+
+@attrs.define
+class _Waiter:
+    peer: int
+    done: trio.Event = attrs.field(factory=trio.Event)
+    reply: frames.PeerReply | None = None
+
+
+# Errors that travel back from a peer request, by name (anything else arrives as itself's
+# base class SentinelError with its message).
+_ERRORS: dict[str, type[SentinelError]] = {
+    cls.__name__: cls
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted, Unavailable)
+}
+
+
+def encode_error(exc: SentinelError) -> bytes:
+    leader = exc.leader if isinstance(exc, Unavailable) else None
+    return json.dumps({"type": type(exc).__name__, "message": str(exc), "leader": leader}).encode()
+
+
+def decode_error(payload: bytes) -> SentinelError:
+    try:
+        doc = json.loads(payload)
+        cls = _ERRORS.get(doc["type"], SentinelError)
+        if cls is Unavailable:
+            return Unavailable(str(doc["message"]), leader=doc.get("leader"))
+        return cls(str(doc["message"]))
+    except (ValueError, KeyError, TypeError):
+        return SentinelError(f"a peer answered with an unreadable error ({len(payload)} bytes)")
 
 
 @attrs.frozen
@@ -77,7 +122,7 @@ class _FrameReader:
             self._buf += chunk
             self.bytes_received += len(chunk)
 
-    async def read_frame(self) -> frames.Hello | frames.RaftItems:
+    async def read_frame(self) -> frames.Frame:
         await self._fill(frames.PREFIX_SIZE)
         length, crc = frames.parse_prefix(bytes(self._buf[: frames.PREFIX_SIZE]))
         await self._fill(frames.PREFIX_SIZE + length)
@@ -108,7 +153,8 @@ class PeerLink:
         self.peer = peer
         self.address = address
         self.dials = network.node_id < peer
-        self._queue: list[tuple[int, Message]] = []
+        # Raft messages (group, message), or an encoded request/reply frame (bytes).
+        self._queue: list[tuple[int, Message] | bytes] = []
         self._queued_bytes = 0
         self._queue_limit = queue_limit_bytes
         self._wakeup = trio.Event()
@@ -129,6 +175,12 @@ class PeerLink:
             return
         self._queue.append((group, m))
         self._queued_bytes += size
+        self._wakeup.set()
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue an encoded request or reply frame (never dropped: requests time out)."""
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
         self._wakeup.set()
 
     def hand_over(self, stream: trio.SocketStream) -> bool:
@@ -225,9 +277,15 @@ class PeerLink:
         while True:
             items = await reader.read_frame()
             self._bytes_received = reader.bytes_received
+            self.frames_received += 1
             if isinstance(items, frames.Hello):
                 raise frames.FrameError(0, "a second hello after the handshake")
-            self.frames_received += 1
+            if isinstance(items, frames.PeerRequest):
+                self.network.serve_request(self, items)
+                continue
+            if isinstance(items, frames.PeerReply):
+                self.network.resolve(self.peer, items)
+                continue
             for group, m in items:
                 if m.frm != self.peer or m.to != me:
                     raise frames.FrameError(0, f"message {m!r} does not belong on link {self.peer}")
@@ -243,18 +301,26 @@ class PeerLink:
             if not self._queue:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
-            batch: list[tuple[int, Message]] = []
-            size = 0
             queue = self._queue
-            taken = 0
-            while taken < len(queue) and (not batch or size < frames.FRAME_BUDGET_BYTES):
-                item = queue[taken]
-                batch.append(item)
-                size += _message_size(item[1])
-                taken += 1
-            del queue[:taken]
-            self._queued_bytes -= size
-            data = frames.encode_raft(batch)
+            first = queue[0]
+            if isinstance(first, bytes):
+                del queue[0]
+                self._queued_bytes -= len(first)
+                data = first
+            else:
+                # Every Raft message queued, up to the budget, in one frame.
+                batch: list[tuple[int, Message]] = []
+                size = taken = 0
+                while taken < len(queue) and (not batch or size < frames.FRAME_BUDGET_BYTES):
+                    item = queue[taken]
+                    if isinstance(item, bytes):
+                        break
+                    batch.append(item)
+                    size += _message_size(item[1])
+                    taken += 1
+                del queue[:taken]
+                self._queued_bytes -= size
+                data = frames.encode_raft(batch)
             await stream.send_all(data)
             self.frames_sent += 1
             self.bytes_sent += len(data)
@@ -281,13 +347,63 @@ class PeerNetwork:
             if peer != node_id
         }
         self.port = 0
+        #: Serves requests from peers: (peer, method, payload) -> reply payload; a
+        #: SentinelError it raises travels back and is raised at the caller.
+        self.handler: RequestHandler | None = None
+        self._next_request = 1
+        self._waiting: dict[int, _Waiter] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def request(
+        self, peer: int, method: int, payload: bytes, *, reply_within: float = REQUEST_TIMEOUT_SECONDS
+    ) -> bytes:
+        """Send a request to ``peer`` and wait for its reply; Unavailable if no reply comes
+        in ``reply_within`` seconds (the peer is down or the link is broken: the caller may retry)."""
+        link = self.links.get(peer)
+        if link is None:
+            raise Unavailable(f"node {peer} is not a peer of node {self.node_id}")
+        request_id = self._next_request
+        self._next_request += 1
+        waiter = self._waiting[request_id] = _Waiter(peer)
+        try:
+            link.send_frame(frames.encode_request(request_id, method, payload))
+            with trio.move_on_after(reply_within):
+                await waiter.done.wait()
+        finally:
+            del self._waiting[request_id]
+        reply = waiter.reply
+        if reply is None:
+            raise Unavailable(f"node {peer} did not answer within {reply_within:g} s")
+        if not reply.ok:
+            raise decode_error(reply.payload)
+        return reply.payload
+
+    def resolve(self, peer: int, reply: frames.PeerReply) -> None:
+        waiter = self._waiting.get(reply.request_id)
+        if waiter is not None and waiter.peer == peer:
+            waiter.reply = reply
+            waiter.done.set()
+
+    def serve_request(self, link: PeerLink, request: frames.PeerRequest) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._answer, link, request)
+
+    async def _answer(self, link: PeerLink, request: frames.PeerRequest) -> None:
+        try:
+            if self.handler is None:
+                raise Unavailable(f"node {self.node_id} is not ready for requests")
+            payload = await self.handler(link.peer, request.method, request.payload)
+            frame = frames.encode_reply(request.request_id, True, payload)
+        except SentinelError as exc:
+            frame = frames.encode_reply(request.request_id, False, encode_error(exc))
+        link.send_frame(frame)
 
     def send(self, group: int, m: Message) -> None:
         link = self.links.get(m.to)
         if link is not None:
             link.send(group, m)
 
-    def check_hello(self, hello: frames.Hello | frames.RaftItems, *, expect_from: int | None = None) -> int:
+    def check_hello(self, hello: frames.Frame, *, expect_from: int | None = None) -> int:
         if not isinstance(hello, frames.Hello):
             raise HandshakeError("expected a hello frame first")
         cluster, frm, to = hello.cluster, hello.frm, hello.to
@@ -305,6 +421,7 @@ class PeerNetwork:
         listeners = await trio.open_tcp_listeners(port, host=host)
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for link in self.links.values():
                 nursery.start_soon(link.run)
             for listener in listeners:

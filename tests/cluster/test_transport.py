@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
 import trio
 
 from sentinel.cluster import frames
@@ -143,4 +144,39 @@ async def test_a_down_peer_costs_bounded_memory_messages_over_the_bound_are_drop
             net1.send(0, big)
         stats = net1.links[2].statistics()
         assert stats.queued_messages == 3 and stats.dropped_messages == 7
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_request_is_answered_and_an_error_travels_back_typed() -> None:
+    from sentinel.errors import AlreadyExists
+
+    ports = free_ports(2)
+    async with trio.open_nursery() as nursery:
+        net1 = await start(nursery, 1, ports, Inbox())
+        net2 = await start(nursery, 2, ports, Inbox())
+
+        async def handler(peer: int, method: int, payload: bytes) -> bytes:
+            if method == 2:
+                raise AlreadyExists(f"{payload.decode()} exists")
+            return b"%d:%d:" % (peer, method) + payload
+
+        net2.handler = handler
+        with trio.fail_after(DEADLINE):
+            assert await net1.request(2, 1, b"hello") == b"1:1:hello"
+            with pytest.raises(AlreadyExists, match="topic exists"):
+                await net1.request(2, 2, b"topic")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_request_to_a_down_peer_fails_unavailable_in_bounded_time() -> None:
+    from sentinel.errors import Unavailable
+
+    ports = free_ports(2)
+    async with trio.open_nursery() as nursery:
+        net1 = await start(nursery, 1, ports, Inbox())
+        with (
+            trio.fail_after(DEADLINE),
+            pytest.raises(Unavailable, match=r"node 2 did not answer within 0\.2 s"),
+        ):
+            await net1.request(2, 1, b"x", reply_within=0.2)
         nursery.cancel_scope.cancel()
