@@ -18,7 +18,9 @@ from the snapshot.
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Awaitable, Callable
 from typing import assert_never
 
 import attrs
@@ -26,7 +28,7 @@ import trio
 
 from sentinel.actors import Actor, Request
 from sentinel.cluster.group import GroupStorage, Send, handle_ready
-from sentinel.cluster.metadata import ClusterMetadata, MetadataImage, TopicMeta
+from sentinel.cluster.metadata import ClusterMetadata, MetadataImage, TopicConfig, TopicMeta
 from sentinel.errors import MailboxFull, SentinelError, Unavailable
 from sentinel.raft.core import Config, NotLeader, ProposalDropped, RaftNode
 from sentinel.raft.messages import NONE, Message, Role
@@ -91,6 +93,7 @@ class Controller(Actor[ControllerMessage]):
         config: Config | None = None,
         address_of: dict[int, str] | None = None,
         snapshot_every: int = SNAPSHOT_EVERY,
+        forward: Callable[[int, bytes], Awaitable[bytes]] | None = None,
     ) -> None:
         super().__init__(f"controller-{node_id}")
         self.node_id = node_id
@@ -106,6 +109,8 @@ class Controller(Actor[ControllerMessage]):
         )
         self._address_of = address_of or {}
         self._snapshot_every = snapshot_every
+        # Sends a proposal to the leader and returns its encoded result (encode_result).
+        self._forward = forward
         # Proposals of this leader waiting for their entry to apply: index -> (term, request).
         self._pending: dict[int, tuple[int, Propose]] = {}
         self._changed = trio.Event()
@@ -123,6 +128,16 @@ class Controller(Actor[ControllerMessage]):
             pass  # dropped like a lost packet: Raft retransmits
 
     async def propose(self, command: bytes) -> TopicMeta | None:
+        """Propose a metadata change from any node: here if this node leads the controller,
+        else forwarded to the leader over the peer link (as etcd forwards proposals).
+        UNAVAILABLE when no leader is known or it does not answer: retriable."""
+        leader = self.view.leader
+        if self._forward is None or leader in (NONE, self.node_id):
+            return await self.call(Propose(command))
+        return decode_result(await self._forward(leader, command))
+
+    async def propose_here(self, command: bytes) -> TopicMeta | None:
+        """Propose on this node only (a forwarded proposal: never forwarded again)."""
         return await self.call(Propose(command))
 
     async def transfer_leadership(self, to: int) -> None:
@@ -243,3 +258,35 @@ class Controller(Actor[ControllerMessage]):
         self.view = self._make_view()
         self._changed.set()
         self._changed = trio.Event()
+
+
+def encode_result(result: TopicMeta | None) -> bytes:
+    """A proposal's result for the node that forwarded it (errors travel as errors)."""
+    if result is None:
+        return b""
+    return json.dumps(
+        {
+            "name": result.name,
+            "id": result.topic_id,
+            "replicas": [list(r) for r in result.replicas],
+            "retention_ms": result.config.retention_ms,
+            "retention_bytes": result.config.retention_bytes,
+            "created_ms": result.created_ms,
+        }
+    ).encode()
+
+
+def decode_result(data: bytes) -> TopicMeta | None:
+    if not data:
+        return None
+    try:
+        t = json.loads(data)
+        return TopicMeta(
+            str(t["name"]),
+            int(t["id"]),
+            tuple(tuple(int(b) for b in r) for r in t["replicas"]),
+            TopicConfig(int(t["retention_ms"]), int(t["retention_bytes"])),
+            int(t["created_ms"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SentinelError(f"the controller leader answered with an unreadable result: {exc}") from None

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from sentinel.cluster import metadata as md
-from sentinel.cluster.controller import Controller, ControllerView
+from sentinel.cluster.controller import Controller, ControllerView, encode_result
 from sentinel.cluster.group import MemoryGroupStorage
 from sentinel.cluster.metadata import TopicConfig
 from sentinel.cluster.ticker import RaftTicker
@@ -23,14 +23,21 @@ VOTERS = (1, 2, 3)
 class Cluster:
     """Three controllers, their disks, and a network that can cut nodes off."""
 
-    def __init__(self, nursery: trio.Nursery, snapshot_every: int = 1000) -> None:
+    def __init__(self, nursery: trio.Nursery, snapshot_every: int = 1000, forwarding: bool = False) -> None:
         self.nursery = nursery
         self.disks = {i: MemoryGroupStorage() for i in VOTERS}
         self.nodes: dict[int, Controller] = {}
         self.scopes: dict[int, trio.CancelScope] = {}
         self.cut: set[int] = set()
         self.snapshot_every = snapshot_every
+        self.forwarding = forwarding
         self.seed = 0
+
+    async def forward(self, leader: int, command: bytes) -> bytes:
+        """What the peer link does: the leader's node proposes it there."""
+        if leader in self.cut or leader not in self.nodes:
+            raise Unavailable(f"node {leader} did not answer")
+        return encode_result(await self.nodes[leader].propose_here(command))
 
     def send(self, group: int, m: Message) -> None:
         assert group == 0
@@ -50,6 +57,7 @@ class Cluster:
             rng=random.Random(self.seed),
             address_of={n: f"host{n}:9092" for n in VOTERS},
             snapshot_every=self.snapshot_every,
+            forward=self.forward if self.forwarding else None,
         )
 
         async def run(*, task_status: trio.TaskStatus[None]) -> None:
@@ -81,7 +89,7 @@ class Cluster:
         return [n.view for n in self.nodes.values()]
 
 
-async def start_cluster(nursery: trio.Nursery, **kw: int) -> Cluster:
+async def start_cluster(nursery: trio.Nursery, **kw: int | bool) -> Cluster:
     cluster = Cluster(nursery, **kw)
     for i in VOTERS:
         await cluster.start(i)
@@ -187,4 +195,18 @@ async def test_a_proposal_caught_in_a_leadership_change_is_answered_not_lost(aut
         views = await cluster.converged(new.view.image.applied_index)
         # The failed proposal was never applied anywhere; the later one everywhere.
         assert all(7 not in v.image.brokers and 8 in v.image.brokers for v in views)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_follower_forwards_proposals_to_the_leader(autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        cluster = await start_cluster(nursery, forwarding=True)
+        leader = await cluster.leader()
+        await cluster.converged(1)
+        follower = next(n for n in cluster.nodes.values() if n is not leader)
+        await follower.propose(md.register_broker(1, "h1", 9092))
+        topic = await follower.propose(md.create_topic("fw", [[1]], TopicConfig(retention_ms=5), 77))
+        assert topic == leader.view.image.topics["fw"]
+        with pytest.raises(AlreadyExists, match="topic 'fw' already exists"):
+            await follower.propose(md.create_topic("fw", [[1]], TopicConfig(), 0))
         nursery.cancel_scope.cancel()
