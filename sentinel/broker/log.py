@@ -379,12 +379,21 @@ class LocalPartitionLog:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         new_start, size = self._start, self._size
         begin = keys.data_key(self.topic_id, self.partition, self._start)
-        for scanned, (key, value) in enumerate(self._store.scan(begin, self._prefix_end), 1):
+        damaged: list[DamagedBlock] = []
+        scan = self._store.scan(begin, self._prefix_end, on_damage=damaged.append)
+        for scanned, (key, value) in enumerate(scan, 1):
             if scanned % SCAN_BATCHES_PER_CHECKPOINT == 0:
                 await trio.lowlevel.checkpoint()  # a long backlog never blocks the event loop
             batch = RecordBatch(value, verify_crc=False)
             if batch.next_offset > self._hw:
                 break  # never delete what is not yet durable
+            if damaged and batch.base_offset > new_start:
+                # A damaged block holds what precedes this batch: its age and size cannot be
+                # read, so it stays (with everything after it) until an operator decides.
+                self._report_damage(
+                    f"retention of {self.topic}[{self.partition}] stops at offset {new_start}", damaged
+                )
+                break
             too_old = retention_ms > 0 and batch.max_timestamp < now_ms - retention_ms
             too_big = retention_bytes > 0 and size > retention_bytes
             if not (too_old or too_big):
