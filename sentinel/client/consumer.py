@@ -26,7 +26,8 @@ How it works:
   then raises ``CorruptRecordBatch`` naming the topic, partition and offset (at once when
   it has nothing else to return, else on the next call, before anything else); the
   position stays at the damage, so it is met again until the application seeks past it.
-  A DATA_LOSS (or INTERNAL) answer is raised naming the topic, partition and offset too.
+  A DATA_LOSS answer (stored data missing, or damaged on the broker's disk) is raised as
+  ``DataLoss`` naming the topic, partition and offset too, after every record before it.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ FAILED_PRECONDITION  FailedPrecondition
 RESOURCE_EXHAUSTED   ResourceExhausted
 UNAVAILABLE          Unavailable
 OUT_OF_RANGE         OffsetOutOfRange
+DATA_LOSS            DataLoss
 DEADLINE_EXCEEDED    RequestTimeout
 anything else        SentinelError
 ==================== ==========================
@@ -27,7 +28,8 @@ retry would only repeat.
 
 Bad data a fetch returns is not the caller's fault, so it is never ``InvalidArgument``: a
 stored batch that does not decode is :class:`CorruptRecordBatch` (a ``CorruptionError``)
-naming the topic, partition and offset.
+naming the topic, partition and offset. Stored data the broker cannot read (missing, or
+damaged on its disk) is DATA_LOSS, ``DataLoss``: not retried, the message says where.
 """
 
 from __future__ import annotations

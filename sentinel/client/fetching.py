@@ -177,8 +177,9 @@ def records_from_batches(tp: TopicPartition, data: bytes, start: int) -> list[Co
 
 def read_error(exc: SentinelError, tp: TopicPartition, offset: int) -> SentinelError:
     """A fetch's error with the topic, partition and offset it was reading, when the broker
-    reported bad or missing stored data (DATA_LOSS; INTERNAL for a damaged storage file,
-    whose message names only the file): the same error, otherwise."""
+    reported missing or damaged stored data (DATA_LOSS: the message names the offsets, and
+    the file and byte of any damage) or failed itself (INTERNAL and other statuses without
+    a Sentinel meaning): the same error, otherwise."""
     if isinstance(exc, DataLoss) or type(exc) is SentinelError:
         return type(exc)(f"cannot read topic {tp.topic!r} partition {tp.partition} at offset {offset}: {exc}")
     return exc
