@@ -464,12 +464,11 @@ def _replay(
             else:
                 why = "a crash mid-append leaves an incomplete last record or zeros, not this"
             detail = (
-                f"{scan.tail_error}: not a torn tail ({why}); "
-                f"{scan.dropped_bytes} bytes of manifest records would be lost"
+                f"{scan.tail_error}: not a torn tail ({why}); {scan.dropped_bytes} bytes of manifest records"
             )
             if not accept_data_loss:
-                raise CorruptionError(source, scan.valid_bytes, detail)
-            report = f"{path.name}: accepted data loss at byte {scan.valid_bytes}: {detail}"
+                raise CorruptionError(source, scan.valid_bytes, f"{detail} would be lost")
+            report = f"{path.name}: accepted data loss at byte {scan.valid_bytes}: {detail} were dropped"
     state: ManifestState | None = None
     pos = 0
     for payload in scan.payloads:

@@ -141,10 +141,11 @@ def _recover_opened(
                     f"{path.name}: dropped a torn tail of {replay.dropped_bytes} bytes after seq {after} "
                     f"({replay.tail_error})"
                 )
+            elif not options.accept_data_loss:
+                detail = _wal_loss(directory, replay, later, after, "would be lost")
+                raise CorruptionError(str(path), replay.valid_bytes, detail)
             else:
-                detail = _wal_loss(directory, replay, later, after)
-                if not options.accept_data_loss:
-                    raise CorruptionError(str(path), replay.valid_bytes, detail)
+                detail = _wal_loss(directory, replay, later, after, "were dropped")
                 report.append(f"{path.name}: accepted data loss at byte {replay.valid_bytes}: {detail}")
             truncate_wal_tail(path, replay.valid_bytes)
             dropped_bytes += replay.dropped_bytes
@@ -210,21 +211,21 @@ def _check_segments_present(
         return segments
     path = wal_path(directory, missing[0])
     later = [n for n in segments if n > missing[0]]
-    detail = (
+    lost = (
         f"WAL segment missing (the manifest's log number is {state.log_number}, the newest segment "
-        f"present is {newest}): the records it held, written after seq {state.last_sequence}, would be lost"
-        f"{_later_segments(directory, later)}"
+        f"present is {newest}): the records it held, written after seq {state.last_sequence},"
     )
     if not options.accept_data_loss:
-        raise CorruptionError(str(path), None, detail)
-    report.append(f"{path.name}: accepted data loss: {detail}")
+        raise CorruptionError(str(path), None, f"{lost} would be lost{_later_segments(directory, later)}")
+    report.append(f"{path.name}: accepted data loss: {lost} were dropped{_later_segments(directory, later)}")
     return [n for n in segments if n < missing[0]]
 
 
-def _wal_loss(directory: Path, replay: WalReplay, later: list[int], after: int) -> str:
-    """What cutting a segment at its damage loses, for the refusal and the report."""
+def _wal_loss(directory: Path, replay: WalReplay, later: list[int], after: int, verb: str) -> str:
+    """What cutting a segment at its damage loses, for the refusal (``verb`` "would be
+    lost") and for the report of an accepted loss ("were dropped")."""
     where = " in a WAL segment older than the newest one" if later else ""
-    lost = f"{replay.dropped_bytes} bytes of WAL records after seq {after} would be lost"
+    lost = f"{replay.dropped_bytes} bytes of WAL records after seq {after} {verb}"
     if replay.lost_batches:
         seqs = f" (seqs {replay.lost_seqs[0]} to {replay.lost_seqs[1]})" if replay.lost_seqs else ""
         lost += f": the damaged write batch and {replay.lost_batches} intact one(s) after it{seqs}"

@@ -358,6 +358,9 @@ def test_flipped_byte_in_the_last_complete_record_is_corruption(tmp_path: Path) 
     manifest.close()
     assert manifest.recovery_report is not None
     assert manifest.recovery_report.startswith(f"{path.name}: accepted data loss at byte {offsets[-1]}: ")
+    assert manifest.recovery_report.endswith(
+        f"{len(data) - offsets[-1]} bytes of manifest records were dropped"
+    )
     assert numbers(state.version.files(0)) == [10]
     assert path.stat().st_size == offsets[-1]
 
