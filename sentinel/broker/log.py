@@ -213,11 +213,14 @@ class LocalPartitionLog:
             begin = keys.data_key(self.topic_id, self.partition, offset)
             # Batches below the high watermark are contiguous: the first holds ``offset`` and
             # each next one starts right after the previous. Anything else is data that is
-            # missing (a loss accepted at recovery): refuse it, never skip it silently.
+            # missing (a loss accepted at recovery): refuse it, never skip it silently. What
+            # precedes the gap is served first; the read that starts at the gap is refused.
             expected = offset
             for key, value in self._store.scan(begin, self._prefix_end):
                 (base,) = _BASE_OFFSET.unpack_from(value)
                 if base > expected:
+                    if parts:
+                        break
                     self._missing(expected, min(base, hw))
                 if base >= hw:
                     break
@@ -229,7 +232,7 @@ class LocalPartitionLog:
                 if total >= max_bytes:
                     break
             else:
-                if next_offset < hw:
+                if next_offset < hw and not parts:
                     self._missing(next_offset, hw)
         return ReadResult(
             data=b"".join(parts), next_offset=next_offset, high_watermark=hw, log_start_offset=start
