@@ -3,17 +3,22 @@
 Runs synchronously (in a worker thread) before any storage actor starts:
 
 1. take an exclusive ``flock`` on ``LOCK``: two processes must never share a directory;
-2. open the manifest (``Manifest.open`` truncates a torn tail of the manifest itself);
-3. open a reader for every table the version names (a missing or corrupt table is a
-   :class:`CorruptionError` naming it: we never start on top of half a database);
+2. open the manifest (``Manifest.open`` cuts a torn tail of the manifest itself and
+   refuses damage unless the loss is accepted);
+3. open a reader for every table the version names: a missing or damaged table is a
+   :class:`CorruptionError` naming it and what it holds, even when a loss is accepted (we
+   never start on top of half a database; ``_held`` says why);
 4. replay every WAL segment numbered at or above the manifest's log number, in order.
-   Only the newest segment may end in a torn or corrupt frame (rotation fsyncs a segment
-   before the next one starts), so its tail is truncated and reported; a bad tail in an
-   older segment means acknowledged data is damaged, which is a CorruptionError;
+   Only the newest segment may end in a torn tail (an incomplete last frame or a
+   zero-filled end, ``framing.scan_frames``; rotation fsyncs a segment before the next one
+   starts): it is cut and reported. Damage anywhere else, and a missing segment, is a
+   CorruptionError naming the file, the byte and what would be lost, unless the loss is
+   accepted: then the segment is cut there, later segments are dropped (they would leave a
+   gap), and every drop is reported and counted;
 5. flush what was replayed to an L0 table and record the new log number, so recovery
    time stays bounded by the memtable size, never by the amount of data stored;
-6. delete what no version names: old WAL segments, orphan tables from an interrupted
-   flush or compaction, temporary files.
+6. delete what no version names: old WAL segments (also those an accepted loss dropped),
+   orphan tables from an interrupted flush or compaction, temporary files.
 """
 
 from __future__ import annotations
