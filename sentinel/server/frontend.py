@@ -160,14 +160,27 @@ class CallState:
 
 class _DemoteCancellationLogs(logging.Filter):
     """grpclib logs every client cancellation and deadline at info level: routine events
-    for a streaming server, logged here at debug instead."""
+    for a streaming server, logged here at debug instead.
+
+    A deadline that passes after grpclib read the headers but before it started the
+    handler (a few milliseconds, or a pause of the loop's thread) grpclib logs as an error
+    with a traceback ("Timeout occurred"): any client could fill the log with them, and a
+    handler that keeps records (a test's) keeps the call's stream through the traceback.
+    Guarded handlers turn their own ``TimeoutError`` into a status, so that is the only way
+    grpclib logs this message here: also debug, without the traceback."""
 
     _MESSAGES = frozenset({"Request was cancelled: %s", "Deadline exceeded"})
+    _DEADLINE_BEFORE_START = "Timeout occurred"
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.INFO and record.msg in self._MESSAGES:
             log.debug("grpclib: %s", record.getMessage())
             return False
+        if record.msg == self._DEADLINE_BEFORE_START and record.exc_info is not None:
+            error = record.exc_info[1]
+            if isinstance(error, TimeoutError) and error.args == ("Deadline exceeded",):
+                log.debug("grpclib: the deadline passed before the handler started")
+                return False
         return True
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -416,3 +417,21 @@ async def test_every_call_releases_its_state(served: Served, kind: str) -> None:
             "connection window more than half open": True,
         }
         await client.stream.aclose()
+
+
+async def test_a_deadline_gone_before_the_handler_starts_logs_no_traceback(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    # grpclib checks the deadline just before it starts the handler; a zero timeout makes
+    # that check fail every time (a short one does when the loop's thread pauses there).
+    with trio.fail_after(SAFETY):
+        client = await served.connect()
+        request = fetch(served.end, max_wait_ms=30_000)
+        calls = [client.start("Fetch", request, timeout="0n") for _ in range(50)]
+        await client.flush()
+        await client.wait(lambda: all(c.over for c in calls))
+        await served.settle(client)
+        await client.stream.aclose()
+    assert {c.status for c in calls} == {"2"}  # grpclib's answer (UNKNOWN), not ours
+    logged = [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert logged == []
