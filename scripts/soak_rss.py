@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Soak a real broker with bursts of one kind of call and print its RSS after each burst.
 
-Starts ``sentinel run`` (free ports, a temporary data directory), produces a few records
-to a topic, then for each kind of call runs ``--rounds`` rounds of ``--calls`` calls and
-reads the broker's resident set size (``/proc/PID/status`` VmRSS) after each round. A
-broker that releases what a call held plateaus after the first round or two (the
-allocator's high-water mark); steady growth round after round is retention.
+For each kind of call, starts ``sentinel run`` (free ports, a temporary data directory;
+one broker per kind unless ``--shared-broker``), produces a few records to a topic, runs
+``--rounds`` rounds of ``--calls`` calls and reads the broker's resident set size
+(``/proc/PID/status`` VmRSS) after each round. A broker that releases what a call held
+plateaus after the first round or two (the allocator's high-water mark); steady growth
+round after round is retention.
 
-The client speaks HTTP/2 directly (h2 over a blocking socket, one connection per kind
-kept open across its rounds) so it controls exactly when a stream is reset. Kinds:
+The client speaks HTTP/2 directly (h2 over a blocking socket, one connection per kind kept
+open across its rounds: what a call held must go when the call ends, not with the
+connection) so it controls exactly when a stream is reset. Kinds:
 
 * ``completed``: unary Fetch answered at once with data;
 * ``expired``:   Fetch long-polls at the end of the log until its ``max_wait_ms`` expires;
@@ -358,18 +360,18 @@ def prepare(port: int) -> int:
 @dataclass
 class Soak:
     calls_per_round: int
-    start_rss: int
     # kind -> RSS in bytes before its first round, then after each round
     kinds: dict[str, list[int]] = field(default_factory=dict)
-    idle_rss: int | None = None
+    # broker ("all", or the kind it ran alone) -> RSS in bytes after it was idle, at the end
+    idle_rss: dict[str, int] = field(default_factory=dict)
 
 
-def soak(kinds: list[str], rounds: int, calls: int, extra_args: list[str], idle: float) -> Soak:
+def soak_one_broker(kinds: list[str], rounds: int, extra_args: list[str], idle: float, result: Soak) -> None:
+    calls = result.calls_per_round
     with tempfile.TemporaryDirectory(prefix="soak-rss-") as tmp:
         broker = Broker(Path(tmp) / "data", extra_args)
         try:
             end = prepare(broker.port)
-            result = Soak(calls_per_round=calls, start_rss=broker.rss_bytes())
             for kind in kinds:
                 client = H2Client(broker.port)
                 try:
@@ -384,12 +386,21 @@ def soak(kinds: list[str], rounds: int, calls: int, extra_args: list[str], idle:
                     client.close()
             if idle > 0:
                 time.sleep(idle)
-                result.idle_rss = broker.rss_bytes()
-            return result
+                result.idle_rss[kinds[0] if len(kinds) == 1 else "all"] = broker.rss_bytes()
         finally:
             code = broker.stop()
             if code != 0:
                 print(f"broker exited with {code}:\n{''.join(broker.log[-20:])}", file=sys.stderr)
+
+
+def soak(kinds: list[str], rounds: int, calls: int, extra_args: list[str], idle: float, shared: bool) -> Soak:
+    result = Soak(calls_per_round=calls)
+    if shared:
+        soak_one_broker(kinds, rounds, extra_args, idle, result)
+    else:
+        for kind in kinds:
+            soak_one_broker([kind], rounds, extra_args, idle, result)
+    return result
 
 
 def report_round(kind: str, samples: list[int], calls: int) -> None:
@@ -407,7 +418,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per kind (default 5)")
     parser.add_argument("--calls", type=int, default=2000, help="calls per round (default 2000)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
-    parser.add_argument("--idle", type=float, default=0.0, help="seconds to idle at the end, then read RSS")
+    parser.add_argument(
+        "--idle", type=float, default=0.0, help="seconds each broker idles at the end, then RSS is read"
+    )
+    parser.add_argument(
+        "--shared-broker",
+        action="store_true",
+        help="one broker for every kind, in turn (default: a fresh broker per kind)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     parser.add_argument("broker_args", nargs="*", help="extra `sentinel run` arguments (after --)")
     args = parser.parse_args()
@@ -415,7 +433,7 @@ def main() -> None:
     unknown = [k for k in kinds if k not in RUNNERS]
     if unknown or args.rounds < 1 or args.calls < 1:
         parser.error(f"unknown kind {unknown[0]}" if unknown else "--rounds and --calls must be positive")
-    result = soak(kinds, args.rounds, args.calls, args.broker_args, args.idle)
+    result = soak(kinds, args.rounds, args.calls, args.broker_args, args.idle, args.shared_broker)
     if args.json:
         print(json.dumps(dataclasses.asdict(result), indent=2))
     else:
@@ -424,8 +442,8 @@ def main() -> None:
             figures = " ".join(f"{s / 2**20:7.1f}" for s in samples)
             growth = (samples[-1] - samples[1]) / (args.calls * max(1, len(samples) - 2))
             print(f"{kind:>9}: {figures}   after round 1: {growth:+.0f} B/call")
-        if result.idle_rss is not None:
-            print(f"after {args.idle:.0f} s idle: {result.idle_rss / 2**20:.1f} MiB")
+        for broker, rss in result.idle_rss.items():
+            print(f"{broker:>9}: after {args.idle:.0f} s idle: {rss / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

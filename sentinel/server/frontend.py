@@ -39,6 +39,12 @@ that is not valid protobuf is ``INVALID_ARGUMENT``.
   ``grace_period`` plus a few fixed timeouts.
 * **Back-pressure.** HTTP/2 flow-control windows stay at grpclib's 4 MiB defaults, so a
   server-streaming handler's ``send_message`` blocks while a slow client does not read.
+* **Nothing kept per call.** However a call ends (answered, failed, deadline, reset by the
+  client before or after its handler started, connection lost), its grpclib stream and
+  handler task, h2's stream and the bridge's Trio task are released when its task ends,
+  and the flow-control credit of request bytes nobody read goes back to the client (see
+  :class:`_Handler`); h2 remembers how at most :data:`CLOSED_STREAMS_REMEMBERED` closed
+  streams per connection ended. :meth:`GrpcFrontEnd.call_state` counts what is held.
 """
 
 from __future__ import annotations
