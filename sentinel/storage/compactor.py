@@ -19,9 +19,12 @@ not fatal: the work that met it is undone (its new tables deleted at once: they 
 space the disk lacks; a refused manifest edit is cut back by ``Manifest``), the
 MemtableOwner is told (``CompactorBlocked``: writes that need a new memtable are refused
 rather than stalled), and the same work is retried after a back-off that doubles from
-``RETRY_MIN_SECONDS`` to ``RETRY_MAX_SECONDS``, each retry first checking with a small
-probe file that space was freed. Immutable memtables keep their data (readable) until their
-flush succeeds. Manual requests (``CompactAll``, ``Reclaim``) that meet a full disk fail
+``RETRY_MIN_SECONDS`` up to ``FLUSH_RETRY_MAX_SECONDS`` for flushes (writes wait for them)
+and ``COMPACTION_RETRY_MAX_SECONDS`` for compactions. Each retry first checks with a small
+probe file that space was freed, and a compaction also that the filesystem has as many
+bytes free as its inputs hold, so a compaction that cannot fit does not rewrite its
+inputs again and again. Immutable memtables keep their data (readable) until their flush
+succeeds. Manual requests (``CompactAll``, ``Reclaim``) that meet a full disk fail
 with the error instead. While closing, a flush that meets a full disk is given up: the WAL
 still holds its data and the next open replays it.
 """
@@ -43,7 +46,14 @@ import trio
 from sentinel.actors import Actor, Request
 from sentinel.errors import ActorClosed, DiskFullError
 from sentinel.storage.compaction import Compaction, compaction_for_level, pick_compaction, reclaim_plans
-from sentinel.storage.files import disk_full_error, fsync_dir, is_disk_full, probe_free_space, sst_path
+from sentinel.storage.files import (
+    disk_full_error,
+    free_bytes,
+    fsync_dir,
+    is_disk_full,
+    probe_free_space,
+    sst_path,
+)
 from sentinel.storage.iterators import Entry, merge_entries
 from sentinel.storage.manifest import NUM_LEVELS, FileMeta, Manifest, ManifestState, Version, VersionEdit
 from sentinel.storage.memtable import Memtable
@@ -53,10 +63,32 @@ from sentinel.storage.sstable import SSTableInfo, SSTableReader, SSTableWriter
 from sentinel.storage.wal_writer import DeleteWalsBelow, WalWriter
 
 # Back-off between retries of work that met a full disk: short at first (an operator who
-# frees space gets writes back quickly), doubling up to a bound that keeps a disk that stays
-# full from costing more than a probe file per second.
+# frees space gets writes back quickly), doubling up to a bound. Writes wait for flushes, so
+# a flush is retried at least every second (a disk that stays full costs a probe file per
+# second); a compaction only costs read amplification while it waits, so it backs off longer.
 RETRY_MIN_SECONDS = 0.05
-RETRY_MAX_SECONDS = 1.0
+FLUSH_RETRY_MAX_SECONDS = 1.0
+COMPACTION_RETRY_MAX_SECONDS = 30.0
+
+
+@attrs.define
+class Backoff:
+    """When work that met a full disk may be tried again (times on the Trio clock)."""
+
+    limit: float
+    delay: float = RETRY_MIN_SECONDS
+    retry_at: float = -math.inf
+    error: DiskFullError | None = None
+
+    def failed(self, error: DiskFullError, now: float) -> None:
+        self.error = error
+        self.retry_at = now + self.delay
+        self.delay = min(self.delay * 2, self.limit)
+
+    def succeeded(self) -> None:
+        self.error = None
+        self.delay = RETRY_MIN_SECONDS
+        self.retry_at = -math.inf
 
 
 class TableReader(SSTableReader):
@@ -135,10 +167,8 @@ class Compactor(Actor[CompactorMessage]):
         self._closing = False
         # Memtables to flush, oldest first: each stays here until its flush succeeds.
         self._to_flush: collections.deque[Memtable] = collections.deque()
-        #: The disk-full error the last attempt met; None once work succeeds again.
-        self.disk_full: DiskFullError | None = None
-        self._retry_at = -math.inf
-        self._backoff = RETRY_MIN_SECONDS
+        self._flush_backoff = Backoff(FLUSH_RETRY_MAX_SECONDS)
+        self._compaction_backoff = Backoff(COMPACTION_RETRY_MAX_SECONDS)
         self._flushes = 0
         self._compactions = 0
         self._trivial_moves = 0
@@ -166,6 +196,11 @@ class Compactor(Actor[CompactorMessage]):
         self._closing = True
         super().close()
 
+    @property
+    def disk_full(self) -> DiskFullError | None:
+        """The disk-full error flushes or compactions are meeting now, else None."""
+        return self._flush_backoff.error or self._compaction_backoff.error
+
     async def serve(self) -> None:
         while True:
             message = self.try_receive()
@@ -173,57 +208,63 @@ class Compactor(Actor[CompactorMessage]):
                 await self.handle(message)
                 self._in_flight = []
                 continue
-            if trio.current_time() >= self._retry_at:
-                if self._to_flush:
-                    if await self._attempt(self._flush, self._to_flush[0]):
+            now = trio.current_time()
+            if self._to_flush:
+                if now >= self._flush_backoff.retry_at:
+                    if await self._attempt(self._flush, self._to_flush[0], self._flush_backoff):
                         self._to_flush.popleft()
                     elif self._closing:
                         return  # the WAL keeps the data: the next open replays it
                     continue
+                plan = None  # flushes first: they unblock writers
+            else:
                 plan = (
                     None
                     if self._closing
                     else pick_compaction(self._version, self._options.compaction, self._compact_pointers)
                 )
-                if plan is not None:
-                    await self._attempt(self._compact, plan)
+                if plan is not None and now >= self._compaction_backoff.retry_at:
+                    await self._attempt(self._compact, plan, self._compaction_backoff, plan.input_bytes)
                     continue
+            wake = min(
+                self._flush_backoff.retry_at if self._to_flush else math.inf,
+                self._compaction_backoff.retry_at if plan is not None else math.inf,
+            )
+            message = None
+            with trio.move_on_at(wake):
                 message = await self.receive()
-            else:
-                message = None
-                with trio.move_on_at(self._retry_at):
-                    message = await self.receive()
-                    if message is None and self._closing:
-                        return  # closed while backing off: give up the retry
                 if message is None:
-                    continue
-            if message is None:
-                return
-            await self.handle(message)
-            self._in_flight = []
+                    return  # closed and drained (a retry still waiting is given up)
+            if message is not None:
+                await self.handle(message)
+                self._in_flight = []
 
-    async def _attempt(self, work: Callable[[Any], Awaitable[None]], item: Any) -> bool:
+    async def _attempt(
+        self, work: Callable[[Any], Awaitable[None]], item: Any, backoff: Backoff, need: int = 0
+    ) -> bool:
         """Run one flush or compaction; on a full disk report it, back off, return False."""
         try:
-            if self.disk_full is not None:
+            if backoff.error is not None:
                 await self._thread(probe_free_space, self._directory)
+                free = await self._thread(free_bytes, self._directory) if need else 0
+                if free < need:
+                    raise DiskFullError(
+                        str(self._directory), f"{need} bytes are needed to compact, {free} are free"
+                    )
             await work(item)
         except DiskFullError as exc:
-            self._blocked(exc)
+            self._blocked(backoff, exc)
             return False
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
-            self._blocked(disk_full_error(self._directory, exc))
+            self._blocked(backoff, disk_full_error(self._directory, exc))
             return False
-        self.disk_full = None
-        self._backoff = RETRY_MIN_SECONDS
+        backoff.succeeded()
         return True
 
-    def _blocked(self, error: DiskFullError) -> None:
-        self.disk_full = error
-        self._retry_at = trio.current_time() + self._backoff
-        self._backoff = min(self._backoff * 2, RETRY_MAX_SECONDS)
+    def _blocked(self, backoff: Backoff, error: DiskFullError) -> None:
+        backoff.failed(error, trio.current_time())
         self._notify(CompactorBlocked(error))
 
     async def handle(self, message: CompactorMessage) -> None:

@@ -26,9 +26,10 @@ import trio.testing
 from disk_faults import FillingDisk, except_wal
 
 from sentinel.errors import DiskFullError
+from sentinel.storage import compactor as compactor_module
 from sentinel.storage import files
 from sentinel.storage.compaction import CompactionOptions
-from sentinel.storage.compactor import RETRY_MAX_SECONDS, RETRY_MIN_SECONDS
+from sentinel.storage.compactor import COMPACTION_RETRY_MAX_SECONDS, FLUSH_RETRY_MAX_SECONDS
 from sentinel.storage.files import parse_file_name, wal_path
 from sentinel.storage.options import StorageOptions, SyncMode
 from sentinel.storage.store import Store
@@ -245,14 +246,14 @@ async def test_a_flush_on_a_full_disk_is_retried_and_writes_are_refused_at_the_m
         assert stats.immutable_memtables == 1 and stats.tables_per_level[0] == 0
         assert dict(store.scan()) == acknowledged  # the memtables keep everything readable
         for _ in range(3):  # retried with back-off while the disk stays full
-            clock.jump(RETRY_MAX_SECONDS)
+            clock.jump(FLUSH_RETRY_MAX_SECONDS)
             await threads.settle()
         assert store.statistics().tables_per_level[0] == 0
         assert numbered(tmp_path, "sst") == []
         with pytest.raises(DiskFullError):
             await store.put(b"still", b"full")
         disk.free()
-        clock.jump(RETRY_MAX_SECONDS)
+        clock.jump(FLUSH_RETRY_MAX_SECONDS)
         await threads.settle()
         stats = store.statistics()
         assert stats.tables_per_level[0] == 1 and stats.disk_full is None
@@ -283,11 +284,16 @@ async def test_a_compaction_on_a_full_disk_fails_cleanly_and_the_store_goes_on(
     assert data == {b"k0": b"v", b"k1": b"v", b"k2": b"v", b"k9": b"v"}
 
 
-async def test_background_compaction_backs_off_on_a_full_disk(
-    tmp_path: Path, clock: trio.testing.MockClock, threads: WorkerThreads, disk: FillingDisk
+async def test_background_compaction_backs_off_and_waits_for_room_for_its_output(
+    tmp_path: Path,
+    clock: trio.testing.MockClock,
+    threads: WorkerThreads,
+    disk: FillingDisk,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     opts = options(sync=SyncMode.NONE, compaction=CompactionOptions(l0_compaction_trigger=2))
     flushed: set[str] = set()
+    attempts: list[str] = []
 
     def after_two_flushes(path: str) -> bool:
         """The first two tables (the flushes) are written; the compaction's output is not."""
@@ -296,6 +302,7 @@ async def test_background_compaction_backs_off_on_a_full_disk(
         if len(flushed) < 2:
             flushed.add(path)
             return False
+        attempts.append(path)
         return True
 
     disk.fill(room=0, files=after_two_flushes)
@@ -305,13 +312,22 @@ async def test_background_compaction_backs_off_on_a_full_disk(
         await store.put(b"b", b"2")
         await store.flush()  # two L0 tables: the compaction starts, and fails
         await threads.settle()
-        assert store.statistics().disk_full is not None
-        assert store.statistics().tables_per_level[:2] == (2, 0)
+        stats = store.statistics()
+        assert stats.disk_full is not None and stats.tables_per_level[:2] == (2, 0)
+        assert len(attempts) == 1
+        # The filesystem says its inputs would not fit: the retries do not even try.
+        monkeypatch.setattr(compactor_module, "free_bytes", lambda directory: 10)
+        for _ in range(5):
+            clock.jump(COMPACTION_RETRY_MAX_SECONDS)
+            await threads.settle()
+        assert len(attempts) == 1
+        assert "bytes are needed to compact, 10 are free" in str(store.statistics().disk_full)
+        monkeypatch.undo()
         disk.free()
-        clock.jump(RETRY_MIN_SECONDS)
+        clock.jump(COMPACTION_RETRY_MAX_SECONDS)
         await threads.settle()
-        assert store.statistics().tables_per_level[:2] == (0, 1)
-        assert store.statistics().disk_full is None
+        stats = store.statistics()
+        assert stats.tables_per_level[:2] == (0, 1) and stats.disk_full is None
 
 
 # -- start-up and shutdown ---------------------------------------------------------------------
@@ -339,7 +355,7 @@ async def test_start_up_on_a_full_disk_serves_reads_and_refuses_writes(
         disk.free()
         await store.put(b"new", b"x")
         expected[b"new"] = b"x"
-        clock.jump(RETRY_MAX_SECONDS)  # the compactor retries the replayed data's flush
+        clock.jump(FLUSH_RETRY_MAX_SECONDS)  # the compactor retries the replayed data's flush
         await threads.settle()
         assert store.statistics().tables_per_level[0] == 1
         assert dict(store.scan()) == expected
