@@ -65,10 +65,11 @@ from sentinel.storage.wal_writer import DeleteWalsBelow, WalWriter
 # Back-off between retries of work that met a full disk: short at first (an operator who
 # frees space gets writes back quickly), doubling up to a bound. Writes wait for flushes, so
 # a flush is retried at least every second (a disk that stays full costs a probe file per
-# second); a compaction only costs read amplification while it waits, so it backs off longer.
+# second); a compaction only costs read amplification while it waits, so it backs off longer
+# (a retry that cannot fit costs a probe file and a statvfs: see _attempt).
 RETRY_MIN_SECONDS = 0.05
 FLUSH_RETRY_MAX_SECONDS = 1.0
-COMPACTION_RETRY_MAX_SECONDS = 30.0
+COMPACTION_RETRY_MAX_SECONDS = 5.0
 
 
 @attrs.define
