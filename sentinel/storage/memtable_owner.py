@@ -224,15 +224,13 @@ class MemtableOwner(Actor[OwnerMessage]):
                             await self._hand_to_wal(staged, data)
                             staged, data, size = [], [], 0
                             await self._rotate()
-                        if message.epoch < self._epoch:
-                            # A failure was reported after this was submitted: it fails too.
-                            self._refuse_now(message)
-                        elif self._rotation_blocked is not None and self._rotation_due(size):
+                        refusal = self._refusal(message, size)
+                        if refusal is None:
+                            size += self._stage(message, staged, data)
+                        else:
                             await self._hand_to_wal(staged, data)
                             staged, data, size = [], [], 0
-                            await self._hand_refusal(message, self._rotation_blocked)
-                        else:
-                            size += self._stage(message, staged, data)
+                            await self._hand_refusal(message, refusal)
                         continue
                     await self._hand_to_wal(staged, data)
                     staged, data, size = [], [], 0
@@ -273,10 +271,16 @@ class MemtableOwner(Actor[OwnerMessage]):
         grown = self._active.approximate_bytes + self._unresolved_bytes + staged_bytes
         return grown >= self._options.memtable_bytes
 
-    def _refuse_now(self, write: Write) -> None:
-        assert self._epoch_error is not None
-        self._refused += 1
-        write.reply.fail(self._epoch_error)
+    def _refusal(self, write: Write, staged_bytes: int) -> DiskFullError | None:
+        """Why ``write`` must be refused, if it must."""
+        if write.epoch < self._epoch:
+            # A failure was reported after this was submitted: it fails too (in order, after
+            # the batches before it, some of which may still be failing in the WAL).
+            assert self._epoch_error is not None  # the epoch moves only with an error
+            return self._epoch_error
+        if self._rotation_blocked is not None and self._rotation_due(staged_bytes):
+            return self._rotation_blocked
+        return None
 
     async def _hand_to_wal(self, staged: list[StagedWrite], data: list[bytes]) -> None:
         if not staged:
@@ -285,7 +289,7 @@ class MemtableOwner(Actor[OwnerMessage]):
 
     async def _hand_refusal(self, write: Write, error: DiskFullError) -> None:
         """Refuse through the WAL, so the failure is reported after every batch before it
-        (and counts for the epochs like a failed write)."""
+        (never ahead of one still in flight) and counts for the epochs like a failed write."""
         staged = [StagedWrite(write.reply, 0, write.ops)]
         await self._send_to_wal(WalAppend(b"", staged, self._epoch, refusal=error))
 

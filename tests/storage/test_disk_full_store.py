@@ -25,15 +25,19 @@ import trio
 import trio.testing
 from disk_faults import FillingDisk, except_wal
 
+from sentinel.actors import ObservedReply
 from sentinel.errors import DiskFullError
 from sentinel.storage import compactor as compactor_module
 from sentinel.storage import files
 from sentinel.storage.compaction import CompactionOptions
 from sentinel.storage.compactor import COMPACTION_RETRY_MAX_SECONDS, FLUSH_RETRY_MAX_SECONDS
 from sentinel.storage.files import parse_file_name, wal_path
+from sentinel.storage.manifest import Version
+from sentinel.storage.memtable_owner import MemtableOwner, Write
 from sentinel.storage.options import StorageOptions, SyncMode
 from sentinel.storage.store import Store
 from sentinel.storage.wal import replay_wal
+from sentinel.storage.wal_writer import WalAppend
 
 NO_COMPACTION = CompactionOptions(l0_compaction_trigger=1000, l0_stop_writes_trigger=2000)
 # Real seconds a gated worker thread may wait for the test: only a broken test gets near it.
@@ -218,6 +222,63 @@ async def test_writes_submitted_before_a_failure_fail_too_even_if_space_returns(
         assert dict(store.scan()) == {b"offset-0": b"z"}
     data, _ = await reopened(tmp_path, threads)
     assert data == {b"offset-0": b"z"}
+
+
+class ScriptedWal:
+    """Stands in for the WalWriter: keeps what the owner hands it; the test reports on it."""
+
+    has_segment = True
+
+    def __init__(self) -> None:
+        self.appends: list[WalAppend] = []
+
+    def cast_nowait(self, message: WalAppend) -> None:
+        self.appends.append(message)
+
+    async def cast(self, message: WalAppend) -> None:
+        self.appends.append(message)
+
+
+async def test_failures_are_reported_in_submission_order(clock: trio.testing.MockClock) -> None:
+    """A write refused because of an earlier failure is answered only after every write
+    submitted before it, even one still in the WAL: a pipelining writer sees the first
+    failure of its sequence first (and so takes its end back to the right offset)."""
+    wal = ScriptedWal()
+    owner = MemtableOwner(
+        options=options(),
+        wal=wal,  # type: ignore[arg-type]
+        request_flush=lambda memtable: None,
+        publish=lambda view: None,
+        last_seq=0,
+        wal_segment=0,
+        version=Version(),
+        tables={},
+    )
+    answered: list[str] = []
+
+    def write(name: str) -> Write:
+        return Write(
+            [(name.encode(), b"v")], epoch=owner.epoch, reply=ObservedReply(lambda _: answered.append(name))
+        )
+
+    full = DiskFullError("wal-000000.log", "No space left on device")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(owner.run)
+        owner.cast_nowait(write("other writer"))
+        await trio.testing.wait_all_tasks_blocked()
+        owner.cast_nowait(earlier := write("earlier"))  # same epoch: handed on, not yet written
+        stale = write("later")  # submitted before the failure below is reported...
+        await trio.testing.wait_all_tasks_blocked()
+        owner.wal_written(wal.appends[0], full)
+        await trio.testing.wait_all_tasks_blocked()
+        owner.cast_nowait(stale)  # ...and reaching the owner after it
+        await trio.testing.wait_all_tasks_blocked()
+        assert answered == ["other writer"] and not earlier.reply.done
+        for append in wal.appends[1:]:  # the WAL fails what is left, in order
+            owner.wal_written(append, full)
+        await trio.testing.wait_all_tasks_blocked()
+        assert answered == ["other writer", "earlier", "later"]
+        owner.close()
 
 
 # -- flushes and compactions -----------------------------------------------------------------
