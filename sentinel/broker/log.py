@@ -24,6 +24,12 @@ loop as it goes). The offset counter and the
 partition's byte size are written in the same atomic write batch as the data, so a crash
 can never leave them disagreeing. Offsets are assigned and the write is enqueued in one
 synchronous step, so concurrent appends reach the storage engine in offset order.
+
+A full disk (:class:`DiskFullError`) fails an append without leaving a hole: the storage
+engine fails every batch submitted before it reported the failure (its write epochs), so
+the failed appends are always a suffix of those in flight, and the first failure reported
+takes the log's end back to that append's base offset (the others, of the same
+*generation*, only confirm it). The next append reuses those offsets.
 """
 
 from __future__ import annotations
@@ -39,7 +45,14 @@ import trio
 
 from sentinel.actors import ObservedReply
 from sentinel.broker import keys
-from sentinel.errors import CorruptionError, DataLoss, InvalidArgument, InvalidRecordBatch, OffsetOutOfRange
+from sentinel.errors import (
+    CorruptionError,
+    DataLoss,
+    DiskFullError,
+    InvalidArgument,
+    InvalidRecordBatch,
+    OffsetOutOfRange,
+)
 from sentinel.records import RecordBatch
 from sentinel.records import batch_format as fmt
 from sentinel.storage.sstable import DamagedBlock
@@ -123,6 +136,12 @@ class LocalPartitionLog:
         self._prefix_start = keys.data_key(topic_id, partition, 0)
         self._prefix_end = keys.data_key(topic_id, partition, keys.MAX_OFFSET)
         self._on_append = on_append
+        # Bumped when a failed append takes the end back: later failures of appends made
+        # before that are the same failure (see the module docstring).
+        self._generation = 0
+        # Bytes ever appended (in memory): a rollback takes ``_size`` back by what was
+        # appended since the failed append, whatever retention did meanwhile.
+        self._appended_bytes = 0
         self.closed = False
         # Damaged table blocks already logged, by (file, byte).
         self._reported_damage: set[tuple[str, int | None]] = set()
@@ -178,25 +197,46 @@ class LocalPartitionLog:
             offset = last + 1
         self._next = offset
         self._size += size
+        appended_before = self._appended_bytes
+        self._appended_bytes += size
         ops.append((self._state_key, self._state()))
         end = offset
+        generation = self._generation
 
-        def durable(result: outcome.Outcome[int]) -> None:
-            if isinstance(result, outcome.Value) and end > self._hw:
-                self._hw = end
-                self._data_arrived.set()
-                self._data_arrived = trio.Event()
+        def settled(result: outcome.Outcome[int]) -> None:
+            if isinstance(result, outcome.Value):
+                if end > self._hw:
+                    self._hw = end
+                    self._data_arrived.set()
+                    self._data_arrived = trio.Event()
+                if self._on_append is not None:
+                    self._on_append(end - base, size)
+            elif isinstance(result, outcome.Error) and isinstance(result.error, DiskFullError):
+                if generation == self._generation:
+                    self._roll_back(base, appended_before)
 
-        reply: ObservedReply[int] = ObservedReply(durable)
+        reply: ObservedReply[int] = ObservedReply(settled)
         # Shielded: once offsets are assigned the write must be enqueued, or the log would
         # have a gap. It only waits while the engine applies back-pressure.
         with trio.CancelScope(shield=True):
             await self._store.submit(ops, reply)
-        if self._on_append is not None:
-            self._on_append(end - base, size)
         if wait:
             await reply.wait()
         return AppendResult(base_offset=base, last_offset=end - 1, log_append_time_ms=-1)
+
+    def _roll_back(self, base: int, appended_before: int) -> None:
+        """The append at ``base`` failed, and with it every later one in flight: the log
+        ends at ``base`` again (nothing from there on was stored)."""
+        self._generation += 1
+        self._next = base
+        self._size -= self._appended_bytes - appended_before
+        self._appended_bytes = appended_before
+        while self._chunks and self._chunks[-1].first >= base:
+            self._chunks.pop()
+        if self._chunks and self._chunks[-1].end > base:
+            # Its size and largest timestamp may still count the failed batches: an
+            # overestimate only makes a lookup read a little more.
+            self._chunks[-1].end = base
 
     # -- reads -------------------------------------------------------------------------
 
@@ -402,8 +442,16 @@ class LocalPartitionLog:
             size -= len(value)
         removed = new_start - self._start
         if removed > 0:
+            old_start, removed_bytes = self._start, self._size - size
             self._start, self._size = new_start, size
-            await self._store.write([(self._state_key, self._state())])
+            try:
+                await self._store.write([(self._state_key, self._state())])
+            except DiskFullError:
+                # Not durable: keep the data readable (and out of the compaction filter's
+                # reach) until a later pass can record the new start.
+                self._start = old_start
+                self._size += removed_bytes
+                raise
             gone = 0
             while gone < len(self._chunks) and self._chunks[gone].end <= new_start:
                 gone += 1

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import attrs
 
-from sentinel.errors import CorruptionError, StorageError
+from sentinel.errors import CorruptionError, DiskFullError, StorageError
 from sentinel.storage.files import (
     CURRENT,
     disk,
@@ -333,13 +333,23 @@ class Manifest:
         state = attrs.evolve(state, next_file_number=number + 1)
         path = manifest_path(directory, number)
         record = frame(encode_edit(_snapshot(state)))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(path, exc) from exc
+            raise
         try:
             _write_all(fd, record)
-            os.fsync(fd)
+            disk.fsync(fd)
             write_file_atomically(directory / CURRENT, (path.name + "\n").encode())
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
+            if isinstance(exc, OSError) and is_disk_full(exc) and _current_name(directory) != path.name:
+                # CURRENT still names the old manifest (or none): the new one is just garbage.
+                path.unlink(missing_ok=True)
+                (directory / (CURRENT + ".tmp")).unlink(missing_ok=True)
+                raise disk_full_error(path, exc) from exc
             raise
         return cls(directory, number, fd, len(record), state, len(record))
 
@@ -350,8 +360,10 @@ class Manifest:
             return number
 
     def log_and_apply(self, edit: VersionEdit) -> ManifestState:
-        """Make ``edit`` durable and return the new state. A failed write or fsync leaves
-        the manifest unusable (StorageError): its on-disk state is unknown."""
+        """Make ``edit`` durable and return the new state. On a full disk the edit is
+        refused (:class:`DiskFullError`) and the manifest is left as it was, usable (a
+        half-written edit is cut back, a rollover's new manifest removed). Any other
+        failed write or fsync leaves it unusable (StorageError): its on-disk state is unknown."""
         fd = self._usable_fd()
         try:
             version = self._state.version.apply(edit)
@@ -384,6 +396,9 @@ class Manifest:
             fresh = Manifest._create(
                 self._directory, attrs.evolve(state, next_file_number=self.new_file_number())
             )
+        except DiskFullError:
+            # Refused before CURRENT moved: this manifest is still the live one, unchanged.
+            raise
         except OSError as exc:
             # CURRENT may already name the new manifest (the rename happened, the directory
             # fsync failed): appending to the old one now would log edits no open reads.
@@ -422,6 +437,13 @@ class Manifest:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _current_name(directory: Path) -> str | None:
+    try:
+        return (directory / CURRENT).read_text("ascii", "replace").strip()
+    except FileNotFoundError:
+        return None
 
 
 def _write_all(fd: int, data: bytes) -> None:

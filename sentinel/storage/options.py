@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 
 from sentinel.storage.compaction import CompactionOptions
 
 MIB = 1024 * 1024
+
+#: How the storage actors run blocking file work off the event loop: ``trio.to_thread.run_sync``
+#: in production; tests pass a wrapper that knows when no worker thread is running.
+RunInThread = Callable[..., Awaitable[Any]]
 
 
 class SyncMode(enum.StrEnum):

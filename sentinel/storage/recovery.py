@@ -16,7 +16,9 @@ Runs synchronously (in a worker thread) before any storage actor starts:
    accepted: then the segment is cut there, later segments are dropped (they would leave a
    gap), and every drop is reported and counted;
 5. flush what was replayed to an L0 table and record the new log number, so recovery
-   time stays bounded by the memtable size, never by the amount of data stored;
+   time stays bounded by the memtable size, never by the amount of data stored; on a full
+   disk, keep it in memory instead (``Recovered.unflushed``, readable at once, flushed by
+   the Compactor once space is freed) and change nothing the WAL segments are needed for;
 6. delete what no version names: old WAL segments (also those an accepted loss dropped),
    orphan tables from an interrupted flush or compaction, temporary files.
 """
@@ -29,9 +31,18 @@ from pathlib import Path
 
 import attrs
 
-from sentinel.errors import CorruptionError, StorageError
+from sentinel.errors import CorruptionError, DiskFullError, StorageError
 from sentinel.storage.compactor import TableReader, delete_tables, write_tables
-from sentinel.storage.files import CURRENT, LOCK, fsync_dir, parse_file_name, sst_path, wal_path
+from sentinel.storage.files import (
+    CURRENT,
+    LOCK,
+    disk_full_error,
+    fsync_dir,
+    is_disk_full,
+    parse_file_name,
+    sst_path,
+    wal_path,
+)
 from sentinel.storage.manifest import FileMeta, Manifest, ManifestState, VersionEdit
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.options import StorageOptions
@@ -51,6 +62,8 @@ class Recovered:
     #: What recovery dropped (torn tails, accepted losses): counted in the node's metrics.
     dropped_bytes: int = 0
     drops: int = 0
+    #: What was replayed but could not be written to a table (a full disk), frozen.
+    unflushed: Memtable | None = None
 
 
 def lock_directory(directory: Path) -> int:
@@ -128,13 +141,14 @@ def _recover_opened(
     # Numbered past every segment on disk, also those an accepted loss drops (garbage
     # collection below then removes them, so a later start cannot replay them over a gap).
     next_segment = max([state.log_number, *(s + 1 for s in segments)])
+    on_disk = list(segments)
     if existed:
         kept = _check_segments_present(directory, options, state, segments, report)
         if kept is not segments:
             drops += 1
             dropped_bytes += _report_dropped(directory, segments[len(kept) :], report)
             segments = kept
-    memtable = Memtable(0)
+    memtable = Memtable(next_segment - 1)  # the segments it holds end below next_segment
     for position, segment in enumerate(segments):
         path = wal_path(directory, segment)
         replay = replay_wal(path)
@@ -164,28 +178,45 @@ def _recover_opened(
             segments = segments[: position + 1]
             break
 
-    # The segment the WalWriter will write exists before any manifest edit names it, so a
-    # missing segment the manifest's log number covers is damage. (On a first start the fresh
-    # manifest names it a moment before this creates it: a crash in between is the one false
-    # alarm, and no write can have been acknowledged before it.)
-    if not wal_path(directory, next_segment).exists():
-        WalFile.create(wal_path(directory, next_segment)).close()
-    if segments or next_segment != state.log_number:
-        added = write_tables(directory, manifest, options, memtable.scan(), None) if len(memtable) else []
-        if added:
-            fsync_dir(directory)
-            report.append(f"replayed {len(memtable)} keys from {len(segments)} WAL segment(s) into L0")
-        state = manifest.log_and_apply(
-            VersionEdit(
-                added=tuple((0, meta) for meta in added),
-                log_number=next_segment,
-                last_sequence=last_seq,
+    unflushed: Memtable | None = None
+    try:
+        # The segment the WalWriter will write exists before any manifest edit names it, so a
+        # missing segment the manifest's log number covers is damage. (On a first start the fresh
+        # manifest names it a moment before this creates it: a crash in between is the one false
+        # alarm, and no write can have been acknowledged before it.)
+        if not wal_path(directory, next_segment).exists():
+            WalFile.create(wal_path(directory, next_segment)).close()
+        if segments or next_segment != state.log_number:
+            added = write_tables(directory, manifest, options, memtable.scan(), None) if len(memtable) else []
+            if added:
+                fsync_dir(directory)
+                report.append(f"replayed {len(memtable)} keys from {len(segments)} WAL segment(s) into L0")
+            state = manifest.log_and_apply(
+                VersionEdit(
+                    added=tuple((0, meta) for meta in added),
+                    log_number=next_segment,
+                    last_sequence=last_seq,
+                )
             )
+            for meta in added:
+                tables[meta.number] = TableReader.open(sst_path(directory, meta.number))
+    except (DiskFullError, OSError) as exc:
+        if not is_disk_full(exc) or segments != on_disk:
+            raise  # an accepted loss must delete the segments after it: that needs the edit
+        # A full disk: serve what was replayed from memory; the Compactor writes it once
+        # space is freed. The manifest is unchanged, so every replayed segment is kept.
+        error = disk_full_error(directory, exc)
+        if len(memtable):
+            memtable.freeze()
+            unflushed = memtable
+        report.append(
+            f"{error} (recovery keeps the {len(memtable)} replayed keys in memory until it can write them)"
         )
-        for meta in added:
-            tables[meta.number] = TableReader.open(sst_path(directory, meta.number))
+        next_gc = state.log_number
+    else:
+        next_gc = next_segment
 
-    _collect_garbage(directory, state, next_segment, report)
+    _collect_garbage(directory, state, next_gc, report)
     return Recovered(
         lock_fd=lock_fd,
         manifest=manifest,
@@ -196,6 +227,7 @@ def _recover_opened(
         report=tuple(report),
         dropped_bytes=dropped_bytes,
         drops=drops,
+        unflushed=unflushed,
     )
 
 
