@@ -23,7 +23,7 @@ from pathlib import Path
 
 import attrs
 import trio
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sentinel.broker.broker import Broker, BrokerOptions, ObsoleteData
 from sentinel.broker.coordinator import GroupCoordinator
@@ -163,7 +163,7 @@ class Node:
                 await store.aclose()
             nursery.cancel_scope.cancel()
 
-    def _collect(self) -> Iterator[GaugeMetricFamily]:
+    def _collect(self) -> Iterator[Metric]:
         """Scrape-time gauges from the snapshots the actors publish (metrics thread)."""
         store, broker, coordinator = self.store, self.broker, self.coordinator
         if store is None or broker is None or coordinator is None:
@@ -182,6 +182,16 @@ class Node:
             "sentinel_recovery_dropped_bytes", "WAL bytes recovery dropped at this start", value=dropped_bytes
         )
         if stats is not None:
+            yield CounterMetricFamily(
+                "sentinel_storage_writes_refused",
+                "Write batches the storage engine refused for lack of disk space (RESOURCE_EXHAUSTED)",
+                value=stats.writes_refused,
+            )
+            yield GaugeMetricFamily(
+                "sentinel_storage_disk_full",
+                "1 while the storage engine's last write or flush met a full disk, else 0",
+                value=int(stats.disk_full is not None),
+            )
             yield GaugeMetricFamily(
                 "sentinel_memtable_bytes", "Bytes in memtables", value=stats.memtable_bytes
             )

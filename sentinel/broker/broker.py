@@ -9,11 +9,16 @@ engine's read view), and go straight to the partition log.
 Data of a deleted topic, and records below a partition's log start offset (retention),
 are dropped by the storage engine's compaction through :meth:`Broker.is_obsolete`, the
 compaction filter: nothing scans or rewrites records to delete them.
+
+A full disk is an answer, not a crash: a topic change the storage engine refuses
+(:class:`DiskFullError`) fails that request and changes nothing; a retention pass that
+cannot record a new log start or reclaim space leaves it for the next pass.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -32,12 +37,21 @@ from sentinel.broker.names import (
     validate_topic_name,
 )
 from sentinel.broker.partitioner import ANY_PARTITION, RoundRobinPartitioner, partition_for_key
-from sentinel.errors import AlreadyExists, CorruptionError, InvalidArgument, InvalidRecordBatch, NotFound
+from sentinel.errors import (
+    AlreadyExists,
+    CorruptionError,
+    DiskFullError,
+    InvalidArgument,
+    InvalidRecordBatch,
+    NotFound,
+)
 from sentinel.records import RecordBatch
 from sentinel.storage.store import Store
 
 # Retention is enforced this often; deleting old data is never urgent.
 RETENTION_CHECK_SECONDS = 30.0
+
+logger = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -282,10 +296,15 @@ class Broker(Actor[object]):
         await self.call(DeleteTopic(name))
 
     async def handle(self, message: object) -> None:
-        if isinstance(message, CreateTopic):
-            await self._create(message)
-        elif isinstance(message, DeleteTopic):
-            await self._delete(message)
+        if isinstance(message, CreateTopic | DeleteTopic):
+            try:
+                if isinstance(message, CreateTopic):
+                    await self._create(message)
+                else:
+                    await self._delete(message)
+            except DiskFullError as exc:
+                # Refused before anything changed (the change is made durable first).
+                message.reply.fail(exc)
         else:
             raise TypeError(f"broker got an unexpected message {message!r}")
 
@@ -364,32 +383,39 @@ class Broker(Actor[object]):
     async def _retention_loop(self) -> None:
         while True:
             await trio.sleep(self.options.retention_check_seconds)
-            await self.enforce_retention()
+            try:
+                await self.enforce_retention()
+            except DiskFullError as exc:
+                logger.warning("retention pass postponed: %s", exc)
 
     async def enforce_retention(self, now_ms: int | None = None) -> int:
         """Move log starts by each topic's retention, then have the storage engine reclaim
         the space of everything that became obsolete (retention and deleted topics).
         Returns the number of records removed by retention."""
         removed = 0
-        for topic in list(self._topics.values()):
-            for log in topic.logs:
-                before = log.log_start_offset
-                count = await log.apply_retention(
-                    retention_ms=topic.config.retention_ms,
-                    retention_bytes=topic.config.retention_bytes,
-                    now_ms=now_ms,
-                )
-                if count:
-                    removed += count
-                    start = keys.data_key(topic.topic_id, log.partition, before)
-                    self._to_reclaim.append(
-                        (start, keys.data_key(topic.topic_id, log.partition, log.log_start_offset))
+        try:
+            for topic in list(self._topics.values()):
+                for log in topic.logs:
+                    before = log.log_start_offset
+                    count = await log.apply_retention(
+                        retention_ms=topic.config.retention_ms,
+                        retention_bytes=topic.config.retention_bytes,
+                        now_ms=now_ms,
                     )
-        if removed:
-            self._publish_liveness()
+                    if count:
+                        removed += count
+                        start = keys.data_key(topic.topic_id, log.partition, before)
+                        self._to_reclaim.append(
+                            (start, keys.data_key(topic.topic_id, log.partition, log.log_start_offset))
+                        )
+        finally:
+            # Whatever moved before a full disk stopped the pass is durable: publish it.
+            if removed:
+                self._publish_liveness()
         if self._to_reclaim:
-            ranges, self._to_reclaim = self._to_reclaim, []
-            await self.store.reclaim(ranges)
+            ranges = list(self._to_reclaim)
+            await self.store.reclaim(ranges)  # on a full disk the ranges wait for the next pass
+            del self._to_reclaim[: len(ranges)]
         return removed
 
 

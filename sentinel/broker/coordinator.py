@@ -8,6 +8,8 @@ tests drive it with MockClock.
 
 Committed offsets are written to the storage engine (``keys.offset_key``) before the commit
 is answered, so they survive a broker restart; the in-memory copy is loaded at start-up.
+A write the engine refuses for lack of space (:class:`DiskFullError`) fails that request
+and changes nothing; the coordinator goes on serving.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from sentinel.broker import keys
 from sentinel.broker.broker import Broker
 from sentinel.broker.groups import ConsumerGroups, HeartbeatResult, JoinFailed, JoinResult, unknown_member
 from sentinel.broker.names import validate_group_id
-from sentinel.errors import ActorClosed, FailedPrecondition, InvalidArgument, MailboxFull, NotFound
+from sentinel.errors import (
+    ActorClosed,
+    DiskFullError,
+    FailedPrecondition,
+    InvalidArgument,
+    MailboxFull,
+    NotFound,
+)
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.storage.store import Store
 
@@ -285,13 +294,24 @@ class GroupCoordinator(Actor[object]):
         elif isinstance(message, TopicCreated):
             self._groups.request_rebalance(message.topic, now)
         elif isinstance(message, ForgetTopic):
-            ops: list[tuple[bytes, bytes | None]] = []
-            for group_id, offsets in self._offsets.items():
-                for topic, partition in [tp for tp in offsets if tp[0] == message.topic]:
-                    ops.append((keys.offset_key(group_id, topic, partition), None))
-                    del offsets[(topic, partition)]
-            if ops:
-                await self._store.write(ops)
+            forgotten = [
+                (group_id, tp)
+                for group_id, offsets in self._offsets.items()
+                for tp in offsets
+                if tp[0] == message.topic
+            ]
+            if forgotten:
+                ops: list[tuple[bytes, bytes | None]] = [
+                    (keys.offset_key(group_id, topic, partition), None)
+                    for group_id, (topic, partition) in forgotten
+                ]
+                try:
+                    await self._store.write(ops)
+                except DiskFullError as exc:
+                    message.reply.fail(exc)  # nothing forgotten: memory still matches the disk
+                    return
+                for group_id, tp in forgotten:
+                    del self._offsets[group_id][tp]
                 self._publish_offsets(self._offsets)
             self._groups.request_rebalance(message.topic, now)
             message.reply.set(None)
@@ -349,7 +369,11 @@ class GroupCoordinator(Actor[object]):
             message.reply.fail(exc)
             return
         if ops:
-            await self._store.write(ops)
+            try:
+                await self._store.write(ops)
+            except DiskFullError as exc:
+                message.reply.fail(exc)  # not committed: the client keeps its position and retries
+                return
         committed = self._offsets.setdefault(r.group_id, {})
         for po in r.offsets:
             committed[(po.topic, po.partition)] = (po.offset, po.metadata)
