@@ -99,14 +99,16 @@ class PartitionCore:
             self.size_bytes += span.size
             self.log_end_offset = span.end_offset
 
-    def committed_to(self, index: int) -> bool:
-        """The Raft commit index reached ``index``; True if the high watermark moved."""
+    def committed_to(self, index: int) -> list[BatchSpan]:
+        """The Raft commit index reached ``index``: the batches that became committed (the
+        high watermark moved past them), in order."""
         tail = self._tail
-        moved = False
+        done = []
         while tail and tail[0].index <= index:
-            self.high_watermark = tail.popleft().end_offset
-            moved = True
-        return moved
+            span = tail.popleft()
+            self.high_watermark = span.end_offset
+            done.append(span)
+        return done
 
     def restored(self, offset: int) -> None:
         """A snapshot replaced the log. A partition's Raft log is truncated only where

@@ -25,6 +25,7 @@ committed batch. So:
 
 from __future__ import annotations
 
+import logging
 import random
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -42,14 +43,16 @@ from sentinel.broker.producer_state import (
     OutOfOrderSequence,
     ProducerStateTable,
 )
+from sentinel.broker.reader import PartitionReader, ReadResult
 from sentinel.cluster.group import Send, handle_ready
-from sentinel.errors import InvalidArgument, MailboxFull, SentinelError, Unavailable
+from sentinel.errors import CorruptionError, InvalidArgument, MailboxFull, SentinelError, Unavailable
 from sentinel.raft.core import Config, NotLeader, ProposalDropped, RaftNode, Ready
 from sentinel.raft.lsm_storage import LsmRaftStorage
 from sentinel.raft.messages import NONE, Entry, Message, Role, Snapshot
 from sentinel.records import RecordBatch
 from sentinel.storage.store import Store
 
+logger = logging.getLogger(__name__)
 ACKS_NONE: Final = 0
 ACKS_LEADER: Final = 1
 ACKS_ALL: Final = -1
@@ -205,11 +208,13 @@ class PartitionReplica(Actor[ReplicaMessage]):
         # their index commits only to forget their in-flight batches then.
         self._pending_extra: list[_Pending] = []
         self._retention_requests: list[ApplyRetention] = []
+        self._damage_reported: CorruptionError | None = None
         self._changed = trio.Event()
         # Built in on_start (they read the store).
         self.storage: LsmRaftStorage
         self.node: RaftNode
         self.core: PartitionCore
+        self.reader: PartitionReader
         self.producers = ProducerStateTable()
         self._producers_applied = self._producers_saved_at = 0
         # The leader's view for idempotence: the applied table plus what it proposed since
@@ -234,6 +239,46 @@ class PartitionReplica(Actor[ReplicaMessage]):
 
     async def transfer_leadership(self, to: int) -> None:
         await self.call(TransferLeadership(to))
+
+    # -- reads (any task: the published view and the store) ------------------------------
+
+    @property
+    def high_watermark(self) -> int:
+        return self.view.high_watermark
+
+    @property
+    def log_start_offset(self) -> int:
+        return self.view.log_start_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.view.log_end_offset
+
+    @property
+    def size_bytes(self) -> int:
+        return self.view.size_bytes
+
+    def check_leader(self) -> None:
+        """Reads and writes go to the leader: anywhere else is UNAVAILABLE naming it."""
+        view = self.view
+        if view.role is not Role.LEADER:
+            raise self._not_leader()
+
+    def read(self, offset: int, max_bytes: int) -> ReadResult:
+        self.check_leader()
+        return self.reader.read(offset, max_bytes)
+
+    async def wait_for_data(self, offset: int) -> None:
+        """Return once the high watermark is past ``offset``, the replica closed or it
+        stopped leading (the caller then reads and learns which)."""
+        view = self.view
+        while view.high_watermark <= offset and not view.closed and view.role is Role.LEADER:
+            await view.changed.wait()
+            view = self.view
+
+    async def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int]:
+        self.check_leader()
+        return await self.reader.offset_for_timestamp(timestamp_ms)
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -261,6 +306,14 @@ class PartitionReplica(Actor[ReplicaMessage]):
         self._producers_applied = self._producers_saved_at = applied
         self.node = RaftNode(
             attrs.evolve(self._raft_config, applied=min(applied, commit)), storage, self._rng
+        )
+        self.reader = PartitionReader(
+            store,
+            self.topic,
+            self.topic_id,
+            self.partition,
+            lambda: (self.view.log_start_offset, self.view.high_watermark),
+            disk_end=self.core.high_watermark,
         )
         if self._replicas[0] == self.node_id or len(self._replicas) == 1:
             # The preferred leader (or a group of one) campaigns at once: a new partition
@@ -469,7 +522,10 @@ class PartitionReplica(Actor[ReplicaMessage]):
     def _after_ready(self) -> None:
         node, core = self.node, self.core
         committed = node.log.committed
-        if core.committed_to(committed):
+        done = core.committed_to(committed)
+        if done:
+            for span in done:
+                self.reader.indexed(span.base_offset, span.end_offset, span.max_timestamp, span.size)
             self._publish()
         if self._waiting_persist and node.role is Role.LEADER:
             durable = node.prs[self.node_id].match if node.prs else 0
@@ -535,17 +591,26 @@ class PartitionReplica(Actor[ReplicaMessage]):
 
     async def _retain(self, request: ApplyRetention) -> int:
         core = self.core
-        plan = core.retention_plan(
-            self._committed_spans(),
-            retention_ms=request.retention_ms,
-            retention_bytes=request.retention_bytes,
-            now_ms=request.now_ms,
-        )
+        try:
+            plan = core.retention_plan(
+                self._committed_spans(),
+                retention_ms=request.retention_ms,
+                retention_bytes=request.retention_bytes,
+                now_ms=request.now_ms,
+            )
+        except CorruptionError as exc:
+            # A damaged block holds what retention would look at next: its age and size
+            # cannot be read, so it stays (with everything after it) until an operator acts.
+            if self._damage_reported is None:
+                logger.warning("retention of %s[%d] stops: %s", self.topic, self.partition, exc)
+            self._damage_reported = exc
+            return 0
         if plan is None:
             return 0
         new_start, freed, index = plan
         removed = new_start - core.log_start_offset
         core.retained(new_start, freed)
+        self.reader.pruned(new_start)
         state = keys.PartitionState(core.log_end_offset, core.log_start_offset, core.size_bytes)
         await self.store.write([(self._state_key, keys.encode_state(state))])
         if index >= self.storage.first_index():
