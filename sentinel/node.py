@@ -18,16 +18,28 @@ engine, which writes and fsyncs the WAL. Every acknowledged write was already du
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import attrs
 import trio
+from crc32c import crc32c
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sentinel.broker.broker import Broker, BrokerOptions, ObsoleteData
 from sentinel.broker.coordinator import GroupCoordinator
+from sentinel.broker.legacy import check_no_legacy_topics, import_legacy_topics
+from sentinel.cluster import metadata as md
+from sentinel.cluster.controller import CONTROLLER_GROUP, Controller, encode_result
+from sentinel.cluster.ticker import DEFAULT_TICK_SECONDS, RaftTicker
+from sentinel.cluster.transport import PeerNetwork
+from sentinel.errors import InvalidArgument, SentinelError
 from sentinel.metrics import Metrics
+from sentinel.raft.core import Config
+from sentinel.raft.lsm_storage import LsmRaftStorage
+from sentinel.raft.messages import Message
 from sentinel.server.bridge import AsyncioThread
 from sentinel.server.frontend import GrpcFrontEnd
 from sentinel.server.handlers import Handlers
@@ -36,7 +48,10 @@ from sentinel.storage.manifest import NUM_LEVELS
 from sentinel.storage.options import StorageOptions, SyncMode
 from sentinel.storage.store import Store
 
+logger = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Peer requests (sentinel/cluster/transport.py): a follower forwarding a controller proposal.
+METHOD_PROPOSE = 1
 # Longest a graceful stop waits for each stage before moving on (the storage engine has
 # its own bound): SIGTERM always ends the process in bounded time.
 STOP_STAGE_SECONDS = 10.0
@@ -60,6 +75,33 @@ class NodeConfig:
     group_min_session_timeout_ms: int = 6_000  # Kafka's group.min.session.timeout.ms
     group_max_session_timeout_ms: int = 1_800_000  # Kafka's group.max.session.timeout.ms
     accept_data_loss: bool = False  # let recovery truncate at corruption (reported) instead of refusing
+    # The cluster (etcd's initial-cluster): every node's peer address, by node id. Empty: a
+    # cluster of one (this node), the same code path with one-voter groups.
+    peers: Mapping[int, tuple[str, int]] = attrs.field(factory=dict)
+    peer_host: str = "127.0.0.1"
+    peer_port: int = 9093
+    # The client address other brokers and clients are told (Kafka's advertised.listeners);
+    # empty host: --host; port 0: the port the API listens on.
+    advertise_host: str = ""
+    advertise_port: int = 0
+    default_replication_factor: int = 1
+    tick_seconds: float = DEFAULT_TICK_SECONDS
+
+
+def cluster_id(peers: Mapping[int, tuple[str, int]]) -> int:
+    """The same on every node started with the same --peers: connections from a node of
+    another cluster are refused at the handshake."""
+    spec = ",".join(f"{i}={host}:{port}" for i, (host, port) in sorted(peers.items()))
+    return crc32c(spec.encode())
+
+
+def _raft_config(node_id: int, voters: tuple[int, ...], *, tick_seconds: float) -> Config:
+    # Ticks, not seconds: the ticker's period sets the wall time (RAFT-NOTES.md defaults).
+    return Config(id=node_id, voters=voters)
+
+
+def _nowhere(group: int, message: Message) -> None:
+    """A cluster of one sends no Raft messages (its groups have no peers)."""
 
 
 @attrs.frozen
@@ -76,6 +118,8 @@ class Node:
         self.store: Store | None = None
         self.broker: Broker | None = None
         self.coordinator: GroupCoordinator | None = None
+        self.controller: Controller | None = None
+        self.network: PeerNetwork | None = None
         self.frontend: GrpcFrontEnd | None = None
 
     def stop(self) -> None:
@@ -84,6 +128,10 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[NodeAddresses] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
+        peers = dict(config.peers)
+        if peers and config.node_id not in peers:
+            raise InvalidArgument(f"--peers names nodes {sorted(peers)} but not this node ({config.node_id})")
+        voters = tuple(sorted(peers)) if peers else (config.node_id,)
         obsolete = ObsoleteData()
         storage_options = StorageOptions(
             sync=config.sync,
@@ -92,23 +140,55 @@ class Node:
             accept_data_loss=config.accept_data_loss,
             on_wal_fsync=self.metrics.wal_fsync.observe,
         )
+        raft_config = functools.partial(_raft_config, tick_seconds=config.tick_seconds)
         async with trio.open_nursery() as nursery:
             store = self.store = await nursery.start(Store(config.data_dir, storage_options).run)
+            if peers:
+                check_no_legacy_topics(store)
+            network = None
+            if peers:
+                network = self.network = PeerNetwork(
+                    config.node_id,
+                    cluster_id(peers),
+                    {i: address for i, address in peers.items() if i != config.node_id},
+                    self._route,
+                )
+            send = network.send if network is not None else _nowhere
+            controller_storage = LsmRaftStorage(store, CONTROLLER_GROUP)
+            controller = self.controller = Controller(
+                config.node_id,
+                voters,
+                controller_storage,
+                send,
+                config=raft_config(config.node_id, voters),
+                forward=self._forward if network is not None else None,
+            )
+            await nursery.start(controller.run)
+            if network is not None:
+                network.handler = self._serve_peer
+                await nursery.start(network.run, config.peer_host, config.peer_port)
             broker = self.broker = Broker(
                 store,
+                controller,
+                send,
                 BrokerOptions(
                     node_id=config.node_id,
                     auto_create_topics=config.auto_create_topics,
                     default_partitions=config.default_partitions,
+                    default_replication_factor=config.default_replication_factor,
                     default_retention_ms=config.default_retention_ms,
                     default_retention_bytes=config.default_retention_bytes,
                 ),
+                controller_storage=controller_storage,
+                raft_config=raft_config,
                 on_append=self.metrics.record_produced,
             )
             obsolete.bind(broker)
             await nursery.start(broker.run)
+            ticker = RaftTicker(lambda: [controller, *broker.replicas.values()], config.tick_seconds)
+            await nursery.start(ticker.run)
             coordinator = self.coordinator = GroupCoordinator(
-                store,
+                controller,
                 broker,
                 min_session_timeout=config.group_min_session_timeout_ms / 1000,
                 max_session_timeout=config.group_max_session_timeout_ms / 1000,
@@ -149,6 +229,16 @@ class Node:
 
             grpc_port = await nursery.start(run_frontend)
             handlers.port = grpc_port
+            advertised = (config.advertise_host or config.host, config.advertise_port or grpc_port)
+            registered = trio.Event()
+            nursery.start_soon(self._register, controller, advertised, registered)
+            if not peers:
+                # A cluster of one registers itself at once; before that it could not place
+                # a topic. (A replicated node serves as soon as it listens: it may have to
+                # wait for a majority, and clients retry meanwhile.)
+                with trio.move_on_after(STOP_STAGE_SECONDS):
+                    await registered.wait()
+                await import_legacy_topics(store, controller, config.node_id)
             task_status.started(NodeAddresses(grpc_port=grpc_port, metrics_port=metrics_port))
 
             await self._stop.wait()
@@ -156,12 +246,56 @@ class Node:
                 with trio.move_on_after(STOP_STAGE_SECONDS):
                     frontend.close()
                     await frontend_stopped.wait()
-                for actor in (coordinator, broker):
-                    with trio.move_on_after(STOP_STAGE_SECONDS):
-                        actor.close()
-                        await actor.wait_stopped()
+                with trio.move_on_after(STOP_STAGE_SECONDS):
+                    coordinator.close()
+                    await coordinator.wait_stopped()
+                with trio.move_on_after(STOP_STAGE_SECONDS):
+                    await broker.stop_replicas()
+                with trio.move_on_after(STOP_STAGE_SECONDS):
+                    controller.close()
+                    await controller.wait_stopped()
                 await store.aclose()
             nursery.cancel_scope.cancel()
+
+    def _route(self, group: int, message: Message) -> None:
+        """A Raft message from a peer, to its group (never blocks: a full mailbox drops it)."""
+        if group == CONTROLLER_GROUP:
+            if self.controller is not None:
+                self.controller.deliver(message)
+        elif self.broker is not None:
+            self.broker.deliver(group, message)
+
+    async def _forward(self, leader: int, command: bytes) -> bytes:
+        assert self.network is not None
+        return await self.network.request(leader, METHOD_PROPOSE, command)
+
+    async def _serve_peer(self, peer: int, method: int, payload: bytes) -> bytes:
+        if method == METHOD_PROPOSE and self.controller is not None:
+            return encode_result(await self.controller.propose_here(payload))
+        raise InvalidArgument(f"node {peer} sent an unknown peer request {method}")
+
+    async def _register(
+        self, controller: Controller, address: tuple[str, int], registered: trio.Event
+    ) -> None:
+        """Tell the cluster this node's client address (again whenever the metadata lacks
+        it: a restart at a new address, a controller that lost it)."""
+        host, port = address
+        view = controller.view
+        delay = 0.05
+        while True:
+            known = view.image.brokers.get(self.config.node_id)
+            if known is not None and (known.host, known.port) == (host, port):
+                registered.set()
+                view = await controller.wait_changed(view)
+                continue
+            try:
+                await controller.propose(md.register_broker(self.config.node_id, host, port))
+                delay = 0.05
+            except SentinelError as exc:
+                logger.debug("registration not done yet: %s", exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            view = controller.view
 
     def _collect(self) -> Iterator[Metric]:
         """Scrape-time gauges from the snapshots the actors publish (metrics thread)."""

@@ -91,7 +91,7 @@ class Controller(Actor[ControllerMessage]):
         *,
         rng: random.Random | None = None,
         config: Config | None = None,
-        address_of: dict[int, str] | None = None,
+        address_of: Callable[[int], str | None] | None = None,
         snapshot_every: int = SNAPSHOT_EVERY,
         forward: Callable[[int, bytes], Awaitable[bytes]] | None = None,
     ) -> None:
@@ -107,13 +107,16 @@ class Controller(Actor[ControllerMessage]):
             storage,
             rng or random.Random(),
         )
-        self._address_of = address_of or {}
+        # A node's client address (host:port) for leader hints; by default from the metadata.
+        self._address_of = address_of or self._registered_address
         self._snapshot_every = snapshot_every
         # Sends a proposal to the leader and returns its encoded result (encode_result).
         self._forward = forward
         # Proposals of this leader waiting for their entry to apply: index -> (term, request).
         self._pending: dict[int, tuple[int, Propose]] = {}
         self._changed = trio.Event()
+        if voters == (node_id,):
+            self._node.campaign()  # a cluster of one elects itself at once
         self.view = self._make_view()
 
     # -- the outside world's entry points --------------------------------------------------
@@ -222,6 +225,10 @@ class Controller(Actor[ControllerMessage]):
             # Everything applied is committed and its commit persisted with this Ready.
             await self._storage.compact(applied, self._metadata.snapshot())
 
+    def _registered_address(self, node: int) -> str | None:
+        broker = self._metadata.image().brokers.get(node)
+        return None if broker is None else f"{broker.host}:{broker.port}"
+
     def _fail_all(self, error: SentinelError) -> None:
         pending, self._pending = self._pending, {}
         for _term, request in pending.values():
@@ -229,7 +236,7 @@ class Controller(Actor[ControllerMessage]):
 
     def _not_leader(self) -> Unavailable:
         leader = self._node.lead
-        hint = self._address_of.get(leader) if leader != NONE else None
+        hint = self._address_of(leader) if leader != NONE else None
         where = f"node {leader}" if leader != NONE else "unknown"
         return Unavailable(f"this node is not the controller leader (leader: {where})", leader=hint)
 

@@ -101,6 +101,30 @@ def create_topic(
     )
 
 
+def import_topic(
+    name: str, topic_id: int, replicas: list[list[int]], config: TopicConfig, created_ms: int
+) -> bytes:
+    """A topic that existed before the controller did (a single-node data directory from
+    an earlier version), with its own id: its data is already stored under that id."""
+    return _encode(
+        {
+            "op": "import_topic",
+            "name": name,
+            "id": topic_id,
+            "replicas": replicas,
+            "retention_ms": config.retention_ms,
+            "retention_bytes": config.retention_bytes,
+            "created_ms": created_ms,
+        }
+    )
+
+
+def reserve_topic_ids(next_topic_id: int) -> bytes:
+    """Never hand out ids below ``next_topic_id`` (ids an imported directory used, deleted
+    topics' included: their data may still be on disk)."""
+    return _encode({"op": "reserve_topic_ids", "next": next_topic_id})
+
+
 def delete_topic(name: str) -> bytes:
     return _encode({"op": "delete_topic", "name": name})
 
@@ -184,6 +208,11 @@ class ClusterMetadata:
                 return None
             if op == "create_topic":
                 return self._create_topic(command)
+            if op == "import_topic":
+                return self._create_topic(command, topic_id=int(command["id"]))
+            if op == "reserve_topic_ids":
+                self._next_topic_id = max(self._next_topic_id, int(command["next"]))
+                return None
             if op == "delete_topic":
                 return self._delete_topic(command)
             if op == "commit_offsets":
@@ -199,7 +228,7 @@ class ClusterMetadata:
             raise ValueError(f"broker {node_id} at {host}:{port} is not a valid address")
         self._brokers[node_id] = BrokerInfo(node_id, host, port)
 
-    def _create_topic(self, c: dict[str, Any]) -> SentinelError | TopicMeta:
+    def _create_topic(self, c: dict[str, Any], topic_id: int | None = None) -> SentinelError | TopicMeta:
         name = str(c["name"])
         validate_topic_name(name)
         existing = self._topics.get(name)
@@ -221,8 +250,13 @@ class ClusterMetadata:
         config = TopicConfig(int(c["retention_ms"]), int(c["retention_bytes"]))
         if config.retention_ms < 0 or config.retention_bytes < 0:
             return InvalidArgument("retention_ms and retention_bytes must be >= 0 (0 keeps data forever)")
-        topic = TopicMeta(name, self._next_topic_id, replicas, config, int(c["created_ms"]))
-        self._next_topic_id += 1
+        if topic_id is None:
+            topic_id = self._next_topic_id
+        elif topic_id < 1 or any(t.topic_id == topic_id for t in self._topics.values()):
+            return InvalidArgument(f"topic id {topic_id} of {name!r} is invalid or taken")
+        topic = TopicMeta(name, topic_id, replicas, config, int(c["created_ms"]))
+        # Ids are never reused: imported ids move the counter past them.
+        self._next_topic_id = max(self._next_topic_id, topic_id + 1)
         self._topics[name] = topic
         return topic
 

@@ -20,12 +20,14 @@ import trio
 
 from sentinel.broker.broker import Broker, Topic, TopicConfig
 from sentinel.broker.coordinator import GroupCoordinator
+from sentinel.broker.replica import ACKS_ALL, ACKS_LEADER, ACKS_NONE, PartitionReplica
 from sentinel.errors import InvalidArgument, NotFound, SentinelError
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.metrics import Metrics
 from sentinel.records import iter_batches
 from sentinel.server.status import status_of
 
+_ACKS = {pb.Acks.ALL: ACKS_ALL, pb.Acks.LEADER: ACKS_LEADER, pb.Acks.NONE: ACKS_NONE}
 DEFAULT_FETCH_MAX_BYTES = 1024 * 1024
 # A single fetch response never carries more than this (the client can ask for less).
 MAX_FETCH_BYTES = 16 * 1024 * 1024
@@ -60,7 +62,8 @@ class Handlers:
         known_enum(request.acks, "acks")
         batches = list(iter_batches(request.record_batches, max_batch_bytes=self.max_batch_bytes))
         wait = request.acks != pb.Acks.NONE
-        partition, result = await self.broker.produce(request.topic, request.partition, batches, wait=wait)
+        acks = _ACKS[request.acks]
+        partition, result = await self.broker.produce(request.topic, request.partition, batches, acks=acks)
         self.metrics.observe_produce(time.perf_counter() - started)
         return pb.ProduceResponse(
             topic=request.topic,
@@ -103,18 +106,26 @@ class Handlers:
     # -- metadata and admin ------------------------------------------------------------
 
     def _partition_metadata(self, topic: Topic) -> list[pb.PartitionMetadata]:
-        node = self.broker.options.node_id
-        return [
-            pb.PartitionMetadata(
-                partition=log.partition,
-                leader=node,
-                replicas=[node],
-                in_sync_replicas=[node],
-                log_start_offset=log.log_start_offset,
-                high_watermark=log.high_watermark,
+        out = []
+        for p, log in enumerate(topic.logs):
+            replicas = list(topic.replicas[p])
+            if isinstance(log, PartitionReplica):
+                view = log.view
+                # A replica knows its leader (0 while electing); the client asks again then.
+                leader = view.leader if view.leader else -1
+            else:
+                leader = replicas[0]  # a guess from the placement: the client is redirected if wrong
+            out.append(
+                pb.PartitionMetadata(
+                    partition=p,
+                    leader=leader,
+                    replicas=replicas,
+                    in_sync_replicas=replicas,
+                    log_start_offset=log.log_start_offset,
+                    high_watermark=log.high_watermark,
+                )
             )
-            for log in topic.logs
-        ]
+        return out
 
     def _describe(self, topic: Topic) -> pb.TopicDescription:
         return pb.TopicDescription(
@@ -135,7 +146,6 @@ class Handlers:
                     with contextlib.suppress(InvalidArgument):  # reported per topic below
                         await self.broker.create_topic(name, if_absent=True)
         topics = self.broker.topics
-        node = self.broker.options.node_id
         entries = []
         for name in request.topics or sorted(topics):
             topic = topics.get(name)
@@ -155,10 +165,14 @@ class Handlers:
                 entries.append(
                     pb.TopicMetadata(name=name, error_code=failed.status.value, error_message=failed.message)
                 )
+        view = self.broker.controller.view
+        brokers = [
+            pb.BrokerInfo(node_id=b.node_id, host=b.host, port=b.port) for b in view.image.brokers.values()
+        ]
         return pb.MetadataResponse(
-            brokers=[pb.BrokerInfo(node_id=node, host=self.host, port=self.port)],
+            brokers=sorted(brokers, key=lambda b: b.node_id),
             topics=entries,
-            controller_id=node,
+            controller_id=view.leader if view.leader else -1,
         )
 
     async def list_offsets(self, request: pb.ListOffsetsRequest) -> pb.ListOffsetsResponse:
@@ -178,7 +192,7 @@ class Handlers:
         if request.config is not None:
             config = TopicConfig(request.config.retention_ms, request.config.retention_bytes)
         topic = await self.broker.create_topic(
-            request.name, request.partitions, request.replication_factor or 1, config
+            request.name, request.partitions, request.replication_factor or None, config
         )
         return pb.CreateTopicResponse(topic=self._describe(topic))
 

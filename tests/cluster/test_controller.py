@@ -55,7 +55,7 @@ class Cluster:
             self.disks[i],
             self.send,
             rng=random.Random(self.seed),
-            address_of={n: f"host{n}:9092" for n in VOTERS},
+            address_of=lambda n: f"host{n}:9092",
             snapshot_every=self.snapshot_every,
             forward=self.forward if self.forwarding else None,
         )

@@ -103,3 +103,21 @@ def test_a_damaged_snapshot_is_refused() -> None:
         ClusterMetadata.restore(data[:-3])
     with pytest.raises(ValueError, match="unknown snapshot version"):
         ClusterMetadata.restore(data.replace(b'"v":1', b'"v":7'))
+
+
+def test_an_imported_topic_keeps_its_id_and_ids_are_never_reused() -> None:
+    m = cluster(1)
+    imported = m.apply(2, md.import_topic("old", 7, [[1]], TopicConfig(), 5))
+    assert isinstance(imported, md.TopicMeta) and imported.topic_id == 7
+    fresh = m.apply(3, md.create_topic("new", [[1]], TopicConfig(), 6))
+    assert isinstance(fresh, md.TopicMeta) and fresh.topic_id == 8
+    taken = m.apply(4, md.import_topic("again", 7, [[1]], TopicConfig(), 5))
+    assert isinstance(taken, InvalidArgument) and "topic id 7" in str(taken)
+
+
+def test_reserved_ids_are_never_handed_out() -> None:
+    m = cluster(1)
+    assert m.apply(2, md.reserve_topic_ids(40)) is None
+    assert m.apply(3, md.reserve_topic_ids(10)) is None  # never backwards
+    made = m.apply(4, md.create_topic("t", [[1]], TopicConfig(), 0))
+    assert isinstance(made, md.TopicMeta) and made.topic_id == 40
