@@ -91,6 +91,27 @@ def run(
         envvar="SENTINEL_ACCEPT_DATA_LOSS",
         help="Start on a corrupt WAL or manifest: truncate at the damage and report what was dropped.",
     ),
+    peers: str = typer.Option(
+        "",
+        envvar="SENTINEL_PEERS",
+        help="Every node's peer address, as 1=host:port,2=host:port,... (empty: a cluster of one).",
+    ),
+    peer_host: str = typer.Option(
+        "", envvar="SENTINEL_PEER_HOST", help="Address the peer listener binds (default: --host)."
+    ),
+    peer_port: int = typer.Option(
+        0,
+        envvar="SENTINEL_PEER_PORT",
+        help="Port of the peer listener (default: this node's port in --peers).",
+    ),
+    advertise: str = typer.Option(
+        "",
+        envvar="SENTINEL_ADVERTISE",
+        help="HOST:PORT clients and other brokers are told to use (default: --host and the API port).",
+    ),
+    default_replication_factor: int = typer.Option(
+        1, envvar="SENTINEL_DEFAULT_REPLICATION_FACTOR", help="Replicas of an auto-created topic."
+    ),
 ) -> None:
     """Run a broker node until SIGINT or SIGTERM (graceful, bounded shutdown, exit 0)."""
     if not 1 <= group_min_session_timeout_ms <= group_max_session_timeout_ms:
@@ -98,6 +119,13 @@ def run(
             "--group-min-session-timeout-ms must be >= 1 and at most --group-max-session-timeout-ms, "
             f"got {group_min_session_timeout_ms} and {group_max_session_timeout_ms}"
         )
+    peer_map = parse_peers(peers)
+    if peer_map and node_id not in peer_map:
+        usage_error(f"--peers names nodes {sorted(peer_map)} but not this node (--node-id {node_id})")
+    own_peer_port = peer_port or (peer_map[node_id][1] if peer_map else 9093)
+    advertise_host, advertise_port = parse_address(advertise, "--advertise") if advertise else ("", 0)
+    if default_replication_factor < 1:
+        usage_error(f"--default-replication-factor must be at least 1, got {default_replication_factor}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = NodeConfig(
         node_id=node_id,
@@ -116,5 +144,31 @@ def run(
         accept_data_loss=accept_data_loss,
         group_min_session_timeout_ms=group_min_session_timeout_ms,
         group_max_session_timeout_ms=group_max_session_timeout_ms,
+        peers=peer_map,
+        peer_host=peer_host or host,
+        peer_port=own_peer_port,
+        advertise_host=advertise_host,
+        advertise_port=advertise_port,
+        default_replication_factor=default_replication_factor,
     )
     trio.run(serve, config)
+
+
+def parse_address(text: str, option: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        usage_error(f"{option} must be HOST:PORT with a port in 1..65535, got {text!r}")
+    return host, int(port)
+
+
+def parse_peers(text: str) -> dict[int, tuple[str, int]]:
+    """``1=host:port,2=host:port`` (etcd's initial-cluster shape) -> {1: (host, port), ...}."""
+    peers: dict[int, tuple[str, int]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        node, sep, address = item.partition("=")
+        if not sep or not node.isdigit() or int(node) < 1:
+            usage_error(f"--peers entries are NODE_ID=HOST:PORT with an id >= 1, got {item!r}")
+        if int(node) in peers:
+            usage_error(f"--peers names node {node} twice")
+        peers[int(node)] = parse_address(address, f"--peers entry for node {node}")
+    return peers
