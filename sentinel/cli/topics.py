@@ -93,7 +93,12 @@ def create(
     partitions: int | None = typer.Option(
         None, "--partitions", "-p", help="Partition count, >= 1 (omit it for the broker's default)."
     ),
-    replication_factor: int = typer.Option(1, "--replication-factor", "-r", help="Replicas per partition."),
+    replication_factor: int | None = typer.Option(
+        None,
+        "--replication-factor",
+        "-r",
+        help="Replicas per partition, >= 1 (omit it for the broker's default).",
+    ),
     retention_ms: int = typer.Option(
         0, "--retention-ms", help="Delete records older than this (0: keep forever)."
     ),
@@ -102,22 +107,19 @@ def create(
     ),
 ) -> None:
     """Create a topic."""
-    if partitions is not None and partitions < 1:
-        # 0 is not "the default": omitting the option is (a typo must not create 1 partition).
-        usage_error(f"--partitions must be >= 1, got {partitions} (omit it for the broker's default)")
-    for option, value, least in (
-        ("--replication-factor", replication_factor, 1),
-        ("--retention-ms", retention_ms, 0),
-        ("--retention-bytes", retention_bytes, 0),
-    ):
-        if value < least:
-            usage_error(f"{option} must be >= {least}, got {value}")
+    # 0 is not "the default": omitting the option is (a typo must not create 1 partition).
+    for option, count in (("--partitions", partitions), ("--replication-factor", replication_factor)):
+        if count is not None and count < 1:
+            usage_error(f"{option} must be >= 1, got {count} (omit it for the broker's default)")
+    for option, value in (("--retention-ms", retention_ms), ("--retention-bytes", retention_bytes)):
+        if value < 0:
+            usage_error(f"{option} must be >= 0, got {value}")
     topic = asyncio.run(
         with_admin(
             broker,
             lambda admin: admin.create_topic(
                 name,
-                partitions=partitions or 0,  # 0 on the wire: the broker's default
+                partitions=partitions,  # None: omitted on the wire, the broker's default
                 replication_factor=replication_factor,
                 retention_ms=retention_ms,
                 retention_bytes=retention_bytes,
