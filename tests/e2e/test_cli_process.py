@@ -208,21 +208,29 @@ def test_errors_are_one_line(broker: BrokerProcess) -> None:
     b = ("--broker", broker.address)
     # "single" does not exist yet: the producer creates it with the broker's default of one
     # partition, then refuses partition 99.
-    unknown, bad_name, bad_partition, too_big = cli_all(
+    unknown, bad_name, bad_partition, too_big, big = cli_all(
         ("consume", "--topic", "nope", *b),
         ("topics", "create", "bad/name", *b),
         ("produce", "--topic", "single", "--partition", "99", "--message", "x", *b),
-        ("produce", "--topic", "single", *b),  # stdin: one record of 2 MB
-        inputs={3: "x" * 2_000_000 + "\n"},
+        ("produce", "--topic", "huge", "--max-request-bytes", "1048576", *b),  # stdin: 2 MB
+        ("produce", "--topic", "big", *b),  # the default limit is the broker's: 2 MB goes
+        inputs={3: "x" * 2_000_000 + "\n", 4: "y" * 2_000_000 + "\n"},
     )
     assert one_error_line(unknown) == "error: topic 'nope' does not exist"
     assert one_error_line(bad_name).startswith("error: invalid topic name 'bad/name'")
     assert one_error_line(bad_partition) == (
         "error: partition 99 does not exist in topic 'single': valid partitions are 0..0"
     )
-    assert "larger than" in one_error_line(too_big)
+    assert "larger than one request can carry: max_request_bytes is 1048576" in one_error_line(too_big)
     for result in (unknown, bad_name, bad_partition, too_big):
         assert result.returncode == 1 and result.stdout == ""
+    assert ok(big) == "produced 1 record to big\n  partition 0: offset 0\n"
+    assert ok(cli("consume", "--topic", "big", "--from-beginning", *b)) == "y" * 2_000_000 + "\n"
+    # Refused before its topic was looked up: "huge" was never auto-created.
+    assert sorted(t["name"] for t in json.loads(ok(cli("topics", "list", "--format", "json", *b)))) == [
+        "big",
+        "single",
+    ]
 
     broker.stop()
     down = cli_all(("topics", "list", *b), ("produce", "--topic", "single", "--message", "x", *b))
