@@ -8,10 +8,12 @@ Independent commands run concurrently: each CLI process spends most of its time 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -261,3 +263,36 @@ def test_no_auto_create_topics_governs_every_client_path(tmp_path: Path) -> None
         assert [t["name"] for t in json.loads(ok(cli("topics", "list", "--format", "json", *b)))] == ["made"]
     finally:
         broker.close()
+
+
+@pytest.mark.slow
+def test_a_broker_killed_under_produce_is_one_error_line(broker: BrokerProcess) -> None:
+    producer = start(
+        "produce", "--topic", "k", "--format", "json", "--broker", broker.address, stdin=subprocess.PIPE
+    )
+    assert producer.stdin is not None and producer.stdout is not None and producer.stderr is not None
+    acknowledged = threading.Event()
+
+    def feed() -> None:  # lines as fast as the producer takes them, until it has exited
+        chunk = "record\n" * 1000
+        with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+            while producer.poll() is None:
+                producer.stdin.write(chunk)
+                producer.stdin.flush()
+
+    def drain() -> None:  # acknowledgements, so the producer never blocks on stdout
+        for _ in producer.stdout:
+            acknowledged.set()
+
+    threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain, daemon=True)]
+    for thread in threads:
+        thread.start()
+    assert acknowledged.wait(TIMEOUT_S), "nothing was acknowledged"
+    broker.kill()  # SIGKILL: the connection is lost under requests in flight
+    assert producer.wait(TIMEOUT_S) == 1
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+    # grpclib's writes to the lost connection used to add asyncio's "socket.send() raised
+    # exception." lines before the error.
+    lines = producer.stderr.read().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach broker {broker.address}: "), lines
