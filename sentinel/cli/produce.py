@@ -22,10 +22,9 @@ from typing import IO, Final
 import attrs
 import typer
 
-from sentinel.cli.errors import fail, readable_errors
+from sentinel.cli.errors import exit_interrupted, fail, readable_errors
 from sentinel.cli.output import (
     CLIENT_ID,
-    EXIT_INTERRUPTED,
     OutputFormat,
     Progress,
     StdoutClosed,
@@ -400,5 +399,4 @@ def produce(
             fail(str(error))
         raise error
     if run.interrupted:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        exit_interrupted()

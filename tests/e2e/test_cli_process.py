@@ -12,6 +12,7 @@ import contextlib
 import json
 import re
 import signal
+import socket
 import subprocess
 import threading
 import urllib.request
@@ -296,3 +297,28 @@ def test_a_broker_killed_under_produce_is_one_error_line(broker: BrokerProcess) 
     # exception." lines before the error.
     lines = producer.stderr.read().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach broker {broker.address}: "), lines
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_command_with_error_interrupted(broker: BrokerProcess) -> None:
+    typing = start(
+        "produce", "--topic", "typed", "--format", "json", "--broker", broker.address, stdin=subprocess.PIPE
+    )
+    with socket.socket() as silent:  # accepts connections, never answers: the preflight waits
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent.settimeout(TIMEOUT_S)
+        waiting = start("topics", "list", "--broker", f"127.0.0.1:{silent.getsockname()[1]}")
+        connection, _ = silent.accept()  # it is waiting for the answer now
+        waiting.send_signal(signal.SIGINT)
+        assert waiting.communicate(timeout=TIMEOUT_S) == ("", "error: interrupted\n")
+        assert waiting.returncode == 130
+        connection.close()
+    # Once a line is acknowledged, produce is reading stdin (left open): Ctrl-C stops it.
+    assert typing.stdin is not None and typing.stdout is not None
+    typing.stdin.write("first\n")
+    typing.stdin.flush()
+    assert json.loads(typing.stdout.readline())["value"] == "first"
+    typing.send_signal(signal.SIGINT)
+    assert typing.communicate(timeout=TIMEOUT_S) == ("", "error: interrupted\n")
+    assert typing.returncode == 130
