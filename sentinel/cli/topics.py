@@ -24,6 +24,7 @@ from sentinel.cli.output import (
     write_lines,
 )
 from sentinel.client import TopicInfo
+from sentinel.client.admin import INT32_MAX, INT64_MAX
 
 app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True)
 
@@ -108,12 +109,15 @@ def create(
 ) -> None:
     """Create a topic."""
     # 0 is not "the default": omitting the option is (a typo must not create 1 partition).
+    # The upper bounds are the wire's: protobuf would wrap a larger value into another one.
     for option, count in (("--partitions", partitions), ("--replication-factor", replication_factor)):
         if count is not None and count < 1:
             usage_error(f"{option} must be >= 1, got {count} (omit it for the broker's default)")
+        if count is not None and count > INT32_MAX:
+            usage_error(f"{option} must be at most {INT32_MAX}, got {count}")
     for option, value in (("--retention-ms", retention_ms), ("--retention-bytes", retention_bytes)):
-        if value < 0:
-            usage_error(f"{option} must be >= 0, got {value}")
+        if not 0 <= value <= INT64_MAX:
+            usage_error(f"{option} must be between 0 and {INT64_MAX}, got {value}")
     topic = asyncio.run(
         with_admin(
             broker,

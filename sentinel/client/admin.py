@@ -20,6 +20,8 @@ from sentinel.generated.sentinel import v1 as pb
 __all__ = ["Admin"]
 
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
+INT32_MAX: Final = 2**31 - 1
+INT64_MAX: Final = 2**63 - 1
 
 
 class Admin:
@@ -74,14 +76,16 @@ class Admin:
         broker's defaults; given, they must be at least 1. 0 retention keeps data forever.
         AlreadyExists if the name is taken."""
         # None travels as an omitted field (the broker's default); 0 would be refused there.
+        # The upper bounds are the wire's (int32, int64): protobuf would wrap a larger value.
         for what, count in (("partitions", partitions), ("replication_factor", replication_factor)):
-            if count is not None and (type(count) is not int or count < 1):
+            if count is not None and (type(count) is not int or not 1 <= count <= INT32_MAX):
                 raise InvalidArgument(
-                    f"{what} must be an int >= 1, or None for the broker's default; got {count!r}"
+                    f"{what} must be an int from 1 to {INT32_MAX}, or None for the broker's default; "
+                    f"got {count!r}"
                 )
         for what, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
-            if type(value) is not int or value < 0:
-                raise InvalidArgument(f"{what} must be an int >= 0, got {value!r}")
+            if type(value) is not int or not 0 <= value <= INT64_MAX:
+                raise InvalidArgument(f"{what} must be an int from 0 to {INT64_MAX}, got {value!r}")
         conn = self._cluster_or_fail().bootstrap
         request = pb.CreateTopicRequest(
             name=name,

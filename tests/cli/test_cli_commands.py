@@ -36,7 +36,14 @@ from sentinel.node import DEFAULT_MAX_MESSAGE_BYTES
         (["topics", "create", "t", "--partitions", "-1"], "--partitions must be >= 1, got -1"),
         (["topics", "create", "t", "--partitions", "0"], "--partitions must be >= 1, got 0"),
         (["topics", "create", "t", "--replication-factor", "0"], "--replication-factor must be >= 1"),
-        (["topics", "create", "t", "--retention-ms", "-5"], "--retention-ms must be >= 0"),
+        (["topics", "create", "t", "--retention-ms", "-5"], "--retention-ms must be between 0 and"),
+        # Larger than the wire's int32 / int64: protobuf used to wrap them into other values.
+        (["topics", "create", "t", "--partitions", str(2**31)], "--partitions must be at most 2147483647"),
+        (["topics", "create", "t", "-r", str(2**31)], "--replication-factor must be at most 2147483647"),
+        (
+            ["topics", "create", "t", "--retention-ms", str(2**63)],
+            f"--retention-ms must be between 0 and {2**63 - 1}",
+        ),
     ],
 )
 def test_bad_option_combinations_are_usage_errors(args: list[str], message: str, closed_port: int) -> None:
