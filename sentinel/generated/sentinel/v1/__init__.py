@@ -222,8 +222,15 @@ class ConsumeRequest(betterproto2.Message):
     offset: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
 
     max_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    A budget for the batches of one response: 0 means 1 MiB, more than 16 MiB is capped to
+    16 MiB. A first batch larger than the budget is still returned whole.
+    """
 
     max_wait_ms: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+    """
+    How long to wait for data when there is none: 0 to 30000; more is INVALID_ARGUMENT.
+    """
 
     follow: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
     """
