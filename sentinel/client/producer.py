@@ -20,7 +20,7 @@ How it works:
   and returns at once. One sender task per partition drains the queue when it holds
   ``batch_size`` bytes, when its oldest record has waited ``linger_ms``, or at once while a
   flush, a close or a sender blocked on memory is waiting. One request carries everything
-  queued (up to ``max_request_bytes``) as consecutive RecordBatches of at most
+  queued (up to 1 MiB, or one larger record) as consecutive RecordBatches of at most
   ``batch_size`` bytes.
 - **Order.** At most one request is in flight per partition, and a failed request is
   retried before anything queued after it is sent, so offsets follow send order.
@@ -96,6 +96,11 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 16 * 1024 * 1024
 # partition, acks, timeout, tags and the batches' length prefix: under 300 bytes), rounded
 # up to cover the record size estimates being a little short.
 REQUEST_FRAMING_BYTES: Final = 1024
+# How much queued data one request gathers, whatever max_request_bytes allows: with one
+# request in flight per partition, a request taking the whole buffer leaves the client idle
+# while the broker appends it (measured with 100-byte records: 16 MiB requests made 13-25%
+# fewer records/s than 1 MiB ones). A record larger than this still goes, alone.
+REQUEST_FILL_BYTES: Final = 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
 DEFAULT_RETRIES: Final = 5
 DEFAULT_RETRY_BACKOFF_MS: Final = 100
@@ -202,7 +207,7 @@ class Producer:
         self._acc: RecordAccumulator[RecordFuture] = RecordAccumulator(
             batch_size=batch_size,
             max_buffer_bytes=max_buffer_bytes,
-            max_request_bytes=max_request_bytes - REQUEST_FRAMING_BYTES,
+            max_request_bytes=min(max_request_bytes - REQUEST_FRAMING_BYTES, REQUEST_FILL_BYTES),
         )
         # The largest record (estimated size) or send_batch batch that fits in one request.
         self.max_record_bytes = max_request_bytes - REQUEST_FRAMING_BYTES - BATCH_OVERHEAD
