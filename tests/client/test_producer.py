@@ -291,6 +291,22 @@ def test_invalid_records_are_rejected_at_send() -> None:
     run(scenario)
 
 
+def test_a_request_gathers_at_most_a_mebibyte_whatever_max_request_bytes_allows() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("fill", 1)
+        fake.hold_produce()
+        async with Producer(fake.address, max_buffer_bytes=8 << 20) as producer:
+            first = await producer.send("fill", b"x")
+            await fake.produce_parked.wait()  # the first request is held: the rest queue up
+            futures = [await producer.send("fill", b"x" * 1000) for _ in range(3000)]  # ~3 MB
+            fake.release_produce()
+            await asyncio.gather(first, *futures)
+        sizes = [len(r.record_batches) for r in fake.produce_requests]
+        assert len(sizes) >= 4 and max(sizes) <= 1 << 20  # a 16 MiB limit, yet 1 MiB requests
+
+    run(scenario)
+
+
 def test_a_record_larger_than_the_buffer_goes_alone_once_the_buffer_is_empty() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("big", 1)
