@@ -116,6 +116,7 @@ _ACKS: Final[dict[object, pb.Acks]] = {
 _COMPRESSION: Final[dict[str, Compression]] = {
     "none": Compression.NONE,
     "gzip": Compression.GZIP,
+    "snappy": Compression.SNAPPY,
     "lz4": Compression.LZ4,
     "zstd": Compression.ZSTD,
 }

@@ -44,9 +44,10 @@ class StorageOptions:
     compaction_filter: Callable[[bytes], bool] | None = None
     #: Observes each WAL fsync's duration in seconds (the metrics hook; called on the Trio thread).
     on_wal_fsync: Callable[[float], None] | None = None
-    # Recovery meets corruption (a complete frame failing its checksum, damage followed by
-    # valid records) and refuses to open with a CorruptionError unless this is set: then
-    # it truncates at the damage, reports what it dropped and goes on (operator's choice:
-    # `sentinel run --accept-data-loss`). A torn tail (incomplete last frame) is always
-    # truncated and reported.
+    # Recovery meets damage in the WAL or manifest (a complete frame failing its checksum,
+    # damage followed by valid records, a missing segment) and refuses to open with a
+    # CorruptionError unless this is set: then it truncates at the damage, reports what it
+    # dropped and goes on (operator's choice: `sentinel run --accept-data-loss`). A torn
+    # tail (incomplete last frame, zero-filled end) is always truncated and reported; a
+    # damaged table is always refused (recovery.py says why).
     accept_data_loss: bool = False

@@ -24,7 +24,7 @@ round trip per key.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from sentinel.storage.memtable import Memtable
 from sentinel.storage.memtable_owner import Flush, MemtableOwner, Write
 from sentinel.storage.options import StorageOptions
 from sentinel.storage.recovery import Recovered, recover, unlock_directory
+from sentinel.storage.sstable import DamagedBlock
 from sentinel.storage.view import ReadView
 from sentinel.storage.wal_writer import WalStatistics, WalWriter
 
@@ -246,8 +247,16 @@ class Store:
     def get(self, key: bytes) -> bytes | None:
         return self.view.get(key)
 
-    def scan(self, start: bytes | None = None, end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        return self.view.scan(start, end)
+    def scan(
+        self,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        *,
+        on_damage: Callable[[DamagedBlock], None] | None = None,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Live pairs in key order; ``on_damage``: report damaged table blocks and skip them
+        instead of raising (``ReadView.scan``)."""
+        return self.view.scan(start, end, on_damage=on_damage)
 
     def scan_entries(self, start: bytes | None = None, end: bytes | None = None) -> Iterable[Entry]:
         return self.view.scan_entries(start, end)

@@ -13,8 +13,10 @@ Invariants:
 - A segment's batches have strictly increasing seqs (the engine assigns seqs in the order it
   appends). :func:`replay_wal` checks this: a checksum-valid frame that breaks it, or whose
   payload does not decode, is corruption (software bug or a lying disk) and raises
-  :class:`CorruptionError` naming the file and position. A torn or checksum-failing TAIL is
-  the normal result of a crash and is reported in :class:`WalReplay`, not raised.
+  :class:`CorruptionError` naming the file and position. Where the frames stop being valid
+  is reported in :class:`WalReplay`, not raised: whether that is a torn tail (an incomplete
+  last frame or a zero-filled end, ``framing.scan_frames``) or damage, and what a cut there
+  would lose, is the engine's call to make and report.
 - After a failed ``write`` or ``fsync`` a :class:`WalFile` refuses further use: the file's
   contents are unknown, and after a failed fsync the kernel may already have dropped the
   dirty pages, so retrying could report success for data that is gone.
@@ -167,7 +169,12 @@ class WalReplay:
     total_bytes: int
     tail_error: str | None  # why reading stopped early (torn / checksum), None if it did not
     last_seq: int | None  # seq of the last entry of the last batch, None if no batches
-    torn: bool = False  # reading stopped at an incomplete last frame (not corruption)
+    torn: bool = False  # reading stopped at a torn tail (incomplete last frame, zero fill)
+    #: Checksum-valid write batches found after the damage (never after a torn tail): what
+    #: cutting at ``valid_bytes`` would lose besides the damaged bytes.
+    lost_batches: int = 0
+    #: The seqs those batches hold, ``(first, last)``; None when none of them decodes.
+    lost_seqs: tuple[int, int] | None = None
 
     @property
     def dropped_bytes(self) -> int:
@@ -200,6 +207,7 @@ def replay_wal(path: Path) -> WalReplay:
         last_seq = batch[-1][1]
         batches.append(batch)
         offset += FRAME_HEADER_SIZE + len(payload)
+    lost_seqs = _seqs_of(scan.following, source)
     return WalReplay(
         batches=batches,
         valid_bytes=scan.valid_bytes,
@@ -207,7 +215,22 @@ def replay_wal(path: Path) -> WalReplay:
         tail_error=scan.tail_error,
         last_seq=last_seq,
         torn=scan.torn,
+        lost_batches=len(scan.following),
+        lost_seqs=lost_seqs,
     )
+
+
+def _seqs_of(frames: Sequence[tuple[int, bytes]], source: str) -> tuple[int, int] | None:
+    """The seq range of the write batches in ``frames`` (valid frames after damage), for the
+    report of what a cut would lose; a frame that does not decode adds nothing to it."""
+    seqs: list[int] = []
+    for offset, payload in frames:
+        try:
+            batch = decode_write_batch(payload, source, offset + FRAME_HEADER_SIZE)
+        except CorruptionError:
+            continue
+        seqs += (batch[0][1], batch[-1][1])
+    return (min(seqs), max(seqs)) if seqs else None
 
 
 def truncate_wal_tail(path: Path, valid_bytes: int) -> None:
