@@ -17,6 +17,7 @@ from sentinel.cli.output import usage_error
 from sentinel.errors import SentinelError
 from sentinel.node import DEFAULT_MAX_MESSAGE_BYTES, Node, NodeAddresses, NodeConfig
 from sentinel.storage.options import SyncMode
+from sentinel.storage.sstable_format import BLOCK_SIZE
 
 
 async def serve(config: NodeConfig) -> None:
@@ -47,8 +48,9 @@ MAX_PORT = 65_535
 # Smaller would refuse every produce request; larger overflows gRPC's 32-bit signed lengths.
 MIN_MESSAGE_BYTES = 1024
 MAX_MESSAGE_BYTES = 2**31 - 1
-# A memtable flushed every few writes buries the engine in level-0 tables.
-MIN_MEMTABLE_BYTES = 64 * 1024
+# A memtable smaller than one SSTable data block would flush a table per write or two,
+# burying the engine in level-0 tables. (Small ones, a few blocks, serve tests well.)
+MIN_MEMTABLE_BYTES = BLOCK_SIZE
 
 
 def _range(low: int, high: int | None) -> str:

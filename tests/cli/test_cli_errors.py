@@ -76,7 +76,7 @@ def test_usage_line_words_click_messages_like_the_cli() -> None:
         (["--retention-ms", "-1"], "--retention-ms must be >= 0, got -1"),
         (["--retention-bytes", "-1"], "--retention-bytes must be >= 0, got -1"),
         (["--max-message-bytes", "1"], "--max-message-bytes must be between 1024 and 2147483647, got 1"),
-        (["--memtable-bytes", "0"], "--memtable-bytes must be >= 65536, got 0"),
+        (["--memtable-bytes", "4095"], "--memtable-bytes must be >= 4096, got 4095"),
     ],
 )
 def test_run_refuses_out_of_range_options_before_starting(
