@@ -330,8 +330,17 @@ class GroupCoordinator(Actor[object]):
             )
         elif isinstance(message, Leave):
             leave = message.request
-            if leave.group_id in self._groups:
-                self._groups.get(leave.group_id).leave(leave.member_id, now)
+            try:
+                validate_group_id(leave.group_id)
+            except InvalidArgument as exc:
+                message.reply.fail(exc)
+                return
+            # Answered as a heartbeat or a commit from an unknown member is (Kafka's
+            # UNKNOWN_MEMBER_ID): a member that already left or expired is told so.
+            known = leave.group_id in self._groups
+            if not (known and self._groups.get(leave.group_id).leave(leave.member_id, now)):
+                message.reply.fail(unknown_member(leave.member_id, leave.group_id))
+                return
             message.reply.set(pb.LeaveGroupResponse())
         elif isinstance(message, Commit):
             await self._commit(message, now)

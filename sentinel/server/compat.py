@@ -12,6 +12,8 @@ The internals used (nothing outside this module touches them):
 * grpclib ``Server._protocol_factory`` (overridden by the front end's server) and the
   attributes it reads: ``_mapping``, ``_codec``, ``_status_details_codec``, ``_config``,
   ``_h2_config``, ``_handlers``, ``__gc_step__``, ``__dispatch__``;
+* grpclib ``Channel._protocol_factory`` (wrapped for the client, :func:`wrap_client_transport`)
+  and ``H2Protocol.connection_made`` being where grpclib takes the transport it writes to;
 * ``Handler.accept`` receiving the HTTP/2 stream, and ``protocol.Stream.recv_data`` being
   the only read path of ``grpclib.stream.recv_message`` (the request size limit);
 * ``EventsProcessor.processors``, the h2 event dispatch table (:func:`event_processors`),
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -100,6 +102,21 @@ def new_connection_handler(server: Any, handler_class: Any, **options: Any) -> t
     )
     server._handlers.add(handler)
     return handler, server._config, server._h2_config
+
+
+def wrap_client_transport(channel: Any, wrap: Callable[[Any], Any]) -> None:
+    """Make a grpclib client ``Channel`` write through ``wrap(transport)`` on every
+    connection it opens: grpclib keeps the transport it is given in ``connection_made``
+    and writes only through it."""
+    make_protocol = channel._protocol_factory
+
+    def protocol_factory() -> Any:
+        protocol = make_protocol()
+        connection_made = protocol.connection_made
+        protocol.connection_made = lambda transport: connection_made(wrap(transport))
+        return protocol
+
+    channel._protocol_factory = protocol_factory
 
 
 def handler_task(handler: Any, stream: Any) -> asyncio.Task[None] | None:
@@ -212,4 +229,5 @@ __all__ = [
     "new_connection_handler",
     "release_closed_streams",
     "stream_count",
+    "wrap_client_transport",
 ]

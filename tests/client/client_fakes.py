@@ -24,6 +24,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
+from sentinel.broker.groups import unknown_member
 from sentinel.broker.partitioner import RoundRobinPartitioner, partition_for_key
 from sentinel.errors import InvalidRecordBatch
 from sentinel.generated.sentinel import v1 as pb
@@ -280,9 +281,15 @@ class FakeSentinel(pb.SentinelBase):
         self._enter("create_topic")
         if message.name in self.topics:
             raise GRPCError(Status.ALREADY_EXISTS, f"topic {message.name!r} already exists")
-        if message.partitions < 0:
-            raise GRPCError(Status.INVALID_ARGUMENT, "partitions must be >= 0")
-        self.create(message.name, message.partitions or self.default_partitions)
+        for field, value in (
+            ("partitions", message.partitions),
+            ("replication_factor", message.replication_factor),
+        ):
+            if value is not None and value < 1:  # omitted (None) is the default, as on the real broker
+                raise GRPCError(Status.INVALID_ARGUMENT, f"{field} must be at least 1, got {value}")
+        self.create(
+            message.name, self.default_partitions if message.partitions is None else message.partitions
+        )
         return pb.CreateTopicResponse(topic=self._describe(message.name))
 
     async def delete_topic(self, message: pb.DeleteTopicRequest) -> pb.DeleteTopicResponse:
@@ -337,24 +344,26 @@ class FakeSentinel(pb.SentinelBase):
             ],
         )
 
+    def _member_of(self, group_id: str, member_id: str) -> FakeGroup:
+        """The group of a known member; else FAILED_PRECONDITION, exactly as the real
+        coordinator answers a heartbeat, leave or commit from an unknown member or group."""
+        group = self.groups.get(group_id)
+        if group is None or member_id not in group.members:
+            raise GRPCError(Status.FAILED_PRECONDITION, str(unknown_member(member_id, group_id)))
+        return group
+
     async def heartbeat(self, message: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         self._enter("heartbeat")
-        group = self.groups[message.group_id]
-        if message.member_id not in group.members:  # as the real coordinator answers it
-            raise GRPCError(
-                Status.FAILED_PRECONDITION,
-                f"unknown member {message.member_id!r} in group {message.group_id!r} "
-                "(it left or its session expired): rejoin the group",
-            )
+        group = self._member_of(message.group_id, message.member_id)
         return pb.HeartbeatResponse(
             rebalance_needed=message.generation != group.generation, generation=group.generation
         )
 
     async def leave_group(self, message: pb.LeaveGroupRequest) -> pb.LeaveGroupResponse:
         self._enter("leave_group")
-        group = self.groups[message.group_id]
-        if group.members.pop(message.member_id, None) is not None:
-            self._rebalance(group)
+        group = self._member_of(message.group_id, message.member_id)
+        del group.members[message.member_id]
+        self._rebalance(group)
         return pb.LeaveGroupResponse()
 
     async def commit_offsets(self, message: pb.CommitOffsetsRequest) -> pb.CommitOffsetsResponse:
