@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator, Mapping
+import random
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import attrs
@@ -28,7 +29,7 @@ import trio
 from crc32c import crc32c
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from sentinel.broker.broker import Broker, BrokerOptions, ObsoleteData
+from sentinel.broker.broker import RETENTION_CHECK_SECONDS, Broker, BrokerOptions, ObsoleteData
 from sentinel.broker.coordinator import GroupCoordinator
 from sentinel.broker.legacy import check_no_legacy_topics, import_legacy_topics
 from sentinel.cluster import metadata as md
@@ -86,6 +87,7 @@ class NodeConfig:
     advertise_port: int = 0
     default_replication_factor: int = 1
     tick_seconds: float = DEFAULT_TICK_SECONDS
+    retention_check_seconds: float = RETENTION_CHECK_SECONDS
 
 
 def cluster_id(peers: Mapping[int, tuple[str, int]]) -> int:
@@ -121,6 +123,7 @@ class Node:
         self.controller: Controller | None = None
         self.network: PeerNetwork | None = None
         self.frontend: GrpcFrontEnd | None = None
+        self.core: NodeCore | None = None
 
     def stop(self) -> None:
         """Begin a graceful shutdown; ``run`` returns once it is complete."""
@@ -131,7 +134,6 @@ class Node:
         peers = dict(config.peers)
         if peers and config.node_id not in peers:
             raise InvalidArgument(f"--peers names nodes {sorted(peers)} but not this node ({config.node_id})")
-        voters = tuple(sorted(peers)) if peers else (config.node_id,)
         obsolete = ObsoleteData()
         storage_options = StorageOptions(
             sync=config.sync,
@@ -140,60 +142,25 @@ class Node:
             accept_data_loss=config.accept_data_loss,
             on_wal_fsync=self.metrics.wal_fsync.observe,
         )
-        raft_config = functools.partial(_raft_config, tick_seconds=config.tick_seconds)
         async with trio.open_nursery() as nursery:
             store = self.store = await nursery.start(Store(config.data_dir, storage_options).run)
-            if peers:
-                check_no_legacy_topics(store)
             network = None
             if peers:
+                check_no_legacy_topics(store)
                 network = self.network = PeerNetwork(
                     config.node_id,
                     cluster_id(peers),
                     {i: address for i, address in peers.items() if i != config.node_id},
                     self._route,
                 )
-            send = network.send if network is not None else _nowhere
-            controller_storage = LsmRaftStorage(store, CONTROLLER_GROUP)
-            controller = self.controller = Controller(
-                config.node_id,
-                voters,
-                controller_storage,
-                send,
-                config=raft_config(config.node_id, voters),
-                forward=self._forward if network is not None else None,
-            )
-            await nursery.start(controller.run)
+            core = self.core = NodeCore(store, config, network, on_append=self.metrics.record_produced)
+            obsolete.bind(core.broker)
+            await core.start(nursery)
             if network is not None:
-                network.handler = self._serve_peer
+                network.handler = core.serve_peer
                 await nursery.start(network.run, config.peer_host, config.peer_port)
-            broker = self.broker = Broker(
-                store,
-                controller,
-                send,
-                BrokerOptions(
-                    node_id=config.node_id,
-                    auto_create_topics=config.auto_create_topics,
-                    default_partitions=config.default_partitions,
-                    default_replication_factor=config.default_replication_factor,
-                    default_retention_ms=config.default_retention_ms,
-                    default_retention_bytes=config.default_retention_bytes,
-                ),
-                controller_storage=controller_storage,
-                raft_config=raft_config,
-                on_append=self.metrics.record_produced,
-            )
-            obsolete.bind(broker)
-            await nursery.start(broker.run)
-            ticker = RaftTicker(lambda: [controller, *broker.replicas.values()], config.tick_seconds)
-            await nursery.start(ticker.run)
-            coordinator = self.coordinator = GroupCoordinator(
-                controller,
-                broker,
-                min_session_timeout=config.group_min_session_timeout_ms / 1000,
-                max_session_timeout=config.group_max_session_timeout_ms / 1000,
-            )
-            await nursery.start(coordinator.run)
+            broker, coordinator = self.broker, self.coordinator = core.broker, core.coordinator
+            self.controller = core.controller
 
             metrics_port = None
             if config.metrics_port >= 0:
@@ -229,16 +196,9 @@ class Node:
 
             grpc_port = await nursery.start(run_frontend)
             handlers.port = grpc_port
-            advertised = (config.advertise_host or config.host, config.advertise_port or grpc_port)
-            registered = trio.Event()
-            nursery.start_soon(self._register, controller, advertised, registered)
-            if not peers:
-                # A cluster of one registers itself at once; before that it could not place
-                # a topic. (A replicated node serves as soon as it listens: it may have to
-                # wait for a majority, and clients retry meanwhile.)
-                with trio.move_on_after(STOP_STAGE_SECONDS):
-                    await registered.wait()
-                await import_legacy_topics(store, controller, config.node_id)
+            await core.register(
+                nursery, (config.advertise_host or config.host, config.advertise_port or grpc_port)
+            )
             task_status.started(NodeAddresses(grpc_port=grpc_port, metrics_port=metrics_port))
 
             await self._stop.wait()
@@ -246,56 +206,13 @@ class Node:
                 with trio.move_on_after(STOP_STAGE_SECONDS):
                     frontend.close()
                     await frontend_stopped.wait()
-                with trio.move_on_after(STOP_STAGE_SECONDS):
-                    coordinator.close()
-                    await coordinator.wait_stopped()
-                with trio.move_on_after(STOP_STAGE_SECONDS):
-                    await broker.stop_replicas()
-                with trio.move_on_after(STOP_STAGE_SECONDS):
-                    controller.close()
-                    await controller.wait_stopped()
+                await core.stop()
                 await store.aclose()
             nursery.cancel_scope.cancel()
 
     def _route(self, group: int, message: Message) -> None:
-        """A Raft message from a peer, to its group (never blocks: a full mailbox drops it)."""
-        if group == CONTROLLER_GROUP:
-            if self.controller is not None:
-                self.controller.deliver(message)
-        elif self.broker is not None:
-            self.broker.deliver(group, message)
-
-    async def _forward(self, leader: int, command: bytes) -> bytes:
-        assert self.network is not None
-        return await self.network.request(leader, METHOD_PROPOSE, command)
-
-    async def _serve_peer(self, peer: int, method: int, payload: bytes) -> bytes:
-        if method == METHOD_PROPOSE and self.controller is not None:
-            return encode_result(await self.controller.propose_here(payload))
-        raise InvalidArgument(f"node {peer} sent an unknown peer request {method}")
-
-    async def _register(
-        self, controller: Controller, address: tuple[str, int], registered: trio.Event
-    ) -> None:
-        """Tell the cluster this node's client address (again whenever the metadata lacks
-        it: a restart at a new address, a controller that lost it)."""
-        host, port = address
-        view = controller.view
-        delay = 0.05
-        while True:
-            known = view.image.brokers.get(self.config.node_id)
-            if known is not None and (known.host, known.port) == (host, port):
-                registered.set()
-                view = await controller.wait_changed(view)
-                continue
-            try:
-                await controller.propose(md.register_broker(self.config.node_id, host, port))
-                delay = 0.05
-            except SentinelError as exc:
-                logger.debug("registration not done yet: %s", exc)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-            view = controller.view
+        if self.core is not None:
+            self.core.route(group, message)
 
     def _collect(self) -> Iterator[Metric]:
         """Scrape-time gauges from the snapshots the actors publish (metrics thread)."""
@@ -363,3 +280,132 @@ class Node:
             for entry in coordinator.lag(group):
                 lag.add_metric([group, entry.topic, str(entry.partition)], entry.lag)
         yield lag
+
+
+class NodeCore:
+    """A node's Raft groups and the services on them, without the gRPC front end: the
+    controller, the broker and its partition replicas, the group coordinator and the
+    ticker. ``Node.run`` starts one; actor-level tests start one on their own store."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: NodeConfig,
+        network: PeerNetwork | None = None,
+        *,
+        on_append: Callable[[str, int, int, int], None] | None = None,
+        rebalance_timeout: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.network = network
+        peers = config.peers
+        voters = tuple(sorted(peers)) if peers else (config.node_id,)
+        send = network.send if network is not None else _nowhere
+        self.controller_storage = LsmRaftStorage(store, CONTROLLER_GROUP)
+        raft_config = functools.partial(_raft_config, tick_seconds=config.tick_seconds)
+        rng = random.Random(seed)
+        self.controller = Controller(
+            config.node_id,
+            voters,
+            self.controller_storage,
+            send,
+            rng=random.Random(rng.random()),
+            config=raft_config(config.node_id, voters),
+            forward=self._forward if network is not None else None,
+        )
+        self.broker = Broker(
+            store,
+            self.controller,
+            send,
+            BrokerOptions(
+                node_id=config.node_id,
+                auto_create_topics=config.auto_create_topics,
+                default_partitions=config.default_partitions,
+                default_replication_factor=config.default_replication_factor,
+                default_retention_ms=config.default_retention_ms,
+                default_retention_bytes=config.default_retention_bytes,
+                retention_check_seconds=config.retention_check_seconds,
+            ),
+            controller_storage=self.controller_storage,
+            raft_config=raft_config,
+            on_append=on_append,
+            seed=rng.randrange(1 << 30),
+        )
+        controller, broker = self.controller, self.broker
+        self.ticker = RaftTicker(lambda: [controller, *broker.replicas.values()], config.tick_seconds)
+        timeouts = {} if rebalance_timeout is None else {"rebalance_timeout": rebalance_timeout}
+        self.coordinator = GroupCoordinator(
+            self.controller,
+            self.broker,
+            rng=random.Random(rng.random()),
+            min_session_timeout=config.group_min_session_timeout_ms / 1000,
+            max_session_timeout=config.group_max_session_timeout_ms / 1000,
+            **timeouts,
+        )
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self.controller.run)
+        await nursery.start(self.broker.run)
+        await nursery.start(self.ticker.run)
+        await nursery.start(self.coordinator.run)
+
+    async def register(self, nursery: trio.Nursery, address: tuple[str, int]) -> None:
+        """Tell the cluster this node's client address, and keep it told. A cluster of one
+        waits until it is registered (it cannot place a topic before) and moves the topics
+        of an earlier single-node data directory to the controller."""
+        registered = trio.Event()
+        nursery.start_soon(self._register, address, registered)
+        if not self.config.peers:
+            with trio.move_on_after(STOP_STAGE_SECONDS):
+                await registered.wait()
+            await import_legacy_topics(self.store, self.controller, self.config.node_id)
+
+    async def stop(self) -> None:
+        """Graceful stop, in order: groups, partition replicas, the controller."""
+        with trio.move_on_after(STOP_STAGE_SECONDS):
+            self.coordinator.close()
+            await self.coordinator.wait_stopped()
+        with trio.move_on_after(STOP_STAGE_SECONDS):
+            await self.broker.stop_replicas()
+        with trio.move_on_after(STOP_STAGE_SECONDS):
+            self.controller.close()
+            await self.controller.wait_stopped()
+
+    def route(self, group: int, message: Message) -> None:
+        """A Raft message from a peer, to its group (never blocks: a full mailbox drops it)."""
+        if group == CONTROLLER_GROUP:
+            self.controller.deliver(message)
+        else:
+            self.broker.deliver(group, message)
+
+    async def _forward(self, leader: int, command: bytes) -> bytes:
+        assert self.network is not None
+        return await self.network.request(leader, METHOD_PROPOSE, command)
+
+    async def serve_peer(self, peer: int, method: int, payload: bytes) -> bytes:
+        if method == METHOD_PROPOSE:
+            return encode_result(await self.controller.propose_here(payload))
+        raise InvalidArgument(f"node {peer} sent an unknown peer request {method}")
+
+    async def _register(self, address: tuple[str, int], registered: trio.Event) -> None:
+        host, port = address
+        controller = self.controller
+        node_id = self.config.node_id
+        view = controller.view
+        delay = 0.05
+        while True:
+            known = view.image.brokers.get(node_id)
+            if known is not None and (known.host, known.port) == (host, port):
+                registered.set()
+                view = await controller.wait_changed(view)
+                continue
+            try:
+                await controller.propose(md.register_broker(node_id, host, port))
+                delay = 0.05
+            except SentinelError as exc:
+                logger.debug("registration not done yet: %s", exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            view = controller.view

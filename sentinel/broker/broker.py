@@ -290,10 +290,14 @@ class Broker:
                 if replica is None:
                     replica = replicas[group] = await self._start_replica(name, meta, p, assigned)
                 logs.append(replica)
-            topics[name] = Topic(
-                name, meta.topic_id, meta.replicas, meta.config, meta.created_ms, tuple(logs)
-            )
-            if name not in self._topics:
+            previous = self._topics.get(name)
+            if previous is not None and previous.topic_id == meta.topic_id and previous.logs == tuple(logs):
+                topics[name] = previous  # unchanged: the same object (readers compare identity)
+            else:
+                topics[name] = Topic(
+                    name, meta.topic_id, meta.replicas, meta.config, meta.created_ms, tuple(logs)
+                )
+            if previous is None or previous.topic_id != meta.topic_id:
                 created.append(name)
         for group in [g for g in replicas if g not in wanted]:
             gone = replicas.pop(group)
@@ -442,18 +446,22 @@ class Broker:
     async def produce(
         self, topic_name: str, partition: int, batches: Sequence[RecordBatch], *, acks: int = ACKS_ALL
     ) -> tuple[int, AppendResult]:
-        topic = self._topics.get(topic_name)
-        if topic is None:
-            if not self.options.auto_create_topics:
-                raise NotFound(f"topic {topic_name!r} does not exist (auto-creation is disabled)")
-            topic = await self.create_topic(topic_name, if_absent=True)
         # Every record of every batch, whichever partition it goes to: a batch stored here is
-        # one every consumer can decode (its codec included).
+        # one every consumer can decode (its codec included). Checked before anything is
+        # created: a bad request never auto-creates its topic.
         for index, batch in enumerate(batches):
             try:
                 batch.validate_records()
             except InvalidRecordBatch as exc:
                 raise InvalidRecordBatch(f"batch {index} of the produce request: {exc}") from None
+        topic = self._topics.get(topic_name)
+        if topic is None:
+            if not self.options.auto_create_topics:
+                raise NotFound(f"topic {topic_name!r} does not exist (auto-creation is disabled)")
+            topic = await self.create_topic(topic_name, if_absent=True)
+        full = self.store.disk_full
+        if full is not None:
+            raise full  # refused at once: the replica would wait for space with it queued
         if partition == ANY_PARTITION:
             partition = self._choose_partition(topic, batches)
         return partition, await topic.log(partition).produce(batches, acks)

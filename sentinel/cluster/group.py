@@ -9,16 +9,22 @@ then hand back the Ready for the actor to apply before it calls ``advance``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import trio
 
+from sentinel.errors import DiskFullError
 from sentinel.raft.core import RaftNode, Ready
 from sentinel.raft.messages import Message
 from sentinel.raft.storage import MemoryStorage, RaftStorage
 
+logger = logging.getLogger(__name__)
 Ops = Sequence[tuple[bytes, bytes | None]]
+# Backoff while the disk is full (a persist that cannot be written is retried, never dropped).
+_RETRY_INITIAL_SECONDS = 0.05
+_RETRY_MAX_SECONDS = 2.0
 Send = Callable[[int, Message], None]  # (group, message): never blocks
 
 
@@ -68,7 +74,18 @@ async def handle_ready(
     for m in rd.messages:
         send(group, m)
     if rd.entries or rd.hard_state is not None or rd.snapshot is not None or extra:
-        await storage.persist(rd, extra)
+        delay = _RETRY_INITIAL_SECONDS
+        while True:
+            try:
+                await storage.persist(rd, extra)
+                break
+            except DiskFullError as exc:
+                # A Ready cannot be abandoned (the core counts on it being persisted before
+                # anything else): the group waits for space, then goes on where it stopped.
+                # Its peers carry on without it meanwhile; its producers are refused up front.
+                logger.warning("raft group %d waits for disk space: %s", group, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_SECONDS)
     for m in rd.messages_after_persist:
         send(group, m)
     return rd

@@ -298,6 +298,15 @@ class Store:
 
     # -- observability ---------------------------------------------------------------
 
+    @property
+    def disk_full(self) -> DiskFullError | None:
+        """The error writes are refused with while the disk is full (None when it is not):
+        lets a caller refuse a write up front instead of queueing it."""
+        wal, compactor = self._wal, self._compactor
+        if wal is None or compactor is None:
+            return None
+        return wal.disk_full or compactor.disk_full
+
     def statistics(self) -> StorageStatistics:
         assert self._memtables is not None and self._wal is not None and self._compactor is not None
         version = self.view.version
