@@ -18,11 +18,13 @@ engine, which writes and fsyncs the WAL. Every acknowledged write was already du
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 import trio
@@ -32,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sentinel.broker.broker import RETENTION_CHECK_SECONDS, Broker, BrokerOptions, ObsoleteData
 from sentinel.broker.coordinator import GroupCoordinator
 from sentinel.broker.legacy import check_no_legacy_topics, import_legacy_topics
+from sentinel.broker.replica import PartitionReplica
 from sentinel.cluster import metadata as md
 from sentinel.cluster.controller import CONTROLLER_GROUP, Controller, encode_result
 from sentinel.cluster.ticker import DEFAULT_TICK_SECONDS, RaftTicker
@@ -56,6 +59,9 @@ METHOD_PROPOSE = 1
 # Longest a graceful stop waits for each stage before moving on (the storage engine has
 # its own bound): SIGTERM always ends the process in bounded time.
 STOP_STAGE_SECONDS = 10.0
+# A leadership transfer is abandoned after one election timeout (10 ticks of 100 ms): wait
+# a little longer than that for all of this node's groups to move.
+HAND_OFF_SECONDS = 2.0
 
 
 @attrs.frozen
@@ -203,6 +209,10 @@ class Node:
 
             await self._stop.wait()
             with trio.CancelScope(shield=True):
+                if peers:
+                    # First hand every group this node leads to a caught-up peer, while
+                    # still serving: clients are redirected, nobody waits for an election.
+                    await core.hand_off_leadership(within=HAND_OFF_SECONDS)
                 with trio.move_on_after(STOP_STAGE_SECONDS):
                     frontend.close()
                     await frontend_stopped.wait()
@@ -282,6 +292,14 @@ class Node:
         yield lag
 
 
+class Network(Protocol):
+    """What a node's groups need of the peer links (PeerNetwork; an in-memory one in tests)."""
+
+    def send(self, group: int, m: Message) -> None: ...
+
+    async def request(self, peer: int, method: int, payload: bytes) -> bytes: ...
+
+
 class NodeCore:
     """A node's Raft groups and the services on them, without the gRPC front end: the
     controller, the broker and its partition replicas, the group coordinator and the
@@ -291,7 +309,7 @@ class NodeCore:
         self,
         store: Store,
         config: NodeConfig,
-        network: PeerNetwork | None = None,
+        network: Network | None = None,
         *,
         on_append: Callable[[str, int, int, int], None] | None = None,
         rebalance_timeout: float | None = None,
@@ -361,6 +379,21 @@ class NodeCore:
             with trio.move_on_after(STOP_STAGE_SECONDS):
                 await registered.wait()
             await import_legacy_topics(self.store, self.controller, self.config.node_id)
+
+    async def hand_off_leadership(self, within: float) -> int:
+        """Transfer the leadership of every group this node leads to a caught-up peer, and
+        wait (at most ``within`` seconds) until none is led here: what a graceful shutdown
+        does first, so producers and consumers move on without an election. Returns how
+        many groups this node still leads at the end."""
+        groups: list[Controller | PartitionReplica] = [self.controller, *self.broker.replicas.values()]
+        leading = [g for g in groups if g.leading]
+        for group in leading:
+            with contextlib.suppress(SentinelError):
+                await group.hand_off()
+        with trio.move_on_after(within):
+            for group in leading:
+                await group.wait_not_leading()
+        return sum(1 for g in leading if g.leading)
 
     async def stop(self) -> None:
         """Graceful stop, in order: groups, partition replicas, the controller."""

@@ -44,7 +44,7 @@ from sentinel.broker.producer_state import (
     ProducerStateTable,
 )
 from sentinel.broker.reader import PartitionReader, ReadResult
-from sentinel.cluster.group import Send, handle_ready
+from sentinel.cluster.group import Send, hand_off, handle_ready
 from sentinel.errors import CorruptionError, InvalidArgument, MailboxFull, SentinelError, Unavailable
 from sentinel.raft.core import Config, NotLeader, ProposalDropped, RaftNode, Ready
 from sentinel.raft.lsm_storage import LsmRaftStorage
@@ -156,7 +156,13 @@ class ApplyRetention(Request[int]):
     now_ms: int
 
 
-ReplicaMessage = Tick | Inbound | Produce | TransferLeadership | ApplyRetention
+@attrs.define(slots=True, eq=False)
+class HandOff(Request[int]):
+    """From a graceful shutdown: transfer leadership to the most caught-up follower that was
+    heard from recently; answered with its id (0: not leading, or nobody to hand to)."""
+
+
+ReplicaMessage = Tick | Inbound | Produce | TransferLeadership | ApplyRetention | HandOff
 
 
 @attrs.define(slots=True, eq=False)
@@ -208,6 +214,11 @@ class PartitionReplica(Actor[ReplicaMessage]):
         # their index commits only to forget their in-flight batches then.
         self._pending_extra: list[_Pending] = []
         self._retention_requests: list[ApplyRetention] = []
+        self._ticks = 0
+        self._was_leading = False
+        # Requests proposed while leading wait this long (ticks) after leadership is lost
+        # for the new leader to commit them; then they are answered as unknown.
+        self._orphaned_until = 0
         self._damage_reported: CorruptionError | None = None
         self._changed = trio.Event()
         # Built in on_start (they read the store).
@@ -239,6 +250,20 @@ class PartitionReplica(Actor[ReplicaMessage]):
 
     async def transfer_leadership(self, to: int) -> None:
         await self.call(TransferLeadership(to))
+
+    @property
+    def leading(self) -> bool:
+        return self.view.role is Role.LEADER
+
+    async def hand_off(self) -> int:
+        """Transfer leadership to the best follower (graceful shutdown); its id, or 0."""
+        return await self.call(HandOff())
+
+    async def wait_not_leading(self) -> None:
+        view = self.view
+        while view.role is Role.LEADER and not view.closed:
+            await view.changed.wait()
+            view = self.view
 
     # -- reads (any task: the published view and the store) ------------------------------
 
@@ -343,6 +368,10 @@ class PartitionReplica(Actor[ReplicaMessage]):
                     self._dispatch(message)
                 while node.has_ready():
                     await self._handle_ready()
+                leading = node.role is Role.LEADER
+                if self._was_leading and not leading:
+                    self._after_leadership()
+                self._was_leading = leading
                 while self._retention_requests:
                     request = self._retention_requests.pop(0)
                     request.reply.set(await self._retain(request))
@@ -363,12 +392,21 @@ class PartitionReplica(Actor[ReplicaMessage]):
         match message:
             case Tick():
                 node.tick()
+                self._ticks += 1
+                if self._orphaned_until and self._ticks >= self._orphaned_until:
+                    self._orphaned_until = 0
+                    if self._pending or self._pending_extra:
+                        # The new leader did not commit them in time (or we cannot hear it):
+                        # their outcome is unknown here. Retriable; idempotent retries dedup.
+                        self._fail_all(self._lost())
             case Inbound(message=m):
                 node.step(m)
             case Produce():
                 self._produce(message)
             case ApplyRetention():
                 self._retention_requests.append(message)
+            case HandOff():
+                message.reply.set(hand_off(node))
             case TransferLeadership(to=to):
                 try:
                     node.transfer_leadership(to)
@@ -555,10 +593,45 @@ class PartitionReplica(Actor[ReplicaMessage]):
                 else:
                     keep.append(pending)
             self._pending_extra = keep
-        if node.role is not Role.LEADER:
-            self._proposed = None
-            if self._pending or self._waiting_persist or self._pending_extra:
-                self._fail_all(self._not_leader())
+        if node.role is not Role.LEADER and (self._pending or self._pending_extra):
+            self._drop_replaced()
+
+    def _drop_replaced(self) -> None:
+        """Requests whose entry is gone or replaced (a new leader's log won) are lost."""
+        log = self.node.log
+        for index, pending in list(self._pending.items()):
+            if log.term_or_zero(index) != pending.term:
+                pending.request.reply.fail(self._lost())
+                del self._pending[index]
+        keep = []
+        for pending in self._pending_extra:
+            if log.term_or_zero(pending.last_index) == pending.term:
+                keep.append(pending)
+            else:
+                pending.request.reply.fail(self._lost())
+        self._pending_extra = keep
+
+    def _after_leadership(self) -> None:
+        """Not (or no longer) the leader: what this node proposed still commits if the new
+        leader's log kept it — those requests are answered as the commit index passes their
+        entries; one whose entry is gone or replaced is answered as lost (retriable) now."""
+        node = self.node
+        if self._proposed is not None or self._pending or self._pending_extra:
+            self._orphaned_until = self._ticks + 2 * node.config.election_tick
+        self._proposed = None
+        self._inflight_batches.clear()  # the new leader dedups from the applied table
+        log = node.log
+        if self._waiting_persist:
+            # acks=1: the write is durable here if the entry is still ours and persisted.
+            persisted = self.storage.last_index()
+            for pending in self._waiting_persist:
+                index = pending.last_index
+                if index <= persisted and log.term_or_zero(index) == pending.term:
+                    pending.request.reply.set(pending.result)
+                else:
+                    pending.request.reply.fail(self._not_leader())
+            self._waiting_persist = []
+        self._drop_replaced()
 
     def _forget_inflight(self, pending: _Pending) -> None:
         for batch in pending.request.batches:

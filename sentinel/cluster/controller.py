@@ -27,7 +27,7 @@ import attrs
 import trio
 
 from sentinel.actors import Actor, Request
-from sentinel.cluster.group import GroupStorage, Send, handle_ready
+from sentinel.cluster.group import GroupStorage, Send, hand_off, handle_ready
 from sentinel.cluster.metadata import ClusterMetadata, MetadataImage, TopicConfig, TopicMeta
 from sentinel.errors import MailboxFull, SentinelError, Unavailable
 from sentinel.raft.core import Config, NotLeader, ProposalDropped, RaftNode
@@ -76,7 +76,12 @@ class TransferLeadership(Request[None]):
     to: int
 
 
-ControllerMessage = Tick | Inbound | Propose | TransferLeadership
+@attrs.define(slots=True, eq=False)
+class HandOff(Request[int]):
+    """From a graceful shutdown: hand controller leadership to the best follower."""
+
+
+ControllerMessage = Tick | Inbound | Propose | TransferLeadership | HandOff
 
 
 class Controller(Actor[ControllerMessage]):
@@ -146,6 +151,19 @@ class Controller(Actor[ControllerMessage]):
     async def transfer_leadership(self, to: int) -> None:
         await self.call(TransferLeadership(to))
 
+    @property
+    def leading(self) -> bool:
+        return self.view.role is Role.LEADER
+
+    async def hand_off(self) -> int:
+        """Transfer leadership to the best follower (graceful shutdown); its id, or 0."""
+        return await self.call(HandOff())
+
+    async def wait_not_leading(self) -> None:
+        view = self.view
+        while view.role is Role.LEADER:
+            view = await self.wait_changed(view)
+
     async def wait_changed(self, than: ControllerView) -> ControllerView:
         """The first view newer than ``than``."""
         while self.view is than:
@@ -196,6 +214,8 @@ class Controller(Actor[ControllerMessage]):
                     message.reply.fail(SentinelError(str(exc)))
                 else:
                     message.reply.set(None)
+            case HandOff():
+                message.reply.set(hand_off(node))
             case _:
                 assert_never(message)
 

@@ -17,7 +17,7 @@ import trio
 
 from sentinel.errors import DiskFullError
 from sentinel.raft.core import RaftNode, Ready
-from sentinel.raft.messages import Message
+from sentinel.raft.messages import Message, Role
 from sentinel.raft.storage import MemoryStorage, RaftStorage
 
 logger = logging.getLogger(__name__)
@@ -89,3 +89,18 @@ async def handle_ready(
     for m in rd.messages_after_persist:
         send(group, m)
     return rd
+
+
+def hand_off(node: RaftNode) -> int:
+    """Start a leadership transfer to the best follower: caught up furthest, heard from
+    within the last check-quorum period. Returns its id, 0 if there is none."""
+    if node.role is not Role.LEADER:
+        return 0
+    best, best_match = 0, -1
+    for peer in node.peers:
+        pr = node.prs[peer]
+        if pr.recent_active and pr.match > best_match:
+            best, best_match = peer, pr.match
+    if best:
+        node.transfer_leadership(best)
+    return best
