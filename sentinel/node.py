@@ -37,6 +37,7 @@ from sentinel.broker.legacy import check_no_legacy_topics, import_legacy_topics
 from sentinel.broker.replica import PartitionReplica
 from sentinel.cluster import metadata as md
 from sentinel.cluster.controller import CONTROLLER_GROUP, Controller, encode_result
+from sentinel.cluster.group import RaftObservers, RaftStats
 from sentinel.cluster.ticker import DEFAULT_TICK_SECONDS, RaftTicker
 from sentinel.cluster.transport import PeerNetwork
 from sentinel.errors import InvalidArgument, SentinelError
@@ -159,7 +160,13 @@ class Node:
                     {i: address for i, address in peers.items() if i != config.node_id},
                     self._route,
                 )
-            core = self.core = NodeCore(store, config, network, on_append=self.metrics.record_produced)
+            observers = RaftObservers(
+                persist=self.metrics.raft_append_latency.observe,
+                commit=self.metrics.raft_commit_latency.observe,
+            )
+            core = self.core = NodeCore(
+                store, config, network, on_append=self.metrics.record_produced, observers=observers
+            )
             obsolete.bind(core.broker)
             await core.start(nursery)
             if network is not None:
@@ -224,6 +231,62 @@ class Node:
         if self.core is not None:
             self.core.route(group, message)
 
+    def _collect_raft(self, broker: Broker) -> Iterator[Metric]:
+        """Per Raft group (the controller, each hosted partition) from the views they
+        publish, and per peer link from its counters."""
+        term = GaugeMetricFamily("sentinel_raft_term", "Raft term of the group", labels=["group"])
+        role = GaugeMetricFamily(
+            "sentinel_raft_role", "0 follower, 1 pre-candidate, 2 candidate, 3 leader", labels=["group"]
+        )
+        commit = GaugeMetricFamily("sentinel_raft_commit_index", "Raft commit index", labels=["group"])
+        elections = CounterMetricFamily(
+            "sentinel_raft_elections", "Elections this node started for the group", labels=["group"]
+        )
+        changes = CounterMetricFamily(
+            "sentinel_raft_leader_changes", "Leader changes this node saw in the group", labels=["group"]
+        )
+        lag = GaugeMetricFamily(
+            "sentinel_raft_follower_lag",
+            "Entries a follower is behind (leaders only)",
+            labels=["group", "follower"],
+        )
+        groups: list[tuple[str, int, int, RaftStats]] = []
+        if self.controller is not None:
+            view = self.controller.view
+            groups.append(("controller", view.term, int(view.role), view.stats))
+        for replica in list(broker.replicas.values()):
+            v = replica.view
+            groups.append((f"{replica.topic}/{replica.partition}", v.term, int(v.role), v.stats))
+        for name, group_term, group_role, stats in groups:
+            term.add_metric([name], group_term)
+            role.add_metric([name], group_role)
+            commit.add_metric([name], stats.commit)
+            elections.add_metric([name], stats.elections)
+            changes.add_metric([name], stats.leader_changes)
+            for follower, behind in stats.follower_lag:
+                lag.add_metric([name, str(follower)], behind)
+        yield from (term, role, commit, elections, changes, lag)
+        if self.controller is not None:
+            leader = self.controller.view.leader
+            yield GaugeMetricFamily(
+                "sentinel_cluster_controller_leader",
+                "Node id of the controller leader (0: none)",
+                value=leader,
+            )
+        if self.network is not None:
+            sent = CounterMetricFamily("sentinel_peer_bytes_sent", "Bytes sent to a peer", labels=["peer"])
+            received = CounterMetricFamily(
+                "sentinel_peer_bytes_received", "Bytes received from a peer", labels=["peer"]
+            )
+            reconnects = CounterMetricFamily(
+                "sentinel_peer_reconnects", "Connections (re)established with a peer", labels=["peer"]
+            )
+            for link in self.network.statistics():
+                sent.add_metric([str(link.peer)], link.bytes_sent)
+                received.add_metric([str(link.peer)], link.bytes_received)
+                reconnects.add_metric([str(link.peer)], link.connects)
+            yield from (sent, received, reconnects)
+
     def _collect(self) -> Iterator[Metric]:
         """Scrape-time gauges from the snapshots the actors publish (metrics thread)."""
         store, broker, coordinator = self.store, self.broker, self.coordinator
@@ -274,6 +337,7 @@ class Node:
                 "Bytes written by flushes and compactions",
                 value=compaction.bytes_written,
             )
+        yield from self._collect_raft(broker)
         hw = GaugeMetricFamily(
             "sentinel_partition_high_watermark", "Partition high watermark", labels=["topic", "partition"]
         )
@@ -312,6 +376,7 @@ class NodeCore:
         network: Network | None = None,
         *,
         on_append: Callable[[str, int, int, int], None] | None = None,
+        observers: RaftObservers | None = None,
         rebalance_timeout: float | None = None,
         seed: int | None = None,
     ) -> None:
@@ -332,6 +397,7 @@ class NodeCore:
             rng=random.Random(rng.random()),
             config=raft_config(config.node_id, voters),
             forward=self._forward if network is not None else None,
+            observers=observers,
         )
         self.broker = Broker(
             store,
@@ -349,6 +415,7 @@ class NodeCore:
             controller_storage=self.controller_storage,
             raft_config=raft_config,
             on_append=on_append,
+            observers=observers,
             seed=rng.randrange(1 << 30),
         )
         controller, broker = self.controller, self.broker

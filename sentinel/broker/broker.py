@@ -44,7 +44,7 @@ from sentinel.broker.replica import (
 )
 from sentinel.cluster import metadata as md
 from sentinel.cluster.controller import Controller, ControllerView
-from sentinel.cluster.group import Send
+from sentinel.cluster.group import RaftObservers, Send
 from sentinel.errors import (
     ActorClosed,
     DiskFullError,
@@ -195,9 +195,11 @@ class Broker:
         controller_storage: lsm_storage.LsmRaftStorage | None = None,
         raft_config: Callable[[int, tuple[int, ...]], Config] | None = None,
         on_append: Callable[[str, int, int, int], None] | None = None,
+        observers: RaftObservers | None = None,
         seed: int | None = None,
     ) -> None:
         self.store = store
+        self._observers = observers
         self.controller = controller
         self.options = options or BrokerOptions()
         self._send = send
@@ -337,6 +339,7 @@ class Broker:
             raft_config=config,
             address_of=self.address_of,
             on_append=appended,
+            observers=self._observers,
         )
         assert self._nursery is not None
         await self._nursery.start(replica.run)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import random
 import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final, assert_never
 
@@ -44,7 +45,7 @@ from sentinel.broker.producer_state import (
     ProducerStateTable,
 )
 from sentinel.broker.reader import PartitionReader, ReadResult
-from sentinel.cluster.group import Send, hand_off, handle_ready
+from sentinel.cluster.group import RaftObservers, RaftStats, Send, hand_off, handle_ready, raft_stats
 from sentinel.errors import CorruptionError, InvalidArgument, MailboxFull, SentinelError, Unavailable
 from sentinel.raft.core import Config, NotLeader, ProposalDropped, RaftNode, Ready
 from sentinel.raft.lsm_storage import LsmRaftStorage
@@ -114,6 +115,7 @@ class ReplicaView:
     log_end_offset: int
     size_bytes: int
     closed: bool
+    stats: RaftStats
     # Set (and replaced in the next view) when the high watermark moves or the replica
     # closes: a reader that found nothing waits on the event of the view it read.
     changed: trio.Event
@@ -173,6 +175,7 @@ class _Pending:
     term: int
     last_index: int
     result: AppendResult
+    proposed_at: float = attrs.field(factory=time.perf_counter)
 
 
 class PartitionReplica(Actor[ReplicaMessage]):
@@ -192,8 +195,10 @@ class PartitionReplica(Actor[ReplicaMessage]):
         raft_config: Config | None = None,
         address_of: Callable[[int], str | None] = lambda _node: None,
         on_append: Callable[[int, int], None] | None = None,
+        observers: RaftObservers | None = None,
     ) -> None:
         super().__init__(f"replica-{topic}-{partition}")
+        self._observers = observers or RaftObservers()
         self.store = store
         self.topic = topic
         self.topic_id = topic_id
@@ -539,7 +544,9 @@ class PartitionReplica(Actor[ReplicaMessage]):
 
     async def _handle_ready(self) -> None:
         node = self.node
-        rd = await handle_ready(node, self.storage, self.group, self._transmit, self._before_persist)
+        rd = await handle_ready(
+            node, self.storage, self.group, self._transmit, self._before_persist, self._observers.persist
+        )
         if rd.snapshot is not None:
             _start, applied, producers = _decode_snapshot(rd.snapshot)
             self.producers = producers
@@ -577,6 +584,7 @@ class PartitionReplica(Actor[ReplicaMessage]):
         for index in [i for i in self._pending if i <= committed]:
             pending = self._pending.pop(index)
             if node.log.term_or_zero(index) == pending.term:
+                self._observers.commit(time.perf_counter() - pending.proposed_at)
                 pending.request.reply.set(pending.result)
             else:
                 pending.request.reply.fail(self._lost())
@@ -742,6 +750,7 @@ class PartitionReplica(Actor[ReplicaMessage]):
             log_end_offset=0,
             size_bytes=0,
             closed=False,
+            stats=RaftStats(),
             changed=trio.Event(),
         )
 
@@ -757,7 +766,8 @@ class PartitionReplica(Actor[ReplicaMessage]):
             core.log_end_offset,
             core.size_bytes,
         )
-        if fields == (
+        stats = raft_stats(node, old.stats, old.leader)
+        if stats == old.stats and fields == (
             old.leader,
             old.role,
             old.term,
@@ -768,7 +778,9 @@ class PartitionReplica(Actor[ReplicaMessage]):
             old.size_bytes,
         ):
             return
-        self.view = ReplicaView(self.topic, self.partition, *fields, closed=False, changed=trio.Event())
+        self.view = ReplicaView(
+            self.topic, self.partition, *fields, closed=False, stats=stats, changed=trio.Event()
+        )
         old.changed.set()
 
 

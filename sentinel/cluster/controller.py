@@ -27,7 +27,15 @@ import attrs
 import trio
 
 from sentinel.actors import Actor, Request
-from sentinel.cluster.group import GroupStorage, Send, hand_off, handle_ready
+from sentinel.cluster.group import (
+    GroupStorage,
+    RaftObservers,
+    RaftStats,
+    Send,
+    hand_off,
+    handle_ready,
+    raft_stats,
+)
 from sentinel.cluster.metadata import ClusterMetadata, MetadataImage, TopicConfig, TopicMeta
 from sentinel.errors import MailboxFull, SentinelError, Unavailable
 from sentinel.raft.core import Config, NotLeader, ProposalDropped, RaftNode
@@ -48,6 +56,7 @@ class ControllerView:
     role: Role
     commit: int
     image: MetadataImage
+    stats: RaftStats = attrs.field(factory=RaftStats)
 
 
 @attrs.define(slots=True, eq=False)
@@ -99,6 +108,7 @@ class Controller(Actor[ControllerMessage]):
         address_of: Callable[[int], str | None] | None = None,
         snapshot_every: int = SNAPSHOT_EVERY,
         forward: Callable[[int, bytes], Awaitable[bytes]] | None = None,
+        observers: RaftObservers | None = None,
     ) -> None:
         super().__init__(f"controller-{node_id}")
         self.node_id = node_id
@@ -117,6 +127,7 @@ class Controller(Actor[ControllerMessage]):
         self._snapshot_every = snapshot_every
         # Sends a proposal to the leader and returns its encoded result (encode_result).
         self._forward = forward
+        self._observers = observers or RaftObservers()
         # Proposals of this leader waiting for their entry to apply: index -> (term, request).
         self._pending: dict[int, tuple[int, Propose]] = {}
         self._changed = trio.Event()
@@ -221,7 +232,9 @@ class Controller(Actor[ControllerMessage]):
 
     async def _handle_ready(self) -> None:
         node = self._node
-        rd = await handle_ready(node, self._storage, CONTROLLER_GROUP, self._transmit)
+        rd = await handle_ready(
+            node, self._storage, CONTROLLER_GROUP, self._transmit, on_persist=self._observers.persist
+        )
         if rd.snapshot is not None:
             self._metadata = ClusterMetadata.restore(rd.snapshot.data)
         for entry in rd.committed_entries:
@@ -260,8 +273,9 @@ class Controller(Actor[ControllerMessage]):
         where = f"node {leader}" if leader != NONE else "unknown"
         return Unavailable(f"this node is not the controller leader (leader: {where})", leader=hint)
 
-    def _make_view(self) -> ControllerView:
+    def _make_view(self, previous: ControllerView | None = None) -> ControllerView:
         node = self._node
+        stats = raft_stats(node, previous.stats, previous.leader) if previous is not None else RaftStats()
         return ControllerView(
             node_id=self.node_id,
             leader=node.lead,
@@ -269,20 +283,22 @@ class Controller(Actor[ControllerMessage]):
             role=node.role,
             commit=node.log.committed,
             image=self._metadata.image(),
+            stats=stats,
         )
 
     def _publish(self) -> None:
         old, node = self.view, self._node
-        image = self._metadata.image()
-        if (old.leader, old.term, old.role, old.commit) == (
+        stats = raft_stats(node, old.stats, old.leader)
+        same = (old.leader, old.term, old.role, old.commit, old.stats) == (
             node.lead,
             node.term,
             node.role,
             node.log.committed,
-        ):
-            if old.image is image:
-                return
-        self.view = self._make_view()
+            stats,
+        )
+        if same and old.image is self._metadata.image():
+            return
+        self.view = self._make_view(old)
         self._changed.set()
         self._changed = trio.Event()
 

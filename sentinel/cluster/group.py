@@ -10,9 +10,11 @@ then hand back the Ready for the actor to apply before it calls ``advance``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import attrs
 import trio
 
 from sentinel.errors import DiskFullError
@@ -59,12 +61,44 @@ class MemoryGroupStorage(MemoryStorage):
         MemoryStorage.compact(self, index, data)
 
 
+@attrs.frozen
+class RaftStats:
+    """What a group publishes for metrics with its view (immutable, read by the metrics thread)."""
+
+    elections: int = 0
+    leader_changes: int = 0
+    commit: int = 0
+    follower_lag: tuple[tuple[int, int], ...] = ()  # (follower, entries behind), leaders only
+
+
+def raft_stats(node: RaftNode, previous: RaftStats, previous_leader: int) -> RaftStats:
+    lag: tuple[tuple[int, int], ...] = ()
+    if node.role is Role.LEADER:
+        last = node.log.last_index()
+        lag = tuple((peer, last - node.prs[peer].match) for peer in node.peers)
+    changes = previous.leader_changes + (1 if node.lead and node.lead != previous_leader else 0)
+    return RaftStats(node.elections, changes, node.log.committed, lag)
+
+
+def _no_observation(seconds: float) -> None:
+    pass
+
+
+@attrs.frozen
+class RaftObservers:
+    """Where a group reports its latencies (the node's histograms; nothing in tests)."""
+
+    persist: Callable[[float], None] = _no_observation  # seconds to persist a Ready
+    commit: Callable[[float], None] = _no_observation  # seconds from proposal to commit
+
+
 async def handle_ready(
     node: RaftNode,
     storage: GroupStorage,
     group: int,
     send: Send,
     before_persist: Callable[[Ready], Ops] | None = None,
+    on_persist: Callable[[float], None] = _no_observation,
 ) -> Ready:
     """Take the node's Ready, send and persist it per the contract; the caller applies it
     (snapshot, then committed entries) and calls ``node.advance(rd)``. ``before_persist``
@@ -75,9 +109,11 @@ async def handle_ready(
         send(group, m)
     if rd.entries or rd.hard_state is not None or rd.snapshot is not None or extra:
         delay = _RETRY_INITIAL_SECONDS
+        started = time.perf_counter()
         while True:
             try:
                 await storage.persist(rd, extra)
+                on_persist(time.perf_counter() - started)
                 break
             except DiskFullError as exc:
                 # A Ready cannot be abandoned (the core counts on it being persisted before

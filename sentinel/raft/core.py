@@ -229,6 +229,7 @@ class RaftNode:
         self.randomized_election_timeout = config.election_tick
         self.lead_transferee = NONE
         self.uncommitted_bytes = 0
+        self.elections = 0  # real candidacies started (pre-votes not counted): for metrics
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick_role: Callable[[], None] = self._tick_election
         self._become_follower(self.term, NONE)
@@ -473,6 +474,7 @@ class RaftNode:
         self._tick_role = self._tick_election
 
     def _become_candidate(self) -> None:
+        self.elections += 1
         self._reset(self.term + 1)
         self.vote = self.id
         self.role = Role.CANDIDATE
