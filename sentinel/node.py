@@ -190,6 +190,7 @@ class Node:
                 host=config.host,
                 port=config.port,
                 max_batch_bytes=config.max_message_bytes,
+                peers=network.statistics if network is not None else list,
             )
             frontend = self.frontend = GrpcFrontEnd(
                 [SentinelService(bridge.portal, handlers, on_request=self.metrics.count_request)],

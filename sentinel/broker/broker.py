@@ -425,10 +425,9 @@ class Broker:
         created = await self.controller.propose(
             md.create_topic(name, replicas, config, int(time.time() * 1000), if_absent=if_absent)
         )
-        assert created is not None
-        return await self._wait_applied(
-            name, lambda topic: topic is not None and topic.topic_id == created.topic_id
-        )
+        assert isinstance(created, md.TopicMeta)
+        topic_id = created.topic_id
+        return await self._wait_applied(name, lambda topic: topic is not None and topic.topic_id == topic_id)
 
     async def delete_topic(self, name: str) -> None:
         validate_topic_name(name)

@@ -46,7 +46,14 @@ from sentinel.broker.producer_state import (
 )
 from sentinel.broker.reader import PartitionReader, ReadResult
 from sentinel.cluster.group import RaftObservers, RaftStats, Send, hand_off, handle_ready, raft_stats
-from sentinel.errors import CorruptionError, InvalidArgument, MailboxFull, SentinelError, Unavailable
+from sentinel.errors import (
+    ActorClosed,
+    CorruptionError,
+    InvalidArgument,
+    MailboxFull,
+    SentinelError,
+    Unavailable,
+)
 from sentinel.raft.core import Config, NotLeader, ProposalDropped, RaftNode, Ready
 from sentinel.raft.lsm_storage import LsmRaftStorage
 from sentinel.raft.messages import NONE, Entry, Message, Role, Snapshot
@@ -247,8 +254,8 @@ class PartitionReplica(Actor[ReplicaMessage]):
     def deliver(self, message: Message) -> None:
         try:
             self.cast_nowait(Inbound(message))
-        except MailboxFull:
-            pass  # dropped like a lost packet: Raft retransmits
+        except (MailboxFull, ActorClosed):
+            pass  # dropped like a lost packet (Raft retransmits), or the group is stopping
 
     async def produce(self, batches: Sequence[RecordBatch], acks: int = ACKS_ALL) -> AppendResult:
         return await self.call(Produce(batches, acks))

@@ -163,6 +163,10 @@ class Cluster:
             conn = self._connections[(host, port)] = Connection(host, port)
         return conn
 
+    def connection(self, host: str, port: int) -> Connection:
+        """The (shared) connection to one broker."""
+        return self._connection(host, port)
+
     @property
     def bootstrap(self) -> Connection:
         """The connection for requests any broker can answer (metadata, admin, groups)."""

@@ -36,8 +36,8 @@ from sentinel.cluster.group import (
     handle_ready,
     raft_stats,
 )
-from sentinel.cluster.metadata import ClusterMetadata, MetadataImage, TopicConfig, TopicMeta
-from sentinel.errors import MailboxFull, SentinelError, Unavailable
+from sentinel.cluster.metadata import ClusterMetadata, MetadataImage, Result, TopicConfig, TopicMeta
+from sentinel.errors import ActorClosed, MailboxFull, SentinelError, Unavailable
 from sentinel.raft.core import Config, NotLeader, ProposalDropped, RaftNode
 from sentinel.raft.messages import NONE, Message, Role
 
@@ -72,7 +72,7 @@ class Inbound:
 
 
 @attrs.define(slots=True, eq=False)
-class Propose(Request[TopicMeta | None]):
+class Propose(Request[Result]):
     """From the node's services: append a metadata command (``metadata.*`` encoders)."""
 
     command: bytes
@@ -131,8 +131,11 @@ class Controller(Actor[ControllerMessage]):
         # Proposals of this leader waiting for their entry to apply: index -> (term, request).
         self._pending: dict[int, tuple[int, Propose]] = {}
         self._changed = trio.Event()
-        if voters == (node_id,):
-            self._node.campaign()  # a cluster of one elects itself at once
+        if node_id == min(voters):
+            # A cluster of one elects itself at once; in a larger one the lowest id tries
+            # at once too (pre-vote makes that harmless if a leader exists), so a fresh
+            # cluster has a controller without waiting out an election timeout.
+            self._node.campaign()
         self.view = self._make_view()
 
     # -- the outside world's entry points --------------------------------------------------
@@ -143,10 +146,10 @@ class Controller(Actor[ControllerMessage]):
     def deliver(self, message: Message) -> None:
         try:
             self.cast_nowait(Inbound(message))
-        except MailboxFull:
-            pass  # dropped like a lost packet: Raft retransmits
+        except (MailboxFull, ActorClosed):
+            pass  # dropped like a lost packet (Raft retransmits), or the group is stopping
 
-    async def propose(self, command: bytes) -> TopicMeta | None:
+    async def propose(self, command: bytes) -> Result:
         """Propose a metadata change from any node: here if this node leads the controller,
         else forwarded to the leader over the peer link (as etcd forwards proposals).
         UNAVAILABLE when no leader is known or it does not answer: retriable."""
@@ -155,7 +158,7 @@ class Controller(Actor[ControllerMessage]):
             return await self.call(Propose(command))
         return decode_result(await self._forward(leader, command))
 
-    async def propose_here(self, command: bytes) -> TopicMeta | None:
+    async def propose_here(self, command: bytes) -> Result:
         """Propose on this node only (a forwarded proposal: never forwarded again)."""
         return await self.call(Propose(command))
 
@@ -303,10 +306,12 @@ class Controller(Actor[ControllerMessage]):
         self._changed = trio.Event()
 
 
-def encode_result(result: TopicMeta | None) -> bytes:
+def encode_result(result: Result) -> bytes:
     """A proposal's result for the node that forwarded it (errors travel as errors)."""
-    if result is None:
+    if result is None or isinstance(result, SentinelError):
         return b""
+    if isinstance(result, int):
+        return json.dumps({"value": result}).encode()
     return json.dumps(
         {
             "name": result.name,
@@ -319,11 +324,13 @@ def encode_result(result: TopicMeta | None) -> bytes:
     ).encode()
 
 
-def decode_result(data: bytes) -> TopicMeta | None:
+def decode_result(data: bytes) -> Result:
     if not data:
         return None
     try:
         t = json.loads(data)
+        if "value" in t:
+            return int(t["value"])
         return TopicMeta(
             str(t["name"]),
             int(t["id"]),

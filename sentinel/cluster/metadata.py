@@ -65,6 +65,9 @@ class TopicMeta:
 
 
 OffsetKey = tuple[str, str, int]  # group, topic, partition
+# What applying a command returns to its proposer: an error (nothing changed), the topic a
+# create made, a producer id, or None.
+Result = SentinelError | TopicMeta | int | None
 
 
 @attrs.frozen
@@ -125,6 +128,11 @@ def reserve_topic_ids(next_topic_id: int) -> bytes:
     return _encode({"op": "reserve_topic_ids", "next": next_topic_id})
 
 
+def allocate_producer_id() -> bytes:
+    """A new idempotent producer's id (never handed out twice, across leaders and restarts)."""
+    return _encode({"op": "allocate_producer_id"})
+
+
 def delete_topic(name: str) -> bytes:
     return _encode({"op": "delete_topic", "name": name})
 
@@ -170,6 +178,7 @@ class ClusterMetadata:
         self._brokers: dict[int, BrokerInfo] = {}
         self._topics: dict[str, TopicMeta] = {}
         self._next_topic_id = 1
+        self._next_producer_id = 1
         self._offsets: dict[OffsetKey, tuple[int, str]] = {}
         self.applied_index = 0
         self._image: MetadataImage | None = None
@@ -186,7 +195,7 @@ class ClusterMetadata:
             )
         return self._image
 
-    def apply(self, index: int, data: bytes) -> SentinelError | TopicMeta | None:
+    def apply(self, index: int, data: bytes) -> Result:
         """Apply the committed entry at ``index``. Empty entries (a leader's no-op) change
         nothing. Returns the command's result: an error (state unchanged), the topic a
         create made, or None."""
@@ -210,6 +219,9 @@ class ClusterMetadata:
                 return self._create_topic(command)
             if op == "import_topic":
                 return self._create_topic(command, topic_id=int(command["id"]))
+            if op == "allocate_producer_id":
+                self._next_producer_id += 1
+                return self._next_producer_id - 1
             if op == "reserve_topic_ids":
                 self._next_topic_id = max(self._next_topic_id, int(command["next"]))
                 return None
@@ -291,6 +303,7 @@ class ClusterMetadata:
                 "v": SNAPSHOT_VERSION,
                 "applied_index": self.applied_index,
                 "next_topic_id": self._next_topic_id,
+                "next_producer_id": self._next_producer_id,
                 "brokers": [[b.node_id, b.host, b.port] for b in sorted(self._brokers.values(), key=_node)],
                 "topics": [
                     {
@@ -318,6 +331,7 @@ class ClusterMetadata:
             md = cls()
             md.applied_index = int(s["applied_index"])
             md._next_topic_id = int(s["next_topic_id"])
+            md._next_producer_id = int(s.get("next_producer_id", 1))
             md._brokers = {int(n): BrokerInfo(int(n), str(h), int(p)) for n, h, p in s["brokers"]}
             for t in s["topics"]:
                 meta = TopicMeta(

@@ -15,13 +15,17 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
+from collections.abc import Callable, Sequence
 
 import trio
 
 from sentinel.broker.broker import Broker, Topic, TopicConfig
 from sentinel.broker.coordinator import GroupCoordinator
-from sentinel.broker.replica import ACKS_ALL, ACKS_LEADER, ACKS_NONE, PartitionReplica
-from sentinel.errors import InvalidArgument, NotFound, SentinelError
+from sentinel.broker.replica import ACKS_ALL, ACKS_LEADER, ACKS_NONE, PartitionReplica, ReplicaView
+from sentinel.cluster import metadata as md
+from sentinel.cluster.controller import ControllerView
+from sentinel.cluster.transport import LinkStatistics
+from sentinel.errors import InvalidArgument, NotFound, SentinelError, Unavailable
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.metrics import Metrics
 from sentinel.records import iter_batches
@@ -29,6 +33,9 @@ from sentinel.server.status import status_of
 
 _ACKS = {pb.Acks.ALL: ACKS_ALL, pb.Acks.LEADER: ACKS_LEADER, pb.Acks.NONE: ACKS_NONE}
 DEFAULT_FETCH_MAX_BYTES = 1024 * 1024
+# How long TransferLeader waits for the new leader (a transfer is abandoned after one
+# election timeout, about 1 s with the default 100 ms tick).
+TRANSFER_WAIT_SECONDS = 3.0
 # A single fetch response never carries more than this (the client can ask for less). A
 # larger max_bytes is capped, not refused, as Kafka caps it by the broker's fetch.max.bytes:
 # max_bytes is a budget, and a smaller response is always a valid answer to it.
@@ -51,8 +58,10 @@ class Handlers:
         host: str,
         port: int,
         max_batch_bytes: int,
+        peers: Callable[[], list[LinkStatistics]] = list,
     ) -> None:
         self.broker = broker
+        self.peers = peers
         self.coordinator = coordinator
         self.metrics = metrics
         self.host = host
@@ -232,6 +241,61 @@ class Handlers:
     async def describe_topic(self, request: pb.DescribeTopicRequest) -> pb.TopicDescription:
         return self._describe(self.broker.topic(request.name))
 
+    # -- the cluster ---------------------------------------------------------------------
+
+    async def cluster_status(self, request: pb.ClusterStatusRequest) -> pb.ClusterStatusResponse:
+        broker = self.broker
+        controller = broker.controller.view
+        image = controller.image
+        groups = [_group_status("", 0, sorted(image.brokers), controller)]
+        for topic in list(broker.topics.values()):
+            for p, log in enumerate(topic.logs):
+                if isinstance(log, PartitionReplica):
+                    groups.append(_group_status(topic.name, p, topic.replicas[p], log.view))
+        return pb.ClusterStatusResponse(
+            node_id=broker.options.node_id,
+            controller_id=controller.leader or -1,
+            controller_term=controller.term,
+            brokers=[
+                pb.BrokerInfo(node_id=b.node_id, host=b.host, port=b.port)
+                for b in sorted(image.brokers.values(), key=lambda b: b.node_id)
+            ],
+            peers=[pb.PeerStatus(node_id=link.peer, connected=link.connected) for link in self.peers()],
+            groups=groups,
+        )
+
+    async def transfer_leader(self, request: pb.TransferLeaderRequest) -> pb.TransferLeaderResponse:
+        topic = self.broker.topic(request.topic)
+        log = topic.log(request.partition)
+        if request.to not in topic.replicas[request.partition]:
+            raise InvalidArgument(
+                f"node {request.to} holds no replica of {request.topic}[{request.partition}] "
+                f"(replicas: {', '.join(map(str, topic.replicas[request.partition]))})"
+            )
+        log.check_leader()
+        assert isinstance(log, PartitionReplica)
+        if log.view.leader != request.to:
+            await log.transfer_leadership(request.to)
+            # A transfer is an election the target wins at once, or abandoned after one
+            # election timeout: wait a little longer than that for the outcome.
+            with trio.move_on_after(TRANSFER_WAIT_SECONDS):
+                view = log.view
+                while view.leader != request.to and not view.closed:
+                    await view.changed.wait()
+                    view = log.view
+        leader = log.view.leader
+        if leader != request.to:
+            raise Unavailable(
+                f"the transfer of {request.topic}[{request.partition}] to node {request.to} did not "
+                f"complete (leader: {leader or 'none'}); is node {request.to} up and caught up?"
+            )
+        return pb.TransferLeaderResponse(leader=leader)
+
+    async def init_producer_id(self, request: pb.InitProducerIdRequest) -> pb.InitProducerIdResponse:
+        producer_id = await self.broker.controller.propose(md.allocate_producer_id())
+        assert isinstance(producer_id, int)
+        return pb.InitProducerIdResponse(producer_id=producer_id, producer_epoch=0)
+
     # -- consumer groups ---------------------------------------------------------------
 
     async def join_group(self, request: pb.JoinGroupRequest) -> pb.JoinGroupResponse:
@@ -261,6 +325,25 @@ class Handlers:
 
     async def describe_group(self, request: pb.DescribeGroupRequest) -> pb.GroupDescription:
         return await self.coordinator.describe(request.group_id)
+
+
+def _group_status(
+    topic: str, partition: int, replicas: Sequence[int], view: ReplicaView | ControllerView
+) -> pb.GroupStatus:
+    high_watermark = view.high_watermark if isinstance(view, ReplicaView) else -1
+    log_end = view.log_end_offset if isinstance(view, ReplicaView) else -1
+    return pb.GroupStatus(
+        topic=topic,
+        partition=partition,
+        leader=view.leader or -1,
+        replicas=list(replicas),
+        role=view.role.name.lower(),
+        term=view.term,
+        commit_index=view.stats.commit,
+        high_watermark=high_watermark,
+        log_end_offset=log_end,
+        followers=[pb.FollowerLag(node_id=f, lag=lag) for f, lag in view.stats.follower_lag],
+    )
 
 
 def known_enum(value: enum.Enum, field: str) -> None:

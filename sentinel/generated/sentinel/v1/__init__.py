@@ -6,6 +6,8 @@
 __all__ = (
     "Acks",
     "BrokerInfo",
+    "ClusterStatusRequest",
+    "ClusterStatusResponse",
     "CommitOffsetsRequest",
     "CommitOffsetsResponse",
     "ConsumeRequest",
@@ -18,10 +20,14 @@ __all__ = (
     "DescribeTopicRequest",
     "FetchOffsetsRequest",
     "FetchOffsetsResponse",
+    "FollowerLag",
     "GroupDescription",
     "GroupMember",
+    "GroupStatus",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "InitProducerIdRequest",
+    "InitProducerIdResponse",
     "JoinGroupRequest",
     "JoinGroupResponse",
     "LeaveGroupRequest",
@@ -38,6 +44,7 @@ __all__ = (
     "PartitionLag",
     "PartitionMetadata",
     "PartitionOffset",
+    "PeerStatus",
     "ProduceRequest",
     "ProduceResponse",
     "RaftAck",
@@ -53,6 +60,8 @@ __all__ = (
     "TopicDescription",
     "TopicMetadata",
     "TopicPartition",
+    "TransferLeaderRequest",
+    "TransferLeaderResponse",
 )
 
 from collections.abc import AsyncIterator
@@ -189,6 +198,35 @@ class BrokerInfo(betterproto2.Message):
 
 
 default_message_pool.register_message("sentinel.v1", "BrokerInfo", BrokerInfo)
+
+
+@dataclass(eq=False, repr=False)
+class ClusterStatusRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("sentinel.v1", "ClusterStatusRequest", ClusterStatusRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ClusterStatusResponse(betterproto2.Message):
+    node_id: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    controller_id: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    -1: no controller leader known
+    """
+
+    controller_term: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    brokers: "list[BrokerInfo]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    peers: "list[PeerStatus]" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    groups: "list[GroupStatus]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("sentinel.v1", "ClusterStatusResponse", ClusterStatusResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -345,6 +383,19 @@ default_message_pool.register_message("sentinel.v1", "FetchOffsetsResponse", Fet
 
 
 @dataclass(eq=False, repr=False)
+class FollowerLag(betterproto2.Message):
+    node_id: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    lag: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    Entries of the leader's log the follower does not hold yet.
+    """
+
+
+default_message_pool.register_message("sentinel.v1", "FollowerLag", FollowerLag)
+
+
+@dataclass(eq=False, repr=False)
 class GroupDescription(betterproto2.Message):
     group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -373,6 +424,48 @@ default_message_pool.register_message("sentinel.v1", "GroupMember", GroupMember)
 
 
 @dataclass(eq=False, repr=False)
+class GroupStatus(betterproto2.Message):
+    """
+    One Raft group this broker holds a replica of, as this broker sees it.
+    """
+
+    topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    empty for the controller group
+    """
+
+    partition: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    leader: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    -1: no leader known
+    """
+
+    replicas: "list[int]" = betterproto2.field(4, betterproto2.TYPE_INT32, repeated=True)
+
+    role: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    follower, pre_candidate, candidate, leader
+    """
+
+    term: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
+
+    commit_index: "int" = betterproto2.field(7, betterproto2.TYPE_UINT64)
+
+    high_watermark: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
+
+    log_end_offset: "int" = betterproto2.field(9, betterproto2.TYPE_INT64)
+
+    followers: "list[FollowerLag]" = betterproto2.field(10, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    the leader's view of its followers
+    """
+
+
+default_message_pool.register_message("sentinel.v1", "GroupStatus", GroupStatus)
+
+
+@dataclass(eq=False, repr=False)
 class HeartbeatRequest(betterproto2.Message):
     group_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -395,6 +488,24 @@ class HeartbeatResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("sentinel.v1", "HeartbeatResponse", HeartbeatResponse)
+
+
+@dataclass(eq=False, repr=False)
+class InitProducerIdRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("sentinel.v1", "InitProducerIdRequest", InitProducerIdRequest)
+
+
+@dataclass(eq=False, repr=False)
+class InitProducerIdResponse(betterproto2.Message):
+    producer_id: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
+
+    producer_epoch: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("sentinel.v1", "InitProducerIdResponse", InitProducerIdResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -583,6 +694,19 @@ default_message_pool.register_message("sentinel.v1", "PartitionOffset", Partitio
 
 
 @dataclass(eq=False, repr=False)
+class PeerStatus(betterproto2.Message):
+    node_id: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+    connected: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    A live connection from the answering broker to this peer.
+    """
+
+
+default_message_pool.register_message("sentinel.v1", "PeerStatus", PeerStatus)
+
+
+@dataclass(eq=False, repr=False)
 class ProduceRequest(betterproto2.Message):
     topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -729,6 +853,26 @@ class TopicPartition(betterproto2.Message):
 
 
 default_message_pool.register_message("sentinel.v1", "TopicPartition", TopicPartition)
+
+
+@dataclass(eq=False, repr=False)
+class TransferLeaderRequest(betterproto2.Message):
+    topic: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    partition: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    to: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("sentinel.v1", "TransferLeaderRequest", TransferLeaderRequest)
+
+
+@dataclass(eq=False, repr=False)
+class TransferLeaderResponse(betterproto2.Message):
+    leader: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("sentinel.v1", "TransferLeaderResponse", TransferLeaderResponse)
 
 
 class RaftStub(betterproto2_grpclib.ServiceStub):
@@ -1053,6 +1197,75 @@ class SentinelStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def cluster_status(
+        self,
+        message: "ClusterStatusRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ClusterStatusResponse":
+        """
+        The cluster (any broker answers for itself; `sentinel cluster status` asks them all).
+        """
+
+        if message is None:
+            message = ClusterStatusRequest()
+
+        return await self._unary_unary(
+            "/sentinel.v1.Sentinel/ClusterStatus",
+            message,
+            ClusterStatusResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def transfer_leader(
+        self,
+        message: "TransferLeaderRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "TransferLeaderResponse":
+        """
+        Sent to the partition's leader (UNAVAILABLE naming it otherwise).
+        """
+
+        return await self._unary_unary(
+            "/sentinel.v1.Sentinel/TransferLeader",
+            message,
+            TransferLeaderResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def init_producer_id(
+        self,
+        message: "InitProducerIdRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "InitProducerIdResponse":
+        """
+        An idempotent producer's id and epoch (allocated by the controller, from any broker).
+        """
+
+        if message is None:
+            message = InitProducerIdRequest()
+
+        return await self._unary_unary(
+            "/sentinel.v1.Sentinel/InitProducerId",
+            message,
+            InitProducerIdResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class RaftBase(betterproto2_grpclib.ServiceBase):
     async def send(self, message: "RaftBatch") -> "RaftAck":
@@ -1145,6 +1358,27 @@ class SentinelBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def describe_group(self, message: "DescribeGroupRequest") -> "GroupDescription":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def cluster_status(self, message: "ClusterStatusRequest") -> "ClusterStatusResponse":
+        """
+        The cluster (any broker answers for itself; `sentinel cluster status` asks them all).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def transfer_leader(self, message: "TransferLeaderRequest") -> "TransferLeaderResponse":
+        """
+        Sent to the partition's leader (UNAVAILABLE naming it otherwise).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def init_producer_id(self, message: "InitProducerIdRequest") -> "InitProducerIdResponse":
+        """
+        An idempotent producer's id and epoch (allocated by the controller, from any broker).
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -1273,6 +1507,30 @@ class SentinelBase(betterproto2_grpclib.ServiceBase):
         response = await self.describe_group(request)
         await stream.send_message(response)
 
+    async def __rpc_cluster_status(
+        self, stream: "grpclib.server.Stream[ClusterStatusRequest, ClusterStatusResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.cluster_status(request)
+        await stream.send_message(response)
+
+    async def __rpc_transfer_leader(
+        self, stream: "grpclib.server.Stream[TransferLeaderRequest, TransferLeaderResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.transfer_leader(request)
+        await stream.send_message(response)
+
+    async def __rpc_init_producer_id(
+        self, stream: "grpclib.server.Stream[InitProducerIdRequest, InitProducerIdResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.init_producer_id(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/sentinel.v1.Sentinel/Produce": grpclib.const.Handler(
@@ -1370,5 +1628,23 @@ class SentinelBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 DescribeGroupRequest,
                 GroupDescription,
+            ),
+            "/sentinel.v1.Sentinel/ClusterStatus": grpclib.const.Handler(
+                self.__rpc_cluster_status,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ClusterStatusRequest,
+                ClusterStatusResponse,
+            ),
+            "/sentinel.v1.Sentinel/TransferLeader": grpclib.const.Handler(
+                self.__rpc_transfer_leader,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                TransferLeaderRequest,
+                TransferLeaderResponse,
+            ),
+            "/sentinel.v1.Sentinel/InitProducerId": grpclib.const.Handler(
+                self.__rpc_init_producer_id,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                InitProducerIdRequest,
+                InitProducerIdResponse,
             ),
         }
