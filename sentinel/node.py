@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sentinel.broker.broker import RETENTION_CHECK_SECONDS, Broker, BrokerOptions, ObsoleteData
 from sentinel.broker.coordinator import GroupCoordinator
 from sentinel.broker.legacy import check_no_legacy_topics, import_legacy_topics
-from sentinel.broker.replica import PartitionReplica
+from sentinel.broker.replica import PartitionReplica, ReadRunner
 from sentinel.cluster import metadata as md
 from sentinel.cluster.controller import CONTROLLER_GROUP, Controller, encode_result
 from sentinel.cluster.group import RaftObservers, RaftStats
@@ -63,6 +63,9 @@ STOP_STAGE_SECONDS = 10.0
 # A leadership transfer is abandoned after one election timeout (10 ticks of 100 ms): wait
 # a little longer than that for all of this node's groups to move.
 HAND_OFF_SECONDS = 2.0
+# Worker threads fetches read in: enough to overlap a few cold reads, bounded so a burst of
+# consumers cannot take every core from the event loop.
+READ_THREADS = 4
 
 
 @attrs.frozen
@@ -164,8 +167,15 @@ class Node:
                 persist=self.metrics.raft_append_latency.observe,
                 commit=self.metrics.raft_commit_latency.observe,
             )
+            # Fetches read in at most this many worker threads at once (cold reads hit disk).
+            limiter = trio.CapacityLimiter(READ_THREADS)
             core = self.core = NodeCore(
-                store, config, network, on_append=self.metrics.record_produced, observers=observers
+                store,
+                config,
+                network,
+                on_append=self.metrics.record_produced,
+                observers=observers,
+                read_runner=functools.partial(trio.to_thread.run_sync, limiter=limiter),
             )
             obsolete.bind(core.broker)
             await core.start(nursery)
@@ -378,6 +388,7 @@ class NodeCore:
         *,
         on_append: Callable[[str, int, int, int], None] | None = None,
         observers: RaftObservers | None = None,
+        read_runner: ReadRunner | None = None,
         rebalance_timeout: float | None = None,
         seed: int | None = None,
     ) -> None:
@@ -417,6 +428,7 @@ class NodeCore:
             raft_config=raft_config,
             on_append=on_append,
             observers=observers,
+            read_runner=read_runner,
             seed=rng.randrange(1 << 30),
         )
         controller, broker = self.controller, self.broker

@@ -40,6 +40,7 @@ from sentinel.broker.replica import (
     AppendResult,
     ApplyRetention,
     PartitionReplica,
+    ReadRunner,
     partition_group,
 )
 from sentinel.cluster import metadata as md
@@ -107,6 +108,9 @@ class RemotePartition:
         raise self._elsewhere()
 
     def read(self, offset: int, max_bytes: int) -> ReadResult:
+        raise self._elsewhere()
+
+    async def fetch(self, offset: int, max_bytes: int) -> ReadResult:
         raise self._elsewhere()
 
     async def wait_for_data(self, offset: int) -> None:
@@ -196,9 +200,11 @@ class Broker:
         raft_config: Callable[[int, tuple[int, ...]], Config] | None = None,
         on_append: Callable[[str, int, int, int], None] | None = None,
         observers: RaftObservers | None = None,
+        read_runner: ReadRunner | None = None,
         seed: int | None = None,
     ) -> None:
         self.store = store
+        self._read_runner = read_runner
         self._observers = observers
         self.controller = controller
         self.options = options or BrokerOptions()
@@ -340,6 +346,7 @@ class Broker:
             address_of=self.address_of,
             on_append=appended,
             observers=self._observers,
+            read_runner=self._read_runner,
         )
         assert self._nursery is not None
         await self._nursery.start(replica.run)

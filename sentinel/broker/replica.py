@@ -29,8 +29,8 @@ import logging
 import random
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Final, assert_never
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, Final, assert_never
 
 import attrs
 import trio
@@ -203,8 +203,10 @@ class PartitionReplica(Actor[ReplicaMessage]):
         address_of: Callable[[int], str | None] = lambda _node: None,
         on_append: Callable[[int, int], None] | None = None,
         observers: RaftObservers | None = None,
+        read_runner: ReadRunner | None = None,
     ) -> None:
         super().__init__(f"replica-{topic}-{partition}")
+        self._read_runner: ReadRunner = read_runner or _inline
         self._observers = observers or RaftObservers()
         self.store = store
         self.topic = topic
@@ -304,6 +306,14 @@ class PartitionReplica(Actor[ReplicaMessage]):
     def read(self, offset: int, max_bytes: int) -> ReadResult:
         self.check_leader()
         return self.reader.read(offset, max_bytes)
+
+    async def fetch(self, offset: int, max_bytes: int) -> ReadResult:
+        """``read`` off the event loop: a read that reaches SSTables (cold data, a large
+        fetch) runs in a bounded worker thread, so it never delays heartbeats, elections or
+        the WAL writer. (The storage engine's views and tables are safe to read from
+        threads: tables are immutable, the memtable skip list is read lock-free.)"""
+        self.check_leader()
+        return await self._read_runner(self.reader.read, offset, max_bytes)
 
     async def wait_for_data(self, offset: int) -> None:
         """Return once the high watermark is past ``offset``, the replica closed or it
@@ -789,6 +799,15 @@ class PartitionReplica(Actor[ReplicaMessage]):
             self.topic, self.partition, *fields, closed=False, stats=stats, changed=trio.Event()
         )
         old.changed.set()
+
+
+ReadRunner = Callable[..., Awaitable[ReadResult]]
+
+
+async def _inline(fn: Callable[..., ReadResult], *args: Any) -> ReadResult:
+    """Run a read on the event loop (tests on MockClock, where threads would confuse autojump)."""
+    await trio.lowlevel.checkpoint()
+    return fn(*args)
 
 
 def _batch_key(batch: RecordBatch) -> tuple[int, int, int, int]:

@@ -100,7 +100,7 @@ class Handlers:
             raise InvalidArgument(f"offset must be >= 0, got {request.offset}")
         max_bytes = min(request.max_bytes or DEFAULT_FETCH_MAX_BYTES, MAX_FETCH_BYTES)
         started = time.perf_counter()
-        result = log.read(request.offset, max_bytes)
+        result = await log.fetch(request.offset, max_bytes)
         if not result.data and request.max_wait_ms > 0:
             waiting = time.perf_counter()
             with trio.move_on_after(request.max_wait_ms / 1000):
@@ -108,7 +108,7 @@ class Handlers:
             started += time.perf_counter() - waiting  # the long poll is not latency
             if self.broker.topics.get(request.topic) is not topic:
                 raise NotFound(f"topic {request.topic!r} was deleted while the fetch waited")
-            result = log.read(request.offset, max_bytes)
+            result = await log.fetch(request.offset, max_bytes)
         if result.data:
             self.metrics.record_consumed(
                 request.topic, request.partition, result.next_offset - request.offset, len(result.data)
