@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sentinel import __version__
-from sentinel.cli import bench, consume, groups, produce, run, topics
+from sentinel.cli import bench, consume, groups, produce, run, sim, topics
 
 app = typer.Typer(
     rich_markup_mode=None,  # plain click help: rich boxes cut option and env var names at 80 columns
@@ -19,6 +19,7 @@ app.command(name="produce")(produce.produce)
 app.command(name="consume")(consume.consume)
 app.add_typer(topics.app, name="topics")
 app.add_typer(groups.app, name="groups")
+app.add_typer(sim.app, name="sim")
 
 
 @app.command()
