@@ -20,7 +20,7 @@ app = typer.Typer(
     help="Deterministic simulations (seeded; a failing seed replays exactly).", no_args_is_help=True
 )
 
-# Progress on stderr every this many runs (text output only).
+# Progress on stderr every this many runs.
 _PROGRESS_EVERY = 100
 
 
@@ -52,15 +52,15 @@ def raft(
     for s in seed_list:
         result = Simulation(s, nodes=nodes, groups=groups, safety_ticks=ticks, trace=trace).run()
         results.append(result)
-        if not json_output:
-            if trace and result.trace is not None:
-                for line in result.trace:
-                    print(line)
-            if not result.ok:
-                typer.echo(f"FAILED {result.describe()}", err=True)
-            elif len(seed_list) >= _PROGRESS_EVERY and len(results) % _PROGRESS_EVERY == 0:
-                failed = sum(not r.ok for r in results)
-                typer.echo(f"... {len(results)}/{len(seed_list)} runs, {failed} failed", err=True)
+        if trace and not json_output and result.trace is not None:
+            for line in result.trace:
+                print(line)
+        # Progress and failures as they happen go to stderr (stdout stays one JSON object).
+        if not result.ok:
+            typer.echo(f"FAILED {result.describe()}", err=True)
+        if len(seed_list) >= _PROGRESS_EVERY and len(results) % _PROGRESS_EVERY == 0:
+            failed = sum(not r.ok for r in results)
+            typer.echo(f"... {len(results)}/{len(seed_list)} runs, {failed} failed", err=True)
     summary = summarize(results)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary.update(nodes=nodes, groups=groups, safety_ticks=ticks, first_seed=seed_list[0])

@@ -15,10 +15,13 @@ message loss, duplication (up to half), reordering (random latency); partitions 
 (symmetric, one-way, the leader isolated, a bridge node between two sides); node crashes
 that lose whatever was not persisted — including a crash between taking a Ready and
 persisting it (optionally torn: a prefix of its writes done, as the Ready contract allows),
-and between persisting and advancing; a power loss of every node at once; pauses (a node
-that neither ticks nor processes for a while); slow disks (a Ready whose persist or advance
-is late); leadership transfers; forced campaigns; log compaction (followers then need
-snapshots); proposals throughout.
+and between persisting and advancing; a power loss of every node at once; "strikes" that
+isolate or crash a leader the moment it is elected (leaving the conflicting uncommitted
+tails Figure 8 is made of); pauses (a node that neither ticks nor processes for a while);
+slow disks (a Ready whose persist or advance is late); leadership transfers; forced
+campaigns; the transport reporting unreachable peers and failed snapshots; log compaction
+(followers then need snapshots); proposals throughout, each with a unique payload. The
+state machine is a running digest of the applied entries; a snapshot carries it.
 
 Each node drives each of its groups exactly as core.py's docstring says: step the queued
 inputs, take a Ready, send ``messages``, persist (snapshot, entries, hard state), send
@@ -27,8 +30,9 @@ queued.
 
 Two phases: a safety phase under faults, then a liveness phase (heal everything, restart
 every crashed node, stop the faults) in which every group must elect a leader and commit a
-new proposal within ``LIVENESS_TIMEOUTS`` election timeouts, and every replica must then
-catch up within as many again.
+new proposal within ``LIVENESS_TIMEOUTS`` election timeouts (plus the round trips needed to
+ship the backlog a slow configuration left), and every replica must then catch up within
+``LIVENESS_TIMEOUTS`` election timeouts more (with the same allowance).
 
 The checker (``SimViolation`` names the rule, the tick and the seed) asserts:
 
@@ -40,7 +44,10 @@ The checker (``SimViolation`` names the rule, the tick and the seed) asserts:
   after every step and the entries up to it are recorded once per group; any later
   observation (on any node, any incarnation, any snapshot) must agree;
 * leader completeness: a leader of term T holds every entry whose commit was observed at a
-  term below T (§5.4);
+  term below T (§5.4); and, checked whenever a group's commit advances, no node state that
+  lacks a committed entry (in memory, or on disk to restart from) is as up to date as a
+  majority, i.e. could be elected and overwrite it — this catches Figure 8 at the unsafe
+  commit itself;
 * commit indices never go backwards within a node's life; the persisted commit never goes
   backwards, never points past the persisted log, and after a restart covers everything
   the node had applied;
@@ -168,6 +175,7 @@ class Swarm:
     max_size_per_msg: int
     max_inflight_msgs: int
     max_uncommitted_bytes: int
+    max_committed_size_per_ready: int
     latency: tuple[int, int]  # steps
     drop: float
     duplicate: float
@@ -214,6 +222,8 @@ class Swarm:
             # Bounds the backlog a leader accepts faster than a slow configuration ships it
             # (and exercises ProposalDropped).
             max_uncommitted_bytes=rng.choice((1000, 4000, 0)),
+            # Small: committed entries are handed out over several Readies.
+            max_committed_size_per_ready=rng.choice((1, 300, 64 << 20)),
             latency=(lat_lo, lat_hi),
             drop=rate(0.7, 0.0, 0.3),
             duplicate=rate(0.6, 0.0, 0.5),
@@ -498,9 +508,10 @@ class Simulation:
         self.liveness_ticks = self.tick - start
 
     def _backlog_ticks(self) -> int:
-        """Ticks to ship the entries some replica lacks at heal time, a window per round
-        trip: a slow configuration (one entry per append, one append in flight) with a long
-        uncommitted tail needs them before the new proposal can commit."""
+        """Ticks to ship the entries some replica lacks, a window per round trip: a slow
+        configuration (one entry per append, one or two appends in flight, reordering that
+        turns appends into rejections) with a long tail needs them before the new proposal
+        can commit, or before a lagging replica has caught up."""
         backlog = 0
         for g in range(self.n_groups):
             logs = [n.replicas[g].raft.log for n in self.nodes.values()]  # type: ignore[union-attr]
@@ -512,7 +523,7 @@ class Simulation:
     def _convergence_phase(self) -> None:
         """Every replica must catch up with its group's commit and apply it."""
         start = self.tick
-        bound = LIVENESS_TIMEOUTS * self.swarm.election_tick
+        bound = LIVENESS_TIMEOUTS * self.swarm.election_tick + self._backlog_ticks()
         while True:
             lagging = self._lagging()
             if not lagging:
@@ -623,9 +634,14 @@ class Simulation:
         rng = self.rng
         sw = self.swarm
         if (m.frm, m.to) in self.blocked or not self.nodes[m.to].up:
+            # The transport sees a broken connection (it cannot see a lost packet) and
+            # sometimes tells the core, as etcd's ReportUnreachable / ReportSnapshot.
             if sw.report_unreachable and rng.random() < sw.report_unreachable:
                 self.stats["unreachable_report"] += 1
-                sender.replicas[g].inbox.append((_IN_UNREACHABLE, m.to))
+                inbox = sender.replicas[g].inbox
+                inbox.append((_IN_UNREACHABLE, m.to))
+                if t is MsgType.SNAP:
+                    inbox.append((_IN_SNAP_STATUS, m.to, False))
             return
         if self.faults_on and sw.drop and rng.random() < sw.drop:
             self.stats["drop"] += 1
@@ -907,6 +923,7 @@ class Simulation:
                 max_size_per_msg=sw.max_size_per_msg,
                 max_inflight_msgs=sw.max_inflight_msgs,
                 max_uncommitted_bytes=sw.max_uncommitted_bytes,
+                max_committed_size_per_ready=sw.max_committed_size_per_ready,
                 pre_vote=sw.pre_vote,
                 check_quorum=sw.check_quorum,
                 applied=rep.sm_index if sw.durable_apply else 0,
