@@ -104,7 +104,8 @@ def _print(summary: dict[str, Any], results: list[RunResult]) -> None:
     )
     print(
         f"  liveness after healing: {summary['liveness_ticks_mean']} ticks mean,"
-        f" {summary['liveness_ticks_max']} max to elect and commit in every group"
+        f" {summary['liveness_ticks_max']} max (seed {summary['liveness_ticks_max_seed']})"
+        " to elect and commit in every group"
     )
     print(
         f"  {summary['messages']:,} messages delivered, {summary['readies']:,} readies,"

@@ -1352,6 +1352,7 @@ def summarize(results: Iterable[RunResult]) -> dict[str, Any]:
         for key, value in r.stats.items():
             totals[key] += value
     liveness = [r.liveness_ticks for r in results if r.ok]
+    slowest = max((r for r in results if r.ok), key=lambda r: r.liveness_ticks, default=None)
     digest = hashlib.blake2b(digest_size=16)
     for r in results:
         digest.update(f"{r.seed}:{r.trace_hash};".encode())
@@ -1373,6 +1374,7 @@ def summarize(results: Iterable[RunResult]) -> dict[str, Any]:
         "messages": totals["messages"],
         "readies": totals["readies"],
         "liveness_ticks_max": max(liveness, default=0),
+        "liveness_ticks_max_seed": slowest.seed if slowest is not None else None,
         "liveness_ticks_mean": round(sum(liveness) / len(liveness), 1) if liveness else 0.0,
         "failures": [
             {"seed": r.seed, "nodes": r.nodes, "groups": r.groups, "phase": r.phase, "violation": r.violation}
