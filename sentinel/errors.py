@@ -82,7 +82,7 @@ class DiskFullError(ResourceExhausted):
 
     def __init__(self, path: str, detail: str) -> None:
         self.path = path
-        super().__init__(f"disk full: cannot write {path}: {detail}; free space on its filesystem")
+        super().__init__(f"disk full: {path}: {detail}; free space on its filesystem")
 
 
 class Unavailable(SentinelError):

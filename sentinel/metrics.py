@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from sentinel.errors import SentinelError
@@ -102,7 +102,7 @@ class Metrics:
         self.produce_latency.observe(seconds)
         self.produce_latency_ms.observe(seconds * 1000)
 
-    def add_collector(self, collect: Callable[[], Iterator[GaugeMetricFamily]]) -> None:
+    def add_collector(self, collect: Callable[[], Iterator[Metric]]) -> None:
         """Register a scrape-time collector (runs in the metrics thread: read snapshots only)."""
         self.registry.register(_FunctionCollector(collect))
 
@@ -126,8 +126,8 @@ class Metrics:
 
 
 class _FunctionCollector(Collector):
-    def __init__(self, collect: Callable[[], Iterator[GaugeMetricFamily]]) -> None:
+    def __init__(self, collect: Callable[[], Iterator[Metric]]) -> None:
         self._collect = collect
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         return self._collect()

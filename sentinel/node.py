@@ -18,16 +18,29 @@ engine, which writes and fsyncs the WAL. Every acknowledged write was already du
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import logging
+import random
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import attrs
 import trio
-from prometheus_client.core import GaugeMetricFamily
+from crc32c import crc32c
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from sentinel.broker.broker import Broker, BrokerOptions, ObsoleteData
+from sentinel.broker.broker import RETENTION_CHECK_SECONDS, Broker, BrokerOptions, ObsoleteData
 from sentinel.broker.coordinator import GroupCoordinator
+from sentinel.broker.legacy import check_no_legacy_topics, import_legacy_topics
+from sentinel.cluster import metadata as md
+from sentinel.cluster.controller import CONTROLLER_GROUP, Controller, encode_result
+from sentinel.cluster.ticker import DEFAULT_TICK_SECONDS, RaftTicker
+from sentinel.cluster.transport import PeerNetwork
+from sentinel.errors import InvalidArgument, SentinelError
 from sentinel.metrics import Metrics
+from sentinel.raft.core import Config
+from sentinel.raft.lsm_storage import LsmRaftStorage
+from sentinel.raft.messages import Message
 from sentinel.server.bridge import AsyncioThread
 from sentinel.server.frontend import GrpcFrontEnd
 from sentinel.server.handlers import Handlers
@@ -36,7 +49,10 @@ from sentinel.storage.manifest import NUM_LEVELS
 from sentinel.storage.options import StorageOptions, SyncMode
 from sentinel.storage.store import Store
 
+logger = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Peer requests (sentinel/cluster/transport.py): a follower forwarding a controller proposal.
+METHOD_PROPOSE = 1
 # Longest a graceful stop waits for each stage before moving on (the storage engine has
 # its own bound): SIGTERM always ends the process in bounded time.
 STOP_STAGE_SECONDS = 10.0
@@ -60,6 +76,34 @@ class NodeConfig:
     group_min_session_timeout_ms: int = 6_000  # Kafka's group.min.session.timeout.ms
     group_max_session_timeout_ms: int = 1_800_000  # Kafka's group.max.session.timeout.ms
     accept_data_loss: bool = False  # let recovery truncate at corruption (reported) instead of refusing
+    # The cluster (etcd's initial-cluster): every node's peer address, by node id. Empty: a
+    # cluster of one (this node), the same code path with one-voter groups.
+    peers: Mapping[int, tuple[str, int]] = attrs.field(factory=dict)
+    peer_host: str = "127.0.0.1"
+    peer_port: int = 9093
+    # The client address other brokers and clients are told (Kafka's advertised.listeners);
+    # empty host: --host; port 0: the port the API listens on.
+    advertise_host: str = ""
+    advertise_port: int = 0
+    default_replication_factor: int = 1
+    tick_seconds: float = DEFAULT_TICK_SECONDS
+    retention_check_seconds: float = RETENTION_CHECK_SECONDS
+
+
+def cluster_id(peers: Mapping[int, tuple[str, int]]) -> int:
+    """The same on every node started with the same --peers: connections from a node of
+    another cluster are refused at the handshake."""
+    spec = ",".join(f"{i}={host}:{port}" for i, (host, port) in sorted(peers.items()))
+    return crc32c(spec.encode())
+
+
+def _raft_config(node_id: int, voters: tuple[int, ...], *, tick_seconds: float) -> Config:
+    # Ticks, not seconds: the ticker's period sets the wall time (RAFT-NOTES.md defaults).
+    return Config(id=node_id, voters=voters)
+
+
+def _nowhere(group: int, message: Message) -> None:
+    """A cluster of one sends no Raft messages (its groups have no peers)."""
 
 
 @attrs.frozen
@@ -76,7 +120,10 @@ class Node:
         self.store: Store | None = None
         self.broker: Broker | None = None
         self.coordinator: GroupCoordinator | None = None
+        self.controller: Controller | None = None
+        self.network: PeerNetwork | None = None
         self.frontend: GrpcFrontEnd | None = None
+        self.core: NodeCore | None = None
 
     def stop(self) -> None:
         """Begin a graceful shutdown; ``run`` returns once it is complete."""
@@ -84,6 +131,9 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[NodeAddresses] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
+        peers = dict(config.peers)
+        if peers and config.node_id not in peers:
+            raise InvalidArgument(f"--peers names nodes {sorted(peers)} but not this node ({config.node_id})")
         obsolete = ObsoleteData()
         storage_options = StorageOptions(
             sync=config.sync,
@@ -94,26 +144,23 @@ class Node:
         )
         async with trio.open_nursery() as nursery:
             store = self.store = await nursery.start(Store(config.data_dir, storage_options).run)
-            broker = self.broker = Broker(
-                store,
-                BrokerOptions(
-                    node_id=config.node_id,
-                    auto_create_topics=config.auto_create_topics,
-                    default_partitions=config.default_partitions,
-                    default_retention_ms=config.default_retention_ms,
-                    default_retention_bytes=config.default_retention_bytes,
-                ),
-                on_append=self.metrics.record_produced,
-            )
-            obsolete.bind(broker)
-            await nursery.start(broker.run)
-            coordinator = self.coordinator = GroupCoordinator(
-                store,
-                broker,
-                min_session_timeout=config.group_min_session_timeout_ms / 1000,
-                max_session_timeout=config.group_max_session_timeout_ms / 1000,
-            )
-            await nursery.start(coordinator.run)
+            network = None
+            if peers:
+                check_no_legacy_topics(store)
+                network = self.network = PeerNetwork(
+                    config.node_id,
+                    cluster_id(peers),
+                    {i: address for i, address in peers.items() if i != config.node_id},
+                    self._route,
+                )
+            core = self.core = NodeCore(store, config, network, on_append=self.metrics.record_produced)
+            obsolete.bind(core.broker)
+            await core.start(nursery)
+            if network is not None:
+                network.handler = core.serve_peer
+                await nursery.start(network.run, config.peer_host, config.peer_port)
+            broker, coordinator = self.broker, self.coordinator = core.broker, core.coordinator
+            self.controller = core.controller
 
             metrics_port = None
             if config.metrics_port >= 0:
@@ -149,6 +196,9 @@ class Node:
 
             grpc_port = await nursery.start(run_frontend)
             handlers.port = grpc_port
+            await core.register(
+                nursery, (config.advertise_host or config.host, config.advertise_port or grpc_port)
+            )
             task_status.started(NodeAddresses(grpc_port=grpc_port, metrics_port=metrics_port))
 
             await self._stop.wait()
@@ -156,14 +206,15 @@ class Node:
                 with trio.move_on_after(STOP_STAGE_SECONDS):
                     frontend.close()
                     await frontend_stopped.wait()
-                for actor in (coordinator, broker):
-                    with trio.move_on_after(STOP_STAGE_SECONDS):
-                        actor.close()
-                        await actor.wait_stopped()
+                await core.stop()
                 await store.aclose()
             nursery.cancel_scope.cancel()
 
-    def _collect(self) -> Iterator[GaugeMetricFamily]:
+    def _route(self, group: int, message: Message) -> None:
+        if self.core is not None:
+            self.core.route(group, message)
+
+    def _collect(self) -> Iterator[Metric]:
         """Scrape-time gauges from the snapshots the actors publish (metrics thread)."""
         store, broker, coordinator = self.store, self.broker, self.coordinator
         if store is None or broker is None or coordinator is None:
@@ -182,6 +233,16 @@ class Node:
             "sentinel_recovery_dropped_bytes", "WAL bytes recovery dropped at this start", value=dropped_bytes
         )
         if stats is not None:
+            yield CounterMetricFamily(
+                "sentinel_storage_writes_refused",
+                "Write batches the storage engine refused for lack of disk space (RESOURCE_EXHAUSTED)",
+                value=stats.writes_refused,
+            )
+            yield GaugeMetricFamily(
+                "sentinel_storage_disk_full",
+                "1 while the storage engine's last write or flush met a full disk, else 0",
+                value=int(stats.disk_full is not None),
+            )
             yield GaugeMetricFamily(
                 "sentinel_memtable_bytes", "Bytes in memtables", value=stats.memtable_bytes
             )
@@ -219,3 +280,132 @@ class Node:
             for entry in coordinator.lag(group):
                 lag.add_metric([group, entry.topic, str(entry.partition)], entry.lag)
         yield lag
+
+
+class NodeCore:
+    """A node's Raft groups and the services on them, without the gRPC front end: the
+    controller, the broker and its partition replicas, the group coordinator and the
+    ticker. ``Node.run`` starts one; actor-level tests start one on their own store."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: NodeConfig,
+        network: PeerNetwork | None = None,
+        *,
+        on_append: Callable[[str, int, int, int], None] | None = None,
+        rebalance_timeout: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.network = network
+        peers = config.peers
+        voters = tuple(sorted(peers)) if peers else (config.node_id,)
+        send = network.send if network is not None else _nowhere
+        self.controller_storage = LsmRaftStorage(store, CONTROLLER_GROUP)
+        raft_config = functools.partial(_raft_config, tick_seconds=config.tick_seconds)
+        rng = random.Random(seed)
+        self.controller = Controller(
+            config.node_id,
+            voters,
+            self.controller_storage,
+            send,
+            rng=random.Random(rng.random()),
+            config=raft_config(config.node_id, voters),
+            forward=self._forward if network is not None else None,
+        )
+        self.broker = Broker(
+            store,
+            self.controller,
+            send,
+            BrokerOptions(
+                node_id=config.node_id,
+                auto_create_topics=config.auto_create_topics,
+                default_partitions=config.default_partitions,
+                default_replication_factor=config.default_replication_factor,
+                default_retention_ms=config.default_retention_ms,
+                default_retention_bytes=config.default_retention_bytes,
+                retention_check_seconds=config.retention_check_seconds,
+            ),
+            controller_storage=self.controller_storage,
+            raft_config=raft_config,
+            on_append=on_append,
+            seed=rng.randrange(1 << 30),
+        )
+        controller, broker = self.controller, self.broker
+        self.ticker = RaftTicker(lambda: [controller, *broker.replicas.values()], config.tick_seconds)
+        timeouts = {} if rebalance_timeout is None else {"rebalance_timeout": rebalance_timeout}
+        self.coordinator = GroupCoordinator(
+            self.controller,
+            self.broker,
+            rng=random.Random(rng.random()),
+            min_session_timeout=config.group_min_session_timeout_ms / 1000,
+            max_session_timeout=config.group_max_session_timeout_ms / 1000,
+            **timeouts,
+        )
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self.controller.run)
+        await nursery.start(self.broker.run)
+        await nursery.start(self.ticker.run)
+        await nursery.start(self.coordinator.run)
+
+    async def register(self, nursery: trio.Nursery, address: tuple[str, int]) -> None:
+        """Tell the cluster this node's client address, and keep it told. A cluster of one
+        waits until it is registered (it cannot place a topic before) and moves the topics
+        of an earlier single-node data directory to the controller."""
+        registered = trio.Event()
+        nursery.start_soon(self._register, address, registered)
+        if not self.config.peers:
+            with trio.move_on_after(STOP_STAGE_SECONDS):
+                await registered.wait()
+            await import_legacy_topics(self.store, self.controller, self.config.node_id)
+
+    async def stop(self) -> None:
+        """Graceful stop, in order: groups, partition replicas, the controller."""
+        with trio.move_on_after(STOP_STAGE_SECONDS):
+            self.coordinator.close()
+            await self.coordinator.wait_stopped()
+        with trio.move_on_after(STOP_STAGE_SECONDS):
+            await self.broker.stop_replicas()
+        with trio.move_on_after(STOP_STAGE_SECONDS):
+            self.controller.close()
+            await self.controller.wait_stopped()
+
+    def route(self, group: int, message: Message) -> None:
+        """A Raft message from a peer, to its group (never blocks: a full mailbox drops it)."""
+        if group == CONTROLLER_GROUP:
+            self.controller.deliver(message)
+        else:
+            self.broker.deliver(group, message)
+
+    async def _forward(self, leader: int, command: bytes) -> bytes:
+        assert self.network is not None
+        return await self.network.request(leader, METHOD_PROPOSE, command)
+
+    async def serve_peer(self, peer: int, method: int, payload: bytes) -> bytes:
+        if method == METHOD_PROPOSE:
+            return encode_result(await self.controller.propose_here(payload))
+        raise InvalidArgument(f"node {peer} sent an unknown peer request {method}")
+
+    async def _register(self, address: tuple[str, int], registered: trio.Event) -> None:
+        host, port = address
+        controller = self.controller
+        node_id = self.config.node_id
+        view = controller.view
+        delay = 0.05
+        while True:
+            known = view.image.brokers.get(node_id)
+            if known is not None and (known.host, known.port) == (host, port):
+                registered.set()
+                view = await controller.wait_changed(view)
+                continue
+            try:
+                await controller.propose(md.register_broker(node_id, host, port))
+                delay = 0.05
+            except SentinelError as exc:
+                logger.debug("registration not done yet: %s", exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            view = controller.view

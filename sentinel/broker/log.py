@@ -10,7 +10,10 @@ Invariants of every implementation:
   base offset that follows the previous batch's last offset, with no gaps;
 * the high watermark is the end of the acknowledged-durable prefix (with Raft: the commit
   index); readers never see past it, so a consumer sees only data that survives a crash;
-* ``log_start_offset`` only moves forward (retention); records below it are gone.
+* ``log_start_offset`` only moves forward (retention); records below it are gone;
+* a read never skips: offsets below the high watermark that storage does not hold (a loss
+  accepted at recovery) or holds in a damaged block are refused with ``DataLoss`` naming
+  them (and the file and byte of the damage), once what precedes them has been served.
 
 LocalPartitionLog stores each batch verbatim under a key holding its LAST offset
 (``keys.py``), so a fetch from offset N is one seek. A lookup by timestamp reads only the
@@ -21,10 +24,17 @@ loop as it goes). The offset counter and the
 partition's byte size are written in the same atomic write batch as the data, so a crash
 can never leave them disagreeing. Offsets are assigned and the write is enqueued in one
 synchronous step, so concurrent appends reach the storage engine in offset order.
+
+A full disk (:class:`DiskFullError`) fails an append without leaving a hole: the storage
+engine fails every batch submitted before it reported the failure (its write epochs), so
+the failed appends are always a suffix of those in flight, and the first failure reported
+takes the log's end back to that append's base offset (the others, of the same
+*generation*, only confirm it). The next append reuses those offsets.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn, Protocol
@@ -35,11 +45,20 @@ import trio
 
 from sentinel.actors import ObservedReply
 from sentinel.broker import keys
-from sentinel.errors import DataLoss, InvalidArgument, InvalidRecordBatch, OffsetOutOfRange
+from sentinel.errors import (
+    CorruptionError,
+    DataLoss,
+    DiskFullError,
+    InvalidArgument,
+    InvalidRecordBatch,
+    OffsetOutOfRange,
+)
 from sentinel.records import RecordBatch
 from sentinel.records import batch_format as fmt
+from sentinel.storage.sstable import DamagedBlock
 from sentinel.storage.store import Store
 
+logger = logging.getLogger(__name__)
 _BASE_OFFSET = fmt.BASE_OFFSET
 # Bytes of batches per time-index chunk: a lookup by timestamp reads at most about this
 # much beyond the answer (and the chunks before it only when their timestamps reach it).
@@ -117,7 +136,15 @@ class LocalPartitionLog:
         self._prefix_start = keys.data_key(topic_id, partition, 0)
         self._prefix_end = keys.data_key(topic_id, partition, keys.MAX_OFFSET)
         self._on_append = on_append
+        # Bumped when a failed append takes the end back: later failures of appends made
+        # before that are the same failure (see the module docstring).
+        self._generation = 0
+        # Bytes ever appended (in memory): a rollback takes ``_size`` back by what was
+        # appended since the failed append, whatever retention did meanwhile.
+        self._appended_bytes = 0
         self.closed = False
+        # Damaged table blocks already logged, by (file, byte).
+        self._reported_damage: set[tuple[str, int | None]] = set()
         # The time index: chunks of [first, end) offsets in order. Appends extend it from the
         # end offset at open; what was on disk then is indexed by the first lookup.
         self._chunks: list[_Chunk] = []
@@ -170,25 +197,46 @@ class LocalPartitionLog:
             offset = last + 1
         self._next = offset
         self._size += size
+        appended_before = self._appended_bytes
+        self._appended_bytes += size
         ops.append((self._state_key, self._state()))
         end = offset
+        generation = self._generation
 
-        def durable(result: outcome.Outcome[int]) -> None:
-            if isinstance(result, outcome.Value) and end > self._hw:
-                self._hw = end
-                self._data_arrived.set()
-                self._data_arrived = trio.Event()
+        def settled(result: outcome.Outcome[int]) -> None:
+            if isinstance(result, outcome.Value):
+                if end > self._hw:
+                    self._hw = end
+                    self._data_arrived.set()
+                    self._data_arrived = trio.Event()
+                if self._on_append is not None:
+                    self._on_append(end - base, size)
+            elif isinstance(result, outcome.Error) and isinstance(result.error, DiskFullError):
+                if generation == self._generation:
+                    self._roll_back(base, appended_before)
 
-        reply: ObservedReply[int] = ObservedReply(durable)
+        reply: ObservedReply[int] = ObservedReply(settled)
         # Shielded: once offsets are assigned the write must be enqueued, or the log would
         # have a gap. It only waits while the engine applies back-pressure.
         with trio.CancelScope(shield=True):
             await self._store.submit(ops, reply)
-        if self._on_append is not None:
-            self._on_append(end - base, size)
         if wait:
             await reply.wait()
         return AppendResult(base_offset=base, last_offset=end - 1, log_append_time_ms=-1)
+
+    def _roll_back(self, base: int, appended_before: int) -> None:
+        """The append at ``base`` failed, and with it every later one in flight: the log
+        ends at ``base`` again (nothing from there on was stored)."""
+        self._generation += 1
+        self._next = base
+        self._size -= self._appended_bytes - appended_before
+        self._appended_bytes = appended_before
+        while self._chunks and self._chunks[-1].first >= base:
+            self._chunks.pop()
+        if self._chunks and self._chunks[-1].end > base:
+            # Its size and largest timestamp may still count the failed batches: an
+            # overestimate only makes a lookup read a little more.
+            self._chunks[-1].end = base
 
     # -- reads -------------------------------------------------------------------------
 
@@ -212,13 +260,20 @@ class LocalPartitionLog:
         if offset < hw:
             begin = keys.data_key(self.topic_id, self.partition, offset)
             # Batches below the high watermark are contiguous: the first holds ``offset`` and
-            # each next one starts right after the previous. Anything else is data that is
-            # missing (a loss accepted at recovery): refuse it, never skip it silently.
+            # each next one starts right after the previous. Anything else is a hole: data
+            # that is missing (a loss accepted at recovery) or in a damaged table block the
+            # scan skipped. Refuse it, never skip it silently. What precedes the hole is
+            # served first; the read that starts at the hole is refused.
+            # A batch that continues the sequence is trusted even after a skipped block:
+            # each offset is stored once, so the block cannot hold a batch before it.
             expected = offset
-            for key, value in self._store.scan(begin, self._prefix_end):
+            damaged: list[DamagedBlock] = []
+            for key, value in self._store.scan(begin, self._prefix_end, on_damage=damaged.append):
                 (base,) = _BASE_OFFSET.unpack_from(value)
                 if base > expected:
-                    self._missing(expected, min(base, hw))
+                    if parts:
+                        break
+                    self._unreadable(expected, min(base, hw), damaged)
                 if base >= hw:
                     break
                 if parts and total + len(value) > max_bytes:
@@ -229,17 +284,36 @@ class LocalPartitionLog:
                 if total >= max_bytes:
                     break
             else:
-                if next_offset < hw:
-                    self._missing(next_offset, hw)
+                if next_offset < hw and not parts:
+                    self._unreadable(next_offset, hw, damaged)
         return ReadResult(
             data=b"".join(parts), next_offset=next_offset, high_watermark=hw, log_start_offset=start
         )
 
-    def _missing(self, first: int, end: int) -> NoReturn:
+    def _unreadable(self, first: int, end: int, damaged: list[DamagedBlock]) -> NoReturn:
+        """Refuse a read at offsets ``first`` to ``end - 1``, which the scan did not find."""
+        low = keys.data_key(self.topic_id, self.partition, first)
+        high = keys.data_key(self.topic_id, self.partition, end - 1)
+        # Batches holding those offsets are keyed (by last offset) within [low, high]: a
+        # skipped block whose key range meets that interval explains the hole.
+        suspects = [block for block in damaged if block.first_key <= high and block.last_key >= low]
+        what = f"offsets {first} to {end - 1} of {self.topic}[{self.partition}]"
+        if suspects:
+            error = self._report_damage(f"{what} cannot be read", suspects)
+            raise DataLoss(f"{what} cannot be read: {error}") from error
         raise DataLoss(
-            f"offsets {first} to {end - 1} of {self.topic}[{self.partition}] are missing from storage "
-            f"(below the high watermark {self._hw}); the data was lost, not skipped"
+            f"{what} are missing from storage (below the high watermark {self._hw}); "
+            "the data was lost, not skipped"
         )
+
+    def _report_damage(self, what: str, damaged: list[DamagedBlock]) -> CorruptionError:
+        """The error of the first of ``damaged``, logged once per block: damage is the
+        operator's to see, and a consumer retrying a refused read must not fill the log."""
+        error = min(damaged, key=lambda block: block.first_key).error
+        if (error.source, error.position) not in self._reported_damage:
+            self._reported_damage.add((error.source, error.position))
+            logger.warning("%s: %s", what, error)
+        return error
 
     async def wait_for_data(self, offset: int) -> None:
         """Return once the high watermark is past ``offset`` (or the log is closed)."""
@@ -345,12 +419,21 @@ class LocalPartitionLog:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         new_start, size = self._start, self._size
         begin = keys.data_key(self.topic_id, self.partition, self._start)
-        for scanned, (key, value) in enumerate(self._store.scan(begin, self._prefix_end), 1):
+        damaged: list[DamagedBlock] = []
+        scan = self._store.scan(begin, self._prefix_end, on_damage=damaged.append)
+        for scanned, (key, value) in enumerate(scan, 1):
             if scanned % SCAN_BATCHES_PER_CHECKPOINT == 0:
                 await trio.lowlevel.checkpoint()  # a long backlog never blocks the event loop
             batch = RecordBatch(value, verify_crc=False)
             if batch.next_offset > self._hw:
                 break  # never delete what is not yet durable
+            if damaged and batch.base_offset > new_start:
+                # A damaged block holds what precedes this batch: its age and size cannot be
+                # read, so it stays (with everything after it) until an operator decides.
+                self._report_damage(
+                    f"retention of {self.topic}[{self.partition}] stops at offset {new_start}", damaged
+                )
+                break
             too_old = retention_ms > 0 and batch.max_timestamp < now_ms - retention_ms
             too_big = retention_bytes > 0 and size > retention_bytes
             if not (too_old or too_big):
@@ -359,8 +442,16 @@ class LocalPartitionLog:
             size -= len(value)
         removed = new_start - self._start
         if removed > 0:
+            old_start, removed_bytes = self._start, self._size - size
             self._start, self._size = new_start, size
-            await self._store.write([(self._state_key, self._state())])
+            try:
+                await self._store.write([(self._state_key, self._state())])
+            except DiskFullError:
+                # Not durable: keep the data readable (and out of the compaction filter's
+                # reach) until a later pass can record the new start.
+                self._start = old_start
+                self._size += removed_bytes
+                raise
             gone = 0
             while gone < len(self._chunks) and self._chunks[gone].end <= new_start:
                 gone += 1

@@ -10,6 +10,9 @@ import typer
 
 from sentinel.bench.machine import machine_info
 from sentinel.cli.errors import readable_errors
+from sentinel.cli.output import usage_error
+from sentinel.client.connection import parse_bootstrap
+from sentinel.errors import InvalidArgument
 from sentinel.storage.options import SyncMode
 
 app = typer.Typer(help="Measure Sentinel's performance on this machine.", no_args_is_help=True)
@@ -141,6 +144,17 @@ def _emit(result: dict, json_output: bool, printer: Callable[[dict], None]) -> N
 
 
 _BROKER = typer.Option(None, "--broker", help=_BROKER_HELP)
+
+
+def _check_broker(broker: str | None) -> None:
+    """A malformed --broker is a usage error now, not a worker's failure after a preload."""
+    if broker is not None:
+        try:
+            parse_bootstrap(broker)
+        except InvalidArgument as exc:
+            usage_error(f"--broker: {exc}")
+
+
 _SYNC = typer.Option(SyncMode.INTERVAL, "--sync", help=_SYNC_HELP)
 
 
@@ -161,6 +175,7 @@ def produce(
     """Producer records/s and MB/s (acks=1, acks=all), then send->ack latency at a fixed rate."""
     from sentinel.bench.broker import run_produce_bench
 
+    _check_broker(broker)
     result = run_produce_bench(
         broker_address=broker,
         sync=sync.value,
@@ -190,6 +205,7 @@ def consume(
     """Preload a topic, then a consumer process reads it from offset 0: records/s and MB/s."""
     from sentinel.bench.broker import run_consume_bench
 
+    _check_broker(broker)
     result = run_consume_bench(
         broker_address=broker,
         sync=sync.value,
@@ -216,6 +232,7 @@ def e2e(
     """Producer at a fixed rate, consumer following: end-to-end latency (send -> receipt)."""
     from sentinel.bench.broker import run_e2e_bench
 
+    _check_broker(broker)
     result = run_e2e_bench(
         broker_address=broker,
         sync=sync.value,
@@ -226,3 +243,36 @@ def e2e(
         progress=_progress(json_output),
     )
     _emit(result, json_output, _print_e2e)
+
+
+# -- raft ---------------------------------------------------------------------------------------
+
+
+def _print_raft(result: dict) -> None:
+    machine = result["machine"]
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}")
+    print(f"one {result['voters']}-voter Raft group in one process, {result['window']} proposals in flight")
+    for run in result["runs"].values():
+        where = "pure cores, no disk" if run["storage"] == "memory" else "LSM storage, sync interval"
+        print(
+            f"  {run['payload_bytes']:>7,}-byte entries, {where:<27} {run['proposals_per_s']:>9,} proposals/s"
+            f"  {run['mb_per_s']:>9,} MB/s  commit p50 {run['latency_p50_ms']:.2f} ms"
+            f"  p99 {run['latency_p99_ms']:.2f} ms"
+        )
+    if "profile" in result:
+        print(result["profile"])
+
+
+@app.command()
+@readable_errors
+def raft(
+    json_output: bool = _JSON,
+    quick: bool = _QUICK,
+    profile: bool = typer.Option(False, "--profile", help="Also print where the time goes (cProfile)."),
+) -> None:
+    """Proposals committed per second and commit latency through a 3-voter group."""
+    from sentinel.bench.raft import run_raft_bench
+
+    progress = _progress(json_output)
+    result = trio.run(lambda: run_raft_bench(quick=quick, profile=profile, progress=progress))
+    _emit(result, json_output, _print_raft)

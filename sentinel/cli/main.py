@@ -6,8 +6,10 @@ import typer
 
 from sentinel import __version__
 from sentinel.cli import bench, consume, groups, produce, run, sim, topics
+from sentinel.cli.errors import OneLineErrors
 
 app = typer.Typer(
+    cls=OneLineErrors,  # every usage error is one `error:` line (exit 2)
     rich_markup_mode=None,  # plain click help: rich boxes cut option and env var names at 80 columns
     help="Sentinel: a Kafka-class log streaming engine on Trio.",
     no_args_is_help=True,

@@ -27,6 +27,8 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import typer
 
+from sentinel.cli.errors import EXIT_INTERRUPTED as EXIT_INTERRUPTED  # consume uses it from here
+from sentinel.cli.errors import EXIT_USAGE, fail
 from sentinel.client import Admin, RequestTimeout, TopicInfo
 from sentinel.errors import SentinelError, Unavailable
 
@@ -38,7 +40,6 @@ DEFAULT_BROKER: Final = "localhost:9092"
 CONNECT_TIMEOUT_MS: Final = 5000
 CLIENT_ID: Final = "sentinel-cli"
 EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE
-EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT
 # A run shows a progress bar only once it has lasted this long (and stderr is a terminal).
 PROGRESS_DELAY_S: Final = 1.0
 _PROGRESS_RENDER_S: Final = 0.1
@@ -64,9 +65,8 @@ def format_option(help_text: str = "text for people, json for programs.") -> Any
 
 
 def usage_error(message: str) -> NoReturn:
-    """A bad combination of options: one ``error:`` line and exit code 2 (click's usage code)."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    """A bad option value or combination: one ``error:`` line and exit code 2 (click's usage code)."""
+    fail(message, EXIT_USAGE)
 
 
 # -- bytes and JSON -----------------------------------------------------------------------------

@@ -22,10 +22,9 @@ from typing import IO, Final
 import attrs
 import typer
 
-from sentinel.cli.errors import fail, readable_errors
+from sentinel.cli.errors import exit_interrupted, fail, readable_errors
 from sentinel.cli.output import (
     CLIENT_ID,
-    EXIT_INTERRUPTED,
     OutputFormat,
     Progress,
     StdoutClosed,
@@ -41,6 +40,7 @@ from sentinel.cli.output import (
     write_lines,
 )
 from sentinel.client import Producer, RecordMetadata
+from sentinel.client.producer import DEFAULT_MAX_REQUEST_BYTES
 from sentinel.errors import SentinelError
 
 _ACKS: Final[dict[str, str | int]] = {
@@ -53,6 +53,8 @@ _ACKS: Final[dict[str, str | int]] = {
 }
 _READ_CHUNK: Final = 64 * 1024
 _READ_AHEAD_CHUNKS: Final = 16
+# The smallest --max-request-bytes worth allowing: a request's framing plus small records.
+_MIN_REQUEST_BYTES: Final = 4096
 # While sending --message N times, give the event loop a turn this often (acks get printed,
 # Ctrl-C is noticed) even when the producer's buffer never fills.
 _YIELD_EVERY: Final = 256
@@ -248,10 +250,13 @@ async def _produce(
     partition: int | None,
     count: int | None,
     acks: str | int,
+    max_request_bytes: int,
     run: _Run,
 ) -> None:
     await preflight(broker)
-    async with Producer(broker, acks=acks, client_id=CLIENT_ID) as producer:
+    async with Producer(
+        broker, acks=acks, client_id=CLIENT_ID, max_request_bytes=max_request_bytes
+    ) as producer:
         with on_interrupt(run.interrupt):
 
             async def send(value: bytes) -> None:
@@ -326,6 +331,12 @@ def produce(
         "--acks",
         help="all (or -1): every replica; 1 (or leader): the leader; 0 (or none): nobody waits.",
     ),
+    max_request_bytes: int = typer.Option(
+        DEFAULT_MAX_REQUEST_BYTES,
+        "--max-request-bytes",
+        help="Largest produce request in bytes, which bounds the largest record. The default is "
+        "the broker's default --max-message-bytes (16 MiB); a broker set lower refuses more.",
+    ),
     output_format: OutputFormat = format_option(
         "text: a summary at the end (records and offsets per partition). json: one object per acknowledged "
         "record, as it is acknowledged: topic, partition, offset (null with --acks 0), timestamp, key, value "
@@ -341,6 +352,8 @@ def produce(
         usage_error(f"--partition must be >= 0, or -1 to let the partitioner choose; got {partition}")
     if count is not None and count < 0:
         usage_error(f"--count must be >= 0, got {count}")
+    if max_request_bytes < _MIN_REQUEST_BYTES:
+        usage_error(f"--max-request-bytes must be >= {_MIN_REQUEST_BYTES}, got {max_request_bytes}")
     headers: list[tuple[str, bytes]] = []
     for item in header:
         name, sep, value = item.partition("=")
@@ -367,6 +380,7 @@ def produce(
                 partition=None if partition == -1 else partition,
                 count=count,
                 acks=acks_value,
+                max_request_bytes=max_request_bytes,
                 run=run,
             )
         )
@@ -385,5 +399,4 @@ def produce(
             fail(str(error))
         raise error
     if run.interrupted:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        exit_interrupted()

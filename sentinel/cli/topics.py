@@ -24,6 +24,7 @@ from sentinel.cli.output import (
     write_lines,
 )
 from sentinel.client import TopicInfo
+from sentinel.client.admin import INT32_MAX, INT64_MAX
 
 app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True)
 
@@ -93,7 +94,12 @@ def create(
     partitions: int | None = typer.Option(
         None, "--partitions", "-p", help="Partition count, >= 1 (omit it for the broker's default)."
     ),
-    replication_factor: int = typer.Option(1, "--replication-factor", "-r", help="Replicas per partition."),
+    replication_factor: int | None = typer.Option(
+        None,
+        "--replication-factor",
+        "-r",
+        help="Replicas per partition, >= 1 (omit it for the broker's default).",
+    ),
     retention_ms: int = typer.Option(
         0, "--retention-ms", help="Delete records older than this (0: keep forever)."
     ),
@@ -102,22 +108,22 @@ def create(
     ),
 ) -> None:
     """Create a topic."""
-    if partitions is not None and partitions < 1:
-        # 0 is not "the default": omitting the option is (a typo must not create 1 partition).
-        usage_error(f"--partitions must be >= 1, got {partitions} (omit it for the broker's default)")
-    for option, value, least in (
-        ("--replication-factor", replication_factor, 1),
-        ("--retention-ms", retention_ms, 0),
-        ("--retention-bytes", retention_bytes, 0),
-    ):
-        if value < least:
-            usage_error(f"{option} must be >= {least}, got {value}")
+    # 0 is not "the default": omitting the option is (a typo must not create 1 partition).
+    # The upper bounds are the wire's: protobuf would wrap a larger value into another one.
+    for option, count in (("--partitions", partitions), ("--replication-factor", replication_factor)):
+        if count is not None and count < 1:
+            usage_error(f"{option} must be >= 1, got {count} (omit it for the broker's default)")
+        if count is not None and count > INT32_MAX:
+            usage_error(f"{option} must be at most {INT32_MAX}, got {count}")
+    for option, value in (("--retention-ms", retention_ms), ("--retention-bytes", retention_bytes)):
+        if not 0 <= value <= INT64_MAX:
+            usage_error(f"{option} must be between 0 and {INT64_MAX}, got {value}")
     topic = asyncio.run(
         with_admin(
             broker,
             lambda admin: admin.create_topic(
                 name,
-                partitions=partitions or 0,  # 0 on the wire: the broker's default
+                partitions=partitions,  # None: omitted on the wire, the broker's default
                 replication_factor=replication_factor,
                 retention_ms=retention_ms,
                 retention_bytes=retention_bytes,

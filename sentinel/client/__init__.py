@@ -10,12 +10,13 @@ Each is an async context manager taking the bootstrap address (``"host:port"``) 
         async for record in consumer:
             ...
 
-Errors are the typed errors of ``sentinel.errors`` (see ``sentinel.client.errors``).
+Errors are the typed errors of ``sentinel.errors`` (see ``sentinel.client.errors``); damaged
+stored data a consumer meets is ``CorruptRecordBatch``, naming topic, partition and offset.
 """
 
 from sentinel.client.admin import Admin
 from sentinel.client.consumer import Consumer
-from sentinel.client.errors import RequestTimeout
+from sentinel.client.errors import CorruptRecordBatch, RequestTimeout
 from sentinel.client.producer import Producer
 from sentinel.client.types import (
     BatchMetadata,
@@ -41,6 +42,7 @@ __all__ = [
     "Consumer",
     "ConsumerRebalanceListener",
     "ConsumerRecord",
+    "CorruptRecordBatch",
     "GroupInfo",
     "GroupMemberInfo",
     "OffsetAndTimestamp",

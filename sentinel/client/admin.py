@@ -20,6 +20,8 @@ from sentinel.generated.sentinel import v1 as pb
 __all__ = ["Admin"]
 
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
+INT32_MAX: Final = 2**31 - 1
+INT64_MAX: Final = 2**63 - 1
 
 
 class Admin:
@@ -65,21 +67,25 @@ class Admin:
     async def create_topic(
         self,
         name: str,
-        partitions: int = 0,
-        replication_factor: int = 1,
+        partitions: int | None = None,
+        replication_factor: int | None = None,
         retention_ms: int = 0,
         retention_bytes: int = 0,
     ) -> TopicInfo:
-        """Create a topic; ``partitions=0`` takes the broker's default count. 0 retention keeps
-        data forever. AlreadyExists if the name is taken."""
-        for what, value in (
-            ("partitions", partitions),
-            ("replication_factor", replication_factor),
-            ("retention_ms", retention_ms),
-            ("retention_bytes", retention_bytes),
-        ):
-            if type(value) is not int or value < 0:
-                raise InvalidArgument(f"{what} must be an int >= 0, got {value!r}")
+        """Create a topic. ``partitions`` and ``replication_factor`` left out (None) take the
+        broker's defaults; given, they must be at least 1. 0 retention keeps data forever.
+        AlreadyExists if the name is taken."""
+        # None travels as an omitted field (the broker's default); 0 would be refused there.
+        # The upper bounds are the wire's (int32, int64): protobuf would wrap a larger value.
+        for what, count in (("partitions", partitions), ("replication_factor", replication_factor)):
+            if count is not None and (type(count) is not int or not 1 <= count <= INT32_MAX):
+                raise InvalidArgument(
+                    f"{what} must be an int from 1 to {INT32_MAX}, or None for the broker's default; "
+                    f"got {count!r}"
+                )
+        for what, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
+            if type(value) is not int or not 0 <= value <= INT64_MAX:
+                raise InvalidArgument(f"{what} must be an int from 0 to {INT64_MAX}, got {value!r}")
         conn = self._cluster_or_fail().bootstrap
         request = pb.CreateTopicRequest(
             name=name,

@@ -24,12 +24,12 @@ from typing import Final, TypeVar
 
 from grpclib.client import Channel
 
-import sentinel.server.compat  # noqa: F401 -- checks grpclib/h2 versions, bounds h2's frame repr
 from sentinel.client.convert import cluster_metadata
 from sentinel.client.errors import RETRIABLE_ERRORS, rpc_errors
 from sentinel.client.types import ClusterMetadata, TopicInfo, TopicPartition
 from sentinel.errors import InvalidArgument, SentinelError
 from sentinel.generated.sentinel import v1 as pb
+from sentinel.server.compat import wrap_client_transport  # also checks grpclib/h2 versions
 
 T = TypeVar("T")
 
@@ -93,6 +93,30 @@ async def with_retries(
             await asyncio.sleep(retry_delay(backoff_s, attempt))
 
 
+class _LiveTransport:
+    """A transport that drops writes once it is closing, as grpclib sees it.
+
+    When a broker dies, grpclib goes on writing to the lost connection (a reset for each
+    stream it ends, requests already on their way), and asyncio's transport answers every
+    write past the fifth with a WARNING "socket.send() raised exception." on stderr: a
+    user of ``sentinel produce`` saw those lines before the one error that mattered. A
+    closing transport delivers nothing new anyway (lost: asyncio drops it; closed by us:
+    the channel's streams are over), so the write is not made; the failure still reaches
+    the caller as grpclib's own "connection lost" (Unavailable)."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
 class Connection:
     """One broker: a grpclib channel, its stub and its error boundary.
 
@@ -104,6 +128,7 @@ class Connection:
     def __init__(self, host: str, port: int) -> None:
         self.address = format_address(host, port)
         self.channel = Channel(host, port)
+        wrap_client_transport(self.channel, _LiveTransport)
         self.stub = pb.SentinelStub(self.channel)
         self.errors = rpc_errors(self.address)
 

@@ -21,7 +21,13 @@ How it works:
   auto-commit only ever commits records the application has finished with: it commits the
   positions at the start of a ``getmany``, when the records of the previous one are done.
 - **Errors.** Retriable fetch errors back off and retry; anything else (an unknown topic:
-  NotFound) is raised from ``getmany``.
+  NotFound) is raised from ``getmany``. Damaged stored data is never the caller's fault and
+  never skipped: ``getmany`` returns every record before a batch that does not decode,
+  then raises ``CorruptRecordBatch`` naming the topic, partition and offset (at once when
+  it has nothing else to return, else on the next call, before anything else); the
+  position stays at the damage, so it is met again until the application seeks past it.
+  A DATA_LOSS answer (stored data missing, or damaged on the broker's disk) is raised as
+  ``DataLoss`` naming the topic, partition and offset too, after every record before it.
 """
 
 from __future__ import annotations
@@ -36,7 +42,13 @@ from typing import Any, Final, Self
 
 from sentinel.client.connection import Cluster, with_retries
 from sentinel.client.errors import is_retriable
-from sentinel.client.fetching import FetchResult, PartitionState, records_from_batches
+from sentinel.client.fetching import (
+    DecodedAnswer,
+    FetchResult,
+    PartitionState,
+    decode_answer,
+    read_error,
+)
 from sentinel.client.group import GroupMembership
 from sentinel.client.types import (
     ConsumerRebalanceListener,
@@ -527,6 +539,8 @@ class Consumer:
             self._waiter = loop.create_future()
             await self._coordinate()
             states = self._select(partitions)
+            # An error kept back while records before it were returned goes first.
+            self._raise_kept_error(states)
             self._collect(states)
             await self._reset_positions(states)
             result = self._drain(states, limit)
@@ -536,6 +550,7 @@ class Consumer:
             self._start_fetches(states)
             if result:
                 return result
+            self._raise_kept_error(states)
             now = loop.time()
             remaining = deadline - now
             if remaining <= 0:
@@ -635,6 +650,7 @@ class Consumer:
                     s.after = max(records[-1].offset + 1, result.next_offset)
                 elif result.next_offset > result.offset:
                     s.position = result.next_offset  # batches with nothing left to return
+                s.error = result.error  # raised once the records before it are taken
             elif isinstance(exc, OffsetOutOfRange):
                 if self._auto_offset_reset == "none":
                     raise exc
@@ -649,6 +665,12 @@ class Consumer:
                 if isinstance(exc, NotFound):
                     self._stale_topics.add(s.tp.topic)
                 raise exc
+
+    def _raise_kept_error(self, states: list[PartitionState]) -> None:
+        for s in states:
+            error = s.pop_error()
+            if error is not None:
+                raise error
 
     def _drain(self, states: list[PartitionState], limit: int) -> dict[TopicPartition, list[ConsumerRecord]]:
         result: dict[TopicPartition, list[ConsumerRecord]] = {}
@@ -665,7 +687,13 @@ class Consumer:
         loop = asyncio.get_running_loop()
         now = loop.time()
         for s in states:
-            if s.task is None and not s.records and s.position is not None and s.retry_at <= now:
+            if (
+                s.task is None
+                and not s.records
+                and s.error is None
+                and s.position is not None
+                and s.retry_at <= now
+            ):
                 s.task = loop.create_task(self._fetch(s.tp, s.position), name=f"fetch {s.tp}")
 
     async def _fetch(self, tp: TopicPartition, offset: int) -> FetchResult:
@@ -679,10 +707,18 @@ class Consumer:
             max_bytes=self._fetch_max_bytes,
             max_wait_ms=self._fetch_max_wait_ms,
         )
-        with conn.errors:
-            response = await conn.stub.fetch(
-                request, timeout=self._request_timeout_s + self._fetch_max_wait_ms / 1000
-            )
+        try:
+            with conn.errors:
+                response = await conn.stub.fetch(
+                    request, timeout=self._request_timeout_s + self._fetch_max_wait_ms / 1000
+                )
+        except SentinelError as exc:
+            named = read_error(exc, tp, offset)
+            if named is exc:
+                raise
+            raise named from None  # the broker's message is all there is to say
         data = response.record_batches
-        records = records_from_batches(tp, data, offset) if data else []
-        return FetchResult(offset, records, response.next_offset, response.high_watermark)
+        decoded = decode_answer(tp, data, offset) if data else DecodedAnswer([])
+        # Past damage the answer's next offset is not ours to take: the position stops at it.
+        next_offset = response.next_offset if decoded.error is None else decoded.error_offset
+        return FetchResult(offset, decoded.records, next_offset, response.high_watermark, decoded.error)

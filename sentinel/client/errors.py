@@ -14,6 +14,7 @@ FAILED_PRECONDITION  FailedPrecondition
 RESOURCE_EXHAUSTED   ResourceExhausted
 UNAVAILABLE          Unavailable
 OUT_OF_RANGE         OffsetOutOfRange
+DATA_LOSS            DataLoss
 DEADLINE_EXCEEDED    RequestTimeout
 anything else        SentinelError
 ==================== ==========================
@@ -24,6 +25,11 @@ reset, HTTP/2 protocol failure) is ``Unavailable``; a client-side deadline is
 ``RequestTimeout``. Retriable: ``Unavailable`` (which includes a busy broker) and
 ``RequestTimeout``; ``ResourceExhausted`` means a request over a limit (too large), which a
 retry would only repeat.
+
+Bad data a fetch returns is not the caller's fault, so it is never ``InvalidArgument``: a
+stored batch that does not decode is :class:`CorruptRecordBatch` (a ``CorruptionError``)
+naming the topic, partition and offset. Stored data the broker cannot read (missing, or
+damaged on its disk) is DATA_LOSS, ``DataLoss``: not retried, the message says where.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from sentinel.errors import (
     AlreadyExists,
+    CorruptionError,
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
@@ -49,6 +56,7 @@ from sentinel.errors import (
 
 __all__ = [
     "RETRIABLE_ERRORS",
+    "CorruptRecordBatch",
     "RequestTimeout",
     "error_from_status",
     "is_retriable",
@@ -59,6 +67,31 @@ __all__ = [
 
 class RequestTimeout(SentinelError, TimeoutError):
     """A request's deadline passed (DEADLINE_EXCEEDED, or the client's own timeout); retriable."""
+
+
+class CorruptRecordBatch(CorruptionError):
+    """A record batch a fetch returned cannot be decoded: damaged data stored in the
+    partition (say, written before the broker validated every record), not a bad request.
+
+    ``offset`` is the first offset the consumer could not deliver. ``batch_offsets`` is the
+    damaged batch's (first, last) offset when its header is readable, None when it is not;
+    an application that chooses to skip the batch seeks to ``batch_offsets[1] + 1``.
+    """
+
+    def __init__(
+        self, topic: str, partition: int, offset: int, batch_offsets: tuple[int, int] | None, detail: str
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.batch_offsets = batch_offsets
+        if batch_offsets is None:
+            what = "the stored data is not a valid record batch"
+        else:
+            first, last = batch_offsets
+            what = f"the stored record batch of offsets {first} to {last} cannot be decoded"
+        where = f"topic {topic!r} partition {partition} at offset {offset}"
+        super().__init__(where, None, f"{what}: {detail}")
 
 
 RETRIABLE_ERRORS: Final = (Unavailable, RequestTimeout)

@@ -165,6 +165,9 @@ class GroupMembership:
                     pb.LeaveGroupRequest(group_id=self.group_id, member_id=member_id),
                     timeout=self._cluster.request_timeout_s,
                 )
+        except FailedPrecondition as exc:
+            # An unknown member: its session expired, so it has left already.
+            logger.debug("leaving group %s: %s", self.group_id, exc)
         except SentinelError as exc:
             # The session times out on the coordinator anyway; only the rebalance is slower.
             logger.warning("leaving group %s failed: %s", self.group_id, exc)

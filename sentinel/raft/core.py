@@ -712,7 +712,12 @@ class RaftNode:
         prev_index = pr.next - 1
         try:
             prev_term = log.term(prev_index)
-            entries = log.entries(pr.next, self.config.max_size_per_msg)
+            if pr.state is ProgressState.REPLICATE and pr.inflights.full():
+                # Only a heartbeat response lets an append through a full window: it must
+                # carry no entries, or a slow follower's window grows on every heartbeat.
+                entries = []
+            else:
+                entries = log.entries(pr.next, self.config.max_size_per_msg)
         except LogCompacted:
             return self._send_snapshot(to, pr)
         if not entries and not send_if_empty:

@@ -127,13 +127,15 @@ def decode_message(buf: bytes, offset: int = 0) -> tuple[Message, int]:
         raise RaftFormatError("raft message", offset, f"unknown version {version}")
     if mtype not in _TYPES:
         raise RaftFormatError("raft message", offset + 1, f"unknown type {mtype}")
-    if flags & ~_KNOWN_FLAGS or reserved:
+    if flags & ~_KNOWN_FLAGS:
         raise RaftFormatError("raft message", offset + 2, f"unknown flags {flags:#x}")
+    if reserved:
+        raise RaftFormatError("raft message", offset + 3, f"reserved byte is {reserved}, not 0")
     pos = offset + _HEADER.size
     if n * _ENTRY.size > end - pos:
         raise RaftFormatError("raft message", pos, f"{n} entries cannot fit in {end - pos} bytes")
     if n and index + n > _MAX_U64:
-        raise RaftFormatError("raft message", offset + 16, f"entry indices overflow after {index}")
+        raise RaftFormatError("raft message", offset + 20, f"entry indices overflow after {index}")
     entries: list[Entry] = []
     unpack_entry = _ENTRY.unpack_from
     i = index

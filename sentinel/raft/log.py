@@ -84,7 +84,12 @@ class RaftLog:
         return self.term(self.last_index())
 
     def match_term(self, index: int, term: int) -> bool:
-        return self.term_or_zero(index) == term
+        # An index not held matches no term, not even 0 (which would let an append claim
+        # a match past our last index and leave a gap before its entries).
+        try:
+            return self.term(index) == term
+        except (LogCompacted, LogUnavailable):
+            return False
 
     def is_up_to_date(self, last_index: int, last_term: int) -> bool:
         """§5.4.1: a candidate's log is at least as up to date as ours."""

@@ -144,6 +144,16 @@ class MemoryStorage:
         self._snapshot = snapshot
         self._entries = [Entry(snapshot.term, snapshot.index)]
 
+    def persist_ready(
+        self, snapshot: Snapshot | None, entries: Sequence[Entry], hard_state: HardState | None
+    ) -> None:
+        """Persist what a Ready asks, in the contract's order (snapshot, entries, hard state)."""
+        if snapshot is not None:
+            self.apply_snapshot(snapshot)
+        self.append(entries)
+        if hard_state is not None:
+            self.set_hard_state(hard_state)
+
     def compact(self, index: int, data: bytes = b"") -> None:
         """Truncate the log from the front up to and including ``index`` (which must be
         applied), recording ``data`` as the snapshot at ``index``."""

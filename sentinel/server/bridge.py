@@ -175,7 +175,7 @@ class TrioPortal:
     runs. Before start and after stop they raise :class:`~sentinel.errors.Unavailable`.
     """
 
-    __slots__ = ("_loop", "_nursery", "_token")
+    __slots__ = ("_calls_running", "_loop", "_nursery", "_token")
 
     def __init__(self) -> None:
         self._token: trio.lowlevel.TrioToken | None = None
@@ -183,6 +183,14 @@ class TrioPortal:
         # The nursery portal calls run in; None once the bridge stops taking calls.
         # Read and written on the Trio thread only.
         self._nursery: trio.Nursery | None = None
+        # Trio tasks :meth:`call` started that have not ended (Trio thread only).
+        self._calls_running = 0
+
+    @property
+    def calls_running(self) -> int:
+        """Trio tasks started by :meth:`call` that have not ended yet (read on the Trio
+        thread): zero once every call, answered or abandoned, is over."""
+        return self._calls_running
 
     # -- asyncio side -----------------------------------------------------------------
 
@@ -279,23 +287,29 @@ class TrioPortal:
             nursery.start_soon(self._run_call, call, fn, args, name=fn)
         except RuntimeError:  # the nursery closed under us
             call.fail(Unavailable(_STOPPING))
+        else:
+            self._calls_running += 1
 
-    @staticmethod
-    async def _run_call(call: _TrioCall, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
-        with trio.CancelScope() as scope:
-            call.attach(scope)
-            try:
-                result = await fn(*args)
-            except Exception as exc:
-                call.fail(exc)
-            except BaseException:
-                # Cancelled (by the bridge stopping, or by our scope after the caller left,
-                # in which case nobody reads this) or KeyboardInterrupt: it is not an
-                # answer the caller can use, and it must keep propagating in Trio.
-                call.fail(Unavailable(_STOPPING))
-                raise
-            else:
-                call.succeed(result)
+    async def _run_call(
+        self, call: _TrioCall, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                call.attach(scope)
+                try:
+                    result = await fn(*args)
+                except Exception as exc:
+                    call.fail(exc)
+                except BaseException:
+                    # Cancelled (by the bridge stopping, or by our scope after the caller
+                    # left, in which case nobody reads this) or KeyboardInterrupt: it is not
+                    # an answer the caller can use, and it must keep propagating in Trio.
+                    call.fail(Unavailable(_STOPPING))
+                    raise
+                else:
+                    call.succeed(result)
+        finally:
+            self._calls_running -= 1
 
     def _run_sync(
         self,

@@ -12,19 +12,29 @@ The internals used (nothing outside this module touches them):
 * grpclib ``Server._protocol_factory`` (overridden by the front end's server) and the
   attributes it reads: ``_mapping``, ``_codec``, ``_status_details_codec``, ``_config``,
   ``_h2_config``, ``_handlers``, ``__gc_step__``, ``__dispatch__``;
+* grpclib ``Channel._protocol_factory`` (wrapped for the client, :func:`wrap_client_transport`)
+  and ``H2Protocol.connection_made`` being where grpclib takes the transport it writes to;
 * ``Handler.accept`` receiving the HTTP/2 stream, and ``protocol.Stream.recv_data`` being
   the only read path of ``grpclib.stream.recv_message`` (the request size limit);
-* ``EventsProcessor.processors``, the h2 event dispatch table (:func:`event_processors`);
+* ``EventsProcessor.processors``, the h2 event dispatch table (:func:`event_processors`),
+  and ``EventsProcessor.streams``, its stream table (:func:`stream_count`);
 * ``Connection._connection``, the h2 connection, for PING, GOAWAY and the frame size
   (:func:`h2_connection`);
+* ``Handler._tasks`` and ``Handler._cancelled``, grpclib's per-connection table of handler
+  tasks, pruned by grpclib only every tenth request (:func:`handler_task`,
+  :func:`forget_handler_task`, :func:`handler_task_counts`);
+* h2's ``H2Connection._closed_streams`` (how each closed stream ended, 65,536 of them per
+  connection) and the side effect of ``open_inbound_streams`` that moves closed streams
+  there (:func:`limit_closed_streams`, :func:`release_closed_streams`);
 * ``grpclib.encoding.proto._googleapis_available`` (:func:`default_status_details_codec`);
 * hyperframe ``_raw_data_repr`` and ``DataFrame._body_repr`` (:func:`install_h2_repr`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -68,6 +78,7 @@ check_versions(installed_versions())
 # Imported only once the versions are known to fit.
 import grpclib.encoding.proto as _grpclib_proto  # noqa: E402
 from grpclib.encoding.base import StatusDetailsCodecBase  # noqa: E402
+from h2.utilities import SizeLimitDict  # noqa: E402
 
 
 def h2_connection(connection: Any) -> Any:
@@ -91,6 +102,66 @@ def new_connection_handler(server: Any, handler_class: Any, **options: Any) -> t
     )
     server._handlers.add(handler)
     return handler, server._config, server._h2_config
+
+
+def wrap_client_transport(channel: Any, wrap: Callable[[Any], Any]) -> None:
+    """Make a grpclib client ``Channel`` write through ``wrap(transport)`` on every
+    connection it opens: grpclib keeps the transport it is given in ``connection_made``
+    and writes only through it."""
+    make_protocol = channel._protocol_factory
+
+    def protocol_factory() -> Any:
+        protocol = make_protocol()
+        connection_made = protocol.connection_made
+        protocol.connection_made = lambda transport: connection_made(wrap(transport))
+        return protocol
+
+    channel._protocol_factory = protocol_factory
+
+
+def handler_task(handler: Any, stream: Any) -> asyncio.Task[None] | None:
+    """The task grpclib's ``Handler.accept`` started for ``stream``, if it still lists it."""
+    task: asyncio.Task[None] | None = handler._tasks.get(stream)
+    return task
+
+
+def forget_handler_task(handler: Any, stream: Any, task: asyncio.Task[None]) -> None:
+    """Drop a finished handler task from grpclib's tables (which otherwise keep it, with
+    its result or exception and traceback, until grpclib's next tenth request)."""
+    if handler._tasks.get(stream) is task:
+        del handler._tasks[stream]
+    handler._cancelled.discard(task)
+
+
+def handler_task_counts(handler: Any) -> tuple[int, int]:
+    """How many tasks grpclib's handler lists: (running, cancelled and not yet pruned)."""
+    return len(handler._tasks), len(handler._cancelled)
+
+
+def stream_count(processor: Any) -> int:
+    """How many HTTP/2 streams grpclib's ``EventsProcessor`` of one connection holds."""
+    return len(processor.streams)
+
+
+def limit_closed_streams(connection: Any, limit: int) -> None:
+    """Make the h2 connection remember how at most ``limit`` closed streams ended (h2
+    keeps 65,536 per connection). Call before the connection receives a frame."""
+    remembered: dict[int, Any] = SizeLimitDict(size_limit=limit)
+    remembered.update(connection._closed_streams)
+    connection._closed_streams = remembered
+
+
+def release_closed_streams(connection: Any) -> None:
+    """Make h2 drop the state of its closed streams now, keeping only how each ended.
+
+    h2 does it only when it next counts open streams (when a peer opens one), so a
+    connection that goes quiet would keep its last streams' state."""
+    connection.open_inbound_streams  # noqa: B018 (the property prunes as it counts)
+
+
+def closed_stream_counts(connection: Any) -> tuple[int, int]:
+    """(streams h2 still holds, closed streams whose ending it remembers)."""
+    return len(connection.streams), len(connection._closed_streams)
 
 
 def default_status_details_codec() -> StatusDetailsCodecBase | None:
@@ -145,10 +216,18 @@ __all__ = [
     "SUPPORTED",
     "UnsupportedVersion",
     "check_versions",
+    "closed_stream_counts",
     "default_status_details_codec",
     "event_processors",
+    "forget_handler_task",
     "h2_connection",
+    "handler_task",
+    "handler_task_counts",
     "install_h2_repr",
     "installed_versions",
+    "limit_closed_streams",
     "new_connection_handler",
+    "release_closed_streams",
+    "stream_count",
+    "wrap_client_transport",
 ]

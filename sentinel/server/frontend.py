@@ -39,11 +39,18 @@ that is not valid protobuf is ``INVALID_ARGUMENT``.
   ``grace_period`` plus a few fixed timeouts.
 * **Back-pressure.** HTTP/2 flow-control windows stay at grpclib's 4 MiB defaults, so a
   server-streaming handler's ``send_message`` blocks while a slow client does not read.
+* **Nothing kept per call.** However a call ends (answered, failed, deadline, reset by the
+  client before or after its handler started, connection lost), its grpclib stream and
+  handler task, h2's stream and the bridge's Trio task are released when its task ends,
+  and the flow-control credit of request bytes nobody read goes back to the client (see
+  :class:`_Handler`); h2 remembers how at most :data:`CLOSED_STREAMS_REMEMBERED` closed
+  streams per connection ended. :meth:`GrpcFrontEnd.call_state` counts what is held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
@@ -62,10 +69,17 @@ from grpclib.server import Handler, Server
 from sentinel.server.bridge import AsyncioThread, TrioPortal, raise_sole_exception
 from sentinel.server.codec import StrictProtoCodec
 from sentinel.server.compat import (
+    closed_stream_counts,
     default_status_details_codec,
     event_processors,
+    forget_handler_task,
     h2_connection,
+    handler_task,
+    handler_task_counts,
+    limit_closed_streams,
     new_connection_handler,
+    release_closed_streams,
+    stream_count,
 )
 from sentinel.server.status import RpcStatus, status_of
 
@@ -109,6 +123,12 @@ _HANDSHAKE_BYTES = len(_CLIENT_PREFACE) + _FRAME_HEADER_BYTES
 
 SHUTTING_DOWN_MESSAGE = "the server is shutting down"
 
+#: How many closed streams per connection h2 remembers the ending of (it keeps 65,536,
+#: about 9 MB per long-lived connection). The record only matters for frames the client
+#: sent before it learned a stream was reset (at most one round trip's worth); with at most
+#: 100 concurrent streams per connection, a client cannot close this many in that time.
+CLOSED_STREAMS_REMEMBERED = 1024
+
 # The exceptions that mean "the peer is gone": nothing left to answer.
 _PEER_GONE = (StreamTerminatedError, h2.exceptions.StreamClosedError, ConnectionError)
 
@@ -123,16 +143,50 @@ class FrontEndStatistics:
     draining: bool
 
 
+@attrs.frozen
+class CallState:
+    """What the front end holds for calls, summed over its open connections. With no call
+    in flight every count is zero, except ``closed_stream_records``, which stays within
+    :data:`CLOSED_STREAMS_REMEMBERED` per connection."""
+
+    #: Handler tasks grpclib lists (running, or finished and not yet dropped).
+    handler_tasks: int
+    #: Cancelled handler tasks grpclib waits for at close (finished ones not yet dropped).
+    cancelled_tasks: int
+    #: HTTP/2 streams in grpclib's stream tables.
+    streams: int
+    #: h2's stream objects.
+    h2_streams: int
+    #: h2's records of how a closed stream ended.
+    closed_stream_records: int
+    #: Calls inside the error/shutdown guard, and those being failed by a shutdown.
+    rpcs: int
+    failing: int
+
+
 class _DemoteCancellationLogs(logging.Filter):
     """grpclib logs every client cancellation and deadline at info level: routine events
-    for a streaming server, logged here at debug instead."""
+    for a streaming server, logged here at debug instead.
+
+    A deadline that passes after grpclib read the headers but before it started the
+    handler (a few milliseconds, or a pause of the loop's thread) grpclib logs as an error
+    with a traceback ("Timeout occurred"): any client could fill the log with them, and a
+    handler that keeps records (a test's) keeps the call's stream through the traceback.
+    Guarded handlers turn their own ``TimeoutError`` into a status, so that is the only way
+    grpclib logs this message here: also debug, without the traceback."""
 
     _MESSAGES = frozenset({"Request was cancelled: %s", "Deadline exceeded"})
+    _DEADLINE_BEFORE_START = "Timeout occurred"
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.INFO and record.msg in self._MESSAGES:
             log.debug("grpclib: %s", record.getMessage())
             return False
+        if record.msg == self._DEADLINE_BEFORE_START and record.exc_info is not None:
+            error = record.exc_info[1]
+            if isinstance(error, TimeoutError) and error.args == ("Deadline exceeded",):
+                log.debug("grpclib: the deadline passed before the handler started")
+                return False
         return True
 
 
@@ -161,7 +215,17 @@ def _limit_reads(
 
 class _Handler(Handler):
     """grpclib's per-connection handler, with the request size limit installed on every
-    stream it accepts."""
+    stream it accepts, and every call's state released as soon as its task ends.
+
+    grpclib frees a call's HTTP/2 stream (its entry in the connection's stream table, and
+    the flow-control credit of request bytes nobody read) in a ``finally`` of the
+    handler coroutine. A task cancelled before its first step never runs that coroutine:
+    a client that resets a stream right after sending it (or a connection lost with calls
+    not yet started) left the stream, its buffers and its flow-control credit behind for
+    the connection's life. So the release runs again when the task ends (the second run
+    is a no-op), the finished task leaves grpclib's tables at once instead of at
+    grpclib's next tenth request, and h2 drops its state of the closed stream.
+    """
 
     def __init__(self, *args: Any, max_message_bytes: int) -> None:
         super().__init__(*args)
@@ -176,7 +240,42 @@ class _Handler(Handler):
         stream.recv_data = _limit_reads(  # type: ignore[method-assign,assignment]
             stream.recv_data, self._max_message_bytes
         )
-        super().accept(stream, headers, release_stream)
+        release = _ReleaseOnce(release_stream)
+        super().accept(stream, headers, release)
+        task = handler_task(self, stream)
+        assert task is not None, "grpclib's accept starts a task per stream"
+        task.add_done_callback(functools.partial(self._call_ended, stream, release))
+
+    def cancel(self, stream: grpclib.protocol.Stream) -> None:
+        # grpclib's own cancel assumes the task is still listed; a reset that arrives
+        # after the call ended (the release came first) has nothing left to cancel.
+        if handler_task(self, stream) is not None:
+            super().cancel(stream)
+
+    def _call_ended(
+        self, stream: grpclib.protocol.Stream, release: _ReleaseOnce, task: asyncio.Task[None]
+    ) -> None:
+        try:
+            release()
+        except Exception:  # the connection is being torn down: nothing left to give back
+            log.debug("releasing stream %s after its call failed", stream.id, exc_info=True)
+        forget_handler_task(self, stream, task)
+        release_closed_streams(h2_connection(stream.connection))
+
+
+class _ReleaseOnce:
+    """grpclib's ``release_stream`` for one stream, made idempotent (it is not: a second
+    call fails on the stream table)."""
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], Any]) -> None:
+        self._release: Callable[[], Any] | None = release
+
+    def __call__(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 def _ignore_event(event: h2.events.Event) -> None:
@@ -206,6 +305,7 @@ class _Protocol(H2Protocol):
             self._owner.handshake_timeout, self._handshake_timed_out
         )
         super().connection_made(transport)
+        limit_closed_streams(h2_connection(self.connection), CLOSED_STREAMS_REMEMBERED)
         processors = event_processors(self.processor)
         processors[h2.events.UnknownFrameReceived] = _ignore_event
         process_ping_ack = processors[h2.events.PingAckReceived]
@@ -397,6 +497,26 @@ class _AsyncioServer(Server):
     @property
     def active_rpcs(self) -> int:
         return len(self._rpcs)
+
+    def call_state(self) -> CallState:
+        handler_tasks = cancelled_tasks = streams = h2_streams = closed_records = 0
+        for protocol in self._connections:
+            running, cancelled = handler_task_counts(protocol.handler)
+            handler_tasks += running
+            cancelled_tasks += cancelled
+            streams += stream_count(protocol.processor)
+            held, closed = closed_stream_counts(h2_connection(protocol.connection))
+            h2_streams += held
+            closed_records += closed
+        return CallState(
+            handler_tasks=handler_tasks,
+            cancelled_tasks=cancelled_tasks,
+            streams=streams,
+            h2_streams=h2_streams,
+            closed_stream_records=closed_records,
+            rpcs=len(self._rpcs),
+            failing=len(self._failing),
+        )
 
     async def start_serving(self, host: str, port: int) -> _AsyncioServer:
         await self.start(host, port)
@@ -598,6 +718,17 @@ class GrpcFrontEnd:
             draining=server.draining,
         )
 
+    async def call_state(self) -> CallState:
+        """What the server holds for calls now (read on its loop); zeros before it runs."""
+        server = self._server
+        if server is None:
+            return CallState(0, 0, 0, 0, 0, 0, 0)
+
+        async def read() -> CallState:
+            return server.call_state()
+
+        return await self._bridge.run_asyncio(read)
+
     def close(self) -> None:
         """Start a graceful shutdown; ``run`` returns when it is done."""
         self._close_requested.set()
@@ -669,9 +800,11 @@ class GrpcFrontEnd:
 
 
 __all__ = [
+    "CLOSED_STREAMS_REMEMBERED",
     "DEFAULT_GRACE_PERIOD",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "SHUTTING_DOWN_MESSAGE",
+    "CallState",
     "FrontEndStatistics",
     "GrpcFrontEnd",
 ]

@@ -20,17 +20,25 @@ import trio
 
 from sentinel.broker.broker import Broker, Topic, TopicConfig
 from sentinel.broker.coordinator import GroupCoordinator
+from sentinel.broker.replica import ACKS_ALL, ACKS_LEADER, ACKS_NONE, PartitionReplica
 from sentinel.errors import InvalidArgument, NotFound, SentinelError
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.metrics import Metrics
 from sentinel.records import iter_batches
 from sentinel.server.status import status_of
 
+_ACKS = {pb.Acks.ALL: ACKS_ALL, pb.Acks.LEADER: ACKS_LEADER, pb.Acks.NONE: ACKS_NONE}
 DEFAULT_FETCH_MAX_BYTES = 1024 * 1024
-# A single fetch response never carries more than this (the client can ask for less).
+# A single fetch response never carries more than this (the client can ask for less). A
+# larger max_bytes is capped, not refused, as Kafka caps it by the broker's fetch.max.bytes:
+# max_bytes is a budget, and a smaller response is always a valid answer to it.
 MAX_FETCH_BYTES = 16 * 1024 * 1024
-# The longest a fetch may long-poll: a client wanting longer asks again.
+# The longest a fetch may long-poll: a client wanting longer asks again. Refused above it (a
+# silent cap would hide a client bug: a wait computed in seconds or microseconds).
 MAX_WAIT_MS = 30_000
+# Kafka's offset.metadata.max.bytes: the metadata string committed with an offset is kept
+# in storage and returned by every FetchOffsets, so it is bounded.
+MAX_OFFSET_METADATA_BYTES = 4096
 
 
 class Handlers:
@@ -60,7 +68,8 @@ class Handlers:
         known_enum(request.acks, "acks")
         batches = list(iter_batches(request.record_batches, max_batch_bytes=self.max_batch_bytes))
         wait = request.acks != pb.Acks.NONE
-        partition, result = await self.broker.produce(request.topic, request.partition, batches, wait=wait)
+        acks = _ACKS[request.acks]
+        partition, result = await self.broker.produce(request.topic, request.partition, batches, acks=acks)
         self.metrics.observe_produce(time.perf_counter() - started)
         return pb.ProduceResponse(
             topic=request.topic,
@@ -71,6 +80,11 @@ class Handlers:
 
     async def fetch(self, request: pb.ConsumeRequest) -> pb.ConsumeResponse:
         """One long-polled read: returns as soon as data is committed, or after max_wait."""
+        if not 0 <= request.max_wait_ms <= MAX_WAIT_MS:
+            raise InvalidArgument(
+                f"max_wait_ms must be between 0 and {MAX_WAIT_MS}, got {request.max_wait_ms}: "
+                "to wait longer, fetch again"
+            )
         topic = self.broker.topic(request.topic)
         log = topic.log(request.partition)
         if request.offset < 0:
@@ -80,7 +94,7 @@ class Handlers:
         result = log.read(request.offset, max_bytes)
         if not result.data and request.max_wait_ms > 0:
             waiting = time.perf_counter()
-            with trio.move_on_after(min(request.max_wait_ms, MAX_WAIT_MS) / 1000):
+            with trio.move_on_after(request.max_wait_ms / 1000):
                 await log.wait_for_data(request.offset)
             started += time.perf_counter() - waiting  # the long poll is not latency
             if self.broker.topics.get(request.topic) is not topic:
@@ -103,18 +117,26 @@ class Handlers:
     # -- metadata and admin ------------------------------------------------------------
 
     def _partition_metadata(self, topic: Topic) -> list[pb.PartitionMetadata]:
-        node = self.broker.options.node_id
-        return [
-            pb.PartitionMetadata(
-                partition=log.partition,
-                leader=node,
-                replicas=[node],
-                in_sync_replicas=[node],
-                log_start_offset=log.log_start_offset,
-                high_watermark=log.high_watermark,
+        out = []
+        for p, log in enumerate(topic.logs):
+            replicas = list(topic.replicas[p])
+            if isinstance(log, PartitionReplica):
+                view = log.view
+                # A replica knows its leader (0 while electing); the client asks again then.
+                leader = view.leader if view.leader else -1
+            else:
+                leader = replicas[0]  # a guess from the placement: the client is redirected if wrong
+            out.append(
+                pb.PartitionMetadata(
+                    partition=p,
+                    leader=leader,
+                    replicas=replicas,
+                    in_sync_replicas=replicas,
+                    log_start_offset=log.log_start_offset,
+                    high_watermark=log.high_watermark,
+                )
             )
-            for log in topic.logs
-        ]
+        return out
 
     def _describe(self, topic: Topic) -> pb.TopicDescription:
         return pb.TopicDescription(
@@ -135,7 +157,6 @@ class Handlers:
                     with contextlib.suppress(InvalidArgument):  # reported per topic below
                         await self.broker.create_topic(name, if_absent=True)
         topics = self.broker.topics
-        node = self.broker.options.node_id
         entries = []
         for name in request.topics or sorted(topics):
             topic = topics.get(name)
@@ -155,10 +176,14 @@ class Handlers:
                 entries.append(
                     pb.TopicMetadata(name=name, error_code=failed.status.value, error_message=failed.message)
                 )
+        view = self.broker.controller.view
+        brokers = [
+            pb.BrokerInfo(node_id=b.node_id, host=b.host, port=b.port) for b in view.image.brokers.values()
+        ]
         return pb.MetadataResponse(
-            brokers=[pb.BrokerInfo(node_id=node, host=self.host, port=self.port)],
+            brokers=sorted(brokers, key=lambda b: b.node_id),
             topics=entries,
-            controller_id=node,
+            controller_id=view.leader if view.leader else -1,
         )
 
     async def list_offsets(self, request: pb.ListOffsetsRequest) -> pb.ListOffsetsResponse:
@@ -174,11 +199,24 @@ class Handlers:
         return pb.ListOffsetsResponse(offset=log.high_watermark, timestamp_ms=-1)
 
     async def create_topic(self, request: pb.CreateTopicRequest) -> pb.CreateTopicResponse:
+        # Both fields are proto3 `optional`: omitted asks for the broker's default, so a 0 on
+        # the wire is a value, and a wrong one (a typo must not create one partition).
+        for field, value in (
+            ("partitions", request.partitions),
+            ("replication_factor", request.replication_factor),
+        ):
+            if value is not None and value < 1:
+                raise InvalidArgument(
+                    f"{field} must be at least 1, got {value} (omit the field for the broker's default)"
+                )
         config = None
         if request.config is not None:
             config = TopicConfig(request.config.retention_ms, request.config.retention_bytes)
         topic = await self.broker.create_topic(
-            request.name, request.partitions, request.replication_factor or 1, config
+            request.name,
+            request.partitions,
+            request.replication_factor,  # omitted (None): the broker's default
+            config,
         )
         return pb.CreateTopicResponse(topic=self._describe(topic))
 
@@ -206,6 +244,13 @@ class Handlers:
         return await self.coordinator.leave(request)
 
     async def commit_offsets(self, request: pb.CommitOffsetsRequest) -> pb.CommitOffsetsResponse:
+        for po in request.offsets:
+            size = len(po.metadata.encode())
+            if size > MAX_OFFSET_METADATA_BYTES:
+                raise InvalidArgument(
+                    f"metadata of the offset committed for {po.topic}[{po.partition}] is {size} bytes, "
+                    f"more than the limit of {MAX_OFFSET_METADATA_BYTES}"
+                )
         return await self.coordinator.commit(request)
 
     async def fetch_offsets(self, request: pb.FetchOffsetsRequest) -> pb.FetchOffsetsResponse:

@@ -13,6 +13,8 @@ Invariants:
   message, and flagged ``expected=False`` so the front end logs its traceback once;
 * the mapping follows the class hierarchy: the most specific class listed wins
   (``StorageClosed`` is ``UNAVAILABLE`` although its base ``StorageError`` is ``INTERNAL``);
+* damaged stored data (``CorruptionError``) and missing stored data (``DataLoss``) are
+  ``DATA_LOSS``, never ``INTERNAL`` (a server bug) nor ``INVALID_ARGUMENT`` (the caller's);
 * a leader hint (:attr:`Unavailable.leader`) travels twice: in trailing metadata under
   :data:`LEADER_METADATA_KEY` and as a ``[leader=...]`` suffix of the message, because the
   generated stubs raise a bare ``GRPCError`` that does not carry trailing metadata.
@@ -82,7 +84,9 @@ _STATUS_OF_CLASS: dict[type[BaseException], Status] = {
     Unavailable: Status.UNAVAILABLE,
     ActorClosed: Status.UNAVAILABLE,
     StorageClosed: Status.UNAVAILABLE,
-    CorruptionError: Status.INTERNAL,
+    # Stored data that is damaged or missing: gRPC's "unrecoverable data loss or
+    # corruption". Neither the caller's fault nor worth a retry; the message says where.
+    CorruptionError: Status.DATA_LOSS,
     DataLoss: Status.DATA_LOSS,
     StorageError: Status.INTERNAL,
     TimeoutError: Status.DEADLINE_EXCEEDED,

@@ -13,31 +13,83 @@ version no longer names (input tables; WAL segments below the new log number). A
 any point leaves either the old version with some orphan files (deleted on the next open)
 or the new version with some garbage. File writing and fsyncs run in worker threads so
 the event loop stays responsive.
+
+A full disk (:class:`DiskFullError` from a table write, the manifest or the directory) is
+not fatal: the work that met it is undone (its new tables deleted at once: they hold
+space the disk lacks; a refused manifest edit is cut back by ``Manifest``), the
+MemtableOwner is told (``CompactorBlocked``: writes that need a new memtable are refused
+rather than stalled), and the same work is retried after a back-off that doubles from
+``RETRY_MIN_SECONDS`` up to ``FLUSH_RETRY_MAX_SECONDS`` for flushes (writes wait for them)
+and ``COMPACTION_RETRY_MAX_SECONDS`` for compactions. Each retry first checks with a small
+probe file that space was freed, and a compaction also that the filesystem has as many
+bytes free as its inputs hold, so a compaction that cannot fit does not rewrite its
+inputs again and again. Immutable memtables keep their data (readable) until their flush
+succeeds. Manual requests (``CompactAll``, ``Reclaim``) that meet a full disk fail
+with the error instead. While closing, a flush that meets a full disk is given up: the WAL
+still holds its data and the next open replays it.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any, assert_never
 
 import attrs
 import trio
 
 from sentinel.actors import Actor, Request
-from sentinel.errors import ActorClosed
+from sentinel.errors import ActorClosed, DiskFullError
 from sentinel.storage.compaction import Compaction, compaction_for_level, pick_compaction, reclaim_plans
-from sentinel.storage.files import fsync_dir, sst_path
+from sentinel.storage.files import (
+    disk_full_error,
+    free_bytes,
+    fsync_dir,
+    is_disk_full,
+    probe_free_space,
+    sst_path,
+)
 from sentinel.storage.iterators import Entry, merge_entries
 from sentinel.storage.manifest import NUM_LEVELS, FileMeta, Manifest, ManifestState, Version, VersionEdit
 from sentinel.storage.memtable import Memtable
-from sentinel.storage.memtable_owner import MemtableFlushed, VersionInstalled
-from sentinel.storage.options import StorageOptions
+from sentinel.storage.memtable_owner import CompactorBlocked, MemtableFlushed, VersionInstalled
+from sentinel.storage.options import RunInThread, StorageOptions
 from sentinel.storage.sstable import SSTableInfo, SSTableReader, SSTableWriter
 from sentinel.storage.wal_writer import DeleteWalsBelow, WalWriter
+
+# Back-off between retries of work that met a full disk: short at first (an operator who
+# frees space gets writes back quickly), doubling up to a bound. Writes wait for flushes, so
+# a flush is retried at least every second (a disk that stays full costs a probe file per
+# second); a compaction only costs read amplification while it waits, so it backs off longer
+# (a retry that cannot fit costs a probe file and a statvfs: see _attempt).
+RETRY_MIN_SECONDS = 0.05
+FLUSH_RETRY_MAX_SECONDS = 1.0
+COMPACTION_RETRY_MAX_SECONDS = 5.0
+
+
+@attrs.define
+class Backoff:
+    """When work that met a full disk may be tried again (times on the Trio clock)."""
+
+    limit: float
+    delay: float = RETRY_MIN_SECONDS
+    retry_at: float = -math.inf
+    error: DiskFullError | None = None
+
+    def failed(self, error: DiskFullError, now: float) -> None:
+        self.error = error
+        self.retry_at = now + self.delay
+        self.delay = min(self.delay * 2, self.limit)
+
+    def succeeded(self) -> None:
+        self.error = None
+        self.delay = RETRY_MIN_SECONDS
+        self.retry_at = -math.inf
 
 
 class TableReader(SSTableReader):
@@ -72,6 +124,10 @@ class Reclaim(Request[int]):
     ranges: tuple[tuple[bytes, bytes], ...]
 
 
+#: What the Compactor's mailbox takes (FlushMemtable from the MemtableOwner, the rest from Store).
+CompactorMessage = FlushMemtable | CompactAll | Reclaim
+
+
 @attrs.frozen
 class CompactionStatistics:
     flushes: int
@@ -82,7 +138,7 @@ class CompactionStatistics:
     seconds: float
 
 
-class Compactor(Actor[object]):
+class Compactor(Actor[CompactorMessage]):
     # Unbounded: at most max_immutable_memtables flushes (plus rare manual requests) are
     # ever queued, because the MemtableOwner stalls rather than freeze more memtables.
     mailbox_capacity = math.inf
@@ -96,9 +152,11 @@ class Compactor(Actor[object]):
         tables: dict[int, SSTableReader],
         options: StorageOptions,
         wal: WalWriter,
-        notify: Callable[[MemtableFlushed | VersionInstalled], None],
+        notify: Callable[[MemtableFlushed | VersionInstalled | CompactorBlocked], None],
+        run_in_thread: RunInThread | None = None,
     ) -> None:
         super().__init__("compactor")
+        self._thread: Callable[..., Awaitable[Any]] = run_in_thread or trio.to_thread.run_sync
         self._directory = directory
         self._manifest = manifest
         self._version = state.version
@@ -108,6 +166,10 @@ class Compactor(Actor[object]):
         self._notify = notify
         self._compact_pointers: dict[int, bytes] = {}
         self._closing = False
+        # Memtables to flush, oldest first: each stays here until its flush succeeds.
+        self._to_flush: collections.deque[Memtable] = collections.deque()
+        self._flush_backoff = Backoff(FLUSH_RETRY_MAX_SECONDS)
+        self._compaction_backoff = Backoff(COMPACTION_RETRY_MAX_SECONDS)
         self._flushes = 0
         self._compactions = 0
         self._trivial_moves = 0
@@ -135,38 +197,105 @@ class Compactor(Actor[object]):
         self._closing = True
         super().close()
 
+    @property
+    def disk_full(self) -> DiskFullError | None:
+        """The disk-full error flushes or compactions are meeting now, else None."""
+        return self._flush_backoff.error or self._compaction_backoff.error
+
     async def serve(self) -> None:
         while True:
             message = self.try_receive()
-            if message is None:
+            if message is not None:
+                await self.handle(message)
+                self._in_flight = []
+                continue
+            now = trio.current_time()
+            if self._to_flush:
+                if now >= self._flush_backoff.retry_at:
+                    if await self._attempt(self._flush, self._to_flush[0], self._flush_backoff):
+                        self._to_flush.popleft()
+                    elif self._closing:
+                        return  # the WAL keeps the data: the next open replays it
+                    continue
+                plan = None  # flushes first: they unblock writers
+            else:
                 plan = (
                     None
                     if self._closing
                     else pick_compaction(self._version, self._options.compaction, self._compact_pointers)
                 )
-                if plan is not None:
-                    await self._compact(plan)
+                if plan is not None and now >= self._compaction_backoff.retry_at:
+                    await self._attempt(self._compact, plan, self._compaction_backoff, plan.input_bytes)
                     continue
+            wake = min(
+                self._flush_backoff.retry_at if self._to_flush else math.inf,
+                self._compaction_backoff.retry_at if plan is not None else math.inf,
+            )
+            message = None
+            with trio.move_on_at(wake):
                 message = await self.receive()
                 if message is None:
-                    return
-            await self.handle(message)
-            self._in_flight = []
+                    return  # closed and drained (a retry still waiting is given up)
+            if message is not None:
+                await self.handle(message)
+                self._in_flight = []
 
-    async def handle(self, message: object) -> None:
-        if isinstance(message, FlushMemtable):
-            await self._flush(message.memtable)
-        elif isinstance(message, CompactAll):
-            for level in range(NUM_LEVELS - 1):
-                while self._version.files(level):
-                    plan = compaction_for_level(self._version, level, self._compact_pointers)
-                    assert plan is not None
-                    await self._compact(plan)
-            message.reply.set(None)
-        elif isinstance(message, Reclaim):
-            message.reply.set(await self._reclaim(message.ranges))
-        else:
-            raise TypeError(f"compactor got an unexpected message {message!r}")
+    async def _attempt(
+        self, work: Callable[[Any], Awaitable[None]], item: Any, backoff: Backoff, need: int = 0
+    ) -> bool:
+        """Run one flush or compaction; on a full disk report it, back off, return False."""
+        try:
+            if backoff.error is not None:
+                await self._thread(probe_free_space, self._directory)
+                free = await self._thread(free_bytes, self._directory) if need else 0
+                if free < need:
+                    raise DiskFullError(
+                        str(self._directory), f"{need} bytes are needed to compact, {free} are free"
+                    )
+            await work(item)
+        except DiskFullError as exc:
+            self._blocked(backoff, exc)
+            return False
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self._blocked(backoff, disk_full_error(self._directory, exc))
+            return False
+        backoff.succeeded()
+        return True
+
+    def _blocked(self, backoff: Backoff, error: DiskFullError) -> None:
+        backoff.failed(error, trio.current_time())
+        self._notify(CompactorBlocked(error))
+
+    async def handle(self, message: CompactorMessage) -> None:
+        match message:
+            case FlushMemtable():
+                self._to_flush.append(message.memtable)  # serve() flushes in order
+            case CompactAll():
+                try:
+                    await self._compact_all()
+                except DiskFullError as exc:
+                    message.reply.fail(exc)
+                    return
+                message.reply.set(None)
+            case Reclaim():
+                try:
+                    message.reply.set(await self._reclaim(message.ranges))
+                except DiskFullError as exc:
+                    message.reply.fail(exc)
+            case _:
+                assert_never(message)
+
+    async def _compact_all(self) -> None:
+        while self._to_flush:
+            await self._flush(self._to_flush[0])
+            self._to_flush.popleft()
+        for level in range(NUM_LEVELS - 1):
+            while self._version.files(level):
+                plan = compaction_for_level(self._version, level, self._compact_pointers)
+                assert plan is not None
+                await self._compact(plan)
 
     async def _reclaim(self, ranges: tuple[tuple[bytes, bytes], ...]) -> int:
         obsolete = self._options.compaction_filter
@@ -183,7 +312,7 @@ class Compactor(Actor[object]):
         if len(memtable):
             # One L0 table per memtable, however large: L0 tables are ordered by number,
             # and one flush must not produce two tables of the same age.
-            added = await trio.to_thread.run_sync(
+            added = await self._thread(
                 write_tables, self._directory, self._manifest, self._options, memtable.scan(), None
             )
         edit = VersionEdit(
@@ -217,7 +346,7 @@ class Compactor(Actor[object]):
             if keep is not None:
                 merged = _filtered(merged, keep, drop=plan.drop_tombstones)
             target = self._options.compaction.target_file_bytes
-            added = await trio.to_thread.run_sync(
+            added = await self._thread(
                 write_tables, self._directory, self._manifest, self._options, merged, target
             )
             edit = VersionEdit(
@@ -228,7 +357,7 @@ class Compactor(Actor[object]):
             obsolete = [meta.number for _level, meta in inputs]
             for number in obsolete:
                 self._tables.pop(number, None)
-            await trio.to_thread.run_sync(delete_tables, self._directory, obsolete)
+            await self._thread(delete_tables, self._directory, obsolete)
             self._compactions += 1
             self._bytes_read += plan.input_bytes
             self._bytes_written += sum(meta.size for meta in added)
@@ -238,13 +367,20 @@ class Compactor(Actor[object]):
         self._notify(VersionInstalled(self._version, self._tables_view()))
 
     async def _install(self, edit: VersionEdit, added: list[FileMeta]) -> None:
-        """Make the edit durable, then open readers for the tables it adds."""
-        if added:
-            await trio.to_thread.run_sync(fsync_dir, self._directory)
-        state = await trio.to_thread.run_sync(self._manifest.log_and_apply, edit)
+        """Make the edit durable, then open readers for the tables it adds. On a full disk
+        the edit is not made and its new tables are deleted (DiskFullError)."""
+        try:
+            if added:
+                await self._thread(fsync_dir, self._directory)
+            state = await self._thread(self._manifest.log_and_apply, edit)
+        except (DiskFullError, OSError) as exc:
+            if not is_disk_full(exc):
+                raise
+            await self._thread(delete_tables, self._directory, [meta.number for meta in added])
+            raise disk_full_error(self._directory, exc) from exc
         self._version = state.version
         for meta in added:
-            self._tables[meta.number] = await trio.to_thread.run_sync(
+            self._tables[meta.number] = await self._thread(
                 TableReader.open, sst_path(self._directory, meta.number)
             )
 
@@ -289,6 +425,12 @@ def write_tables(
         if writer is not None:
             written.append(_meta(number, writer.finish()))
             writer = None
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        # The tables finished so far would only hold space the disk lacks: no version names them.
+        delete_tables(directory, [meta.number for meta in written])
+        raise disk_full_error(sst_path(directory, number), exc) from exc
     finally:
         if writer is not None:
             writer.abandon()
@@ -296,12 +438,19 @@ def write_tables(
 
 
 def delete_tables(directory: Path, numbers: list[int]) -> None:
+    if not numbers:
+        return
     for number in numbers:
         try:
             os.unlink(sst_path(directory, number))
         except FileNotFoundError:
             pass
-    fsync_dir(directory)
+    try:
+        fsync_dir(directory)
+    except OSError as exc:
+        # Only a crash could bring the names back, and the next open deletes such orphans.
+        if not is_disk_full(exc):
+            raise
 
 
 def _filtered(entries: Iterator[Entry], obsolete: Callable[[bytes], bool], *, drop: bool) -> Iterator[Entry]:

@@ -75,6 +75,12 @@ def disk_full_error(path: Path | str, exc: BaseException) -> DiskFullError:
     return DiskFullError(str(path), detail)
 
 
+def free_bytes(directory: Path) -> int:
+    """Bytes the filesystem holding ``directory`` has free for an unprivileged writer."""
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize
+
+
 def probe_free_space(directory: Path) -> None:
     """Write, fsync and remove a small file: raises OSError while the disk is still full.
     The ``.tmp`` suffix makes a leftover one garbage the next open deletes."""

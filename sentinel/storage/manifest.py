@@ -15,12 +15,14 @@ Invariants:
 * the file-number counter is persisted in every edit and, on open, is raised above every
   numbered file present on disk, so a number is never handed out twice even after a crash
   between allocating a number and logging it;
-* a torn last frame (a crash mid-append) is dropped and reported: the edit it held was never
-  acknowledged, so nothing relied on it. A bad frame is taken for a torn tail only if no
-  complete, checksum-valid frame follows it (appends are sequential and each is fsynced
-  before the next, so a crash can damage only the last one). Damage anywhere else is a
-  :class:`CorruptionError` naming the file and byte: truncating there would silently forget
-  live tables;
+* a torn tail (``framing.scan_frames``: an incomplete last frame, or zero bytes from a frame
+  boundary to the end, with no valid frame after it) is cut and reported: a crash
+  mid-append, the edit it held was never acknowledged, so nothing relied on it. Appends are
+  sequential and each is fsynced before the next, so a crash can damage only the last one.
+  Anything else (a complete frame failing its checksum, even the last; garbage; a bad
+  frame with valid ones after it) is a :class:`CorruptionError` naming the file and byte,
+  because truncating there would silently forget live tables, unless the caller accepts
+  the loss (then it is cut and reported the same way);
 * when the manifest outgrows ``MANIFEST_ROLL_BYTES`` (and twice its opening snapshot, so a
   large version does not roll on every edit) a new one is started with a snapshot, so
   opening never replays an unbounded history. Open deletes every manifest CURRENT does not
@@ -32,12 +34,11 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-import zlib
 from pathlib import Path
 
 import attrs
 
-from sentinel.errors import CorruptionError, StorageError
+from sentinel.errors import CorruptionError, DiskFullError, StorageError
 from sentinel.storage.files import (
     CURRENT,
     disk,
@@ -48,7 +49,7 @@ from sentinel.storage.files import (
     parse_file_name,
     write_file_atomically,
 )
-from sentinel.storage.framing import FRAME_HEADER, FRAME_HEADER_SIZE, frame, scan_frames
+from sentinel.storage.framing import FRAME_HEADER_SIZE, frame, scan_frames
 from sentinel.varint import decode_uvarint, encode_uvarint
 
 NUM_LEVELS = 7
@@ -332,13 +333,23 @@ class Manifest:
         state = attrs.evolve(state, next_file_number=number + 1)
         path = manifest_path(directory, number)
         record = frame(encode_edit(_snapshot(state)))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(path, exc) from exc
+            raise
         try:
             _write_all(fd, record)
-            os.fsync(fd)
+            disk.fsync(fd)
             write_file_atomically(directory / CURRENT, (path.name + "\n").encode())
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
+            if isinstance(exc, OSError) and is_disk_full(exc) and _current_name(directory) != path.name:
+                # CURRENT still names the old manifest (or none): the new one is just garbage.
+                path.unlink(missing_ok=True)
+                (directory / (CURRENT + ".tmp")).unlink(missing_ok=True)
+                raise disk_full_error(path, exc) from exc
             raise
         return cls(directory, number, fd, len(record), state, len(record))
 
@@ -349,8 +360,10 @@ class Manifest:
             return number
 
     def log_and_apply(self, edit: VersionEdit) -> ManifestState:
-        """Make ``edit`` durable and return the new state. A failed write or fsync leaves
-        the manifest unusable (StorageError): its on-disk state is unknown."""
+        """Make ``edit`` durable and return the new state. On a full disk the edit is
+        refused (:class:`DiskFullError`) and the manifest is left as it was, usable (a
+        half-written edit is cut back, a rollover's new manifest removed). Any other
+        failed write or fsync leaves it unusable (StorageError): its on-disk state is unknown."""
         fd = self._usable_fd()
         try:
             version = self._state.version.apply(edit)
@@ -383,6 +396,9 @@ class Manifest:
             fresh = Manifest._create(
                 self._directory, attrs.evolve(state, next_file_number=self.new_file_number())
             )
+        except DiskFullError:
+            # Refused before CURRENT moved: this manifest is still the live one, unchanged.
+            raise
         except OSError as exc:
             # CURRENT may already name the new manifest (the rename happened, the directory
             # fsync failed): appending to the old one now would log edits no open reads.
@@ -423,6 +439,13 @@ class Manifest:
             self._fd = None
 
 
+def _current_name(directory: Path) -> str | None:
+    try:
+        return (directory / CURRENT).read_text("ascii", "replace").strip()
+    except FileNotFoundError:
+        return None
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -444,20 +467,6 @@ def _delete_stale_manifests(directory: Path, names: list[str], live_number: int)
         fsync_dir(directory)
 
 
-def _next_valid_frame(data: bytes, start: int) -> int | None:
-    """Offset of the first complete, checksum-valid frame at or after ``start``, if any."""
-    total = len(data)
-    unpack = FRAME_HEADER.unpack_from
-    crc32 = zlib.crc32
-    header = FRAME_HEADER_SIZE
-    for pos in range(start, total - header + 1):
-        crc, length = unpack(data, pos)
-        end = pos + header + length
-        if end <= total and crc32(data[pos + header : end], crc32(data[pos + 4 : pos + header])) == crc:
-            return pos
-    return None
-
-
 def _replay(
     path: Path, data: bytes, accept_data_loss: bool = False
 ) -> tuple[ManifestState, int, int, str | None]:
@@ -467,24 +476,21 @@ def _replay(
     scan = scan_frames(data)
     report: str | None = None
     if scan.tail_error is not None:
-        # A torn append leaves nothing valid after it; a valid frame after the damage means a
-        # record in the middle is bad, and dropping from there would forget live tables.
-        following = _next_valid_frame(data, scan.valid_bytes + 1)
-        if following is not None or not scan.torn:
-            why = (
-                f"a valid record follows at byte {following}"
-                if following is not None
-                else "the record is complete"
-            )
+        if scan.torn:
+            report = f"{path.name}: dropped a torn tail of {scan.dropped_bytes} bytes ({scan.tail_error})"
+        else:
+            # Truncating here would forget the tables these records added (they are live).
+            if scan.following:
+                first = scan.following[0][0]
+                why = f"{len(scan.following)} valid record(s) follow it, the first at byte {first}"
+            else:
+                why = "a crash mid-append leaves an incomplete last record or zeros, not this"
             detail = (
-                f"{scan.tail_error}, and {why}: not a torn tail; "
-                f"{scan.dropped_bytes} bytes of manifest records would be lost"
+                f"{scan.tail_error}: not a torn tail ({why}); {scan.dropped_bytes} bytes of manifest records"
             )
             if not accept_data_loss:
-                raise CorruptionError(source, scan.valid_bytes, detail)
-            report = f"{path.name}: accepted data loss at byte {scan.valid_bytes}: {detail}"
-        else:
-            report = f"{path.name}: dropped a torn tail of {scan.dropped_bytes} bytes ({scan.tail_error})"
+                raise CorruptionError(source, scan.valid_bytes, f"{detail} would be lost")
+            report = f"{path.name}: accepted data loss at byte {scan.valid_bytes}: {detail} were dropped"
     state: ManifestState | None = None
     pos = 0
     for payload in scan.payloads:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 
 from sentinel.storage.compaction import CompactionOptions
 
 MIB = 1024 * 1024
+
+#: How the storage actors run blocking file work off the event loop: ``trio.to_thread.run_sync``
+#: in production; tests pass a wrapper that knows when no worker thread is running.
+RunInThread = Callable[..., Awaitable[Any]]
 
 
 class SyncMode(enum.StrEnum):
@@ -44,9 +49,10 @@ class StorageOptions:
     compaction_filter: Callable[[bytes], bool] | None = None
     #: Observes each WAL fsync's duration in seconds (the metrics hook; called on the Trio thread).
     on_wal_fsync: Callable[[float], None] | None = None
-    # Recovery meets corruption (a complete frame failing its checksum, damage followed by
-    # valid records) and refuses to open with a CorruptionError unless this is set: then
-    # it truncates at the damage, reports what it dropped and goes on (operator's choice:
-    # `sentinel run --accept-data-loss`). A torn tail (incomplete last frame) is always
-    # truncated and reported.
+    # Recovery meets damage in the WAL or manifest (a complete frame failing its checksum,
+    # damage followed by valid records, a missing segment) and refuses to open with a
+    # CorruptionError unless this is set: then it truncates at the damage, reports what it
+    # dropped and goes on (operator's choice: `sentinel run --accept-data-loss`). A torn
+    # tail (incomplete last frame, zero-filled end) is always truncated and reported; a
+    # damaged table is always refused (recovery.py says why).
     accept_data_loss: bool = False

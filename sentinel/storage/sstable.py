@@ -16,8 +16,12 @@ contiguous from offset 0 to the bloom block, key ranges ascending and disjoint, 
 the footer's min/max keys). Each data block is verified when it is read, and its entries
 must decode exactly, be strictly ascending and match the index's first/last keys. Any
 failure raises ``CorruptionError(path, byte_offset, detail)``; a corrupt data block fails
-only the reads that touch it. A missing file raises ``FileNotFoundError`` (it is not
-corruption of the table but a missing table; the caller decides what that means).
+only the reads that touch it. A scan given ``on_damage`` reports a corrupt data block
+there (:class:`DamagedBlock`: the error and the block's key range from the verified index)
+and goes on with the next block instead, so a reader of a merged scan can serve what
+precedes the damage and say exactly which of its keys are missing. A missing file raises
+``FileNotFoundError`` (it is not corruption of the table but a missing table; the caller
+decides what that means).
 
 The reader holds one file descriptor and reads with ``os.pread`` only, so there is no
 shared file position: any number of scans and lookups may interleave (and run from
@@ -32,7 +36,7 @@ import zlib
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -71,6 +75,19 @@ WRITE_BUFFER_BYTES = 256 * 1024
 DEFAULT_BLOCK_CACHE_BLOCKS = 64
 # The largest uvarint the reader accepts: 64-bit values need at most 10 bytes (shift 63).
 _MAX_VARINT_SHIFT = 63
+
+
+@attrs.frozen
+class DamagedBlock:
+    """A data block a scan skipped because it failed its checks.
+
+    ``first_key`` and ``last_key`` come from the index, which was verified when the table
+    was opened: the block's entries (unreadable now) are all within them.
+    """
+
+    error: CorruptionError
+    first_key: bytes
+    last_key: bytes
 
 
 @attrs.frozen
@@ -563,9 +580,9 @@ class SSTableReader:
                 self._source, offset, f"data block {i} length {length} disagrees with the index size {size}"
             )
         if zlib.crc32(memoryview(raw)[BLOCK_HEADER_SIZE:]) != crc:
-            raise CorruptionError(
-                self._source, offset, f"data block {i} checksum mismatch at offset {offset}"
-            )
+            # The position names the byte already; "at offset N" in the detail would read as
+            # a record offset in a consumer's error line.
+            raise CorruptionError(self._source, offset, f"data block {i} checksum mismatch")
         try:
             keys, entries = _decode_entries(raw, BLOCK_HEADER_SIZE)
         except _MalformedBlock as exc:
@@ -615,8 +632,17 @@ class SSTableReader:
             return seq, value
         return None
 
-    def scan(self, start: bytes | None = None, end: bytes | None = None) -> Iterator[Entry]:
-        """Entries with ``start <= key < end`` ascending (None: unbounded), read block by block."""
+    def scan(
+        self,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        *,
+        on_damage: Callable[[DamagedBlock], None] | None = None,
+    ) -> Iterator[Entry]:
+        """Entries with ``start <= key < end`` ascending (None: unbounded), read block by block.
+
+        A damaged data block raises CorruptionError, or with ``on_damage`` is reported to it
+        and skipped: the report comes before any entry at or after the block's first key."""
         last_keys = self._last_keys
         first_keys = self._first_keys
         num_blocks = len(last_keys)
@@ -626,7 +652,17 @@ class SSTableReader:
             if end is not None and first_keys[i] >= end:
                 return
             block = self._cache.get(i)
-            keys, entries = block if block is not None else self._read_block(i)
+            if block is None:
+                try:
+                    block = self._read_block(i)
+                except CorruptionError as exc:
+                    if on_damage is None:
+                        raise
+                    on_damage(DamagedBlock(exc, first_keys[i], last_keys[i]))
+                    first = False
+                    i += 1
+                    continue
+            keys, entries = block
             lo = bisect_left(keys, start) if first and start is not None else 0
             first = False
             if end is None or last_keys[i] < end:

@@ -10,7 +10,10 @@
 Start it with ``await nursery.start(store.run)`` (recovery runs before ``started``) or use
 ``open_store`` as an async context manager. Any actor failure propagates out of ``run``
 and fails the node loudly: a storage engine that hit an IO error cannot be trusted to
-keep acknowledging writes.
+keep acknowledging writes. A full disk is the exception: writes are refused with
+:class:`DiskFullError` (naming the file), reads go on, and writes are accepted again once
+space is freed (``wal_writer.py``, ``memtable_owner.py``, ``compactor.py``); a store that
+opens on a full disk serves what recovery replayed from memory until it can write it.
 
 Graceful shutdown (``aclose``) runs in a fixed order, under a shield, in bounded time:
 the MemtableOwner stops taking writes and hands its queue to the WAL; the WalWriter
@@ -24,7 +27,7 @@ round trip per key.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,14 +36,15 @@ import attrs
 import trio
 
 from sentinel.actors import Reply
-from sentinel.errors import InvalidArgument, MailboxFull, StorageClosed
+from sentinel.errors import DiskFullError, InvalidArgument, MailboxFull, StorageClosed
 from sentinel.storage.compactor import CompactAll, CompactionStatistics, Compactor, FlushMemtable, Reclaim
 from sentinel.storage.iterators import Entry
 from sentinel.storage.manifest import NUM_LEVELS, Version
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.memtable_owner import Flush, MemtableOwner, Write
-from sentinel.storage.options import StorageOptions
+from sentinel.storage.options import RunInThread, StorageOptions
 from sentinel.storage.recovery import Recovered, recover, unlock_directory
+from sentinel.storage.sstable import DamagedBlock
 from sentinel.storage.view import ReadView
 from sentinel.storage.wal_writer import WalStatistics, WalWriter
 
@@ -58,12 +62,23 @@ class StorageStatistics:
     bytes_per_level: tuple[int, ...]
     wal: WalStatistics
     compaction: CompactionStatistics
+    #: Write batches refused for lack of space since the store opened.
+    writes_refused: int = 0
+    #: The disk-full error the engine is meeting now (None: writes and flushes succeed).
+    disk_full: DiskFullError | None = None
 
 
 class Store:
-    def __init__(self, directory: Path | str, options: StorageOptions | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path | str,
+        options: StorageOptions | None = None,
+        *,
+        run_in_thread: RunInThread | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.options = options or StorageOptions()
+        self._thread = run_in_thread or trio.to_thread.run_sync
         self._view: ReadView | None = None
         self._view_published = trio.Event()  # set (and replaced) whenever _view changes
         self._closing = trio.Event()
@@ -84,7 +99,7 @@ class Store:
             raise StorageClosed(f"store {self.directory} was already started or closed; make a new Store")
         self._started = True
         try:
-            recovered: Recovered = await trio.to_thread.run_sync(recover, self.directory, self.options)
+            recovered: Recovered = await self._thread(recover, self.directory, self.options)
         except BaseException:
             self._closed.set()  # nothing to close: aclose must not wait for a run that never was
             raise
@@ -92,12 +107,23 @@ class Store:
         self.recovery_drops = (recovered.drops, recovered.dropped_bytes)
         try:
             async with trio.open_nursery() as nursery:
-                wal = self._wal = WalWriter(self.directory, recovered.wal_segment, self.options)
                 memtables: MemtableOwner | None = None
 
                 def notify(notice: Any) -> None:
                     assert memtables is not None
                     memtables.notify(notice)
+
+                def wal_written(append: Any, error: DiskFullError | None) -> None:
+                    assert memtables is not None
+                    memtables.wal_written(append, error)
+
+                wal = self._wal = WalWriter(
+                    self.directory,
+                    recovered.wal_segment,
+                    self.options,
+                    on_written=wal_written,
+                    run_in_thread=self._thread,
+                )
 
                 compactor = self._compactor = Compactor(
                     directory=self.directory,
@@ -107,6 +133,7 @@ class Store:
                     options=self.options,
                     wal=wal,
                     notify=notify,
+                    run_in_thread=self._thread,
                 )
 
                 def request_flush(memtable: Memtable) -> None:
@@ -121,6 +148,7 @@ class Store:
                     wal_segment=recovered.wal_segment,
                     version=recovered.state.version,
                     tables=dict(recovered.tables),
+                    unflushed=recovered.unflushed,
                 )
                 await nursery.start(wal.run)
                 await nursery.start(compactor.run)
@@ -171,7 +199,8 @@ class Store:
         for key, value in ops:
             if type(key) is not bytes or not (value is None or type(value) is bytes):
                 raise InvalidArgument("keys must be bytes and values bytes or None")
-        return await self._owner().call(Write(ops=ops))
+        owner = self._owner()
+        return await owner.call(Write(ops=ops, epoch=owner.epoch))
 
     async def submit(
         self, ops: Sequence[tuple[bytes, bytes | None]], reply: Reply[int] | None = None
@@ -181,12 +210,19 @@ class Store:
         Waits only while the engine's mailbox is full (back-pressure). Writes submitted
         from one task, or from several without a checkpoint in between, are applied in
         submission order. ``reply`` may be a subclass that observes completion.
+
+        On a full disk the reply fails with :class:`DiskFullError`, and so does every batch
+        submitted before that failure was reported (whatever happens to the disk meanwhile):
+        a caller that pipelines batches sees a failed suffix, never a hole.
         """
         for key, value in ops:
             if type(key) is not bytes or not (value is None or type(value) is bytes):
                 raise InvalidArgument("keys must be bytes and values bytes or None")
-        request = Write(ops=ops) if reply is None else Write(ops=ops, reply=reply)
         owner = self._owner()
+        # The epoch is taken now, before any wait: a failure reported after this call fails
+        # this batch too (see wal_writer.py), so a caller's batches never leave a hole.
+        epoch = owner.epoch
+        request = Write(ops=ops, epoch=epoch) if reply is None else Write(ops=ops, epoch=epoch, reply=reply)
         try:
             owner.cast_nowait(request)
         except MailboxFull:
@@ -246,13 +282,30 @@ class Store:
     def get(self, key: bytes) -> bytes | None:
         return self.view.get(key)
 
-    def scan(self, start: bytes | None = None, end: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        return self.view.scan(start, end)
+    def scan(
+        self,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        *,
+        on_damage: Callable[[DamagedBlock], None] | None = None,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Live pairs in key order; ``on_damage``: report damaged table blocks and skip them
+        instead of raising (``ReadView.scan``)."""
+        return self.view.scan(start, end, on_damage=on_damage)
 
     def scan_entries(self, start: bytes | None = None, end: bytes | None = None) -> Iterable[Entry]:
         return self.view.scan_entries(start, end)
 
     # -- observability ---------------------------------------------------------------
+
+    @property
+    def disk_full(self) -> DiskFullError | None:
+        """The error writes are refused with while the disk is full (None when it is not):
+        lets a caller refuse a write up front instead of queueing it."""
+        wal, compactor = self._wal, self._compactor
+        if wal is None or compactor is None:
+            return None
+        return wal.disk_full or compactor.disk_full
 
     def statistics(self) -> StorageStatistics:
         assert self._memtables is not None and self._wal is not None and self._compactor is not None
@@ -265,6 +318,8 @@ class Store:
             bytes_per_level=tuple(version.level_bytes(level) for level in range(NUM_LEVELS)),
             wal=self._wal.wal_statistics(),
             compaction=self._compactor.compaction_statistics(),
+            writes_refused=self._memtables.refused_writes,
+            disk_full=self._wal.disk_full or self._compactor.disk_full,
         )
 
 

@@ -13,11 +13,18 @@ Invariants:
 - A segment's batches have strictly increasing seqs (the engine assigns seqs in the order it
   appends). :func:`replay_wal` checks this: a checksum-valid frame that breaks it, or whose
   payload does not decode, is corruption (software bug or a lying disk) and raises
-  :class:`CorruptionError` naming the file and position. A torn or checksum-failing TAIL is
-  the normal result of a crash and is reported in :class:`WalReplay`, not raised.
+  :class:`CorruptionError` naming the file and position. Where the frames stop being valid
+  is reported in :class:`WalReplay`, not raised: whether that is a torn tail (an incomplete
+  last frame or a zero-filled end, ``framing.scan_frames``) or damage, and what a cut there
+  would lose, is the engine's call to make and report.
 - After a failed ``write`` or ``fsync`` a :class:`WalFile` refuses further use: the file's
   contents are unknown, and after a failed fsync the kernel may already have dropped the
-  dirty pages, so retrying could report success for data that is gone.
+  dirty pages, so retrying could report success for data that is gone. Except for a full
+  disk (ENOSPC, EDQUOT: :class:`DiskFullError`): a failed ``write`` is cut back to the last
+  whole frame (a half frame would later read as damage), and a failed ``fsync`` leaves the
+  file as it was, for the owner to decide (:meth:`WalFile.cut_back` what was not made
+  durable, or retry the sync). The file stays usable; if the cut itself fails, the next
+  append retries it first and nothing is appended after a half frame.
 - A missing segment makes :func:`replay_wal` raise ``FileNotFoundError`` unchanged: whether
   that is corruption (the manifest names it) or expected is the engine's call.
 """
@@ -31,8 +38,8 @@ from types import TracebackType
 
 import attrs
 
-from sentinel.errors import CorruptionError, StorageClosed, StorageError
-from sentinel.storage.files import disk, fsync_dir
+from sentinel.errors import CorruptionError, DiskFullError, StorageClosed, StorageError
+from sentinel.storage.files import disk, disk_full_error, fsync_dir, is_disk_full
 from sentinel.storage.framing import FRAME_HEADER_SIZE, scan_frames
 from sentinel.storage.wal_format import decode_write_batch
 
@@ -49,7 +56,7 @@ _NEW_FILE_MODE = 0o644
 class WalFile:
     """The append-only writer of one WAL segment. Not thread-safe: one owner."""
 
-    __slots__ = ("_failure", "_fd", "_path", "_size")
+    __slots__ = ("_cut_to", "_failure", "_fd", "_path", "_size")
 
     def __init__(self, path: Path, fd: int, size: int) -> None:
         """Use :meth:`create` or :meth:`open_for_append`."""
@@ -57,19 +64,33 @@ class WalFile:
         self._fd: int | None = fd
         self._size = size
         self._failure: str | None = None
+        # Set while bytes past ``_size`` (a frame cut short by a full disk) still await the
+        # truncate that removes them: nothing may be appended after them.
+        self._cut_to: int | None = None
 
     @classmethod
     def create(cls, path: Path) -> WalFile:
-        """Create a new, empty segment; ``FileExistsError`` if ``path`` exists.
+        """Create a new, empty segment; ``FileExistsError`` if ``path`` exists, and
+        :class:`DiskFullError` when the disk has no room for it (then no file is left).
 
         The directory is fsynced so the new name survives a crash: otherwise records
         acknowledged after a later ``sync`` could vanish with the whole file.
         """
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, _NEW_FILE_MODE)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, _NEW_FILE_MODE)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(path, exc) from exc
+            raise
         try:
             fsync_dir(path.parent)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
+            # Gone again, so a retry can create it (and recovery never meets a segment that
+            # was never used, nor a name whose creation was not durable).
+            path.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and is_disk_full(exc):
+                raise disk_full_error(path, exc) from exc
             raise
         return cls(path, fd, 0)
 
@@ -114,6 +135,8 @@ class WalFile:
 
     def _write(self, data: bytes) -> None:
         fd = self._usable_fd()
+        if self._cut_to is not None:
+            self.cut_back(self._cut_to)
         try:
             written = disk.write(fd, data)
             if written < len(data):
@@ -126,18 +149,53 @@ class WalFile:
                         raise OSError(f"write made no progress with {len(view)} bytes left")
                     view = view[written:]
         except OSError as exc:
+            if is_disk_full(exc):
+                # Part of the data may have reached the file: cut it (or remember to).
+                self._cut_to = self._size
+                try:
+                    self.cut_back(self._size)
+                except DiskFullError:
+                    pass
+                raise disk_full_error(self._path, exc) from exc
             self._failure = f"write failed: {exc}"
             raise StorageError(f"WAL {self._path}: write at byte {self._size} failed: {exc}") from exc
         self._size += len(data)
 
     def sync(self) -> None:
-        """Make every appended byte durable (fdatasync where available, else fsync)."""
+        """Make every appended byte durable (fdatasync where available, else fsync).
+
+        On a full disk raises :class:`DiskFullError` and keeps the file usable: the caller
+        either cuts the unsynced bytes (:meth:`cut_back`) or retries the sync later."""
         fd = self._usable_fd()
         try:
             _datasync(fd)
         except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self._path, exc) from exc
             self._failure = f"sync failed: {exc}"
             raise StorageError(f"WAL {self._path}: sync failed: {exc}") from exc
+
+    def cut_back(self, size: int) -> None:
+        """Drop every byte past ``size`` (a frame boundary at or below :attr:`size`).
+
+        Not fsynced here: the next successful sync makes the cut durable together with
+        what follows it, and until then a crash can only bring back whole frames that
+        were never acknowledged, or a torn tail. If the truncate fails the cut stays
+        pending and the next append retries it first (:class:`DiskFullError` until then).
+        """
+        fd = self._usable_fd()
+        if not 0 <= size <= self._size:
+            raise ValueError(f"cannot cut {self._path} back to {size} bytes (it holds {self._size})")
+        try:
+            disk.ftruncate(fd, size)
+        except OSError as exc:
+            self._cut_to = size
+            if is_disk_full(exc):
+                raise disk_full_error(self._path, exc) from exc
+            self._failure = f"truncate failed: {exc}"
+            raise StorageError(f"WAL {self._path}: cutting back to byte {size} failed: {exc}") from exc
+        self._size = size
+        self._cut_to = None
 
     def close(self) -> None:
         """Close the file (idempotent). Does NOT sync: call :meth:`sync` first if needed."""
@@ -167,7 +225,12 @@ class WalReplay:
     total_bytes: int
     tail_error: str | None  # why reading stopped early (torn / checksum), None if it did not
     last_seq: int | None  # seq of the last entry of the last batch, None if no batches
-    torn: bool = False  # reading stopped at an incomplete last frame (not corruption)
+    torn: bool = False  # reading stopped at a torn tail (incomplete last frame, zero fill)
+    #: Checksum-valid write batches found after the damage (never after a torn tail): what
+    #: cutting at ``valid_bytes`` would lose besides the damaged bytes.
+    lost_batches: int = 0
+    #: The seqs those batches hold, ``(first, last)``; None when none of them decodes.
+    lost_seqs: tuple[int, int] | None = None
 
     @property
     def dropped_bytes(self) -> int:
@@ -200,6 +263,7 @@ def replay_wal(path: Path) -> WalReplay:
         last_seq = batch[-1][1]
         batches.append(batch)
         offset += FRAME_HEADER_SIZE + len(payload)
+    lost_seqs = _seqs_of(scan.following, source)
     return WalReplay(
         batches=batches,
         valid_bytes=scan.valid_bytes,
@@ -207,7 +271,22 @@ def replay_wal(path: Path) -> WalReplay:
         tail_error=scan.tail_error,
         last_seq=last_seq,
         torn=scan.torn,
+        lost_batches=len(scan.following),
+        lost_seqs=lost_seqs,
     )
+
+
+def _seqs_of(frames: Sequence[tuple[int, bytes]], source: str) -> tuple[int, int] | None:
+    """The seq range of the write batches in ``frames`` (valid frames after damage), for the
+    report of what a cut would lose; a frame that does not decode adds nothing to it."""
+    seqs: list[int] = []
+    for offset, payload in frames:
+        try:
+            batch = decode_write_batch(payload, source, offset + FRAME_HEADER_SIZE)
+        except CorruptionError:
+            continue
+        seqs += (batch[0][1], batch[-1][1])
+    return (min(seqs), max(seqs)) if seqs else None
 
 
 def truncate_wal_tail(path: Path, valid_bytes: int) -> None:

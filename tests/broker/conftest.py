@@ -17,7 +17,6 @@ starting and closing the store, ``flush`` and ``compact``. Writes under ``SyncMo
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
@@ -30,6 +29,8 @@ import trio.testing
 
 from sentinel.broker.broker import Broker, BrokerOptions, ObsoleteData
 from sentinel.broker.coordinator import GroupCoordinator
+from sentinel.cluster.controller import Controller
+from sentinel.node import NodeConfig, NodeCore
 from sentinel.storage.compaction import CompactionOptions
 from sentinel.storage.options import StorageOptions, SyncMode
 from sentinel.storage.store import Store
@@ -62,6 +63,7 @@ class Running:
     store: Store
     broker: Broker
     coordinator: GroupCoordinator
+    controller: Controller
 
     async def flush(self) -> None:
         """Write the memtable to an L0 table (no compaction filter runs)."""
@@ -95,7 +97,7 @@ class NodeFactory:
     @asynccontextmanager
     async def run(self, **changes: Any) -> AsyncIterator[Running]:
         """The layer for the duration of the block; a graceful stop in the node's order at
-        the end (coordinator, broker, then the store, which fsyncs the WAL)."""
+        the end (coordinator, replicas, controller, then the store, which fsyncs the WAL)."""
         assert trio.lowlevel.current_clock() is self.clock, (
             "the test must take the `clock` fixture itself: pytest-trio only runs a test on a "
             "clock passed to the test function"
@@ -103,23 +105,27 @@ class NodeFactory:
         options = attrs.evolve(self.options, **changes)
         obsolete = ObsoleteData()
         storage = StorageOptions(sync=self.sync, compaction=self.compaction, compaction_filter=obsolete)
+        config = NodeConfig(
+            node_id=options.node_id,
+            auto_create_topics=options.auto_create_topics,
+            default_partitions=options.default_partitions,
+            default_replication_factor=options.default_replication_factor,
+            default_retention_ms=options.default_retention_ms,
+            default_retention_bytes=options.default_retention_bytes,
+            retention_check_seconds=options.retention_check_seconds,
+        )
         async with trio.open_nursery() as nursery:
             with frozen(self.clock):
                 store: Store = await nursery.start(Store(self.directory, storage).run)
-            broker = Broker(store, options)
-            obsolete.bind(broker)
-            await nursery.start(broker.run)
-            coordinator = GroupCoordinator(
-                store, broker, rng=random.Random(self.seed), rebalance_timeout=self.rebalance_timeout
-            )
-            await nursery.start(coordinator.run)
+            core = NodeCore(store, config, rebalance_timeout=self.rebalance_timeout, seed=self.seed)
+            obsolete.bind(core.broker)
+            await core.start(nursery)
+            await core.register(nursery, ("127.0.0.1", 9092))
             try:
-                yield Running(self.clock, store, broker, coordinator)
+                yield Running(self.clock, store, core.broker, core.coordinator, core.controller)
             finally:
                 with trio.CancelScope(shield=True):
-                    for actor in (coordinator, broker):
-                        actor.close()
-                        await actor.wait_stopped()
+                    await core.stop()
                     with frozen(self.clock):
                         await store.aclose()
                 nursery.cancel_scope.cancel()

@@ -7,12 +7,15 @@ keys, the partition state and the compaction filter are wired exactly as in a no
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -20,11 +23,18 @@ import trio.testing
 from sentinel.broker import keys
 from sentinel.broker import log as log_module
 from sentinel.broker.broker import TopicConfig
-from sentinel.errors import DataLoss, InvalidArgument, OffsetOutOfRange
+from sentinel.errors import DataLoss, InvalidArgument, OffsetOutOfRange, SentinelError
 from sentinel.records import RecordBatch, build_batch, split_batches
 from sentinel.storage.compaction import CompactionOptions
 from sentinel.storage.options import SyncMode
+from sentinel.storage.sstable_format import (
+    BLOCK_HEADER_SIZE,
+    FOOTER_TRAILER,
+    FOOTER_TRAILER_SIZE,
+    decode_footer_body,
+)
 from sentinel.storage.wal import WalFile
+from sentinel.varint import decode_uvarint
 
 if TYPE_CHECKING:
     from conftest import NodeFactory
@@ -258,16 +268,246 @@ async def test_missing_data_below_the_high_watermark_is_refused_never_skipped(
             [(keys.data_key(log.topic_id, 0, 5), None), (keys.data_key(log.topic_id, 0, 9), None)]
         )
         gap = r"offsets {} to {} of t\[0\] are missing from storage \(below the high watermark 10\)"
+        # What precedes a gap is served (however much the reader asks for), so a reader gets
+        # every good record first; the read that starts at the gap is refused.
+        for max_bytes in (size, 1 << 20):
+            result = log.read(0, max_bytes)
+            assert values_of(result.data) == [(0, b"a"), (1, b"b"), (2, b"c")] and result.next_offset == 3
         with pytest.raises(DataLoss, match=gap.format(3, 5)):
-            log.read(0, 1 << 20)
+            log.read(3, 1 << 20)
         with pytest.raises(DataLoss, match=gap.format(4, 5)):
             log.read(4, 1 << 20)
-        with pytest.raises(DataLoss, match=gap.format(9, 9)):
-            log.read(6, 1 << 20)
-        # What is there is still served up to the gap: a reader gets every good record first.
-        result = log.read(0, size)
-        assert values_of(result.data) == [(0, b"a"), (1, b"b"), (2, b"c")] and result.next_offset == 3
+        result = log.read(6, 1 << 20)
+        assert values_of(result.data) == [(6, b"g"), (7, b"h"), (8, b"i")] and result.next_offset == 9
         assert values_of(log.read(7, size).data)[0] == (6, b"g")
+        with pytest.raises(DataLoss, match=gap.format(9, 9)):
+            log.read(9, 1 << 20)
+
+
+# -- damaged storage ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class DataBlock:
+    number: int
+    position: int  # byte offset of the framed block in the file
+    first: tuple[int, int, int] | None  # the parsed data key of its first and last entries
+    last: tuple[int, int, int] | None
+
+
+def data_blocks(table: Path) -> list[DataBlock]:
+    """A table's data blocks, decoded from the documented format (not through the reader)."""
+    data = table.read_bytes()
+    footer_len, _crc, _magic = FOOTER_TRAILER.unpack_from(data, len(data) - FOOTER_TRAILER_SIZE)
+    footer_start = len(data) - FOOTER_TRAILER_SIZE - footer_len
+    footer = decode_footer_body(data[footer_start : footer_start + footer_len])
+    index = data[footer.index_offset + BLOCK_HEADER_SIZE : footer.index_offset + footer.index_size]
+    blocks = []
+    pos = 0
+    while pos < len(index):
+        bounds = []
+        for _ in range(2):
+            n, pos = decode_uvarint(index, pos)
+            bounds.append(keys.parse_data_key(index[pos : pos + n]))
+            pos += n
+        position, pos = decode_uvarint(index, pos)
+        _size, pos = decode_uvarint(index, pos)
+        blocks.append(DataBlock(len(blocks), position, bounds[0], bounds[1]))
+    return blocks
+
+
+def flip_byte(path: Path, position: int) -> None:
+    """Damage one byte in place, as a failing disk would (open readers see it too)."""
+    with path.open("r+b") as f:
+        f.seek(position)
+        byte = f.read(1)[0]
+        f.seek(position)
+        f.write(bytes([byte ^ 0x10]))
+
+
+def padded(offset: int) -> bytes:
+    return b"t0-%04d|" % offset + b"." * 240  # about 12 batches per 4 KiB data block
+
+
+async def test_a_damaged_table_block_serves_every_good_batch_before_it_and_refuses_a_read_at_it(
+    node: NodeFactory, clock: trio.testing.MockClock
+) -> None:
+    async with node.run() as running:
+        t = await running.broker.create_topic("t", 2)
+        u = await running.broker.create_topic("u", 1)
+        log = t.logs[0]
+
+        async def fill(end: int) -> None:
+            for offset in range(log.log_end_offset, end):
+                await log.append([batch(padded(offset))])
+            for other in (t.logs[1], u.logs[0]):
+                await other.append([batch(b"other-%d" % other.log_end_offset)])
+
+        await fill(40)  # table A: t[0] offsets 0..39
+        await running.flush()
+        await fill(70)  # table B: t[0] offsets 40..69
+        await running.flush()
+        await fill(75)  # offsets 70..74 stay in the memtable
+        table_a, table_b = sorted(node.directory.glob("sst-*.sst"))
+        # An inner block of table A, and the first block of the newer table B (a scan of
+        # the partition opens B's first block before it reaches any of A's batches).
+        inner = data_blocks(table_a)[1]
+        first = data_blocks(table_b)[0]
+        for block in (inner, first):
+            assert block.first is not None and block.last is not None
+            assert block.first[:2] == block.last[:2] == (t.topic_id, 0)
+            flip_byte(table_a if block is inner else table_b, block.position + BLOCK_HEADER_SIZE + 40)
+        fa, la = inner.first[2], inner.last[2]  # type: ignore[index]
+        fb, lb = first.first[2], first.last[2]  # type: ignore[index]
+        assert 0 < fa <= la < 39 and fb == 40 and lb < 69
+
+        def offsets(start: int, end: int) -> list[tuple[int, bytes | None]]:
+            return [(o, padded(o)) for o in range(start, end)]
+
+        def damage(start: int, end: int, table: Path, block: DataBlock) -> str:
+            return (
+                rf"offsets {start} to {end} of t\[0\] cannot be read: corruption in {table} at byte "
+                rf"{block.position}: data block {block.number} checksum mismatch"
+            )
+
+        # Every good batch before the damage, up to the batch right before the damaged block.
+        result = log.read(0, 1 << 20)
+        assert values_of(result.data) == offsets(0, fa) and result.next_offset == fa
+        result = log.read(fa - 1, 1 << 20)
+        assert values_of(result.data) == offsets(fa - 1, fa) and result.next_offset == fa
+        # A read that starts at the damage is refused, naming the offsets, the file and the byte.
+        with pytest.raises(DataLoss, match=damage(fa, la, table_a, inner)):
+            log.read(fa, 1 << 20)
+        with pytest.raises(DataLoss, match=damage(fa + 2, la, table_a, inner)):
+            log.read(fa + 2, 1 << 20)
+        # Past it the partition reads again, up to the next damage (in the other table).
+        result = log.read(la + 1, 1 << 20)
+        assert values_of(result.data) == offsets(la + 1, 40) and result.next_offset == 40
+        with pytest.raises(DataLoss, match=damage(40, lb, table_b, first)):
+            log.read(40, 1 << 20)
+        result = log.read(lb + 1, 1 << 20)
+        assert values_of(result.data) == offsets(lb + 1, 75) and result.next_offset == 75
+
+        # A reader paging through with small reads gets the same records, then the error.
+        seen: list[tuple[int, bytes | None]] = []
+        position = 0
+        with pytest.raises(DataLoss, match=damage(fa, la, table_a, inner)):
+            while True:
+                result = log.read(position, 1000)
+                seen.extend(values_of(result.data))
+                position = result.next_offset
+        assert seen == offsets(0, fa)
+
+        # Other partitions and topics, in the same tables, are untouched.
+        for other in (t.logs[1], u.logs[0]):
+            result = other.read(0, 1 << 20)
+            assert [v for _, v in values_of(result.data)] == [b"other-%d" % i for i in range(3)]
+            assert result.next_offset == 3
+
+
+async def test_a_damaged_block_shared_by_two_partitions_refuses_only_the_offsets_it_held(
+    node: NodeFactory, clock: trio.testing.MockClock
+) -> None:
+    async with node.run() as running:
+        t = await running.broker.create_topic("t", 2)
+        for log in t.logs:
+            for offset in range(30):
+                await log.append([batch(padded(offset))])
+        await running.flush()
+        [table] = node.directory.glob("sst-*.sst")
+        # The block where t[0]'s data ends and t[1]'s begins.
+        [block] = [
+            b
+            for b in data_blocks(table)
+            if b.first is not None
+            and b.last is not None
+            and (b.first[:2], b.last[:2]) == ((t.topic_id, 0), (t.topic_id, 1))
+        ]
+        flip_byte(table, block.position + BLOCK_HEADER_SIZE + 40)
+        first_t0, last_t1 = block.first[2], block.last[2]  # type: ignore[index]
+        for offset in range(30, 35):  # newer t[0] batches, in the memtable
+            await t.logs[0].append([batch(padded(offset))])
+
+        def damage(first: int, last: int, partition: int) -> str:
+            return (
+                rf"offsets {first} to {last} of t\[{partition}\] cannot be read: corruption in {table} at "
+                rf"byte {block.position}: data block {block.number} checksum mismatch"
+            )
+
+        # The block holds t[0] from offset first_t0 to its end in this table, then t[1]: the
+        # newer t[0] batches elsewhere still read (each offset is stored once, so the block
+        # cannot hold any of them), and the refused range stops where they begin.
+        result = t.logs[0].read(0, 1 << 20)
+        assert values_of(result.data) == [(o, padded(o)) for o in range(first_t0)]
+        with pytest.raises(DataLoss, match=damage(first_t0, 29, 0)):
+            t.logs[0].read(first_t0, 1 << 20)
+        result = t.logs[0].read(30, 1 << 20)
+        assert values_of(result.data) == [(o, padded(o)) for o in range(30, 35)] and result.next_offset == 35
+        # t[1]'s first batches were in the block: refused from 0, and read after it.
+        with pytest.raises(DataLoss, match=damage(0, last_t1, 1)):
+            t.logs[1].read(0, 1 << 20)
+        result = t.logs[1].read(last_t1 + 1, 1 << 20)
+        assert values_of(result.data) == [(o, padded(o)) for o in range(last_t1 + 1, 30)]
+
+
+async def test_retention_stops_at_a_damaged_block_and_the_broker_stays_up(
+    node: NodeFactory, clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with node.run() as running:
+        expiring = TopicConfig(retention_ms=1_000)
+        log = (await running.broker.create_topic("t", 1, config=expiring)).logs[0]
+        other = (await running.broker.create_topic("u", 1, config=expiring)).logs[0]
+        for offset in range(40):
+            await log.append([batch(padded(offset), timestamp=5)])  # all of them expired
+        await other.append([batch(b"u", timestamp=5)] * 3)
+        await running.flush()
+        [table] = node.directory.glob("sst-*.sst")
+        block = data_blocks(table)[1]
+        assert block.first is not None and block.last is not None and block.last[:2] == (log.topic_id, 0)
+        flip_byte(table, block.position + BLOCK_HEADER_SIZE + 40)
+        first, last = block.first[2], block.last[2]
+
+        # What the broker's retention loop runs (an error escaping it fails the broker).
+        with running.frozen():
+            assert await running.broker.enforce_retention() == first + 3
+        # The batches before the damage expired; the damaged ones cannot be judged, so they
+        # and what follows them stay. Other topics' retention goes on.
+        assert (log.log_start_offset, other.log_start_offset) == (first, 3)
+        warning = (
+            f"retention of t[0] stops at offset {first}: corruption in {table} at byte {block.position}: "
+        )
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+            warning + "data block 1 checksum mismatch"
+        ]
+        with running.frozen():  # the next pass: the same damage is not logged again
+            assert await running.broker.enforce_retention() == 0
+        assert log.log_start_offset == first and len(caplog.records) == 1
+        # The broker still serves reads and takes writes.
+        assert values_of(log.read(last + 1, 1 << 20).data)[0] == (last + 1, padded(last + 1))
+        partition, result = await running.broker.produce("t", 0, [batch(b"new")])
+        assert (partition, result.base_offset) == (0, 40)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the compactor (sentinel/storage/compactor.py) fails the storage tree, and so the node, "
+    "when a compaction input has a damaged data block; not the read path's to fix",
+)
+async def test_a_compaction_over_a_damaged_block_keeps_the_broker_up(
+    node: NodeFactory, clock: trio.testing.MockClock
+) -> None:
+    async with node.run() as running:
+        log = (await running.broker.create_topic("t", 1)).logs[0]
+        for offset in range(40):
+            await log.append([batch(padded(offset))])
+        await running.flush()
+        [table] = node.directory.glob("sst-*.sst")
+        flip_byte(table, data_blocks(table)[1].position + BLOCK_HEADER_SIZE + 40)
+        await log.append([batch(b"more")])
+        await running.flush()  # a second table overlapping the first: no trivial move
+        with contextlib.suppress(SentinelError):  # refusing the compaction is fine; crashing is not
+            await running.compact()
+        assert values_of(log.read(0, 1 << 20).data)[0] == (0, padded(0))
 
 
 # -- long polls --------------------------------------------------------------------------

@@ -71,7 +71,7 @@ class ThreadedFake:
 
 def invoke(*args: str, input: Any = None) -> Result:
     """Run the ``sentinel`` app in-process; stdout and stderr are kept apart."""
-    return CliRunner().invoke(app, list(args), input=input)
+    return CliRunner().invoke(app, list(args), input=input, prog_name="sentinel")
 
 
 def error_line(result: Result) -> str:

@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 
 from sentinel.cli import output
 from sentinel.client import Producer
+from sentinel.client.producer import DEFAULT_MAX_REQUEST_BYTES
 from sentinel.generated.sentinel import v1 as pb
+from sentinel.node import DEFAULT_MAX_MESSAGE_BYTES
 
 
 @pytest.mark.parametrize(
@@ -34,7 +36,14 @@ from sentinel.generated.sentinel import v1 as pb
         (["topics", "create", "t", "--partitions", "-1"], "--partitions must be >= 1, got -1"),
         (["topics", "create", "t", "--partitions", "0"], "--partitions must be >= 1, got 0"),
         (["topics", "create", "t", "--replication-factor", "0"], "--replication-factor must be >= 1"),
-        (["topics", "create", "t", "--retention-ms", "-5"], "--retention-ms must be >= 0"),
+        (["topics", "create", "t", "--retention-ms", "-5"], "--retention-ms must be between 0 and"),
+        # Larger than the wire's int32 / int64: protobuf used to wrap them into other values.
+        (["topics", "create", "t", "--partitions", str(2**31)], "--partitions must be at most 2147483647"),
+        (["topics", "create", "t", "-r", str(2**31)], "--replication-factor must be at most 2147483647"),
+        (
+            ["topics", "create", "t", "--retention-ms", str(2**63)],
+            f"--retention-ms must be between 0 and {2**63 - 1}",
+        ),
     ],
 )
 def test_bad_option_combinations_are_usage_errors(args: list[str], message: str, closed_port: int) -> None:
@@ -199,10 +208,36 @@ def test_produce_failure_is_one_error_line(fake: ThreadedFake) -> None:
     result = invoke("produce", "-b", fake.address, "-t", "events", "-p", "99", "-m", "x")
     assert result.exit_code == 1
     assert "partition 99 does not exist in topic 'events'" in error_line(result)
-    result = invoke("produce", "-b", fake.address, "-t", "events", "-m", "x" * 2_000_000)
-    assert result.exit_code == 1
-    assert "larger than" in error_line(result)
     assert fake.call(lambda f: f.topics["events"][0].records()) == []
+
+
+def test_produce_size_limit_is_the_brokers_and_checked_before_the_topic_is_created(
+    fake: ThreadedFake,
+) -> None:
+    # The default limit is the broker's default --max-message-bytes: a 2 MB record goes.
+    assert DEFAULT_MAX_REQUEST_BYTES == DEFAULT_MAX_MESSAGE_BYTES == 16 * 1024 * 1024
+    big = "x" * 2_000_000
+    result = invoke("produce", "-b", fake.address, "-t", "big", "-m", big)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert fake.call(lambda f: [len(v or b"") for _, _, v in f.topics["big"][0].records()]) == [2_000_000]
+    # Over the limit (here lowered): refused before the topic is looked up, so not created;
+    # from stdin as from --message.
+    for args, stdin in (
+        (["-m", big], None),
+        ([], big + "\nsmall\n"),
+    ):
+        result = invoke(
+            "produce", "-b", fake.address, "-t", "fresh", "--max-request-bytes", "1048576", *args, input=stdin
+        )
+        assert result.exit_code == 1
+        assert error_line(result) == (
+            "error: record of ~2000016 bytes is larger than one request can carry: "
+            "max_request_bytes is 1048576 (at most 1047491 per record)"
+        )
+        assert "fresh" not in fake.call(lambda f: list(f.topics)), args
+    result = invoke("produce", "-b", fake.address, "-t", "t", "-m", "x", "--max-request-bytes", "100")
+    assert result.exit_code == 2
+    assert error_line(result) == "error: --max-request-bytes must be >= 4096, got 100"
 
 
 def _produce(address: str, topic: str, records: list[tuple[int, bytes | None, bytes | None, tuple]]) -> None:

@@ -5,7 +5,9 @@ expects the real broker to: offsets assigned contiguously per partition, batches
 verbatim with their base offset rewritten, fetch long-polls, OUT_OF_RANGE outside
 ``[log_start, high_watermark]``, auto-creation on produce and a trivial group coordinator.
 Fault injection: ``fail_next(rpc, status)`` makes the next calls of an RPC fail;
-``hold_produce()`` parks produce requests until ``release_produce()``.
+``hold_produce()`` parks produce requests until ``release_produce()``. Like the real
+broker it validates every record of a produced batch, so damaged data (``poison_batch``)
+gets in only as data stored before that check did: through ``FakePartition.append``.
 """
 
 from __future__ import annotations
@@ -17,18 +19,46 @@ from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from crc32c import crc32c
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
+from sentinel.broker.groups import unknown_member
 from sentinel.broker.partitioner import RoundRobinPartitioner, partition_for_key
 from sentinel.errors import InvalidRecordBatch
 from sentinel.generated.sentinel import v1 as pb
-from sentinel.records import RecordBatch, iter_batches
+from sentinel.records import Compression, RecordBatch, build_batch, iter_batches
+from sentinel.records import batch_format as fmt
+from sentinel.records.compression import compress
 
 # The address the fake advertises in its metadata; the client routes single-broker
 # clusters to the bootstrap address anyway.
 NODE_ID = 1
+
+
+# Byte of record 0's offsetDelta in a records section of one-byte varints (length,
+# attributes, timestampDelta 0 come first).
+_RECORD0_OFFSET_DELTA = 3
+POISON_DETAIL = "malformed record 0 at byte 0 of the records section: offsetDelta: expected 0, found 63"
+
+
+def poison_batch(codec: Compression = Compression.NONE, count: int = 3) -> RecordBatch:
+    """A batch with a valid header and CRC whose records are garbage (record 0 claims
+    offsetDelta 63): what a broker stored before it validated records. Decoding it fails
+    with ``POISON_DETAIL``, compressed or not."""
+    good = build_batch([(None, b"poison %d" % i, (), 1_000) for i in range(count)])
+    section = bytearray(good[fmt.RECORDS_OFFSET :])
+    section[_RECORD0_OFFSET_DELTA] = 0x7E  # zig-zag 63
+    payload = bytes(section) if codec is Compression.NONE else compress(codec, section)
+    length = fmt.RECORDS_OFFSET + len(payload) - fmt.LOG_OVERHEAD
+    # baseOffset, batchLength, leader epoch, magic, crc (below), attributes, lastOffsetDelta,
+    # base and max timestamp, producer id, epoch, base sequence, recordCount.
+    fields = (0, length, -1, fmt.MAGIC, 0, int(codec), count - 1, 1_000, 1_000, -1, -1, -1, count)
+    data = bytearray(fmt.HEADER.pack(*fields) + payload)
+    crc = crc32c(bytes(data[fmt.CRC_START :]))
+    data[fmt.CRC_OFFSET : fmt.CRC_START] = crc.to_bytes(4, "big")
+    return RecordBatch(bytes(data))
 
 
 class FakePartition:
@@ -143,6 +173,8 @@ class FakeSentinel(pb.SentinelBase):
         self.produce_requests.append(message)
         try:
             batches = list(iter_batches(message.record_batches))
+            for batch in batches:
+                batch.validate_records()
         except InvalidRecordBatch as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         if message.topic not in self.topics:
@@ -249,9 +281,15 @@ class FakeSentinel(pb.SentinelBase):
         self._enter("create_topic")
         if message.name in self.topics:
             raise GRPCError(Status.ALREADY_EXISTS, f"topic {message.name!r} already exists")
-        if message.partitions < 0:
-            raise GRPCError(Status.INVALID_ARGUMENT, "partitions must be >= 0")
-        self.create(message.name, message.partitions or self.default_partitions)
+        for field, value in (
+            ("partitions", message.partitions),
+            ("replication_factor", message.replication_factor),
+        ):
+            if value is not None and value < 1:  # omitted (None) is the default, as on the real broker
+                raise GRPCError(Status.INVALID_ARGUMENT, f"{field} must be at least 1, got {value}")
+        self.create(
+            message.name, self.default_partitions if message.partitions is None else message.partitions
+        )
         return pb.CreateTopicResponse(topic=self._describe(message.name))
 
     async def delete_topic(self, message: pb.DeleteTopicRequest) -> pb.DeleteTopicResponse:
@@ -306,24 +344,26 @@ class FakeSentinel(pb.SentinelBase):
             ],
         )
 
+    def _member_of(self, group_id: str, member_id: str) -> FakeGroup:
+        """The group of a known member; else FAILED_PRECONDITION, exactly as the real
+        coordinator answers a heartbeat, leave or commit from an unknown member or group."""
+        group = self.groups.get(group_id)
+        if group is None or member_id not in group.members:
+            raise GRPCError(Status.FAILED_PRECONDITION, str(unknown_member(member_id, group_id)))
+        return group
+
     async def heartbeat(self, message: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         self._enter("heartbeat")
-        group = self.groups[message.group_id]
-        if message.member_id not in group.members:  # as the real coordinator answers it
-            raise GRPCError(
-                Status.FAILED_PRECONDITION,
-                f"unknown member {message.member_id!r} in group {message.group_id!r} "
-                "(it left or its session expired): rejoin the group",
-            )
+        group = self._member_of(message.group_id, message.member_id)
         return pb.HeartbeatResponse(
             rebalance_needed=message.generation != group.generation, generation=group.generation
         )
 
     async def leave_group(self, message: pb.LeaveGroupRequest) -> pb.LeaveGroupResponse:
         self._enter("leave_group")
-        group = self.groups[message.group_id]
-        if group.members.pop(message.member_id, None) is not None:
-            self._rebalance(group)
+        group = self._member_of(message.group_id, message.member_id)
+        del group.members[message.member_id]
+        self._rebalance(group)
         return pb.LeaveGroupResponse()
 
     async def commit_offsets(self, message: pb.CommitOffsetsRequest) -> pb.CommitOffsetsResponse:

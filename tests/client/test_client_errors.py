@@ -114,8 +114,15 @@ def test_admin_topics_and_groups() -> None:
             assert [p.partition for p in created.partitions] == [0, 1, 2]
             with pytest.raises(AlreadyExists, match="topic 'orders' already exists"):
                 await admin.create_topic("orders", 3)
-            with pytest.raises(InvalidArgument, match="partitions must be an int >= 0, got -1"):
-                await admin.create_topic("bad", -1)
+            for bad in (-1, 0, 2**31):
+                with pytest.raises(
+                    InvalidArgument, match=f"partitions must be an int from 1 to 2147483647, .*; got {bad}"
+                ):
+                    await admin.create_topic("bad", bad)
+            with pytest.raises(
+                InvalidArgument, match=f"retention_ms must be an int from 0 to {2**63 - 1}, got {2**63}"
+            ):
+                await admin.create_topic("bad", retention_ms=2**63)
             defaulted = await admin.create_topic("logs")
             assert defaulted.partition_count == 2  # the broker's default
             assert [t.name for t in await admin.list_topics()] == ["logs", "orders"]

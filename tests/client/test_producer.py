@@ -147,7 +147,13 @@ def test_non_retriable_error_is_not_retried(status: Status, error: type[Exceptio
 
 
 @pytest.mark.parametrize(
-    ("name", "codec"), [("gzip", Compression.GZIP), ("zstd", Compression.ZSTD), ("lz4", Compression.LZ4)]
+    ("name", "codec"),
+    [
+        ("gzip", Compression.GZIP),
+        ("snappy", Compression.SNAPPY),
+        ("zstd", Compression.ZSTD),
+        ("lz4", Compression.LZ4),
+    ],
 )
 def test_compression_round_trip(name: str, codec: Compression) -> None:
     async def scenario(fake: FakeSentinel) -> None:
@@ -276,14 +282,48 @@ def test_headers_and_timestamps_reach_the_consumer() -> None:
 def test_invalid_records_are_rejected_at_send() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("v", 1)
-        async with Producer(fake.address, max_buffer_bytes=1000) as producer:
+        async with Producer(fake.address, max_request_bytes=3000) as producer:
             with pytest.raises(InvalidArgument, match="value must be bytes or None, got str"):
                 await producer.send("v", "text")  # type: ignore[arg-type]
-            with pytest.raises(InvalidArgument, match="larger than max_buffer_bytes"):
+            with pytest.raises(InvalidArgument, match="larger than one request can carry"):
                 await producer.send("v", b"x" * 2000)
+            with pytest.raises(InvalidArgument, match="larger than one request can carry"):
+                await producer.send("not-looked-up", b"x" * 2000)
             with pytest.raises(InvalidArgument, match="a header must be a"):
                 await producer.send("v", b"x", headers=[("only-name",)])  # type: ignore[list-item]
         assert fake.calls["produce"] == 0
+        assert "not-looked-up" not in fake.topics and fake.calls["fetch_metadata"] == 1  # start() only
+
+    run(scenario)
+
+
+def test_a_request_gathers_at_most_a_mebibyte_whatever_max_request_bytes_allows() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("fill", 1)
+        fake.hold_produce()
+        async with Producer(fake.address, max_buffer_bytes=8 << 20) as producer:
+            first = await producer.send("fill", b"x")
+            await fake.produce_parked.wait()  # the first request is held: the rest queue up
+            futures = [await producer.send("fill", b"x" * 1000) for _ in range(3000)]  # ~3 MB
+            fake.release_produce()
+            await asyncio.gather(first, *futures)
+        sizes = [len(r.record_batches) for r in fake.produce_requests]
+        assert len(sizes) >= 4 and max(sizes) <= 1 << 20  # a 16 MiB limit, yet 1 MiB requests
+
+    run(scenario)
+
+
+def test_a_record_larger_than_the_buffer_goes_alone_once_the_buffer_is_empty() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("big", 1)
+        async with Producer(fake.address, max_buffer_bytes=1000, linger_ms=0) as producer:
+            small = await producer.send("big", b"s" * 500)
+            large = await producer.send("big", b"L" * 5000)  # waits for the small one's ack
+            after = await producer.send("big", b"a")  # waits for the large one's
+            assert [(await f).offset for f in (small, large, after)] == [0, 1, 2]
+            alone = await producer.send_and_wait("big", b"x" * 5000)  # into an empty buffer at once
+            assert alone.offset == 3
+        assert [len(r.record_batches) < 1000 for r in fake.produce_requests] == [True, False, True, False]
 
     run(scenario)
 
@@ -300,7 +340,7 @@ def test_bad_options_are_rejected() -> None:
     with pytest.raises(InvalidArgument, match="acks must be 'all', 1 or 0, got 2"):
         Producer("h:1", acks=2)
     with pytest.raises(InvalidArgument, match="compression must be one of"):
-        Producer("h:1", compression="snappy")
+        Producer("h:1", compression="brotli")
     with pytest.raises(InvalidArgument, match="batch_size must be > 0"):
         Producer("h:1", batch_size=0)
 

@@ -8,10 +8,13 @@ Independent commands run concurrently: each CLI process spends most of its time 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
+import socket
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -208,21 +211,29 @@ def test_errors_are_one_line(broker: BrokerProcess) -> None:
     b = ("--broker", broker.address)
     # "single" does not exist yet: the producer creates it with the broker's default of one
     # partition, then refuses partition 99.
-    unknown, bad_name, bad_partition, too_big = cli_all(
+    unknown, bad_name, bad_partition, too_big, big = cli_all(
         ("consume", "--topic", "nope", *b),
         ("topics", "create", "bad/name", *b),
         ("produce", "--topic", "single", "--partition", "99", "--message", "x", *b),
-        ("produce", "--topic", "single", *b),  # stdin: one record of 2 MB
-        inputs={3: "x" * 2_000_000 + "\n"},
+        ("produce", "--topic", "huge", "--max-request-bytes", "1048576", *b),  # stdin: 2 MB
+        ("produce", "--topic", "big", *b),  # the default limit is the broker's: 2 MB goes
+        inputs={3: "x" * 2_000_000 + "\n", 4: "y" * 2_000_000 + "\n"},
     )
     assert one_error_line(unknown) == "error: topic 'nope' does not exist"
     assert one_error_line(bad_name).startswith("error: invalid topic name 'bad/name'")
     assert one_error_line(bad_partition) == (
         "error: partition 99 does not exist in topic 'single': valid partitions are 0..0"
     )
-    assert "larger than" in one_error_line(too_big)
+    assert "larger than one request can carry: max_request_bytes is 1048576" in one_error_line(too_big)
     for result in (unknown, bad_name, bad_partition, too_big):
         assert result.returncode == 1 and result.stdout == ""
+    assert ok(big) == "produced 1 record to big\n  partition 0: offset 0\n"
+    assert ok(cli("consume", "--topic", "big", "--from-beginning", *b)) == "y" * 2_000_000 + "\n"
+    # Refused before its topic was looked up: "huge" was never auto-created.
+    assert sorted(t["name"] for t in json.loads(ok(cli("topics", "list", "--format", "json", *b)))) == [
+        "big",
+        "single",
+    ]
 
     broker.stop()
     down = cli_all(("topics", "list", *b), ("produce", "--topic", "single", "--message", "x", *b))
@@ -253,3 +264,61 @@ def test_no_auto_create_topics_governs_every_client_path(tmp_path: Path) -> None
         assert [t["name"] for t in json.loads(ok(cli("topics", "list", "--format", "json", *b)))] == ["made"]
     finally:
         broker.close()
+
+
+@pytest.mark.slow
+def test_a_broker_killed_under_produce_is_one_error_line(broker: BrokerProcess) -> None:
+    producer = start(
+        "produce", "--topic", "k", "--format", "json", "--broker", broker.address, stdin=subprocess.PIPE
+    )
+    assert producer.stdin is not None and producer.stdout is not None and producer.stderr is not None
+    acknowledged = threading.Event()
+
+    def feed() -> None:  # lines as fast as the producer takes them, until it has exited
+        chunk = "record\n" * 1000
+        with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+            while producer.poll() is None:
+                producer.stdin.write(chunk)
+                producer.stdin.flush()
+
+    def drain() -> None:  # acknowledgements, so the producer never blocks on stdout
+        for _ in producer.stdout:
+            acknowledged.set()
+
+    threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain, daemon=True)]
+    for thread in threads:
+        thread.start()
+    assert acknowledged.wait(TIMEOUT_S), "nothing was acknowledged"
+    broker.kill()  # SIGKILL: the connection is lost under requests in flight
+    assert producer.wait(TIMEOUT_S) == 1
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+    # grpclib's writes to the lost connection used to add asyncio's "socket.send() raised
+    # exception." lines before the error.
+    lines = producer.stderr.read().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach broker {broker.address}: "), lines
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_command_with_error_interrupted(broker: BrokerProcess) -> None:
+    typing = start(
+        "produce", "--topic", "typed", "--format", "json", "--broker", broker.address, stdin=subprocess.PIPE
+    )
+    with socket.socket() as silent:  # accepts connections, never answers: the preflight waits
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent.settimeout(TIMEOUT_S)
+        waiting = start("topics", "list", "--broker", f"127.0.0.1:{silent.getsockname()[1]}")
+        connection, _ = silent.accept()  # it is waiting for the answer now
+        waiting.send_signal(signal.SIGINT)
+        assert waiting.communicate(timeout=TIMEOUT_S) == ("", "error: interrupted\n")
+        assert waiting.returncode == 130
+        connection.close()
+    # Once a line is acknowledged, produce is reading stdin (left open): Ctrl-C stops it.
+    assert typing.stdin is not None and typing.stdout is not None
+    typing.stdin.write("first\n")
+    typing.stdin.flush()
+    assert json.loads(typing.stdout.readline())["value"] == "first"
+    typing.send_signal(signal.SIGINT)
+    assert typing.communicate(timeout=TIMEOUT_S) == ("", "error: interrupted\n")
+    assert typing.returncode == 130

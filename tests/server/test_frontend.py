@@ -77,7 +77,7 @@ ERRORS: dict[str, tuple[BaseException, Status, str]] = {
     "closed": (StorageClosed("storage is closed"), Status.UNAVAILABLE, "storage is closed"),
     "corrupt": (
         CorruptionError("wal-000001.log", 4096, "CRC mismatch"),
-        Status.INTERNAL,
+        Status.DATA_LOSS,
         "corruption in wal-000001.log at byte 4096: CRC mismatch",
     ),
     "disk": (StorageError("fsync failed: EIO"), Status.INTERNAL, "fsync failed: EIO"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -21,9 +22,11 @@ import pytest
 import trio
 import trio.testing
 from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from sentinel.broker.broker import Broker, BrokerOptions, ObsoleteData
 from sentinel.broker.coordinator import GroupCoordinator
+from sentinel.broker.groups import unknown_member
 from sentinel.broker.log import LocalPartitionLog, ReadResult
 from sentinel.broker.partitioner import partition_for_key
 from sentinel.errors import (
@@ -44,6 +47,10 @@ from sentinel.server.status import status_of
 from sentinel.storage.compaction import CompactionOptions
 from sentinel.storage.options import StorageOptions, SyncMode
 from sentinel.storage.store import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "client"))
+
+from client_fakes import FakeSentinel
 
 MAX_BATCH_BYTES = 64 * 1024
 
@@ -278,10 +285,42 @@ async def test_fetch_long_polls_until_data_arrives_or_max_wait(
         ((waited, response),) = got
         assert waited == pytest.approx(4) and values_of(response.record_batches) == [(0, b"late")]
 
-        # No client waits longer than MAX_WAIT_MS (30 s) per fetch.
+        # MAX_WAIT_MS (30 s) is the longest one fetch waits.
         start = trio.current_time()
-        response = await h.fetch(pb.ConsumeRequest(topic="t", partition=0, offset=1, max_wait_ms=600_000))
+        response = await h.fetch(pb.ConsumeRequest(topic="t", partition=0, offset=1, max_wait_ms=30_000))
         assert trio.current_time() - start == pytest.approx(30) and response.record_batches == b""
+
+
+async def test_fetch_bounds_max_wait_and_caps_max_bytes(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    async with serving(tmp_path, clock) as stack:
+        h = stack.handlers
+        await stack.broker.create_topic("t", 1)
+        await h.produce(produce_request("t", 0, batch_bytes(b"a", b"b")))
+        # A wait above 30 s is refused (not silently cut), at once: no long poll first. A
+        # negative int32 written into the uint32 field arrives as 2**32 - 1.
+        negative = pb.ConsumeRequest().parse(
+            bytes(pb.ConsumeRequest(topic="t", offset=2)) + b"\x28" + b"\xff" * 9 + b"\x01"
+        )
+        for request, shown in (
+            (pb.ConsumeRequest(topic="t", offset=2, max_wait_ms=30_001), 30_001),
+            (pb.ConsumeRequest(topic="t", offset=2, max_wait_ms=600_000), 600_000),
+            (negative, 2**32 - 1),
+        ):
+            start = trio.current_time()
+            with Fails(
+                InvalidArgument,
+                Status.INVALID_ARGUMENT,
+                f"max_wait_ms must be between 0 and 30000, got {shown}: to wait longer, fetch again",
+            ):
+                await h.fetch(request)
+            assert trio.current_time() == start
+        # max_bytes is a budget: above 16 MiB it is capped, as Kafka caps it by its
+        # fetch.max.bytes, and the answer is served.
+        huge = await h.fetch(pb.ConsumeRequest(topic="t", offset=0, max_bytes=2**32 - 1))
+        assert values_of(huge.record_batches) == [(0, b"a"), (1, b"b")]
+        assert handlers_module.MAX_FETCH_BYTES == 16 * 1024 * 1024
 
 
 async def test_a_long_poll_on_a_topic_deleted_meanwhile_ends_with_not_found(
@@ -426,7 +465,7 @@ async def test_metadata_and_topic_admin(tmp_path: Path, clock: trio.testing.Mock
         with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "invalid topic name 'bad/name'"):
             await h.create_topic(pb.CreateTopicRequest(name="bad/name"))
         with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "partition count must be between 1 and 10000"):
-            await h.create_topic(pb.CreateTopicRequest(name="c", partitions=-3))
+            await h.create_topic(pb.CreateTopicRequest(name="c", partitions=10_001))
         with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "retention_ms and retention_bytes must be >= 0"):
             await h.create_topic(pb.CreateTopicRequest(name="c", config=pb.TopicConfig(retention_ms=-1)))
         with Fails(NotFound, Status.NOT_FOUND, "topic 'c' does not exist"):
@@ -436,6 +475,30 @@ async def test_metadata_and_topic_admin(tmp_path: Path, clock: trio.testing.Mock
 
         await h.delete_topic(pb.DeleteTopicRequest(name="a"))
         assert [t.name for t in (await h.list_topics(pb.ListTopicsRequest())).topics] == ["b"]
+
+
+async def test_create_topic_counts_omitted_are_defaults_zero_or_negative_are_refused(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    async with serving(tmp_path, clock, default_partitions=3) as stack:
+        h = stack.handlers
+        for field in ("partitions", "replication_factor"):
+            for value in (0, -1):
+                request = pb.CreateTopicRequest(name="z", **{field: value})
+                # On the wire the field is present (proto3 `optional`), so the broker sees it.
+                assert getattr(pb.CreateTopicRequest.parse(bytes(request)), field) == value
+                with Fails(
+                    InvalidArgument,
+                    Status.INVALID_ARGUMENT,
+                    f"{field} must be at least 1, got {value} (omit the field for the broker's default)",
+                ):
+                    await h.create_topic(request)
+        assert "z" not in stack.broker.topics
+        omitted = await h.create_topic(pb.CreateTopicRequest(name="z"))
+        assert omitted.topic is not None
+        assert (len(omitted.topic.partitions), omitted.topic.replication_factor) == (3, 1)
+        one = await h.create_topic(pb.CreateTopicRequest(name="one", partitions=1, replication_factor=1))
+        assert one.topic is not None and len(one.topic.partitions) == 1
 
 
 async def test_list_offsets(tmp_path: Path, clock: trio.testing.MockClock) -> None:
@@ -516,8 +579,58 @@ async def test_group_handlers_and_their_errors(tmp_path: Path, clock: trio.testi
         with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "invalid group id '': must not be empty"):
             await h.fetch_offsets(pb.FetchOffsetsRequest(group_id=""))
 
+        too_long = pb.PartitionOffset(topic="t", partition=0, offset=2, metadata="m" * 4097)
+        with Fails(
+            InvalidArgument,
+            Status.INVALID_ARGUMENT,
+            "metadata of the offset committed for t[0] is 4097 bytes, more than the limit of 4096",
+        ):
+            await h.commit_offsets(
+                pb.CommitOffsetsRequest(
+                    group_id="g", member_id=joined.member_id, generation=1, offsets=[too_long]
+                )
+            )
+        assert (await h.fetch_offsets(pb.FetchOffsetsRequest(group_id="g"))).offsets[0].offset == 1
+
         # Deleting a topic drops the groups' committed offsets for it.
         await h.delete_topic(pb.DeleteTopicRequest(name="t"))
         assert (await h.fetch_offsets(pb.FetchOffsetsRequest(group_id="g"))).offsets == []
         await h.leave_group(pb.LeaveGroupRequest(group_id="g", member_id=joined.member_id))
         assert (await h.describe_group(pb.DescribeGroupRequest(group_id="g"))).members == []
+
+
+async def test_an_unknown_member_or_group_is_told_alike_by_every_group_request(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    async with serving(tmp_path, clock) as stack:
+        h = stack.handlers
+        await stack.broker.create_topic("t", 1)
+        joined = await h.join_group(pb.JoinGroupRequest(group_id="g", topics=["t"]))
+        await h.leave_group(pb.LeaveGroupRequest(group_id="g", member_id=joined.member_id))
+        for group_id, member_id in (("g", joined.member_id), ("g", "stranger"), ("nogroup", "m")):
+            message = str(unknown_member(member_id, group_id))
+            assert message.startswith(f"unknown member {member_id!r} in group {group_id!r}")
+            with Fails(FailedPrecondition, Status.FAILED_PRECONDITION, message):
+                await h.leave_group(pb.LeaveGroupRequest(group_id=group_id, member_id=member_id))
+            with Fails(FailedPrecondition, Status.FAILED_PRECONDITION, message):
+                await h.heartbeat(pb.HeartbeatRequest(group_id=group_id, member_id=member_id, generation=1))
+            with Fails(FailedPrecondition, Status.FAILED_PRECONDITION, message):
+                await h.commit_offsets(
+                    pb.CommitOffsetsRequest(group_id=group_id, member_id=member_id, generation=1)
+                )
+            # The client tests' fake broker answers the same status and text.
+            fake = FakeSentinel()
+            fake.groups["g"]  # an existing (empty) group, as on the real broker
+            for call in (
+                fake.leave_group(pb.LeaveGroupRequest(group_id=group_id, member_id=member_id)),
+                fake.heartbeat(pb.HeartbeatRequest(group_id=group_id, member_id=member_id, generation=1)),
+            ):
+                with pytest.raises(GRPCError) as answered:
+                    await call
+                assert (answered.value.status, answered.value.message) == (
+                    Status.FAILED_PRECONDITION,
+                    message,
+                )
+        assert "nogroup" not in stack.coordinator.group_ids()
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "invalid group id '': must not be empty"):
+            await h.leave_group(pb.LeaveGroupRequest(group_id="", member_id="x"))

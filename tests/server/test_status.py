@@ -12,6 +12,7 @@ from sentinel.errors import (
     ActorClosed,
     AlreadyExists,
     CorruptionError,
+    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     InvalidRecordBatch,
@@ -50,9 +51,14 @@ from sentinel.server.status import INTERNAL_ERROR_MESSAGE, LEADER_METADATA_KEY, 
         (ActorClosed("broker is not running"), Status.UNAVAILABLE, "broker is not running"),
         (StorageClosed("storage closed"), Status.UNAVAILABLE, "storage closed"),
         (
-            CorruptionError("wal-000001.log", 4096, "CRC mismatch"),
-            Status.INTERNAL,
-            "corruption in wal-000001.log at byte 4096: CRC mismatch",
+            CorruptionError("sst-000007.sst", 4096, "data block 1 checksum mismatch"),
+            Status.DATA_LOSS,
+            "corruption in sst-000007.sst at byte 4096: data block 1 checksum mismatch",
+        ),
+        (
+            DataLoss("offsets 3 to 5 of t[0] are missing from storage"),
+            Status.DATA_LOSS,
+            "offsets 3 to 5 of t[0] are missing from storage",
         ),
         (StorageError("fsync failed: EIO"), Status.INTERNAL, "fsync failed: EIO"),
         (TimeoutError("replication timed out"), Status.DEADLINE_EXCEEDED, "replication timed out"),
@@ -70,6 +76,28 @@ def test_storage_closed_is_unavailable_although_storage_error_is_internal() -> N
     assert issubclass(StorageClosed, StorageError)
     assert status_of(StorageClosed("x")).status is Status.UNAVAILABLE
     assert status_of(StorageError("x")).status is Status.INTERNAL
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        CorruptionError("/data/sst-000007.sst", 4096, "data block 1 checksum mismatch"),
+        DataLoss(
+            "offsets 120 to 131 of events[0] cannot be read: corruption in /data/sst-000007.sst at byte 4096"
+        ),
+    ],
+    ids=["damaged", "missing"],
+)
+def test_damaged_or_missing_stored_data_reaches_the_client_as_data_loss_with_its_message(
+    error: SentinelError,
+) -> None:
+    # Not INTERNAL (a server bug) and not the caller's fault: the client raises DataLoss,
+    # keeps the message that says where, and does not retry.
+    status = status_of(error)
+    assert status == RpcStatus(Status.DATA_LOSS, str(error))
+    restored = error_from_status(status.status, status.message)
+    assert type(restored) is DataLoss and str(restored) == str(error)
+    assert not isinstance(restored, InvalidArgument) and not is_retriable(restored)
 
 
 def test_subclass_of_a_mapped_error_maps_like_its_base() -> None:
@@ -148,7 +176,7 @@ def test_deadline_exceeded_becomes_a_retriable_timeout() -> None:
 @pytest.mark.parametrize(
     ("status", "message", "text"),
     [
-        (Status.INTERNAL, "corruption in wal at byte 3: bad", "INTERNAL: corruption in wal at byte 3: bad"),
+        (Status.INTERNAL, "fsync failed: EIO", "INTERNAL: fsync failed: EIO"),
         (Status.UNIMPLEMENTED, None, "UNIMPLEMENTED"),
         (Status.UNKNOWN, "Internal Server Error", "UNKNOWN: Internal Server Error"),
     ],

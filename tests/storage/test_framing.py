@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -91,6 +92,102 @@ def test_implausible_length_is_not_allocated() -> None:
     assert scan.payloads == [b"ok"]
     assert scan.tail_error == f"implausible frame length {framing.MAX_FRAME_PAYLOAD + 1} at byte 10"
     assert scan.dropped_bytes == 18
+
+
+def test_zero_filled_tail_of_every_length_is_torn() -> None:
+    """A file system may extend a file and never write the data (power loss under a lazy
+    sync): zeros from a frame boundary to the end are a torn tail, not corruption."""
+    head = frame(b"first") + frame(b"second")
+    for zeros in range(1, 3 * FRAME_HEADER_SIZE + 40):
+        scan = scan_frames(head + bytes(zeros))
+        assert scan.payloads == [b"first", b"second"], zeros
+        assert (scan.valid_bytes, scan.dropped_bytes) == (len(head), zeros)
+        assert scan.tail_error == f"zero-filled tail of {zeros} bytes at byte {len(head)}"
+        assert scan.torn and scan.following == ()
+    assert scan_frames(bytes(4096)).torn  # not even the first frame reached the disk
+
+
+def test_zeros_followed_by_a_valid_frame_are_corruption() -> None:
+    head = frame(b"first")
+    last = frame(b"after the hole")
+    for zeros in (1, FRAME_HEADER_SIZE, 100):
+        scan = scan_frames(head + bytes(zeros) + last)
+        assert scan.payloads == [b"first"]
+        assert not scan.torn, zeros
+        assert scan.following == ((len(head) + zeros, b"after the hole"),)
+
+
+def test_a_zero_byte_inside_a_good_frame_is_corruption() -> None:
+    frames = [frame(b"alpha"), frame(b"beta-beta"), frame(b"gamma-gamma")]
+    data = b"".join(frames)
+    starts = [0, len(frames[0]), len(frames[0]) + len(frames[1])]
+    for which in (1, 2):  # a middle frame and the last one
+        start = starts[which]
+        for pos in range(start, start + len(frames[which])):
+            if data[pos] == 0:
+                continue
+            damaged = bytearray(data)
+            damaged[pos] = 0
+            scan = scan_frames(bytes(damaged))
+            assert scan.valid_bytes == start, pos
+            assert not scan.torn, (which, pos)
+    # Zeros to the end of the last frame, but not from a frame boundary: corruption too.
+    damaged = bytearray(data)
+    damaged[starts[2] + FRAME_HEADER_SIZE :] = bytes(len(data) - starts[2] - FRAME_HEADER_SIZE)
+    assert not scan_frames(bytes(damaged)).torn
+
+
+def test_a_bad_length_that_makes_a_middle_frame_look_cut_short_is_corruption() -> None:
+    """Was taken for a torn tail (issue 8): a length flipped to more than is left made the
+    frame look incomplete, and every valid frame after it was dropped as its tail."""
+    frames = [frame(b"one" * 20), frame(b"two" * 20), frame(b"three" * 20), frame(b"four" * 20)]
+    data = b"".join(frames)
+    start = len(frames[0])
+    for length_byte in range(4, 8):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[start + length_byte] ^= 1 << bit
+            scan = scan_frames(bytes(damaged))
+            assert scan.valid_bytes == start
+            assert not scan.torn, (length_byte, bit, scan.tail_error)
+            assert [p for _, p in scan.following] == [b"three" * 20, b"four" * 20], (length_byte, bit)
+            assert scan.following[0][0] == start + len(frames[1])
+
+
+def test_frames_after_several_damaged_spots_are_all_found() -> None:
+    frames = [frame(bytes([i]) * 30) for i in range(1, 7)]
+    data = bytearray(b"".join(frames))
+    offsets = [sum(map(len, frames[:i])) for i in range(len(frames))]
+    data[offsets[1] + 10] ^= 0x01
+    data[offsets[3] + 10] ^= 0x01
+    scan = scan_frames(bytes(data))
+    assert scan.valid_bytes == offsets[1]
+    assert [at for at, _ in scan.following] == [offsets[2], offsets[4], offsets[5]]
+
+
+def test_an_incomplete_frame_holding_a_valid_frame_is_not_taken_for_torn() -> None:
+    """The rule is conservative: bytes that checksum as a frame after the damage make it
+    corruption (refused, or an accepted loss) rather than a silently cut tail."""
+    inner = frame(b"looks like a record")
+    outer = frame(b"x" * 10 + inner + b"y" * 50)
+    data = frame(b"first") + outer[: FRAME_HEADER_SIZE + 10 + len(inner) + 5]
+    scan = scan_frames(data)
+    assert not scan.torn
+    assert [p for _, p in scan.following] == [b"looks like a record"]
+
+
+def test_the_search_after_damage_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checking every candidate frame in a long damaged span costs a checksum each; past
+    the budget the search stops and says where, and the unsearched rest holds nothing."""
+    rng = random.Random(7)
+    torn = frame(rng.randbytes(200_000))[:150_000]
+    data = frame(b"first") + torn
+    assert scan_frames(data).torn
+    monkeypatch.setattr(framing, "SEARCH_CHECKSUM_BYTES", 1000)
+    scan = scan_frames(data)
+    assert scan.torn
+    assert scan.tail_error is not None
+    assert re.search(r"\(no valid frame follows up to byte \d+; not searched further\)$", scan.tail_error)
 
 
 def test_frame_refuses_what_the_reader_would_reject(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -358,6 +358,9 @@ def test_flipped_byte_in_the_last_complete_record_is_corruption(tmp_path: Path) 
     manifest.close()
     assert manifest.recovery_report is not None
     assert manifest.recovery_report.startswith(f"{path.name}: accepted data loss at byte {offsets[-1]}: ")
+    assert manifest.recovery_report.endswith(
+        f"{len(data) - offsets[-1]} bytes of manifest records were dropped"
+    )
     assert numbers(state.version.files(0)) == [10]
     assert path.stat().st_size == offsets[-1]
 
@@ -377,6 +380,59 @@ def test_flipped_byte_before_the_last_record_is_corruption(tmp_path: Path, recor
         assert info.value.position == start, pos
         assert str(info.value).startswith(f"corruption in {path} at byte {start}: ")
         assert path.read_bytes() == bytes(data)  # nothing was truncated
+
+
+def test_zero_filled_tail_of_every_length_is_dropped_and_reported(tmp_path: Path) -> None:
+    path, _ = _three_record_manifest(tmp_path)
+    whole = path.read_bytes()
+    for zeros in [*range(1, 40), 4096]:
+        path.write_bytes(whole + bytes(zeros))
+        manifest, state = Manifest.open(tmp_path)
+        manifest.close()
+        assert manifest.recovery_report == (
+            f"{path.name}: dropped a torn tail of {zeros} bytes "
+            f"(zero-filled tail of {zeros} bytes at byte {len(whole)})"
+        ), zeros
+        assert numbers(state.version.files(0)) == [11, 10]
+        assert path.read_bytes() == whole  # cut on disk
+
+
+def test_zeros_followed_by_a_valid_record_are_corruption(tmp_path: Path) -> None:
+    path, _ = _three_record_manifest(tmp_path)
+    whole = path.read_bytes()
+    for zeros in (1, FRAME_HEADER_SIZE, 300):
+        damaged = whole + bytes(zeros) + frame(encode_edit(VersionEdit(last_sequence=12)))
+        path.write_bytes(damaged)
+        with pytest.raises(CorruptionError) as info:
+            Manifest.open(tmp_path)
+        assert info.value.position == len(whole)
+        assert f"1 valid record(s) follow it, the first at byte {len(whole) + zeros}" in info.value.detail
+        assert path.read_bytes() == damaged
+
+
+def test_a_zero_byte_inside_the_last_record_is_corruption(tmp_path: Path) -> None:
+    path, offsets = _three_record_manifest(tmp_path)
+    whole = path.read_bytes()
+    for pos in range(offsets[-1], len(whole)):
+        if whole[pos] == 0:
+            continue
+        damaged = bytearray(whole)
+        damaged[pos] = 0
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CorruptionError, match="not a torn tail") as info:
+            Manifest.open(tmp_path)
+        assert info.value.position == offsets[-1], pos
+
+
+def test_a_bad_length_in_a_middle_record_is_corruption(tmp_path: Path) -> None:
+    path, offsets = _three_record_manifest(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[offsets[1] + 7] ^= 0x01  # the record now claims 16 MiB more than the file holds
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptionError) as info:
+        Manifest.open(tmp_path)
+    assert info.value.position == offsets[1]
+    assert f"1 valid record(s) follow it, the first at byte {offsets[2]}" in info.value.detail
 
 
 def test_record_that_decodes_badly_is_corruption(tmp_path: Path) -> None:

@@ -67,11 +67,19 @@ def test_flipped_byte_mid_newest_segment_refuses_naming_file_and_offset(tmp_path
         _open(tmp_path)
     assert info.value.source == str(path)
     assert info.value.position == offsets[4]
-    assert "would be lost" in str(info.value) and "after seq 4" in str(info.value)
+    assert info.value.detail == (
+        f"checksum mismatch in frame at byte {offsets[4]}: not a torn tail; "
+        f"{len(data) - offsets[4]} bytes of WAL records after seq 4 would be lost: "
+        "the damaged write batch and 5 intact one(s) after it (seqs 6 to 10)"
+    )
     assert path.read_bytes() == bytes(data)  # refusing changes nothing
-    last_seq, report = _open(tmp_path, accept=True)
-    assert last_seq == 4
-    assert any(f"accepted data loss at byte {offsets[4]}" in line for line in report)
+    recovered = recover(tmp_path, StorageOptions(accept_data_loss=True))
+    recovered.manifest.close()
+    unlock_directory(recovered.lock_fd)
+    assert recovered.last_seq == 4
+    dropped = info.value.detail.replace("would be lost", "were dropped")
+    assert f"{path.name}: accepted data loss at byte {offsets[4]}: {dropped}" in recovered.report
+    assert (recovered.drops, recovered.dropped_bytes) == (1, len(data) - offsets[4])
 
 
 def test_flipped_byte_in_the_last_complete_frame_is_corruption(tmp_path: Path) -> None:
@@ -87,14 +95,18 @@ def test_flipped_byte_in_the_last_complete_frame_is_corruption(tmp_path: Path) -
 def test_torn_frame_in_an_older_segment_is_corruption(tmp_path: Path) -> None:
     offsets = _segment(tmp_path, 1, 1, 3)
     _segment(tmp_path, 2, 4, 3)
+    wal_size = wal_path(tmp_path, 2).stat().st_size
     path = wal_path(tmp_path, 1)
     path.write_bytes(path.read_bytes()[: offsets[-1] + 5])
     with pytest.raises(CorruptionError) as info:
         _open(tmp_path)
     assert info.value.source == str(path)
+    assert info.value.detail.endswith(
+        f"with the 1 later WAL segment(s) ({wal_size} bytes) that follow the loss"
+    )
     last_seq, report = _open(tmp_path, accept=True)
     assert last_seq == 2  # nothing after the loss is replayed: no gap
-    assert any("wal-000002.log: dropped after the loss above" in line for line in report)
+    assert f"wal-000002.log: dropped {wal_size} bytes after the loss above" in report
 
 
 def _flushed_directory(directory: Path) -> None:
@@ -130,7 +142,7 @@ def test_missing_middle_segment_is_refused_and_accepting_drops_what_follows_it(t
     assert info.value.source == str(wal_path(tmp_path, 3))
     last_seq, report = _open(tmp_path, accept=True)
     assert last_seq == 8  # segment 2 replayed; 4 follows the hole and is dropped with it
-    assert "wal-000004.log: dropped after the loss above" in report
+    assert "wal-000004.log: dropped 141 bytes after the loss above" in report
     assert not wal_path(tmp_path, 4).exists()
     assert _open(tmp_path)[0] == 8
 
@@ -143,3 +155,47 @@ def test_the_only_segment_of_a_directory_that_never_flushed_is_not_deleted_silen
     current.unlink()  # acknowledged writes, never flushed, deleted
     with pytest.raises(CorruptionError, match="WAL segment missing"):
         _open(tmp_path)
+
+
+def test_zero_filled_tail_of_the_newest_segment_is_torn(tmp_path: Path) -> None:
+    """A power loss under sync interval/none may leave the end of the segment zero-filled:
+    a plain crash, so start-up proceeds without accepting a loss, and says what it cut."""
+    _segment(tmp_path, 1, 1, 5)
+    path = wal_path(tmp_path, 1)
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes() + bytes(4096))
+    recovered = recover(tmp_path, StorageOptions())
+    recovered.manifest.close()
+    unlock_directory(recovered.lock_fd)
+    assert recovered.last_seq == 5
+    assert (recovered.drops, recovered.dropped_bytes) == (1, 4096)
+    assert (
+        f"{path.name}: dropped a torn tail of 4096 bytes after seq 5 "
+        f"(zero-filled tail of 4096 bytes at byte {size})"
+    ) in recovered.report
+
+
+def test_zero_filled_tail_of_an_older_segment_is_corruption(tmp_path: Path) -> None:
+    """Rotation fsyncs a segment before the next one starts: zeros there are damage."""
+    _segment(tmp_path, 1, 1, 3)
+    _segment(tmp_path, 2, 4, 3)
+    path = wal_path(tmp_path, 1)
+    path.write_bytes(path.read_bytes() + bytes(100))
+    with pytest.raises(CorruptionError, match="in a WAL segment older than the newest one: not a torn tail"):
+        _open(tmp_path)
+
+
+def test_bad_length_mid_newest_segment_is_refused_not_cut_as_a_torn_tail(tmp_path: Path) -> None:
+    """Was a silent loss (issue 8): the flipped length made the frame look cut short, and
+    recovery dropped the five acknowledged batches after it as a torn tail."""
+    offsets = _segment(tmp_path, 1, 1, 10)
+    path = wal_path(tmp_path, 1)
+    data = bytearray(path.read_bytes())
+    data[offsets[4] + 6] ^= 0x01  # the frame now claims 64 KiB more than the segment holds
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptionError) as info:
+        _open(tmp_path)
+    assert info.value.position == offsets[4]
+    assert "not a torn tail" in info.value.detail
+    assert info.value.detail.endswith("the damaged write batch and 5 intact one(s) after it (seqs 6 to 10)")
+    assert path.read_bytes() == bytes(data)

@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 from sentinel.errors import CorruptionError
-from sentinel.storage.sstable import SSTableInfo, SSTableReader, SSTableWriter
+from sentinel.storage.sstable import DamagedBlock, SSTableInfo, SSTableReader, SSTableWriter
 from sentinel.storage.sstable_format import (
     BLOCK_HEADER,
     BLOCK_HEADER_SIZE,
@@ -380,6 +380,41 @@ def test_flipped_byte_in_a_data_block_fails_only_reads_of_that_block(
             after = layout.blocks[bad + 1].first_key
             assert list(reader.scan(None, before)) == in_range(entries, None, before)
             assert list(reader.scan(after)) == in_range(entries, after, None)
+
+
+def test_a_scan_with_on_damage_reports_a_damaged_block_skips_it_and_goes_on(
+    damaged_table: tuple[Path, list[Entry], Layout],
+) -> None:
+    path, entries, layout = damaged_table
+    bad = 3
+    block = layout.blocks[bad]
+    flip(path, block.offset + BLOCK_HEADER_SIZE + 5)
+    outside = [e for e in entries if not block.first_key <= e[0] <= block.last_key]
+    with SSTableReader.open(path) as reader:
+        reported: list[DamagedBlock] = []
+        seen = []
+        for entry in reader.scan(on_damage=reported.append):
+            # Reported before any entry at or after the block's first key is yielded.
+            assert bool(reported) == (entry[0] > block.first_key)
+            seen.append(entry)
+        assert seen == outside
+        [damage] = reported
+        assert (damage.first_key, damage.last_key) == (block.first_key, block.last_key)
+        assert (damage.error.source, damage.error.position) == (str(path), block.offset)
+        # A scan that starts inside the damaged block reports it at once.
+        reported.clear()
+        inside = block.first_key + b"\x00"
+        assert list(reader.scan(inside, on_damage=reported.append)) == in_range(outside, inside, None)
+        assert [(d.first_key, d.error.position) for d in reported] == [(block.first_key, block.offset)]
+        # A bounded scan that ends before the block never reads it.
+        reported.clear()
+        assert list(reader.scan(None, block.first_key, on_damage=reported.append)) == in_range(
+            entries, None, block.first_key
+        )
+        assert reported == []
+        # Without on_damage the scan raises, as before.
+        with pytest.raises(CorruptionError, match=f"data block {bad} checksum mismatch"):
+            list(reader.scan())
 
 
 def test_checksum_valid_but_malformed_block(damaged_table: tuple[Path, list[Entry], Layout]) -> None:

@@ -211,6 +211,69 @@ def test_flipped_byte_in_the_last_complete_frame_is_not_torn(tmp_path: Path) -> 
         assert not replay.torn, pos  # complete frame, bad CRC: corruption for recovery
 
 
+def test_zero_filled_tail_of_every_length_is_torn(tmp_path: Path) -> None:
+    """After a power loss under sync interval/none the file system may leave the end of the
+    segment allocated but never written: zeros from a frame boundary to the end are torn."""
+    path = tmp_path / "wal-000001.log"
+    write_segment(path, BATCHES)
+    whole = path.read_bytes()
+    for zeros in [*range(1, 64), 4096, 8192 - len(whole) % 4096]:
+        path.write_bytes(whole + bytes(zeros))
+        replay = replay_wal(path)
+        assert replay.batches == [expected(first, ops) for first, ops in BATCHES], zeros
+        assert (replay.valid_bytes, replay.dropped_bytes, replay.last_seq) == (len(whole), zeros, 12)
+        assert replay.tail_error == f"zero-filled tail of {zeros} bytes at byte {len(whole)}"
+        assert replay.torn and replay.lost_batches == 0
+
+
+def test_zeros_followed_by_a_valid_frame_are_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "wal-000001.log"
+    write_segment(path, BATCHES)
+    whole = path.read_bytes()
+    for zeros in (1, FRAME_HEADER_SIZE, 512):
+        path.write_bytes(whole + bytes(zeros) + encode_wal_record(20, [(b"z", b"late")]))
+        replay = replay_wal(path)
+        assert replay.valid_bytes == len(whole)
+        assert not replay.torn, zeros
+        assert (replay.lost_batches, replay.lost_seqs) == (1, (20, 20))
+
+
+def test_a_zero_byte_inside_a_good_frame_is_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "wal-000001.log"
+    offsets = write_segment(path, BATCHES)
+    whole = path.read_bytes()
+    for frame_start in (offsets[1], offsets[-1]):  # a middle frame, the last one
+        end = offsets[offsets.index(frame_start) + 1] if frame_start != offsets[-1] else len(whole)
+        for pos in range(frame_start, end):
+            if whole[pos] == 0:
+                continue
+            damaged = bytearray(whole)
+            damaged[pos] = 0
+            path.write_bytes(bytes(damaged))
+            replay = replay_wal(path)
+            assert replay.valid_bytes == frame_start, pos
+            assert not replay.torn, pos
+
+
+def test_a_bad_length_in_a_middle_frame_is_corruption_and_says_what_follows(tmp_path: Path) -> None:
+    """Was taken for a torn tail (issue 8): a length byte flipped to claim more than the
+    segment holds made recovery drop the acknowledged batches after it as a torn frame."""
+    path = tmp_path / "wal-000001.log"
+    batches = [(seq, [(b"k%d" % seq, b"v" * 40)]) for seq in range(1, 11)]
+    offsets = write_segment(path, batches)
+    whole = path.read_bytes()
+    for length_byte, mask in [(5, 0x80), (6, 0x01), (7, 0x01)]:  # each now claims past the end
+        damaged = bytearray(whole)
+        damaged[offsets[4] + length_byte] ^= mask
+        path.write_bytes(bytes(damaged))
+        replay = replay_wal(path)
+        assert replay.tail_error is not None
+        assert replay.tail_error.startswith(f"torn frame at byte {offsets[4]}: payload needs")
+        assert replay.last_seq == 4
+        assert not replay.torn, length_byte
+        assert (replay.lost_batches, replay.lost_seqs) == (5, (6, 10))
+
+
 def test_checksum_valid_malformed_payload_is_corruption(tmp_path: Path) -> None:
     path = tmp_path / "wal-000001.log"
     good = encode_wal_record(1, [(b"a", b"1")])

@@ -222,8 +222,15 @@ class ConsumeRequest(betterproto2.Message):
     offset: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
 
     max_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    A budget for the batches of one response: 0 means 1 MiB, more than 16 MiB is capped to
+    16 MiB. A first batch larger than the budget is still returned whole.
+    """
 
     max_wait_ms: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+    """
+    How long to wait for data when there is none: 0 to 30000; more is INVALID_ARGUMENT.
+    """
 
     follow: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
     """
@@ -259,9 +266,16 @@ default_message_pool.register_message("sentinel.v1", "ConsumeResponse", ConsumeR
 class CreateTopicRequest(betterproto2.Message):
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    partitions: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    partitions: "int | None" = betterproto2.field(2, betterproto2.TYPE_INT32, optional=True)
+    """
+    Omitted: the broker's default (sentinel run --default-partitions). When present it must
+    be at least 1: 0 or a negative count is INVALID_ARGUMENT, never "the default".
+    """
 
-    replication_factor: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    replication_factor: "int | None" = betterproto2.field(3, betterproto2.TYPE_INT32, optional=True)
+    """
+    Omitted: 1. When present it must be at least 1 (and at most the number of brokers).
+    """
 
     config: "TopicConfig | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
