@@ -180,6 +180,7 @@ class Swarm:
     drop: float
     duplicate: float
     crash: float
+    crash_mid_ready: float  # per Ready taken and per Ready persisted
     strike_new_leader: float  # chance a new leader is isolated (or crashed) as soon as elected
     power_loss: float
     down_ticks: tuple[int, int]
@@ -228,10 +229,11 @@ class Swarm:
             drop=rate(0.7, 0.0, 0.3),
             duplicate=rate(0.6, 0.0, 0.5),
             crash=rate(0.7, 0.002, 0.015),
+            crash_mid_ready=rate(0.5, 0.0003, 0.002),
             # A leader that appended entries but could not replicate them leaves conflicting
             # tails behind: the raw material of Figure 8 that random crashes rarely produce.
             strike_new_leader=rate(0.5, 0.1, 0.5),
-            power_loss=rate(0.2, 0.001, 0.004),
+            power_loss=rate(0.3, 0.002, 0.005),
             down_ticks=(1, rng.randint(1, 4) * et),
             partition=rate(0.7, 0.005, 0.04),
             partition_ticks=(et, rng.randint(2, 6) * et),
@@ -562,6 +564,8 @@ class Simulation:
         for node in order:
             if node.up and node.paused_until <= self.tick:
                 for rep in node.replicas:
+                    if not node.up:
+                        break  # it crashed while handling a Ready
                     if rep.rd is not None or rep.inbox or rep.pending_ticks or rep.raft.has_ready():  # type: ignore[union-attr]
                         self._drive(node, rep)
         self._check_step()
@@ -744,6 +748,8 @@ class Simulation:
                     self._persist(node, rep, rd, writes=3)
                     rep.phase = _PERSISTED
                     rep.advance_at = self.now + self._disk_delay()
+                    if self._crash_mid_ready(node):
+                        return
                 if self.now < rep.advance_at:
                     return
                 self._finish(node, rep, rd)
@@ -774,6 +780,17 @@ class Simulation:
             rep.rd = rd
             rep.phase = _TAKEN
             rep.persist_at = self.now + self._disk_delay()
+            if self._crash_mid_ready(node):
+                return
+
+    def _crash_mid_ready(self, node: _Node) -> bool:
+        """Maybe kill the node right here: after taking a Ready (its writes lost or torn),
+        or after persisting one (not advanced) — the points a SIGKILL hurts most."""
+        sw = self.swarm
+        if self.faults_on and sw.crash_mid_ready and self.rng.random() < sw.crash_mid_ready:
+            self._crash(node, self.rng.randint(*sw.down_ticks))
+            return True
+        return False
 
     def _disk_delay(self) -> int:
         sw = self.swarm

@@ -58,7 +58,7 @@ def test_the_ci_seeds_exercise_every_fault_and_outcome() -> None:
     """The seeds above are not idle: across a few of them every fault kind fires, leaders
     change, transfers and snapshots happen and proposals commit. (A fault kind that never
     fires would make the seeds above prove nothing about it.)"""
-    summary = summarize(run_seed(seed, nodes=3) for seed in range(12))
+    summary = summarize(run_seed(seed, nodes=3) for seed in range(20))
     assert summary["failed"] == 0
     assert {kind for kind, n in summary["faults"].items() if n == 0} == set()
     for key in ("commits", "elections", "leader_changes", "transfers", "crashes", "snapshots_installed"):
@@ -244,7 +244,7 @@ _LOST = ("could be lost", "changed", "RaftLogError")
         pytest.param(CommitBeyondMatch, 3, 40, _LOST, id="commit-beyond-match"),
         pytest.param(ReappliesEntries, 3, 5, ("a gap or a repeat",), id="reapply"),
         pytest.param(NeverCampaigns, 3, 3, ("liveness",), id="liveness"),
-        pytest.param(KeepsLeaderInPreVote, 3, 80, ("liveness",), id="prevote-keeps-leader"),
+        pytest.param(KeepsLeaderInPreVote, 3, 100, ("liveness",), id="prevote-keeps-leader"),
         pytest.param(HeartbeatKeepsWindowShut, 3, 10, ("liveness",), id="window-stalls"),
     ],
 )
@@ -269,14 +269,16 @@ def test_figure_8_is_caught_when_exploited_too(monkeypatch: pytest.MonkeyPatch) 
     """Without the check at the unsafe commit, the end-to-end rules still catch Figure 8
     (§5.4.2) once an election exploits it: the new leader lacks the committed entry (leader
     completeness, §5.4.1), or the entry is overwritten. The swarm is steered toward the
-    scenario (new leaders struck at once, one entry per append) to keep the search short."""
+    scenario (new leaders struck at once, one entry per append, lossy links, long tails)
+    to keep the search short."""
     monkeypatch.setattr(Simulation, "_check_commit_durable", lambda self, g, index: None)
-    for seed in range(30):
-        swarm = attrs.evolve(Swarm.draw(random.Random(seed)), strike_new_leader=0.5, max_size_per_msg=1)
+    steer = {"strike_new_leader": 0.8, "max_size_per_msg": 1, "drop": 0.2, "max_uncommitted_bytes": 0}
+    for seed in range(60):
+        swarm = attrs.evolve(Swarm.draw(random.Random(seed)), **steer)
         result = Simulation(seed, nodes=3, node_factory=Figure8Leader, swarm=swarm).run()
         if not result.ok:
             break
-    assert result.violation is not None, "Figure 8 went unnoticed in 30 seeds"
+    assert result.violation is not None, "Figure 8 went unnoticed in 60 seeds"
     assert any(p in result.violation for p in ("without committed entry", "changed", "RaftLogError"))
 
 
