@@ -403,6 +403,7 @@ class Simulation:
         self.net: list[tuple[int, float, int, int, Message, int]] = []
         self._net_seq = 0
         self.blocked: set[tuple[int, int]] = set()
+        self._link_last: dict[tuple[int, int], int] = {}  # per link, the last delivery step (healed)
         self.partition_until = 0
         self.stats = dict.fromkeys(_COUNTERS, 0)
         self.trace: list[str] | None = [] if trace else None
@@ -520,7 +521,9 @@ class Simulation:
             backlog = max(backlog, max(log.last_index() for log in logs) - min(log.committed for log in logs))
         sw = self.swarm
         round_trip = -(-(2 * sw.latency[1] + 2) // STEPS_PER_TICK)
-        return -(-backlog // sw.max_inflight_msgs) * round_trip
+        # Twice the ideal pipeline: heartbeat-paced probes after a leader change and the
+        # window refilling only as acknowledgements return cost up to as much again.
+        return 2 * -(-backlog // sw.max_inflight_msgs) * round_trip
 
     def _convergence_phase(self) -> None:
         """Every replica must catch up with its group's commit and apply it."""
@@ -656,10 +659,20 @@ class Simulation:
         lo, hi = sw.latency
         for _ in range(copies):
             self._net_seq += 1
-            heapq.heappush(
-                self.net,
-                (self.now + rng.randint(lo, hi), rng.random(), self._net_seq, g, m, sender.incarnation),
-            )
+            at = self.now + rng.randint(lo, hi)
+            if self.faults_on:
+                # Random latency, and a random order among messages landing in one step:
+                # messages overtake each other, within a link too.
+                order = rng.random()
+            else:
+                # Healed: each link delivers in order, as a TCP connection does (latency
+                # still varies). Reordering is a fault, and it turns pipelined appends into
+                # rejections and probes, which is slow, not wrong.
+                link = (m.frm, m.to)
+                at = max(at, self._link_last.get(link, 0))
+                self._link_last[link] = at
+                order = 0.0
+            heapq.heappush(self.net, (at, order, self._net_seq, g, m, sender.incarnation))
 
     def _deliver(self) -> None:
         net = self.net
