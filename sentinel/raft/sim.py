@@ -472,11 +472,14 @@ class Simulation:
             self._step()
 
     def _liveness_phase(self) -> None:
-        """Heal everything and stop the faults; a leader must be elected and commit a fresh
-        proposal in every group within the bound."""
+        """Heal everything and stop the faults; in every group a leader must be elected
+        within LIVENESS_TIMEOUTS election timeouts, and commit a fresh proposal within that
+        plus the time to ship the backlog."""
         self._heal()
         start = self.tick
-        bound = LIVENESS_TIMEOUTS * self.swarm.election_tick + self._backlog_ticks()
+        elect_bound = LIVENESS_TIMEOUTS * self.swarm.election_tick
+        bound = elect_bound + self._backlog_ticks()
+        elected = [False] * self.n_groups
         # The probe last proposed in each group, as (leader, term): a new leader gets its own.
         probed: list[tuple[int, int] | None] = [None] * self.n_groups
         probes: list[list[bytes]] = [[] for _ in range(self.n_groups)]
@@ -496,6 +499,15 @@ class Simulation:
                 )
             for g in range(self.n_groups):
                 leader = self._current_leader(g)
+                if leader is not None:
+                    elected[g] = True
+                elif not elected[g] and self.tick - start > elect_bound:
+                    # The backlog allowance is for shipping entries: no leader needs none.
+                    raise SimViolation(
+                        f"liveness: no leader elected within {elect_bound} ticks of healing"
+                        f" ({self.swarm.election_tick} ticks per election timeout): "
+                        f"group {g}: {self._group_state(g)}"
+                    )
                 if done[g] or leader is None:
                     continue
                 raft = self.nodes[leader].replicas[g].raft
