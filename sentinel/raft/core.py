@@ -113,6 +113,12 @@ class Config:
     # partition log whose entries are the data): committed entries up to here are not
     # handed out again after a restart.
     applied: int = 0
+    # This node's storage lost durable state (damage found at start-up, truncated): it may
+    # have forgotten entries it acknowledged and the vote it cast. Until it has caught up
+    # with a leader's commit index it neither votes nor campaigns, and its leader does not
+    # count it toward any quorum (it says so in every message). ``recovering`` turns False
+    # by itself once caught up; the application persists that.
+    recovering: bool = False
 
     def validate(self) -> None:
         if self.id == NONE:
@@ -199,7 +205,9 @@ class RaftNode:
         self.id = config.id
         self.voters = tuple(sorted(config.voters))
         self.peers = tuple(v for v in self.voters if v != self.id)
-        self.promotable = True
+        self.recovering = config.recovering
+        self.promotable = not config.recovering
+        self._catch_up_target = -1  # the leader commit a recovering node must reach (-1: unknown)
         self._rng = rng
         self.log = RaftLog(storage)
         hs = storage.initial_state()
@@ -373,6 +381,11 @@ class RaftNode:
             rd.must_sync = True
         if rd.snapshot is None and log.committed > log.applied:
             rd.committed_entries = log.next_committed_entries(self.config.max_committed_size_per_ready)
+        if self.recovering:
+            for m in self._msgs:
+                m.recovering = True
+            for m in self._msgs_after:
+                m.recovering = True
         rd.messages = self._msgs
         rd.messages_after_persist = self._msgs_after
         self._msgs = []
@@ -541,6 +554,11 @@ class RaftNode:
         as up to date as ours. A pre-vote is answered as the vote would be at its term,
         without changing anything here."""
         is_pre = m.type is _PRE_VOTE
+        if self.recovering:
+            # Its log may lack entries it once acknowledged, and its vote may be forgotten.
+            response = _PRE_VOTE_RESP if is_pre else _VOTE_RESP
+            self._respond(Message(response, self.id, m.frm, self.term, reject=True))
+            return
         can_vote = (
             self.vote == m.frm or (self.vote == NONE and self.lead == NONE) or (is_pre and m.term > self.term)
         )
@@ -585,7 +603,11 @@ class RaftNode:
         if t is _APP:
             self.election_elapsed = 0
             self.lead = m.frm
+            if self.recovering and self._catch_up_target < 0:
+                self._catch_up_target = m.commit
             self._handle_append(m)
+            if self.recovering:
+                self._check_caught_up()
         elif t is _HEARTBEAT:
             self.election_elapsed = 0
             self.lead = m.frm
@@ -594,11 +616,22 @@ class RaftNode:
         elif t is _SNAP:
             self.election_elapsed = 0
             self.lead = m.frm
+            if self.recovering and self._catch_up_target < 0 and m.snapshot is not None:
+                self._catch_up_target = m.snapshot.index
             self._handle_snapshot(m)
+            if self.recovering:
+                self._check_caught_up()
         elif t is _TIMEOUT_NOW:
             # The leader hands over: campaign at once, skipping pre-vote (the others still
             # hear from their leader and would refuse it).
             self._campaign(transfer=True)
+
+    def _check_caught_up(self) -> None:
+        """A recovering node holds every entry its leader had committed when it first heard
+        from it: nothing it acknowledged before the damage can be missing any more."""
+        if 0 <= self._catch_up_target <= self.log.committed:
+            self.recovering = False
+            self.promotable = True
 
     def _handle_append(self, m: Message) -> None:
         """§5.3: accept entries only after the (index, log_term) consistency check, replacing
@@ -677,7 +710,7 @@ class RaftNode:
     def _quorum_active(self) -> bool:
         active = 0
         for i, pr in self.prs.items():
-            if i == self.id or pr.recent_active:
+            if i == self.id or (pr.recent_active and not pr.recovering):
                 active += 1
             if i != self.id:
                 pr.recent_active = False
@@ -757,7 +790,7 @@ class RaftNode:
         """§5.3/§5.4.2: commit the highest index stored on a majority, but only if its entry
         is of the current term (Figure 8): earlier terms' entries commit with it."""
         log = self.log
-        index = quorum_index([pr.match for pr in self.prs.values()])
+        index = quorum_index([0 if pr.recovering else pr.match for pr in self.prs.values()])
         if index > log.committed and log.term_or_zero(index) == self.term:
             log.commit_to(index)
             return True
@@ -767,6 +800,17 @@ class RaftNode:
         pr = self.prs.get(m.frm)
         if pr is None:
             return
+        if m.recovering and not pr.recovering:
+            # The follower lost what it had acknowledged: what we know of its log (its
+            # match) is void. Probe it again from our end, as if it were new.
+            pr.match = 0
+            pr.become_probe()
+            # A rejection carried in this very message then walks it back (fast backup).
+            rejected = m.type is _APP_RESP and m.reject
+            pr.next = m.index + 1 if rejected else self.log.last_index() + 1
+            if not rejected:
+                self._send_append(m.frm)
+        pr.recovering = m.recovering
         t = m.type
         if t is _APP_RESP:
             pr.recent_active = True

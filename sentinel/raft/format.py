@@ -43,7 +43,8 @@ ENTRY_VERSION: Final = 1
 FLAG_REJECT: Final = 0x01
 FLAG_TRANSFER: Final = 0x02
 FLAG_HAS_SNAPSHOT: Final = 0x04
-_KNOWN_FLAGS: Final = FLAG_REJECT | FLAG_TRANSFER | FLAG_HAS_SNAPSHOT
+FLAG_RECOVERING: Final = 0x08
+_KNOWN_FLAGS: Final = FLAG_REJECT | FLAG_TRANSFER | FLAG_HAS_SNAPSHOT | FLAG_RECOVERING
 
 _HEADER = struct.Struct("<BBBBIIQQQQQI")
 _ENTRY = struct.Struct("<QI")
@@ -70,7 +71,11 @@ class RaftFormatError(ValueError):
 def encode_message_parts(m: Message, out: list[bytes]) -> int:
     """Append the encoding of ``m`` to ``out`` as parts (payloads by reference); returns the
     number of bytes appended."""
-    flags = (FLAG_REJECT if m.reject else 0) | (FLAG_TRANSFER if m.transfer else 0)
+    flags = (
+        (FLAG_REJECT if m.reject else 0)
+        | (FLAG_TRANSFER if m.transfer else 0)
+        | (FLAG_RECOVERING if m.recovering else 0)
+    )
     snap = m.snapshot
     if snap is not None:
         flags |= FLAG_HAS_SNAPSHOT
@@ -174,6 +179,7 @@ def decode_message(buf: bytes, offset: int = 0) -> tuple[Message, int]:
         reject_hint=hint,
         snapshot=snapshot,
         transfer=bool(flags & FLAG_TRANSFER),
+        recovering=bool(flags & FLAG_RECOVERING),
     )
     return m, pos
 

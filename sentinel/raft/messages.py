@@ -163,6 +163,7 @@ class Message:
         "frm",
         "index",
         "log_term",
+        "recovering",
         "reject",
         "reject_hint",
         "snapshot",
@@ -187,6 +188,7 @@ class Message:
         reject_hint: int = 0,
         snapshot: Snapshot | None = None,
         transfer: bool = False,
+        recovering: bool = False,
     ) -> None:
         self.type = type
         self.frm = frm
@@ -200,6 +202,9 @@ class Message:
         self.reject_hint = reject_hint
         self.snapshot = snapshot
         self.transfer = transfer
+        # The sender lost durable state (damage found at start-up) and has not caught up
+        # since: it must not count toward any quorum (see RaftNode's ``recovering``).
+        self.recovering = recovering
 
     def _key(self) -> tuple[object, ...]:
         return (
@@ -215,6 +220,7 @@ class Message:
             self.reject_hint,
             self.snapshot,
             self.transfer,
+            self.recovering,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -230,6 +236,8 @@ class Message:
 def describe_message(m: Message) -> str:
     """One readable line, the form the scenario tests print (``1->2 APP Term:2 Log:1/5 ...``)."""
     parts = [f"{m.frm}->{m.to} {m.type.name} Term:{m.term}"]
+    if m.recovering:
+        parts.append("Recovering")
     t = m.type
     if t is MsgType.APP:
         parts.append(f"Log:{m.log_term}/{m.index} Commit:{m.commit}")

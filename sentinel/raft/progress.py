@@ -64,7 +64,16 @@ class Inflights:
 
 
 class Progress:
-    __slots__ = ("inflights", "match", "next", "paused", "pending_snapshot", "recent_active", "state")
+    __slots__ = (
+        "inflights",
+        "match",
+        "next",
+        "paused",
+        "pending_snapshot",
+        "recent_active",
+        "recovering",
+        "state",
+    )
 
     def __init__(self, next_index: int, max_inflight: int, max_inflight_bytes: int) -> None:
         self.match = 0
@@ -74,6 +83,9 @@ class Progress:
         self.pending_snapshot = 0
         # Heard from within the current check-quorum period.
         self.recent_active = False
+        # The follower said it lost durable state and has not caught up: its match does not
+        # count toward commit, nor its activity toward check-quorum.
+        self.recovering = False
         self.inflights = Inflights(max_inflight, max_inflight_bytes)
 
     def __repr__(self) -> str:

@@ -220,7 +220,7 @@ def test_flipped_type_byte(m: Message) -> None:
 @pytest.mark.parametrize("m", SAMPLES.values(), ids=SAMPLE_IDS)
 def test_flipped_flags_byte(m: Message) -> None:
     buf = fmt.encode_message(m)
-    known = fmt.FLAG_REJECT | fmt.FLAG_TRANSFER | fmt.FLAG_HAS_SNAPSHOT
+    known = fmt.FLAG_REJECT | fmt.FLAG_TRANSFER | fmt.FLAG_HAS_SNAPSHOT | fmt.FLAG_RECOVERING
     for bit in range(8):
         if not (1 << bit) & known:
             assert decode_error(flipped(buf, FLAGS, 1 << bit)).position == FLAGS
