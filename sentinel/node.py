@@ -40,7 +40,7 @@ from sentinel.cluster.controller import CONTROLLER_GROUP, Controller, encode_res
 from sentinel.cluster.group import RaftObservers, RaftStats
 from sentinel.cluster.ticker import DEFAULT_TICK_SECONDS, RaftTicker
 from sentinel.cluster.transport import PeerNetwork
-from sentinel.errors import InvalidArgument, SentinelError
+from sentinel.errors import CorruptionError, InvalidArgument, SentinelError
 from sentinel.metrics import Metrics
 from sentinel.raft.core import Config
 from sentinel.raft.lsm_storage import LsmRaftStorage
@@ -66,6 +66,8 @@ HAND_OFF_SECONDS = 2.0
 # Worker threads fetches read in: enough to overlap a few cold reads, bounded so a burst of
 # consumers cannot take every core from the event loop.
 READ_THREADS = 4
+# How often a recovering node checks whether all its groups have caught up.
+RECOVERY_CHECK_SECONDS = 0.5
 
 
 @attrs.frozen
@@ -107,9 +109,14 @@ def cluster_id(peers: Mapping[int, tuple[str, int]]) -> int:
     return crc32c(spec.encode())
 
 
-def _raft_config(node_id: int, voters: tuple[int, ...], *, tick_seconds: float) -> Config:
+# Present while this node is repairing damage found at start-up from its peers: every Raft
+# group it hosts starts recovering (non-voting) until caught up, across restarts too.
+RECOVERING_KEY = b"Xrecovering"
+
+
+def _raft_config(node_id: int, voters: tuple[int, ...], *, recovering: Callable[[], bool]) -> Config:
     # Ticks, not seconds: the ticker's period sets the wall time (RAFT-NOTES.md defaults).
-    return Config(id=node_id, voters=voters)
+    return Config(id=node_id, voters=voters, recovering=recovering())
 
 
 def _nowhere(group: int, message: Message) -> None:
@@ -134,6 +141,8 @@ class Node:
         self.network: PeerNetwork | None = None
         self.frontend: GrpcFrontEnd | None = None
         self.core: NodeCore | None = None
+        #: The damage found at start-up that this node is repairing from its peers ("" if none).
+        self.repaired_damage = ""
 
     def stop(self) -> None:
         """Begin a graceful shutdown; ``run`` returns once it is complete."""
@@ -153,7 +162,19 @@ class Node:
             on_wal_fsync=self.metrics.wal_fsync.observe,
         )
         async with trio.open_nursery() as nursery:
-            store = self.store = await nursery.start(Store(config.data_dir, storage_options).run)
+            try:
+                store = self.store = await nursery.start(Store(config.data_dir, storage_options).run)
+            except CorruptionError as exc:
+                if not peers:
+                    raise  # a node on its own has nothing to repair from: the operator decides
+                # In a cluster the damage can be repaired from the other replicas: drop what
+                # is damaged (reported like --accept-data-loss), then rejoin every group as a
+                # recovering replica until the leaders have brought it up to date.
+                logger.warning("storage damaged, rejoining as a recovering replica: %s", exc)
+                damaged = attrs.evolve(storage_options, accept_data_loss=True)
+                store = self.store = await nursery.start(Store(config.data_dir, damaged).run)
+                await store.put(RECOVERING_KEY, b"1")
+                self.repaired_damage = str(exc)
             network = None
             if peers:
                 check_no_legacy_topics(store)
@@ -399,7 +420,8 @@ class NodeCore:
         voters = tuple(sorted(peers)) if peers else (config.node_id,)
         send = network.send if network is not None else _nowhere
         self.controller_storage = LsmRaftStorage(store, CONTROLLER_GROUP)
-        raft_config = functools.partial(_raft_config, tick_seconds=config.tick_seconds)
+        self.recovering = store.get(RECOVERING_KEY) is not None
+        raft_config = functools.partial(_raft_config, recovering=lambda: self.recovering)
         rng = random.Random(seed)
         self.controller = Controller(
             config.node_id,
@@ -444,6 +466,8 @@ class NodeCore:
         )
 
     async def start(self, nursery: trio.Nursery) -> None:
+        if self.recovering:
+            nursery.start_soon(self._finish_recovery)
         await nursery.start(self.controller.run)
         await nursery.start(self.broker.run)
         await nursery.start(self.ticker.run)
@@ -459,6 +483,18 @@ class NodeCore:
             with trio.move_on_after(STOP_STAGE_SECONDS):
                 await registered.wait()
             await import_legacy_topics(self.store, self.controller, self.config.node_id)
+
+    async def _finish_recovery(self) -> None:
+        """Once every group this node hosts has caught up (none recovering), the node is
+        repaired: forget the marker so a restart starts as an ordinary voter."""
+        while True:
+            await trio.sleep(RECOVERY_CHECK_SECONDS)
+            groups: list[Controller | PartitionReplica] = [self.controller, *self.broker.replicas.values()]
+            if all(not g.recovering for g in groups):
+                self.recovering = False  # groups created from now on start as voters
+                await self.store.delete(RECOVERING_KEY)
+                logger.warning("repaired: every Raft group on this node has caught up; voting again")
+                return
 
     async def hand_off_leadership(self, within: float) -> int:
         """Transfer the leadership of every group this node leads to a caught-up peer, and

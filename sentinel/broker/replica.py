@@ -230,6 +230,7 @@ class PartitionReplica(Actor[ReplicaMessage]):
         self._retention_requests: list[ApplyRetention] = []
         self._ticks = 0
         self._was_leading = False
+        self._recovering = False
         # Requests proposed while leading wait this long (ticks) after leadership is lost
         # for the new leader to commit them; then they are answered as unknown.
         self._orphaned_until = 0
@@ -264,6 +265,11 @@ class PartitionReplica(Actor[ReplicaMessage]):
 
     async def transfer_leadership(self, to: int) -> None:
         await self.call(TransferLeadership(to))
+
+    @property
+    def recovering(self) -> bool:
+        """Repairing lost state from its leader (not voting yet): read by the node."""
+        return self._recovering
 
     @property
     def leading(self) -> bool:
@@ -773,6 +779,7 @@ class PartitionReplica(Actor[ReplicaMessage]):
 
     def _publish(self) -> None:
         node, core, old = self.node, self.core, self.view
+        self._recovering = node.recovering
         fields = (
             node.lead,
             node.role,

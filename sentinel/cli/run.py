@@ -27,6 +27,12 @@ async def serve(config: NodeConfig) -> None:
             addresses: NodeAddresses = await nursery.start(node.run)
             for line in node.store.recovery_report if node.store is not None else ():
                 typer.echo(f"recovery: {line}", err=True)
+            if node.repaired_damage:
+                typer.echo(
+                    f"recovery: storage damaged ({node.repaired_damage}); rejoining the cluster as a "
+                    "recovering replica: no votes until the leaders have brought it up to date",
+                    err=True,
+                )
             metrics = (
                 f", metrics on http://{config.metrics_host}:{addresses.metrics_port}/metrics"
                 if addresses.metrics_port is not None

@@ -131,6 +131,7 @@ class Controller(Actor[ControllerMessage]):
         # Proposals of this leader waiting for their entry to apply: index -> (term, request).
         self._pending: dict[int, tuple[int, Propose]] = {}
         self._changed = trio.Event()
+        self._recovering = self._node.recovering
         if node_id == min(voters):
             # A cluster of one elects itself at once; in a larger one the lowest id tries
             # at once too (pre-vote makes that harmless if a leader exists), so a fresh
@@ -164,6 +165,11 @@ class Controller(Actor[ControllerMessage]):
 
     async def transfer_leadership(self, to: int) -> None:
         await self.call(TransferLeadership(to))
+
+    @property
+    def recovering(self) -> bool:
+        """Repairing lost state from its leader (not voting yet): read by the node."""
+        return self._recovering
 
     @property
     def leading(self) -> bool:
@@ -291,6 +297,7 @@ class Controller(Actor[ControllerMessage]):
 
     def _publish(self) -> None:
         old, node = self.view, self._node
+        self._recovering = node.recovering
         stats = raft_stats(node, old.stats, old.leader)
         same = (old.leader, old.term, old.role, old.commit, old.stats) == (
             node.lead,

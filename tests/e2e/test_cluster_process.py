@@ -207,3 +207,36 @@ def test_all_three_nodes_killed_at_once_keep_everything_acknowledged(cluster: Lo
         node.wait_listening()
     wait_acks(producer, 200)
     verdict(cluster, producer)
+
+
+def _flip_newest_wal_byte(data: Path) -> Path:
+    segments = sorted(data.glob("wal-*.log"))
+    assert segments, f"no WAL segment in {data}"
+    newest = max(segments, key=lambda p: int(p.stem.split("-")[1]))
+    raw = bytearray(newest.read_bytes())
+    assert len(raw) > 1000, f"{newest} holds too little to damage ({len(raw)} bytes)"
+    raw[len(raw) // 2] ^= 0xFF
+    newest.write_bytes(bytes(raw))
+    return newest
+
+
+def test_a_replica_whose_wal_was_damaged_rejoins_and_is_repaired_from_the_leader(
+    cluster: LocalCluster,
+) -> None:
+    producer = Child("produce", cluster.bootstrap, TOPIC, str(PARTITIONS))
+    wait_acks(producer, 200)
+    leader = leader_of(cluster, 0)
+    victim = cluster.nodes[next(i for i in cluster.nodes if i != leader)]
+    victim.kill()
+    wait_acks(producer, 100)
+    damaged = _flip_newest_wal_byte(victim.data)
+    victim.start()  # a single node would refuse to start; a cluster member repairs itself
+    assert any("recovering replica" in line for line in victim.log), victim.tail()
+    assert any(damaged.name in line for line in victim.log), victim.tail()
+    wait_acks(producer, 200)
+    # Make the repaired node matter: the old leader goes, so it must be part of every majority.
+    cluster.nodes[leader].kill()
+    wait_acks(producer, 200)
+    cluster.nodes[leader].start()
+    wait_acks(producer, 100)
+    verdict(cluster, producer)
