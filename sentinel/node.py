@@ -483,6 +483,7 @@ class NodeCore:
             with trio.move_on_after(STOP_STAGE_SECONDS):
                 await registered.wait()
             await import_legacy_topics(self.store, self.controller, self.config.node_id)
+            await self.broker.wait_leaders(self.broker.topics.values())  # serve once they lead
 
     async def _finish_recovery(self) -> None:
         """Once every group this node hosts has caught up (none recovering), the node is
