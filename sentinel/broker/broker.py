@@ -486,9 +486,7 @@ class Broker:
             if not self.options.auto_create_topics:
                 raise NotFound(f"topic {topic_name!r} does not exist (auto-creation is disabled)")
             topic = await self.create_topic(topic_name, if_absent=True)
-        full = self.store.disk_full
-        if full is not None:
-            raise full  # refused at once: the replica would wait for space with it queued
+        self.store.check_space()  # refused at once: the replica would wait for space with it queued
         if partition == ANY_PARTITION:
             partition = self._choose_partition(topic, batches)
         return partition, await topic.log(partition).produce(batches, acks)
