@@ -309,8 +309,14 @@ class PartitionReplica(Actor[ReplicaMessage]):
         if view.role is not Role.LEADER:
             raise self._not_leader()
 
+    def _check_readable(self) -> None:
+        # A group of one has no other replica to be stale against: its committed data is
+        # served even before it has elected itself again, which takes a write (a full disk).
+        if len(self._replicas) > 1:
+            self.check_leader()
+
     def read(self, offset: int, max_bytes: int) -> ReadResult:
-        self.check_leader()
+        self._check_readable()
         return self.reader.read(offset, max_bytes)
 
     async def fetch(self, offset: int, max_bytes: int) -> ReadResult:
@@ -318,19 +324,20 @@ class PartitionReplica(Actor[ReplicaMessage]):
         fetch) runs in a bounded worker thread, so it never delays heartbeats, elections or
         the WAL writer. (The storage engine's views and tables are safe to read from
         threads: tables are immutable, the memtable skip list is read lock-free.)"""
-        self.check_leader()
+        self._check_readable()
         return await self._read_runner(self.reader.read, offset, max_bytes)
 
     async def wait_for_data(self, offset: int) -> None:
         """Return once the high watermark is past ``offset``, the replica closed or it
         stopped leading (the caller then reads and learns which)."""
         view = self.view
-        while view.high_watermark <= offset and not view.closed and view.role is Role.LEADER:
+        alone = len(self._replicas) == 1
+        while view.high_watermark <= offset and not view.closed and (alone or view.role is Role.LEADER):
             await view.changed.wait()
             view = self.view
 
     async def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int]:
-        self.check_leader()
+        self._check_readable()
         return await self.reader.offset_for_timestamp(timestamp_ms)
 
     # -- start-up ------------------------------------------------------------------------
