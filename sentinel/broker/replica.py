@@ -57,6 +57,7 @@ from sentinel.errors import (
 from sentinel.raft.core import Config, NotLeader, ProposalDropped, RaftNode, Ready
 from sentinel.raft.lsm_storage import LsmRaftStorage
 from sentinel.raft.messages import NONE, Entry, Message, Role, Snapshot
+from sentinel.raft.storage import LogUnavailable
 from sentinel.records import RecordBatch
 from sentinel.storage.store import Store
 
@@ -364,8 +365,19 @@ class PartitionReplica(Actor[ReplicaMessage]):
             (applied,) = _APPLIED.unpack_from(raw_producers)
             self.producers = ProducerStateTable.decode(raw_producers[_APPLIED.size :])
         self._producers_applied = self._producers_saved_at = applied
+        # Committed entries the producer table has not seen are applied now, not with the
+        # first Ready: one the store lost (a frame missing from the WAL) is reported and
+        # skipped, and reads refuse its offsets (DataLoss), instead of the group failing.
+        for index in range(applied + 1, commit + 1):
+            try:
+                (entry,) = storage.entries(index, index + 1, 1 << 62)
+            except LogUnavailable as exc:
+                logger.error("%s[%d]: %s", self.topic, self.partition, exc)
+                self._producers_applied = index
+                continue
+            self._apply(entry)
         self.node = RaftNode(
-            attrs.evolve(self._raft_config, applied=min(applied, commit)), storage, self._rng
+            attrs.evolve(self._raft_config, applied=max(applied, commit)), storage, self._rng
         )
         self.reader = PartitionReader(
             store,
@@ -586,17 +598,20 @@ class PartitionReplica(Actor[ReplicaMessage]):
             self.producers = producers
             self._producers_applied = applied
         for entry in rd.committed_entries:
-            if entry.index <= self._producers_applied:
-                continue
-            span = batch_span(entry.index, entry.data)
-            if span is not None:
-                batch = RecordBatch(entry.data, verify_crc=False)
-                _record(self.producers, batch, span.base_offset, span.end_offset - 1)
-            self._producers_applied = entry.index
+            if entry.index > self._producers_applied:
+                self._apply(entry)
         node.advance(rd)
         self._after_ready()
         if self._producers_applied - self._producers_saved_at >= PRODUCER_SNAPSHOT_EVERY:
             await self._save_producers()
+
+    def _apply(self, entry: Entry) -> None:
+        """A committed entry, to the producer table (the replica's replicated state)."""
+        span = batch_span(entry.index, entry.data)
+        if span is not None:
+            batch = RecordBatch(entry.data, verify_crc=False)
+            _record(self.producers, batch, span.base_offset, span.end_offset - 1)
+        self._producers_applied = entry.index
 
     def _after_ready(self) -> None:
         node, core = self.node, self.core
