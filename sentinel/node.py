@@ -44,7 +44,7 @@ from sentinel.errors import CorruptionError, InvalidArgument, SentinelError
 from sentinel.metrics import Metrics
 from sentinel.raft.core import Config
 from sentinel.raft.lsm_storage import LsmRaftStorage
-from sentinel.raft.messages import Message
+from sentinel.raft.messages import NONE, Message
 from sentinel.server.bridge import AsyncioThread
 from sentinel.server.frontend import GrpcFrontEnd
 from sentinel.server.handlers import Handlers
@@ -480,9 +480,14 @@ class NodeCore:
         registered = trio.Event()
         nursery.start_soon(self._register, address, registered)
         if not self.config.peers:
-            with trio.move_on_after(STOP_STAGE_SECONDS):
+            with trio.move_on_after(STOP_STAGE_SECONDS) as waiting:  # a full disk elects nobody
                 await registered.wait()
+                view = self.controller.view  # known from the log at a restart: wait for a leader too
+                while view.leader == NONE:
+                    view = await self.controller.wait_changed(view)
             await import_legacy_topics(self.store, self.controller, self.config.node_id)
+            if not waiting.cancelled_caught:
+                await self.broker.wait_leaders(self.broker.topics.values())  # serve once they lead
 
     async def _finish_recovery(self) -> None:
         """Once every group this node hosts has caught up (none recovering), the node is

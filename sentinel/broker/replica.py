@@ -57,6 +57,7 @@ from sentinel.errors import (
 from sentinel.raft.core import Config, NotLeader, ProposalDropped, RaftNode, Ready
 from sentinel.raft.lsm_storage import LsmRaftStorage
 from sentinel.raft.messages import NONE, Entry, Message, Role, Snapshot
+from sentinel.raft.storage import LogUnavailable
 from sentinel.records import RecordBatch
 from sentinel.storage.store import Store
 
@@ -309,8 +310,14 @@ class PartitionReplica(Actor[ReplicaMessage]):
         if view.role is not Role.LEADER:
             raise self._not_leader()
 
+    def _check_readable(self) -> None:
+        # A group of one has no other replica to be stale against: its committed data is
+        # served even before it has elected itself again, which takes a write (a full disk).
+        if len(self._replicas) > 1:
+            self.check_leader()
+
     def read(self, offset: int, max_bytes: int) -> ReadResult:
-        self.check_leader()
+        self._check_readable()
         return self.reader.read(offset, max_bytes)
 
     async def fetch(self, offset: int, max_bytes: int) -> ReadResult:
@@ -318,19 +325,20 @@ class PartitionReplica(Actor[ReplicaMessage]):
         fetch) runs in a bounded worker thread, so it never delays heartbeats, elections or
         the WAL writer. (The storage engine's views and tables are safe to read from
         threads: tables are immutable, the memtable skip list is read lock-free.)"""
-        self.check_leader()
+        self._check_readable()
         return await self._read_runner(self.reader.read, offset, max_bytes)
 
     async def wait_for_data(self, offset: int) -> None:
         """Return once the high watermark is past ``offset``, the replica closed or it
         stopped leading (the caller then reads and learns which)."""
         view = self.view
-        while view.high_watermark <= offset and not view.closed and view.role is Role.LEADER:
+        alone = len(self._replicas) == 1
+        while view.high_watermark <= offset and not view.closed and (alone or view.role is Role.LEADER):
             await view.changed.wait()
             view = self.view
 
     async def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int]:
-        self.check_leader()
+        self._check_readable()
         return await self.reader.offset_for_timestamp(timestamp_ms)
 
     # -- start-up ------------------------------------------------------------------------
@@ -357,8 +365,19 @@ class PartitionReplica(Actor[ReplicaMessage]):
             (applied,) = _APPLIED.unpack_from(raw_producers)
             self.producers = ProducerStateTable.decode(raw_producers[_APPLIED.size :])
         self._producers_applied = self._producers_saved_at = applied
+        # Committed entries the producer table has not seen are applied now, not with the
+        # first Ready: one the store lost (a frame missing from the WAL) is reported and
+        # skipped, and reads refuse its offsets (DataLoss), instead of the group failing.
+        for index in range(applied + 1, commit + 1):
+            try:
+                (entry,) = storage.entries(index, index + 1, 1 << 62)
+            except LogUnavailable as exc:
+                logger.error("%s[%d]: %s", self.topic, self.partition, exc)
+                self._producers_applied = index
+                continue
+            self._apply(entry)
         self.node = RaftNode(
-            attrs.evolve(self._raft_config, applied=min(applied, commit)), storage, self._rng
+            attrs.evolve(self._raft_config, applied=max(applied, commit)), storage, self._rng
         )
         self.reader = PartitionReader(
             store,
@@ -388,6 +407,10 @@ class PartitionReplica(Actor[ReplicaMessage]):
     async def serve(self) -> None:
         node = self.node
         try:
+            if len(self._replicas) == 1:  # a group of one elects itself now, not on the first tick
+                while node.has_ready():
+                    await self._handle_ready()
+                self._publish()
             while True:
                 batch = await self.receive_batch(_BATCH)
                 if not batch:
@@ -575,17 +598,20 @@ class PartitionReplica(Actor[ReplicaMessage]):
             self.producers = producers
             self._producers_applied = applied
         for entry in rd.committed_entries:
-            if entry.index <= self._producers_applied:
-                continue
-            span = batch_span(entry.index, entry.data)
-            if span is not None:
-                batch = RecordBatch(entry.data, verify_crc=False)
-                _record(self.producers, batch, span.base_offset, span.end_offset - 1)
-            self._producers_applied = entry.index
+            if entry.index > self._producers_applied:
+                self._apply(entry)
         node.advance(rd)
         self._after_ready()
         if self._producers_applied - self._producers_saved_at >= PRODUCER_SNAPSHOT_EVERY:
             await self._save_producers()
+
+    def _apply(self, entry: Entry) -> None:
+        """A committed entry, to the producer table (the replica's replicated state)."""
+        span = batch_span(entry.index, entry.data)
+        if span is not None:
+            batch = RecordBatch(entry.data, verify_crc=False)
+            _record(self.producers, batch, span.base_offset, span.end_offset - 1)
+        self._producers_applied = entry.index
 
     def _after_ready(self) -> None:
         node, core = self.node, self.core

@@ -116,9 +116,16 @@ class Controller(Actor[ControllerMessage]):
         self._transmit = send
         snapshot = storage.snapshot()
         self._metadata = ClusterMetadata.restore(snapshot.data) if snapshot.index else ClusterMetadata()
+        # The committed log is applied now, not with the first Ready: the metadata is whole
+        # before this node has to write anything (a restart on a full disk knows its topics).
+        applied, commit = snapshot.index, storage.initial_state().commit
+        if commit > applied:
+            for entry in storage.entries(applied + 1, commit + 1, 1 << 62):
+                self._metadata.apply(entry.index, entry.data)
+            applied = commit
         raft_config = config or Config(id=node_id, voters=voters)
         self._node = RaftNode(
-            attrs.evolve(raft_config, applied=snapshot.index),
+            attrs.evolve(raft_config, applied=applied),
             storage,
             rng or random.Random(),
         )
