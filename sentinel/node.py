@@ -447,6 +447,7 @@ class NodeCore:
             with trio.move_on_after(STOP_STAGE_SECONDS):
                 await registered.wait()
             await import_legacy_topics(self.store, self.controller, self.config.node_id)
+            await self.broker.wait_leaders(self.broker.topics.values())  # serve once they lead
 
     async def hand_off_leadership(self, within: float) -> int:
         """Transfer the leadership of every group this node leads to a caught-up peer, and

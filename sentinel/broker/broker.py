@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -56,7 +56,7 @@ from sentinel.errors import (
 )
 from sentinel.raft import lsm_storage
 from sentinel.raft.core import Config
-from sentinel.raft.messages import Message
+from sentinel.raft.messages import NONE, Message, Role
 from sentinel.records import RecordBatch
 from sentinel.storage.store import Store
 
@@ -427,12 +427,30 @@ class Broker:
         )
         assert isinstance(created, md.TopicMeta)
         topic_id = created.topic_id
-        return await self._wait_applied(name, lambda topic: topic is not None and topic.topic_id == topic_id)
+        topic = await self._wait_applied(name, lambda topic: topic is not None and topic.topic_id == topic_id)
+        await self.wait_leaders([topic])
+        return topic
 
     async def delete_topic(self, name: str) -> None:
         validate_topic_name(name)
         await self.controller.propose(md.delete_topic(name))
         await self._wait_applied(name, lambda topic: topic is None)
+
+    async def wait_leaders(self, topics: Iterable[Topic]) -> None:
+        """Until every replica of ``topics`` hosted here knows its leader and one that leads
+        takes produce (``leader_ready``): a topic answered as created, or a node that serves,
+        is usable at once. Bounded: past it, clients are told to retry."""
+        with trio.move_on_after(APPLY_WAIT_SECONDS):
+            for topic in topics:
+                for log in topic.logs:
+                    if not isinstance(log, PartitionReplica):
+                        continue
+                    view = log.view
+                    while not view.closed and (
+                        view.leader == NONE or (view.role is Role.LEADER and not view.leader_ready)
+                    ):
+                        await view.changed.wait()
+                        view = log.view
 
     async def _wait_applied(self, name: str, done: Callable[[Topic | None], bool]) -> Any:
         with trio.move_on_after(APPLY_WAIT_SECONDS):

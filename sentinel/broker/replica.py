@@ -372,6 +372,10 @@ class PartitionReplica(Actor[ReplicaMessage]):
     async def serve(self) -> None:
         node = self.node
         try:
+            if len(self._replicas) == 1:  # a group of one elects itself now, not on the first tick
+                while node.has_ready():
+                    await self._handle_ready()
+                self._publish()
             while True:
                 batch = await self.receive_batch(_BATCH)
                 if not batch:
