@@ -49,6 +49,7 @@ from sentinel.cluster.group import RaftObservers, RaftStats, Send, hand_off, han
 from sentinel.errors import (
     ActorClosed,
     CorruptionError,
+    DiskFullError,
     InvalidArgument,
     MailboxFull,
     SentinelError,
@@ -390,7 +391,10 @@ class PartitionReplica(Actor[ReplicaMessage]):
                 self._was_leading = leading
                 while self._retention_requests:
                     request = self._retention_requests.pop(0)
-                    request.reply.set(await self._retain(request))
+                    try:
+                        request.reply.set(await self._retain(request))
+                    except DiskFullError as exc:
+                        request.reply.fail(exc)  # the next retention pass tries again
                 self._in_flight = []
                 self._publish()
         finally:
@@ -701,10 +705,11 @@ class PartitionReplica(Actor[ReplicaMessage]):
             return 0
         new_start, freed, index = plan
         removed = new_start - core.log_start_offset
+        # Durable first: on a full disk (DiskFullError) nothing has moved.
+        state = keys.PartitionState(core.log_end_offset, new_start, core.size_bytes - freed)
+        await self.store.write([(self._state_key, keys.encode_state(state))])
         core.retained(new_start, freed)
         self.reader.pruned(new_start)
-        state = keys.PartitionState(core.log_end_offset, core.log_start_offset, core.size_bytes)
-        await self.store.write([(self._state_key, keys.encode_state(state))])
         if index >= self.storage.first_index():
             # The Raft log ends its front where the partition's does: a follower that needs
             # what was before gets a snapshot saying the partition starts at new_start.
