@@ -421,6 +421,7 @@ class Broker:
         existing = self._topics.get(name)
         if existing is not None and if_absent:
             return existing
+        self.check_disk_space()
         replicas = md.assign_replicas(brokers, count, rf, image.topics)
         created = await self.controller.propose(
             md.create_topic(name, replicas, config, int(time.time() * 1000), if_absent=if_absent)
@@ -433,8 +434,16 @@ class Broker:
 
     async def delete_topic(self, name: str) -> None:
         validate_topic_name(name)
+        self.check_disk_space()
         await self.controller.propose(md.delete_topic(name))
         await self._wait_applied(name, lambda topic: topic is None)
+
+    def check_disk_space(self) -> None:
+        """Refuse a write at once while the store knows the disk is full: a Raft group
+        would hold it (and its caller) until space is back."""
+        full = self.store.disk_full
+        if full is not None:
+            raise full
 
     async def wait_leaders(self, topics: Iterable[Topic]) -> None:
         """Until every replica of ``topics`` hosted here knows its leader and one that leads
@@ -479,9 +488,7 @@ class Broker:
             if not self.options.auto_create_topics:
                 raise NotFound(f"topic {topic_name!r} does not exist (auto-creation is disabled)")
             topic = await self.create_topic(topic_name, if_absent=True)
-        full = self.store.disk_full
-        if full is not None:
-            raise full  # refused at once: the replica would wait for space with it queued
+        self.check_disk_space()
         if partition == ANY_PARTITION:
             partition = self._choose_partition(topic, batches)
         return partition, await topic.log(partition).produce(batches, acks)
