@@ -405,7 +405,11 @@ class PartitionReplica(Actor[ReplicaMessage]):
             self.view.changed.set()
 
     async def on_stop(self) -> None:
-        await self._save_producers()
+        try:
+            await self._save_producers()
+        except DiskFullError as exc:
+            # Only a shortcut for the next start, which replays the entries since the last save.
+            logger.warning("%s[%d]: producer table not saved at stop: %s", self.topic, self.partition, exc)
 
     def _dispatch(self, message: ReplicaMessage) -> None:
         node = self.node
