@@ -458,6 +458,10 @@ class PartitionReplica(Actor[ReplicaMessage]):
         if not request.batches:
             request.reply.fail(InvalidArgument("a produce request needs at least one record batch"))
             return
+        if any(batch.record_count <= 0 for batch in request.batches):
+            # Valid on the wire (compaction can empty a batch), but it would own no offset.
+            request.reply.fail(InvalidArgument("record batch holds no records"))
+            return
         if self._proposed is None:
             # Leader-ready: everything in the log is applied, so the applied table is the
             # replicated truth this leader starts from.
