@@ -253,6 +253,11 @@ class Broker:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             view = self.controller.view
+            # Start with the topics of every entry this node knew committed (a restart: the
+            # controller replays them from its own log), so none is missing at first.
+            with trio.move_on_after(APPLY_WAIT_SECONDS):
+                while view.image.applied_index < view.commit:
+                    view = await self.controller.wait_changed(view)
             await self._reconcile(view)
             task_status.started(self)
             nursery.start_soon(self._retention_loop)
