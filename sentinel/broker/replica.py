@@ -674,11 +674,11 @@ class PartitionReplica(Actor[ReplicaMessage]):
     def _committed_spans(self) -> Iterator[BatchSpan]:
         """The committed batches from the log start, in order: first any written before this
         partition's data went through Raft (a single-node data directory from before: no
-        Raft index, index 0), then the Raft log's."""
-        storage, core = self.storage, self.core
-        first, commit = storage.first_index(), self.node.log.committed
-        raft_entries: list[Entry] = storage.entries(first, commit + 1, _SCAN_BYTES) if first <= commit else []
-        first_raft = next((s for s in self._spans(raft_entries)), None)
+        Raft index, index 0), then the Raft log's. Raises CorruptionError where a damaged
+        block holds the next batch, after yielding every batch before it."""
+        core = self.core
+        raft = self._raft_spans(self.storage.first_index(), self.node.log.committed)
+        first_raft = next(raft, None)
         legacy_end = first_raft.base_offset if first_raft is not None else core.high_watermark
         if core.log_start_offset < legacy_end:
             begin = keys.data_key(self.topic_id, self.partition, core.log_start_offset)
@@ -687,28 +687,46 @@ class PartitionReplica(Actor[ReplicaMessage]):
                 span = batch_span(0, value)
                 if span is not None:
                     yield span
-        index = first
-        while raft_entries:
-            yield from self._spans(raft_entries)
-            index = raft_entries[-1].index + 1
-            raft_entries = storage.entries(index, commit + 1, _SCAN_BYTES) if index <= commit else []
+        if first_raft is not None:
+            yield first_raft
+            yield from raft
+
+    def _raft_spans(self, index: int, commit: int) -> Iterator[BatchSpan]:
+        storage = self.storage
+        while index <= commit:
+            try:
+                entries = storage.entries(index, commit + 1, _SCAN_BYTES)
+            except CorruptionError:
+                # Entry by entry up to the damaged one: what precedes it is still judged.
+                entries = storage.entries(index, index + 1, 1)
+            yield from self._spans(entries)
+            index = entries[-1].index + 1
 
     async def _retain(self, request: ApplyRetention) -> int:
         core = self.core
-        try:
-            plan = core.retention_plan(
-                self._committed_spans(),
-                retention_ms=request.retention_ms,
-                retention_bytes=request.retention_bytes,
-                now_ms=request.now_ms,
-            )
-        except CorruptionError as exc:
+        damage: list[CorruptionError] = []
+
+        def up_to_damage(spans: Iterator[BatchSpan]) -> Iterator[BatchSpan]:
+            try:
+                yield from spans
+            except CorruptionError as exc:
+                damage.append(exc)
+
+        plan = core.retention_plan(
+            up_to_damage(self._committed_spans()),
+            retention_ms=request.retention_ms,
+            retention_bytes=request.retention_bytes,
+            now_ms=request.now_ms,
+        )
+        if damage:
             # A damaged block holds what retention would look at next: its age and size
             # cannot be read, so it stays (with everything after it) until an operator acts.
             if self._damage_reported is None:
-                logger.warning("retention of %s[%d] stops: %s", self.topic, self.partition, exc)
-            self._damage_reported = exc
-            return 0
+                stop = core.log_start_offset if plan is None else plan[0]
+                logger.warning(
+                    "retention of %s[%d] stops at offset %d: %s", self.topic, self.partition, stop, damage[0]
+                )
+            self._damage_reported = damage[0]
         if plan is None:
             return 0
         new_start, freed, index = plan
