@@ -24,7 +24,7 @@ from sentinel.storage.options import StorageOptions, SyncMode
 from sentinel.storage.store import Store
 
 if TYPE_CHECKING:
-    from conftest import NodeFactory
+    from conftest import NodeFactory, Running
 
 CREATED_MS = 1_700_000_000_000
 
@@ -73,8 +73,9 @@ def old_partition(
 async def write_old_directory(node: NodeFactory) -> dict[tuple[str, int], list[tuple[int, bytes]]]:
     """What the old broker left: topics "orders" (id 2, 2 partitions, retention by time)
     and "events" (id 5); ids 1, 3, 4, 6 and 7 belonged to deleted topics (the data of 3
-    and 7 still on disk: 7 above every live id, so only the counter remembers it); committed offsets of two groups, one of them for a deleted topic (the old
-    broker deleted a topic's offsets in a second write, after the topic)."""
+    and 7 still on disk: 7 above every live id, so only the counter remembers it);
+    committed offsets of two groups, one of them for a deleted topic (the old broker
+    deleted a topic's offsets in a second write, after the topic)."""
     orders_0, orders_0_records = old_partition(2, 0, [[b"o0", b"o1"], [b"o2"]])
     orders_1, orders_1_records = old_partition(2, 1, [[b"p0"], [b"p1", b"p2", b"p3"], [b"p4"]], log_start=1)
     events_0, events_0_records = old_partition(5, 0, [[b"e0"]])
@@ -108,8 +109,9 @@ def records_of(topic: Topic, partition: int) -> list[tuple[int, bytes | None]]:
     return [(r.offset, r.value) for b in split_batches(data) for r in b.records()]
 
 
-def old_keys(running: object) -> list[bytes]:
-    store = running.store  # type: ignore[attr-defined]
+def old_keys(running: Running) -> list[bytes]:
+    """The keys only the old broker wrote: topic metadata, committed offsets, the id counter."""
+    store = running.store
     found = [
         k for prefix in (keys.TOPIC, keys.OFFSETS) for k, _ in store.scan(prefix, keys.prefix_end(prefix))
     ]
