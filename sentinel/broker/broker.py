@@ -259,6 +259,11 @@ class Broker:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             view = self.controller.view
+            # Start with the topics of every entry this node knew committed (a restart: the
+            # controller replays them from its own log), so none is missing at first.
+            with trio.move_on_after(APPLY_WAIT_SECONDS):
+                while view.image.applied_index < view.commit:
+                    view = await self.controller.wait_changed(view)
             await self._reconcile(view)
             task_status.started(self)
             nursery.start_soon(self._retention_loop)
@@ -428,6 +433,7 @@ class Broker:
         existing = self._topics.get(name)
         if existing is not None and if_absent:
             return existing
+        self.check_disk_space()
         replicas = md.assign_replicas(brokers, count, rf, image.topics)
         created = await self.controller.propose(
             md.create_topic(name, replicas, config, int(time.time() * 1000), if_absent=if_absent)
@@ -440,8 +446,14 @@ class Broker:
 
     async def delete_topic(self, name: str) -> None:
         validate_topic_name(name)
+        self.check_disk_space()
         await self.controller.propose(md.delete_topic(name))
         await self._wait_applied(name, lambda topic: topic is None)
+
+    def check_disk_space(self) -> None:
+        """Refuse a write at once while writes would fail for lack of space: a Raft group
+        would hold it (and its caller) until space is back."""
+        self.store.check_space()
 
     async def wait_leaders(self, topics: Iterable[Topic]) -> None:
         """Until every replica of ``topics`` hosted here knows its leader and one that leads

@@ -232,6 +232,7 @@ class GroupCoordinator(Actor[object]):
         controller: answered once a majority holds it."""
         self.check_leading()
         await self.call(Commit(request))
+        self._broker.check_disk_space()
         items = [(po.topic, po.partition, po.offset, po.metadata) for po in request.offsets]
         if items:
             await self._controller.propose(md.commit_offsets(request.group_id, items))

@@ -77,11 +77,18 @@ async def import_legacy_topics(store: Store, controller: Controller, node_id: in
         imported += 1
     by_group: dict[str, list[tuple[str, int, int, str]]] = {}
     old_offsets: list[bytes] = []
+    topics_now = controller.view.image.topics
     for key, value in store.scan(keys.OFFSETS, keys.prefix_end(keys.OFFSETS)):
         group, topic, partition = keys.parse_offset_key(key)
         offset, metadata = keys.decode_offset(value)
-        by_group.setdefault(group, []).append((topic, partition, offset, metadata))
         old_offsets.append(key)
+        imported_as = topics_now.get(topic)
+        if imported_as is None or partition >= imported_as.partitions:
+            # The old broker deleted a topic's offsets in a write after the topic's: a crash
+            # (or a full disk) between the two left these behind.
+            logger.info("dropping group %r's offset of deleted topic %s[%d]", group, topic, partition)
+            continue
+        by_group.setdefault(group, []).append((topic, partition, offset, metadata))
     for group, items in by_group.items():
         await controller.propose(md.commit_offsets(group, items))
     ops: list[tuple[bytes, bytes | None]] = [(keys.topic_key(name), None) for name, _ in topics]

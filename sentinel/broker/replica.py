@@ -49,6 +49,7 @@ from sentinel.cluster.group import RaftObservers, RaftStats, Send, hand_off, han
 from sentinel.errors import (
     ActorClosed,
     CorruptionError,
+    DiskFullError,
     InvalidArgument,
     MailboxFull,
     SentinelError,
@@ -425,7 +426,10 @@ class PartitionReplica(Actor[ReplicaMessage]):
                 self._was_leading = leading
                 while self._retention_requests:
                     request = self._retention_requests.pop(0)
-                    request.reply.set(await self._retain(request))
+                    try:
+                        request.reply.set(await self._retain(request))
+                    except DiskFullError as exc:
+                        request.reply.fail(exc)  # the next retention pass tries again
                 self._in_flight = []
                 self._publish()
         finally:
@@ -436,7 +440,11 @@ class PartitionReplica(Actor[ReplicaMessage]):
             self.view.changed.set()
 
     async def on_stop(self) -> None:
-        await self._save_producers()
+        try:
+            await self._save_producers()
+        except DiskFullError as exc:
+            # Only a shortcut for the next start, which replays the entries since the last save.
+            logger.warning("%s[%d]: producer table not saved at stop: %s", self.topic, self.partition, exc)
 
     def _dispatch(self, message: ReplicaMessage) -> None:
         node = self.node
@@ -484,6 +492,10 @@ class PartitionReplica(Actor[ReplicaMessage]):
             return
         if not request.batches:
             request.reply.fail(InvalidArgument("a produce request needs at least one record batch"))
+            return
+        if any(batch.record_count <= 0 for batch in request.batches):
+            # Valid on the wire (compaction can empty a batch), but it would own no offset.
+            request.reply.fail(InvalidArgument("record batch holds no records"))
             return
         if self._proposed is None:
             # Leader-ready: everything in the log is applied, so the applied table is the
@@ -700,11 +712,11 @@ class PartitionReplica(Actor[ReplicaMessage]):
     def _committed_spans(self) -> Iterator[BatchSpan]:
         """The committed batches from the log start, in order: first any written before this
         partition's data went through Raft (a single-node data directory from before: no
-        Raft index, index 0), then the Raft log's."""
-        storage, core = self.storage, self.core
-        first, commit = storage.first_index(), self.node.log.committed
-        raft_entries: list[Entry] = storage.entries(first, commit + 1, _SCAN_BYTES) if first <= commit else []
-        first_raft = next((s for s in self._spans(raft_entries)), None)
+        Raft index, index 0), then the Raft log's. Raises CorruptionError where a damaged
+        block holds the next batch, after yielding every batch before it."""
+        core = self.core
+        raft = self._raft_spans(self.storage.first_index(), self.node.log.committed)
+        first_raft = next(raft, None)
         legacy_end = first_raft.base_offset if first_raft is not None else core.high_watermark
         if core.log_start_offset < legacy_end:
             begin = keys.data_key(self.topic_id, self.partition, core.log_start_offset)
@@ -713,36 +725,55 @@ class PartitionReplica(Actor[ReplicaMessage]):
                 span = batch_span(0, value)
                 if span is not None:
                     yield span
-        index = first
-        while raft_entries:
-            yield from self._spans(raft_entries)
-            index = raft_entries[-1].index + 1
-            raft_entries = storage.entries(index, commit + 1, _SCAN_BYTES) if index <= commit else []
+        if first_raft is not None:
+            yield first_raft
+            yield from raft
+
+    def _raft_spans(self, index: int, commit: int) -> Iterator[BatchSpan]:
+        storage = self.storage
+        while index <= commit:
+            try:
+                entries = storage.entries(index, commit + 1, _SCAN_BYTES)
+            except CorruptionError:
+                # Entry by entry up to the damaged one: what precedes it is still judged.
+                entries = storage.entries(index, index + 1, 1)
+            yield from self._spans(entries)
+            index = entries[-1].index + 1
 
     async def _retain(self, request: ApplyRetention) -> int:
         core = self.core
-        try:
-            plan = core.retention_plan(
-                self._committed_spans(),
-                retention_ms=request.retention_ms,
-                retention_bytes=request.retention_bytes,
-                now_ms=request.now_ms,
-            )
-        except CorruptionError as exc:
+        damage: list[CorruptionError] = []
+
+        def up_to_damage(spans: Iterator[BatchSpan]) -> Iterator[BatchSpan]:
+            try:
+                yield from spans
+            except CorruptionError as exc:
+                damage.append(exc)
+
+        plan = core.retention_plan(
+            up_to_damage(self._committed_spans()),
+            retention_ms=request.retention_ms,
+            retention_bytes=request.retention_bytes,
+            now_ms=request.now_ms,
+        )
+        if damage:
             # A damaged block holds what retention would look at next: its age and size
             # cannot be read, so it stays (with everything after it) until an operator acts.
             if self._damage_reported is None:
-                logger.warning("retention of %s[%d] stops: %s", self.topic, self.partition, exc)
-            self._damage_reported = exc
-            return 0
+                stop = core.log_start_offset if plan is None else plan[0]
+                logger.warning(
+                    "retention of %s[%d] stops at offset %d: %s", self.topic, self.partition, stop, damage[0]
+                )
+            self._damage_reported = damage[0]
         if plan is None:
             return 0
         new_start, freed, index = plan
         removed = new_start - core.log_start_offset
+        # Durable first: on a full disk (DiskFullError) nothing has moved.
+        state = keys.PartitionState(core.log_end_offset, new_start, core.size_bytes - freed)
+        await self.store.write([(self._state_key, keys.encode_state(state))])
         core.retained(new_start, freed)
         self.reader.pruned(new_start)
-        state = keys.PartitionState(core.log_end_offset, core.log_start_offset, core.size_bytes)
-        await self.store.write([(self._state_key, keys.encode_state(state))])
         if index >= self.storage.first_index():
             # The Raft log ends its front where the partition's does: a follower that needs
             # what was before gets a snapshot saying the partition starts at new_start.

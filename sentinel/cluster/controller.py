@@ -202,6 +202,11 @@ class Controller(Actor[ControllerMessage]):
     async def serve(self) -> None:
         node = self._node
         try:
+            # The campaign of __init__: a cluster of one leads without waiting for a first
+            # message or tick (its first proposals are not refused).
+            while node.has_ready():
+                await self._handle_ready()
+            self._publish()
             while True:
                 batch = await self.receive_batch(_BATCH)
                 if not batch:
