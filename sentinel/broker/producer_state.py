@@ -70,6 +70,11 @@ def next_sequence(seq: int, records: int) -> int:
     return (seq + records) % (MAX_SEQUENCE + 1)
 
 
+def last_sequence(batch: BatchHeader) -> int:
+    """The sequence of a batch's last record (wrapping, as Kafka's incrementSequence)."""
+    return next_sequence(batch.base_sequence, batch.last_offset_delta)
+
+
 class BatchHeader(Protocol):
     """The header fields of a RecordBatch that idempotence reads."""
 
@@ -98,7 +103,7 @@ def check_request(table: ProducerStateTable, batches: Sequence[BatchHeader]) -> 
             fresh += 1
             continue
         first = batch.base_sequence
-        last = first + batch.last_offset_delta
+        last = last_sequence(batch)
         expected = follows.get(producer_id)
         if expected is None:
             found = table.check(producer_id, batch.producer_epoch, first, last)
@@ -125,8 +130,7 @@ def record_batch(table: ProducerStateTable, batch: BatchHeader, base_offset: int
     """A batch was appended at ``base_offset``..``last_offset`` (applied in log order)."""
     if batch.producer_id == NO_PRODUCER_ID:
         return
-    first = batch.base_sequence
-    metadata = BatchMetadata(first, first + batch.last_offset_delta, base_offset, last_offset, -1)
+    metadata = BatchMetadata(batch.base_sequence, last_sequence(batch), base_offset, last_offset, -1)
     table.record(batch.producer_id, batch.producer_epoch, metadata)
 
 
