@@ -15,7 +15,11 @@ Invariants:
   completion handle, so acknowledgements can be matched to records by position.
 - A drain takes at least one record (a record larger than a batch travels alone) and at
   most ``max_request_bytes`` of estimated size and ``max_batches`` batches otherwise; each
-  batch it forms holds at most ``batch_size`` bytes unless it is a single record.
+  batch it forms holds at most ``batch_size`` bytes unless it is a single record, or unless
+  ``max_batches`` batches of ``batch_size`` would not hold what is queued: then its batches
+  are as large as it takes for the request to carry up to ``max_request_bytes`` anyway
+  (an idempotent producer may have only 5 batches in flight, and a request costs far more
+  than a batch: the backlog goes in fewer, larger batches rather than in smaller requests).
 - A :class:`WholeBatch` (``send_batch``) is a batch of its own: never merged with records.
 """
 
@@ -177,6 +181,8 @@ class RecordAccumulator(Generic[C]):
         wholes = queue.wholes
         batch_size = self.batch_size
         limit = self.max_request_bytes
+        if max_batches is not None and queue.size > max_batches * batch_size:
+            batch_size = max(batch_size, -(-min(queue.size, limit) // max_batches))
         starts: list[int] = []  # index of each batch's first entry
         open_bytes = -1  # bytes of the batch records may still join; -1: none is open
         request_bytes = 0

@@ -86,14 +86,24 @@ def test_memory_account_and_take_all() -> None:
 
 def test_drain_takes_at_most_max_batches_but_always_one_record() -> None:
     acc = Acc(batch_size=60, max_buffer_bytes=10_000, max_request_bytes=10_000)
-    fill(acc, 7)  # two per batch
+    fill(acc, 4)  # two per batch: two batches fit a budget of two
     first = acc.drain(TP, max_batches=2)
     assert first is not None and [len(b) for b in first.batches] == [2, 2]
     assert first.batch_record_counts() == [2, 2]
-    rest = acc.drain(TP, max_batches=5)
-    assert rest is not None and [len(b) for b in rest.batches] == [2, 1]
-    fill(acc, 1)
+    fill(acc, 1, size=100)  # larger than a batch: alone, whatever the budget
     assert (one := acc.drain(TP, max_batches=1)) is not None and one.completions == [0]
+
+
+def test_a_backlog_beyond_the_batch_budget_goes_in_fewer_larger_batches() -> None:
+    acc = Acc(batch_size=60, max_buffer_bytes=10_000, max_request_bytes=1000)
+    fill(acc, 12)  # 26 bytes each: six batches of two at batch_size
+    drained = acc.drain(TP, max_batches=2)
+    # Two batches still carry the whole backlog (312 bytes, under the request limit).
+    assert drained is not None and [len(b) for b in drained.batches] == [6, 6]
+    assert drained.completions == list(range(12))
+    fill(acc, 6)
+    rest = acc.drain(TP)  # no budget: batch_size again
+    assert rest is not None and [len(b) for b in rest.batches] == [2, 2, 2]
 
 
 def test_a_whole_batch_is_a_batch_of_its_own_between_records() -> None:

@@ -181,17 +181,22 @@ def test_at_most_five_batches_fly_however_many_are_queued() -> None:
         async with Producer(fake.address, linger_ms=0, batch_size=130) as producer:
             await producer.send_and_wait("t", b"warm-up")
             fake.hold_produce()
-            futures = [await producer.send("t", b"%03d" % i + b"x" * 40) for i in range(40)]  # 2 per batch
+            first = [await producer.send("t", b"%03d" % i + b"x" * 40) for i in range(6)]  # 2 per batch
             await fake.wait_parked(1)
             for _ in range(20):
                 await asyncio.sleep(0)
-            in_flight = sum(len(list(iter_batches(m.record_batches))) for m, _ in fake.parked)
-            assert in_flight == 5
+            # A backlog beyond five batches of batch_size goes in larger batches, not more.
+            rest = [await producer.send("t", b"%03d" % i + b"x" * 40) for i in range(6, 60)]
+            for _ in range(20):
+                await asyncio.sleep(0)
+            in_flight = [len(list(iter_batches(m.record_batches))) for m, _ in fake.parked]
+            assert sum(in_flight) <= 5
             fake.release_produce()
-            assert [(await f).offset for f in futures] == list(range(1, 41))
-        # Requests carried several batches each (up to the room left), never more than five.
-        per_request = [len(list(iter_batches(r.record_batches))) for r in fake.produce_requests[1:]]
-        assert max(per_request) == 5 and sum(per_request) == 20
+            assert [(await f).offset for f in [*first, *rest]] == list(range(1, 61))
+        per_request = [list(iter_batches(r.record_batches)) for r in fake.produce_requests[1:]]
+        assert max(len(batches) for batches in per_request) <= 5
+        assert max(b.record_count for batches in per_request for b in batches) > 2  # grown
+        assert sum(b.record_count for batches in per_request for b in batches) == 60
 
     run(scenario)
 
