@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, Protocol
 
 import attrs
 
@@ -67,6 +68,70 @@ class _Producer:
 def next_sequence(seq: int, records: int) -> int:
     """The sequence after a batch of ``records`` starting at ``seq`` (wrapping)."""
     return (seq + records) % (MAX_SEQUENCE + 1)
+
+
+def last_sequence(batch: BatchHeader) -> int:
+    """The sequence of a batch's last record (wrapping, as Kafka's incrementSequence)."""
+    return next_sequence(batch.base_sequence, batch.last_offset_delta)
+
+
+class BatchHeader(Protocol):
+    """The header fields of a RecordBatch that idempotence reads."""
+
+    @property
+    def producer_id(self) -> int: ...
+    @property
+    def producer_epoch(self) -> int: ...
+    @property
+    def base_sequence(self) -> int: ...
+    @property
+    def last_offset_delta(self) -> int: ...
+
+
+def check_request(table: ProducerStateTable, batches: Sequence[BatchHeader]) -> list[BatchMetadata] | None:
+    """Idempotence for one produce request (appended all or nothing): the originals when
+    every batch was appended already (a retry), None when all are new; raises
+    OutOfOrderSequence for a request that mixes both, or ProducerFenced. A new batch that
+    follows another new one of the same producer in the request must continue its sequence
+    (the table knows only what was appended before the request)."""
+    originals: list[BatchMetadata] = []
+    fresh = 0
+    follows: dict[int, int] = {}  # producer id -> first sequence of its next batch here
+    for batch in batches:
+        producer_id = batch.producer_id
+        if producer_id == NO_PRODUCER_ID:
+            fresh += 1
+            continue
+        first = batch.base_sequence
+        last = last_sequence(batch)
+        expected = follows.get(producer_id)
+        if expected is None:
+            found = table.check(producer_id, batch.producer_epoch, first, last)
+        elif first != expected:
+            raise OutOfOrderSequence(
+                f"producer {producer_id} epoch {batch.producer_epoch} sent sequence {first}, "
+                f"expected {expected}"
+            )
+        else:
+            found = None
+        if found is None:
+            fresh += 1
+            follows[producer_id] = next_sequence(last, 1)
+        else:
+            originals.append(found)
+    if not originals:
+        return None
+    if fresh:
+        raise OutOfOrderSequence("a request mixes already-appended and new batches")
+    return originals
+
+
+def record_batch(table: ProducerStateTable, batch: BatchHeader, base_offset: int, last_offset: int) -> None:
+    """A batch was appended at ``base_offset``..``last_offset`` (applied in log order)."""
+    if batch.producer_id == NO_PRODUCER_ID:
+        return
+    metadata = BatchMetadata(batch.base_sequence, last_sequence(batch), base_offset, last_offset, -1)
+    table.record(batch.producer_id, batch.producer_epoch, metadata)
 
 
 class ProducerStateTable:

@@ -40,9 +40,10 @@ from sentinel.broker import keys
 from sentinel.broker.partition_core import BatchSpan, PartitionCore, batch_span
 from sentinel.broker.producer_state import (
     NO_PRODUCER_ID,
-    BatchMetadata,
     OutOfOrderSequence,
     ProducerStateTable,
+    check_request,
+    record_batch,
 )
 from sentinel.broker.reader import PartitionReader, ReadResult
 from sentinel.cluster.group import RaftObservers, RaftStats, Send, hand_off, handle_ready, raft_stats
@@ -540,7 +541,7 @@ class PartitionReplica(Actor[ReplicaMessage]):
         result = AppendResult(base, offset - 1)
         pending = _Pending(request, term, proposed[-1][1].index, result)
         for batch, span in proposed:
-            _record(self._proposed, batch, span.base_offset, span.end_offset - 1)
+            record_batch(self._proposed, batch, span.base_offset, span.end_offset - 1)
             if batch.producer_id != NO_PRODUCER_ID:
                 self._inflight_batches[_batch_key(batch)] = pending
         if self._on_append is not None:
@@ -561,26 +562,12 @@ class PartitionReplica(Actor[ReplicaMessage]):
         """Idempotence: a request whose batches were all appended already (a retry) is
         answered with the originals' offsets — after they commit, if they have not yet; a
         gap or a step back is out of order. Raises for a request that mixes both."""
-        originals: list[BatchMetadata] = []
-        fresh = 0
-        for batch in batches:
-            if batch.producer_id == NO_PRODUCER_ID:
-                fresh += 1
-                continue
-            first = batch.base_sequence
-            found = table.check(
-                batch.producer_id, batch.producer_epoch, first, first + batch.last_offset_delta
-            )
-            if found is None:
-                fresh += 1
-            else:
-                originals.append(found)
-        if not originals:
+        try:
+            originals = check_request(table, batches)
+        except OutOfOrderSequence as exc:
+            raise OutOfOrderSequence(f"{self.topic}[{self.partition}]: {exc}") from None
+        if originals is None:
             return None
-        if fresh:
-            raise OutOfOrderSequence(
-                f"{self.topic}[{self.partition}]: a request mixes already-appended and new batches"
-            )
         inflight = self._inflight_batches.get(_batch_key(batches[-1]))
         return AppendResult(originals[0].base_offset, originals[-1].last_offset), inflight
 
@@ -622,7 +609,7 @@ class PartitionReplica(Actor[ReplicaMessage]):
         span = batch_span(entry.index, entry.data)
         if span is not None:
             batch = RecordBatch(entry.data, verify_crc=False)
-            _record(self.producers, batch, span.base_offset, span.end_offset - 1)
+            record_batch(self.producers, batch, span.base_offset, span.end_offset - 1)
         self._producers_applied = entry.index
 
     def _after_ready(self) -> None:
@@ -877,14 +864,6 @@ async def _inline(fn: Callable[..., ReadResult], *args: Any) -> ReadResult:
 def _batch_key(batch: RecordBatch) -> tuple[int, int, int, int]:
     first = batch.base_sequence
     return batch.producer_id, batch.producer_epoch, first, first + batch.last_offset_delta
-
-
-def _record(table: ProducerStateTable, batch: RecordBatch, base_offset: int, last_offset: int) -> None:
-    if batch.producer_id == NO_PRODUCER_ID:
-        return
-    first = batch.base_sequence
-    metadata = BatchMetadata(first, first + batch.last_offset_delta, base_offset, last_offset, -1)
-    table.record(batch.producer_id, batch.producer_epoch, metadata)
 
 
 def _assign(data: bytes, base_offset: int, term: int) -> bytes:

@@ -204,6 +204,26 @@ class Cluster:
         Requested topics that the answer lacks are dropped from the cache.
         """
         request = pb.MetadataRequest(topics=list(topics or ()), allow_auto_create=self.allow_auto_create)
+        response = await self._any_bootstrap(
+            lambda conn: conn.stub.fetch_metadata(request, timeout=self.request_timeout_s)
+        )
+        metadata = cluster_metadata(response)
+        self._update(metadata, topics)
+        return metadata
+
+    async def init_producer_id(self) -> tuple[int, int]:
+        """A new idempotent producer id and its epoch (the controller allocates it; any
+        broker asks it)."""
+        response = await self._any_bootstrap(
+            lambda conn: conn.stub.init_producer_id(
+                pb.InitProducerIdRequest(), timeout=self.request_timeout_s
+            )
+        )
+        return response.producer_id, response.producer_epoch
+
+    async def _any_bootstrap(self, call: Callable[[Connection], Awaitable[T]]) -> T:
+        """``call`` on the bootstrap broker that answered last, else on the next ones in
+        turn; the last retriable error if none answers."""
         last_error: SentinelError | None = None
         count = len(self._bootstrap)
         for i in range(count):
@@ -211,14 +231,12 @@ class Cluster:
             conn = self._bootstrap[index]
             try:
                 with conn.errors:
-                    response = await conn.stub.fetch_metadata(request, timeout=self.request_timeout_s)
+                    response = await call(conn)
             except RETRIABLE_ERRORS as exc:
                 last_error = exc
                 continue
             self._current = index
-            metadata = cluster_metadata(response)
-            self._update(metadata, topics)
-            return metadata
+            return response
         assert last_error is not None
         raise last_error
 
