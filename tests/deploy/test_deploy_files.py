@@ -111,9 +111,7 @@ def dockerfile_stages(text: str) -> list[list[Instruction]]:
     logical = ""
     for raw in text.splitlines():
         line = raw.strip()
-        if not logical and (not line or line.startswith("#")):
-            continue
-        if line.startswith("#"):  # a comment inside a continued instruction
+        if line.startswith("#") or not (line or logical):  # comments may sit inside continuations
             continue
         if line.endswith("\\"):
             logical += line[:-1] + " "
@@ -584,11 +582,11 @@ def metric(kind: str, name: str, labels: tuple[str, ...] | None) -> Metric:
 
 
 def literal_labels(node: ast.expr | None) -> tuple[str, ...] | None:
-    if isinstance(node, ast.List | ast.Tuple) and all(
-        isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts
-    ):
-        return tuple(e.value for e in node.elts)  # type: ignore[attr-defined]
-    return None
+    """A label list written as a literal; None when it is computed (then it is not checked)."""
+    if not isinstance(node, ast.List | ast.Tuple):
+        return None
+    labels = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return tuple(labels) if len(labels) == len(node.elts) else None
 
 
 @functools.cache
