@@ -662,7 +662,7 @@ def test_announced_metrics_match_the_code_once_it_defines_them() -> None:
                 f"{actual.name} is a {actual.kind}, the dashboard expects a {announced.kind}"
             )
             if actual.labels is not None:
-                assert set(actual.labels) == set(announced.labels), f"{name} labels {actual.labels}"
+                assert set(actual.labels) == set(announced.labels or ()), f"{name} labels {actual.labels}"
 
 
 def test_every_metric_the_dashboard_queries_exists_with_its_labels() -> None:
