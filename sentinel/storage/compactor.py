@@ -335,13 +335,20 @@ class Compactor(Actor[CompactorMessage]):
         while self._to_flush:
             await self._flush(self._to_flush[0])
             self._to_flush.popleft()
-        for level in range(NUM_LEVELS - 1):
-            # Each plan moves at least one file of ``level`` down, or finds a table damaged
-            # (which no later plan includes): this ends. Damage may hold files back.
-            while plan := compaction_for_level(self._version, level, self._compact_pointers, self._damaged):
-                await self._compact(plan)
+        # Each plan moves at least one file a level down, or finds a table damaged (which no
+        # later plan includes): this ends. Damage may hold files back; sweep again while
+        # anything moved, since a damaged table moved down may have freed the way above it.
+        moved = True
+        while moved:
+            moved = False
+            for level in range(NUM_LEVELS - 1):
+                while plan := compaction_for_level(
+                    self._version, level, self._compact_pointers, self._damaged
+                ):
+                    moved |= await self._compact(plan)
         held = sum(len(self._version.files(level)) for level in range(NUM_LEVELS - 1))
         if held:
+            assert self._damaged, "only damage keeps a table above the last level"
             raise self._repair_error(
                 min(self._damaged),
                 f"compaction cannot merge this damaged table, and it holds {held} table(s) "
@@ -376,8 +383,9 @@ class Compactor(Actor[CompactorMessage]):
             blocker = l0_blockers(version, self._damaged)[0]
             error = self._repair_error(
                 blocker.number,
-                f"L0 has reached its limit of {len(version.files(0))} tables and compaction cannot "
-                "merge them past this damaged table, so writes are refused",
+                f"L0 is at its limit ({len(version.files(0))} tables, the limit is "
+                f"{self._options.compaction.l0_stop_writes_trigger}) and compaction cannot merge it "
+                "past this damaged table, so writes are refused",
             )
             if self.needs_repair is None:
                 logger.error("%s", error)
