@@ -15,7 +15,6 @@ actors' worker threads injected so :meth:`WorkerThreads.settle` knows when all i
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -439,7 +438,7 @@ async def test_reclaim_skips_a_damaged_table_and_rewrites_the_others(
         await rest_at_the_last_level(store, model)
         resting = store.view.version.files(NUM_LEVELS - 1)
         victim = resting[0]
-        block, where = damage(sst_path(tmp_path, victim.number), 0)
+        _block, where = damage(sst_path(tmp_path, victim.number), 0)
         # Retention moved past the first three tables: the damaged one and two others.
         obsolete.below = resting[3].min_key
         assert await store.reclaim([(b"k", obsolete.below)]) == 2
