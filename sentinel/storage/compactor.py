@@ -383,9 +383,8 @@ class Compactor(Actor[CompactorMessage]):
             blocker = l0_blockers(version, self._damaged)[0]
             error = self._repair_error(
                 blocker.number,
-                f"L0 is at its limit ({len(version.files(0))} tables, the limit is "
-                f"{self._options.compaction.l0_stop_writes_trigger}) and compaction cannot merge it "
-                "past this damaged table, so writes are refused",
+                f"L0 has reached its limit of {self._options.compaction.l0_stop_writes_trigger} tables "
+                "and compaction cannot merge them past this damaged table, so writes are refused",
             )
             if self.needs_repair is None:
                 logger.error("%s", error)

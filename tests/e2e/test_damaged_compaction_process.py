@@ -130,14 +130,13 @@ def test_a_broker_with_a_damaged_table_serves_other_topics_through_compactions_t
             assert other_values(broker.address) == acked  # the other topic is served throughout
         assert refused is not None, "L0 never reached its bound"
         assert triggers >= 5
-        # L0 may overshoot its limit by the memtables already frozen when it was reached.
-        tables = l0_tables(broker.metrics_port)
-        assert L0_STOP_WRITES <= tables <= L0_STOP_WRITES + 1
         assert str(refused) == (
-            f"storage needs repair: {where}: data block 1 checksum mismatch; L0 is at its limit "
-            f"({tables:.0f} tables, the limit is {L0_STOP_WRITES}) and compaction cannot merge it "
-            "past this damaged table, so writes are refused; restore the file from a backup and restart"
+            f"storage needs repair: {where}: data block 1 checksum mismatch; L0 has reached its limit "
+            f"of {L0_STOP_WRITES} tables and compaction cannot merge them past this damaged table, so "
+            "writes are refused; restore the file from a backup and restart"
         ), refused
+        # L0 may overshoot its limit by the memtables already frozen when it was reached.
+        assert L0_STOP_WRITES <= l0_tables(broker.metrics_port) <= L0_STOP_WRITES + 1
         assert len(damage_lines(broker, where)) == 1
         assert metric(broker.metrics_port, "sentinel_storage_damaged_tables") == 1
         assert metric(broker.metrics_port, "sentinel_storage_needs_repair") == 1

@@ -274,9 +274,9 @@ async def test_damage_holding_l0_at_its_stop_writes_bound_refuses_writes_naming_
         assert stats.tables_per_level[0] == L0.l0_stop_writes_trigger
         assert stats.needs_repair is not None and stats.writes_refused == 0
         expected = (
-            f"storage needs repair: {made.where}; L0 is at its limit ({L0.l0_stop_writes_trigger} "
-            f"tables, the limit is {L0.l0_stop_writes_trigger}) and compaction cannot merge it past "
-            "this damaged table, so writes are refused; restore the file from a backup and restart"
+            f"storage needs repair: {made.where}; L0 has reached its limit of {L0.l0_stop_writes_trigger} "
+            "tables and compaction cannot merge them past this damaged table, so writes are refused; "
+            "restore the file from a backup and restart"
         )
         assert str(stats.needs_repair) == expected
 
