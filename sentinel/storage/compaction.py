@@ -155,9 +155,9 @@ def movable_l0_files(version: Version, damaged: Collection[int] = frozenset()) -
     overlaps an OLDER held-back L0 file: reads check L0 before L1, so that older file would
     hide the newer entries once they were in L1. Older files overlapping a held-back one
     may go (the newer file left above them still wins, as it should). When damaged L1 files
-    lie between the movable files, one compaction takes only the files in the widest gap
-    between them (its key range must not include a damaged L1 file, which it would have
-    to merge); the next compaction takes the next gap.
+    lie between the movable files, one compaction takes only the files of one gap between
+    them, the gap holding the most (its key range must not include a damaged L1 file, which
+    it would have to merge); a later compaction takes the next gap.
     """
     files = version.files(0)
     if not damaged:
