@@ -10,9 +10,10 @@ Data of a deleted topic, and records below a partition's log start offset (reten
 are dropped by the storage engine's compaction through :meth:`Broker.is_obsolete`, the
 compaction filter: nothing scans or rewrites records to delete them.
 
-A full disk is an answer, not a crash: a topic change the storage engine refuses
-(:class:`DiskFullError`) fails that request and changes nothing; a retention pass that
-cannot record a new log start or reclaim space leaves it for the next pass.
+A full disk (or storage that needs repair) is an answer, not a crash: a topic change the
+storage engine refuses (:class:`WriteRefused`) fails that request and changes nothing; a
+retention pass that cannot record a new log start or reclaim space leaves it for the next
+pass.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ from sentinel.broker.partitioner import ANY_PARTITION, RoundRobinPartitioner, pa
 from sentinel.errors import (
     AlreadyExists,
     CorruptionError,
-    DiskFullError,
     InvalidArgument,
     InvalidRecordBatch,
     NotFound,
+    WriteRefused,
 )
 from sentinel.records import RecordBatch
 from sentinel.storage.store import Store
@@ -302,7 +303,7 @@ class Broker(Actor[object]):
                     await self._create(message)
                 else:
                     await self._delete(message)
-            except DiskFullError as exc:
+            except WriteRefused as exc:
                 # Refused before anything changed (the change is made durable first).
                 message.reply.fail(exc)
         else:
@@ -385,7 +386,7 @@ class Broker(Actor[object]):
             await trio.sleep(self.options.retention_check_seconds)
             try:
                 await self.enforce_retention()
-            except DiskFullError as exc:
+            except WriteRefused as exc:
                 logger.warning("retention pass postponed: %s", exc)
 
     async def enforce_retention(self, now_ms: int | None = None) -> int:

@@ -8,8 +8,8 @@ tests drive it with MockClock.
 
 Committed offsets are written to the storage engine (``keys.offset_key``) before the commit
 is answered, so they survive a broker restart; the in-memory copy is loaded at start-up.
-A write the engine refuses for lack of space (:class:`DiskFullError`) fails that request
-and changes nothing; the coordinator goes on serving.
+A write the engine refuses (:class:`WriteRefused`: a full disk, storage that needs repair)
+fails that request and changes nothing; the coordinator goes on serving.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from sentinel.broker.groups import ConsumerGroups, HeartbeatResult, JoinFailed, 
 from sentinel.broker.names import validate_group_id
 from sentinel.errors import (
     ActorClosed,
-    DiskFullError,
     FailedPrecondition,
     InvalidArgument,
     MailboxFull,
     NotFound,
+    WriteRefused,
 )
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.storage.store import Store
@@ -316,7 +316,7 @@ class GroupCoordinator(Actor[object]):
                 ]
                 try:
                     await self._store.write(ops)
-                except DiskFullError as exc:
+                except WriteRefused as exc:
                     message.reply.fail(exc)  # nothing forgotten: memory still matches the disk
                     return
                 for group_id, tp in forgotten:
@@ -380,7 +380,7 @@ class GroupCoordinator(Actor[object]):
         if ops:
             try:
                 await self._store.write(ops)
-            except DiskFullError as exc:
+            except WriteRefused as exc:
                 message.reply.fail(exc)  # not committed: the client keeps its position and retries
                 return
         committed = self._offsets.setdefault(r.group_id, {})

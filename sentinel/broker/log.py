@@ -25,11 +25,12 @@ partition's byte size are written in the same atomic write batch as the data, so
 can never leave them disagreeing. Offsets are assigned and the write is enqueued in one
 synchronous step, so concurrent appends reach the storage engine in offset order.
 
-A full disk (:class:`DiskFullError`) fails an append without leaving a hole: the storage
-engine fails every batch submitted before it reported the failure (its write epochs), so
-the failed appends are always a suffix of those in flight, and the first failure reported
-takes the log's end back to that append's base offset (the others, of the same
-*generation*, only confirm it). The next append reuses those offsets.
+A refused write (:class:`WriteRefused`: a full disk, or storage that needs repair) fails an
+append without leaving a hole: the storage engine fails every batch submitted before it
+reported the failure (its write epochs), so the failed appends are always a suffix of
+those in flight, and the first failure reported takes the log's end back to that append's
+base offset (the others, of the same *generation*, only confirm it). The next append
+reuses those offsets.
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ from sentinel.broker import keys
 from sentinel.errors import (
     CorruptionError,
     DataLoss,
-    DiskFullError,
     InvalidArgument,
     InvalidRecordBatch,
     OffsetOutOfRange,
+    WriteRefused,
 )
 from sentinel.records import RecordBatch
 from sentinel.records import batch_format as fmt
@@ -211,7 +212,7 @@ class LocalPartitionLog:
                     self._data_arrived = trio.Event()
                 if self._on_append is not None:
                     self._on_append(end - base, size)
-            elif isinstance(result, outcome.Error) and isinstance(result.error, DiskFullError):
+            elif isinstance(result, outcome.Error) and isinstance(result.error, WriteRefused):
                 if generation == self._generation:
                     self._roll_back(base, appended_before)
 
@@ -446,7 +447,7 @@ class LocalPartitionLog:
             self._start, self._size = new_start, size
             try:
                 await self._store.write([(self._state_key, self._state())])
-            except DiskFullError:
+            except WriteRefused:
                 # Not durable: keep the data readable (and out of the compaction filter's
                 # reach) until a later pass can record the new start.
                 self._start = old_start
