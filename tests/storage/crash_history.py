@@ -186,8 +186,8 @@ def check_case_json(text: str) -> Outcome:
     """Replay a case saved by ``case_json`` through ``check_recovery``."""
     case = json.loads(text)
 
-    def entries(raw: Mapping[str, list[object]]) -> dict[str, Entry]:
-        return {key: (int(seq), str(value)) for key, (seq, value) in raw.items()}
+    def entries(raw: Mapping[str, tuple[int, str]]) -> dict[str, Entry]:
+        return {key: (seq, value) for key, (seq, value) in raw.items()}
 
     return check_recovery(
         entries(case["base"]),

@@ -15,6 +15,7 @@ from crash_history import (
     Ack,
     Begin,
     Entry,
+    Event,
     HistoryViolation,
     Outcome,
     case_json,
@@ -196,7 +197,7 @@ def test_acknowledged_seqs_must_be_fresh() -> None:
 
 
 def test_a_saved_case_replays() -> None:
-    events = [Begin(0, (("a", "1"),)), Begin(1, (("a", None),)), Ack(1, 2)]
+    events: list[Event] = [Begin(0, (("a", "1"),)), Begin(1, (("a", None),)), Ack(1, 2)]
     saved = case_json({"z": (5, "z")}, 5, events, {"z": (5, "z")}, 5)
     with pytest.raises(HistoryViolation, match="reuses seqs"):
         check_case_json(saved)
