@@ -68,6 +68,52 @@ def test_an_in_flight_write_followed_by_an_acknowledged_delete_in_one_group_comm
     assert [(p.write.writer, p.first_seq) for p in outcome.applied] == [(0, 1), (1, 3)]
 
 
+def test_a_recorded_false_positive() -> None:
+    """The tail of a real run (six keys instead of 150 so that batches share keys often;
+    values shortened) that the first checker rejected with "half of an in-flight batch".
+    Writers 3 and 2 were durable at seqs 700 and 701..708 but their acks unprinted when the
+    parent killed on writer 0's ack (710); writer 1's delete of k000 (709, acknowledged)
+    removed the k000 that writer 2's batch had put."""
+    log = "\n".join(
+        [
+            'begin 3 [["k003", "r0.w3.n85.0:"]]',
+            'begin 2 [["k005", null], ["k000", "r0.w2.n85.1:"], ["k000", "r0.w2.n85.2:"],'
+            ' ["k001", "r0.w2.n85.3:"], ["k004", null], ["k004", "r0.w2.n85.5:"],'
+            ' ["k003", "r0.w2.n85.6:"], ["k002", null]]',
+            'begin 1 [["k000", null]]',
+            'begin 0 [["k005", "r0.w0.n85.0:"]]',
+            "ack 0 710",
+            'begin 0 [["k000", "r0.w0.n86.0:"], ["k002", "r0.w0.n86.1:"], ["k000", "r0.w0.n86.2:"],'
+            ' ["k003", "r0.w0.n86.3:"], ["k001", "r0.w0.n86.4:"], ["k000", "r0.w0.n86.5:"],'
+            ' ["k003", null], ["k002", null]]',
+            "ack 1 709",
+        ]
+    )
+    base: dict[str, Entry] = {
+        "k000": (691, "r0.w1.n84.0:"),
+        "k001": (687, "r0.w0.n83.4:"),
+        "k002": (697, "r0.w1.n84.6:"),
+        "k003": (699, "r0.w0.n84.0:"),
+        "k005": (696, "r0.w1.n84.5:"),
+    }
+    recovered: dict[str, Entry] = {
+        "k001": (704, "r0.w2.n85.3:"),
+        "k003": (707, "r0.w2.n85.6:"),
+        "k004": (706, "r0.w2.n85.5:"),
+        "k005": (710, "r0.w0.n85.0:"),
+    }
+    outcome = check(log, recovered, 710, base=base, base_last_seq=699)
+    assert [(p.write.writer, p.first_seq) for p in outcome.applied] == [
+        (3, 700),
+        (2, 701),
+        (1, 709),
+        (0, 710),
+    ]
+    # The same run with k001 gone too would have lost writer 2's put with nothing newer.
+    with pytest.raises(HistoryViolation, match=r"half of an in-flight batch: .* leaves k001 = \(704"):
+        check(log, {k: v for k, v in recovered.items() if k != "k001"}, 710, base=base, base_last_seq=699)
+
+
 def test_a_durable_in_flight_write_fills_the_gap_between_acknowledged_seqs() -> None:
     log = """
     begin 0 [["a", "w0"]]
