@@ -9,7 +9,9 @@ The model (what the engine promises, see ``sentinel/storage/DESIGN.md``):
 
 * Sequence numbers are handed out contiguously from ``base_last_seq + 1``, one range per
   write batch, in the order batches reach the MemtableOwner. Every seq range belongs to a
-  batch whose ``begin`` the child printed (it prints before it calls ``Store.write``).
+  batch whose ``begin`` the child printed (it prints before it calls ``Store.write``). (A
+  batch the WAL fails, on a full disk, leaves its seqs unused; the child never sees one:
+  a failed write ends it before the kill, and the crash test fails on that.)
 * The WAL holds batches in seq order (a group commit is one write of several batches, in
   seq order), a kill cuts it at some point, and recovery drops the torn tail: what
   survives is every batch up to some seq ``S`` and nothing after (batches are atomic).
