@@ -70,6 +70,10 @@ DEFAULT_FETCH_MAX_WAIT_MS: Final = 500  # Kafka's fetch.max.wait.ms
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
 DEFAULT_RETRIES: Final = 5
 DEFAULT_RETRY_BACKOFF_MS: Final = 100
+# The longest long poll the broker accepts (ConsumeRequest.max_wait_ms): more is refused.
+MAX_FETCH_WAIT_MS: Final = 30_000
+UINT32_MAX: Final = 2**32 - 1
+INT64_MAX: Final = 2**63 - 1  # offsets and timestamps are int64 on the wire
 # The ``async for`` loop waits in slices of this long; any wake-up (data, rebalance, close)
 # ends a slice early, so the value only bounds how long an idle loop sleeps per getmany.
 _ITER_WAIT_MS: Final = 60_000
@@ -115,21 +119,26 @@ class Consumer:
             raise InvalidArgument(f"group_id must be a non-empty string or None, got {group_id!r}")
         for name, value in (
             ("auto_commit_interval_ms", auto_commit_interval_ms),
-            ("session_timeout_ms", session_timeout_ms),
             ("heartbeat_interval_ms", heartbeat_interval_ms),
             ("max_poll_records", max_poll_records),
-            ("fetch_max_bytes", fetch_max_bytes),
             ("request_timeout_ms", request_timeout_ms),
         ):
-            if not isinstance(value, int) or value <= 0:
+            if type(value) is not int or value <= 0:
                 raise InvalidArgument(f"{name} must be an int > 0, got {value!r}")
-        if (
-            not isinstance(fetch_max_wait_ms, int)
-            or fetch_max_wait_ms < 0
-            or retries < 0
-            or retry_backoff_ms < 0
+        # Values sent on the wire are bounded by the broker's limit or the field's width:
+        # protobuf would wrap a larger one into another value, and the broker refuses a
+        # fetch that asks to wait longer (every fetch would fail).
+        for name, value, low, high in (
+            ("session_timeout_ms", session_timeout_ms, 1, UINT32_MAX),
+            ("fetch_max_bytes", fetch_max_bytes, 1, UINT32_MAX),
+            ("fetch_max_wait_ms", fetch_max_wait_ms, 0, MAX_FETCH_WAIT_MS),
         ):
-            raise InvalidArgument("fetch_max_wait_ms, retries and retry_backoff_ms must be >= 0")
+            if type(value) is not int or not low <= value <= high:
+                raise InvalidArgument(f"{name} must be an int from {low} to {high}, got {value!r}")
+        if type(retries) is not int or retries < 0:
+            raise InvalidArgument(f"retries must be an int >= 0, got {retries!r}")
+        if not isinstance(retry_backoff_ms, int | float) or not retry_backoff_ms >= 0:
+            raise InvalidArgument(f"retry_backoff_ms must be a number >= 0, got {retry_backoff_ms!r}")
         self._bootstrap = bootstrap
         self.group_id = group_id
         self.client_id = client_id
@@ -307,8 +316,8 @@ class Consumer:
     def seek(self, tp: TopicPartition | tuple[str, int], offset: int) -> None:
         """Make ``offset`` the next offset returned for ``tp`` (drops records read ahead)."""
         self._check_open()
-        if type(offset) is not int or offset < 0:
-            raise InvalidArgument(f"offset must be an int >= 0, got {offset!r}")
+        if type(offset) is not int or not 0 <= offset <= INT64_MAX:
+            raise InvalidArgument(f"offset must be an int from 0 to {INT64_MAX}, got {offset!r}")
         state = self._state_of(tp)
         state.reset(offset)
         if self._iter_state is state:
@@ -357,9 +366,10 @@ class Consumer:
         self._check_open()
         items = [(TopicPartition(*tp), ts) for tp, ts in timestamps.items()]
         for tp, ts in items:
-            if type(ts) is not int or ts < 0:
+            if type(ts) is not int or not 0 <= ts <= INT64_MAX:
                 raise InvalidArgument(
-                    f"timestamp for {tp.topic}[{tp.partition}] must be an int >= 0, got {ts!r}"
+                    f"timestamp for {tp.topic}[{tp.partition}] must be an int from 0 to {INT64_MAX}, "
+                    f"got {ts!r}"
                 )
         answers = await asyncio.gather(
             *(self._list_offset(tp, pb.OffsetSpec.TIMESTAMP, ts) for tp, ts in items)
@@ -473,9 +483,9 @@ class Consumer:
         plain: dict[TopicPartition, int] = {}
         for tp, value in offsets.items():
             offset, metadata = (value, "") if isinstance(value, int) else value
-            if type(offset) is not int or offset < 0 or not isinstance(metadata, str):
+            if type(offset) is not int or not 0 <= offset <= INT64_MAX or not isinstance(metadata, str):
                 raise InvalidArgument(
-                    f"commit offset for {tp} must be an int >= 0 (and a str), got {value!r}"
+                    f"commit offset for {tp} must be an int from 0 to {INT64_MAX} (and a str), got {value!r}"
                 )
             topic, partition = tp
             entries.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from client_fakes import FakeSentinel, run
@@ -17,7 +18,7 @@ from sentinel.client import (
     TopicPartition,
 )
 from sentinel.client.fetching import PartitionState, records_from_batches
-from sentinel.errors import FailedPrecondition, NotFound
+from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound
 from sentinel.records import build_batch
 
 TP = TopicPartition("events", 0)
@@ -343,5 +344,53 @@ def test_close_ends_async_iteration_and_getmany() -> None:
         assert await iterating == []
         with pytest.raises(FailedPrecondition, match="consumer is closed"):
             await consumer.getmany()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # The broker refuses a longer long poll: every fetch used to fail with INVALID_ARGUMENT.
+        ({"fetch_max_wait_ms": 30_001}, "fetch_max_wait_ms must be an int from 0 to 30000, got 30001"),
+        ({"fetch_max_wait_ms": -1}, "fetch_max_wait_ms must be an int from 0 to 30000, got -1"),
+        ({"fetch_max_wait_ms": 0.5}, "fetch_max_wait_ms must be an int from 0 to 30000, got 0.5"),
+        # uint32 on the wire: a larger value would be wrapped into another one.
+        ({"fetch_max_bytes": 2**32}, f"fetch_max_bytes must be an int from 1 to {2**32 - 1}, got {2**32}"),
+        ({"fetch_max_bytes": 0}, f"fetch_max_bytes must be an int from 1 to {2**32 - 1}, got 0"),
+        (
+            {"session_timeout_ms": 2**32},
+            f"session_timeout_ms must be an int from 1 to {2**32 - 1}, got {2**32}",
+        ),
+        ({"retries": -1}, "retries must be an int >= 0, got -1"),
+        ({"retry_backoff_ms": -5}, "retry_backoff_ms must be a number >= 0, got -5"),
+        ({"max_poll_records": 0}, "max_poll_records must be an int > 0, got 0"),
+    ],
+)
+def test_constructor_refuses_values_out_of_range_naming_the_parameter_and_bound(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        Consumer("localhost:9092", **options)
+    assert str(caught.value) == message
+
+
+def test_a_fetch_wait_at_the_brokers_limit_is_accepted() -> None:
+    Consumer("localhost:9092", fetch_max_wait_ms=30_000)
+
+
+def test_offsets_beyond_int64_are_refused_not_wrapped() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        async with Consumer(fake.address, group_id="g") as consumer:
+            consumer.assign([TP])
+            bound = f"an int from 0 to {2**63 - 1}"
+            with pytest.raises(InvalidArgument, match=f"offset must be {bound}, got {2**64 + 1}"):
+                consumer.seek(TP, 2**64 + 1)  # protobuf would send 1
+            with pytest.raises(InvalidArgument, match=f"commit offset for .* must be {bound}"):
+                await consumer.commit({TP: 2**63})
+            with pytest.raises(InvalidArgument, match=f"timestamp for events\\[0\\] must be {bound}"):
+                await consumer.offsets_for_times({TP: 2**63})
+            assert fake.calls["commit_offsets"] == fake.calls["list_offsets"] == 0
 
     run(scenario)
