@@ -21,11 +21,13 @@ How it works:
   auto-commit only ever commits records the application has finished with: it commits the
   positions at the start of a ``getmany``, when the records of the previous one are done.
 - **Errors.** Retriable fetch errors back off and retry; anything else (an unknown topic:
-  NotFound) is raised from ``getmany``. Damaged stored data is never the caller's fault and
-  never skipped: ``getmany`` returns every record before a batch that does not decode,
-  then raises ``CorruptRecordBatch`` naming the topic, partition and offset (at once when
-  it has nothing else to return, else on the next call, before anything else); the
-  position stays at the damage, so it is met again until the application seeks past it.
+  NotFound) is raised from ``getmany``. A broker that stops answering is logged once as a
+  WARNING, and its return as an INFO (``sentinel.client.reachability``). Damaged stored
+  data is never the caller's fault and never skipped: ``getmany`` returns every record
+  before a batch that does not decode, then raises ``CorruptRecordBatch`` naming the
+  topic, partition and offset (at once when it has nothing else to return, else on the
+  next call, before anything else); the position stays at the damage, so it is met again
+  until the application seeks past it.
   A DATA_LOSS answer (stored data missing, or damaged on the broker's disk) is raised as
   ``DataLoss`` naming the topic, partition and offset too, after every record before it.
 """
@@ -50,6 +52,7 @@ from sentinel.client.fetching import (
     read_error,
 )
 from sentinel.client.group import GroupMembership
+from sentinel.client.reachability import Reachability
 from sentinel.client.types import (
     ConsumerRebalanceListener,
     ConsumerRecord,
@@ -154,6 +157,9 @@ class Consumer:
         self._retries = retries
         self._backoff_s = retry_backoff_ms / 1000
         self._cluster: Cluster | None = None
+        # Reports a broker that stops answering (once, as a WARNING) and its return: fetches
+        # retry without end, so nothing else would say so.
+        self._reachability = Reachability(threshold=retries + 1)
         self._group: GroupMembership | None = None
         self._subscription: tuple[str, ...] | None = None
         self._listener: ConsumerRebalanceListener | None = None
@@ -255,6 +261,7 @@ class Consumer:
                 retries=self._retries,
                 backoff_s=self._backoff_s,
                 on_rejoin_needed=self._wake,
+                reachability=self._reachability,
             )
         self._group.request_rejoin()
 
@@ -397,7 +404,7 @@ class Consumer:
 
         async def call() -> pb.ListOffsetsResponse:
             conn = cluster.leader(tp)
-            with conn.errors:
+            with self._reachability.watch(conn.address), conn.errors:
                 return await conn.stub.list_offsets(request, timeout=self._request_timeout_s)
 
         return await with_retries(
@@ -454,7 +461,7 @@ class Consumer:
 
         async def call() -> pb.FetchOffsetsResponse:
             conn = cluster.bootstrap
-            with conn.errors:
+            with self._reachability.watch(conn.address), conn.errors:
                 return await conn.stub.fetch_offsets(request, timeout=self._request_timeout_s)
 
         response = await with_retries(call, retries=self._retries, backoff_s=self._backoff_s)
@@ -505,7 +512,7 @@ class Consumer:
 
         async def call() -> None:
             conn = cluster.bootstrap
-            with conn.errors:
+            with self._reachability.watch(conn.address), conn.errors:
                 await conn.stub.commit_offsets(request, timeout=self._request_timeout_s)
 
         try:
@@ -528,6 +535,11 @@ class Consumer:
             return
         try:
             await self._commit(offsets)
+        except FailedPrecondition as exc:
+            # The member must re-join (a rebalance, or a restarted coordinator forgot it): the
+            # re-join follows at once, and what was not committed is delivered again. Group
+            # life, not a fault: a WARNING here repeated after every broker restart.
+            logger.info("auto-commit of group %s refused: %s; re-joining", self.group_id, exc)
         except SentinelError as exc:
             logger.warning("auto-commit of group %s failed: %s", self.group_id, exc)
 
@@ -718,7 +730,7 @@ class Consumer:
             max_wait_ms=self._fetch_max_wait_ms,
         )
         try:
-            with conn.errors:
+            with self._reachability.watch(conn.address), conn.errors:
                 response = await conn.stub.fetch(
                     request, timeout=self._request_timeout_s + self._fetch_max_wait_ms / 1000
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -17,8 +18,10 @@ from sentinel.client import (
     Producer,
     TopicPartition,
 )
+from sentinel.client.errors import RequestTimeout
 from sentinel.client.fetching import PartitionState, records_from_batches
-from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound
+from sentinel.client.reachability import Reachability
+from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from sentinel.records import build_batch
 
 TP = TopicPartition("events", 0)
@@ -394,3 +397,83 @@ def test_offsets_beyond_int64_are_refused_not_wrapped() -> None:
             assert fake.calls["commit_offsets"] == fake.calls["list_offsets"] == 0
 
     run(scenario)
+
+
+def _reachability_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str, bool]]:
+    return [
+        (r.levelname, r.getMessage(), r.broker, r.broker_reachable)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if hasattr(r, "broker_reachable")
+    ]
+
+
+def test_a_broker_that_stops_answering_is_logged_once_and_its_return_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Fetches retry without end: they used to fail silently for as long as the broker was away.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"a", b"b"])
+        fake.fail_next("fetch", Status.UNAVAILABLE, "shutting down", times=12)
+        async with Consumer(fake.address, auto_offset_reset="earliest", retry_backoff_ms=1) as consumer:
+            consumer.assign([TP])
+            got: list[ConsumerRecord] = []
+            while len(got) < 2:
+                got += (await consumer.getmany(timeout_ms=5000)).get(TP, [])
+            assert values(got) == [b"a", b"b"]
+        assert fake.calls["fetch"] >= 13
+
+    with caplog.at_level(logging.DEBUG, logger="sentinel.client"):
+        run(scenario)
+    records = _reachability_records(caplog)
+    address = records[0][2]
+    # The default 5 retries: the sixth failure in a row is the outage; the other six say nothing more.
+    assert records == [
+        ("WARNING", f"broker {address}: shutting down", address, False),
+        ("INFO", f"broker {address} answers again", address, True),
+    ]
+
+
+def test_a_blip_the_retries_absorb_is_not_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"a"])
+        fake.fail_next("fetch", Status.UNAVAILABLE, "busy", times=5)
+        async with Consumer(fake.address, auto_offset_reset="earliest", retry_backoff_ms=1) as consumer:
+            consumer.assign([TP])
+            assert values((await consumer.getmany(timeout_ms=5000))[TP]) == [b"a"]
+
+    with caplog.at_level(logging.DEBUG, logger="sentinel.client"):
+        run(scenario)
+    assert _reachability_records(caplog) == []
+
+
+def test_reachability_counts_failures_in_a_row_per_broker(caplog: pytest.LogCaptureFixture) -> None:
+    tracker = Reachability(threshold=3)
+    down = Unavailable("cannot reach broker a:1: Connection refused")
+    with caplog.at_level(logging.DEBUG, logger="sentinel.client"):
+        tracker.failed("a:1", down)
+        tracker.failed("a:1", down)
+        tracker.answered("a:1")  # an answer starts the count again
+        for _ in range(2):
+            tracker.failed("a:1", down)
+        tracker.failed("b:2", down)  # another broker's failures are its own
+        assert tracker.unreachable == frozenset()
+        tracker.failed("a:1", down)
+        assert tracker.unreachable == {"a:1"}
+        tracker.failed("a:1", down)  # still the same outage
+        # An answer naming another leader is routing: the broker is there.
+        tracker.failed("a:1", Unavailable("not the leader", leader="2"))
+        assert tracker.unreachable == frozenset()
+        # A timeout has waited the whole request timeout already: an outage at once.
+        tracker.failed("b:2", RequestTimeout("request to b:2 timed out"))
+        with tracker.watch("b:2"):
+            pass  # an RPC that ended without an error
+        with pytest.raises(NotFound), tracker.watch("b:2"):
+            raise NotFound("an error status is an answer too")
+    assert _reachability_records(caplog) == [
+        ("WARNING", "cannot reach broker a:1: Connection refused", "a:1", False),
+        ("INFO", "broker a:1 answers again", "a:1", True),
+        ("WARNING", "request to b:2 timed out", "b:2", False),
+        ("INFO", "broker b:2 answers again", "b:2", True),
+    ]
