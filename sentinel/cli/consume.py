@@ -36,6 +36,7 @@ from sentinel.cli.output import (
     write_lines,
 )
 from sentinel.client import Consumer, ConsumerRecord, TopicPartition
+from sentinel.client.admin import INT32_MAX, INT64_MAX
 from sentinel.errors import FailedPrecondition, InvalidArgument
 
 # Without --follow: how long a poll that brings nothing may wait before the command checks
@@ -209,12 +210,16 @@ def consume(
     ),
 ) -> None:
     """Print records of a topic; stops when caught up, or after --max-messages (or never, with --follow)."""
-    if offset is not None and offset < 0:
-        usage_error(f"--offset must be >= 0, got {offset}")
+    # Bounded by the wire's field widths (int64 offsets, int32 partitions): protobuf would
+    # wrap a larger value into another one.
+    if offset is not None and not 0 <= offset <= INT64_MAX:
+        usage_error(f"--offset must be between 0 and {INT64_MAX}, got {offset}")
     if offset is not None and from_beginning:
         usage_error("--offset and --from-beginning are mutually exclusive")
-    if partition is not None and partition < 0:
-        usage_error(f"--partition must be >= 0, got {partition}")
+    if partition is not None and not 0 <= partition <= INT32_MAX:
+        usage_error(f"--partition must be between 0 and {INT32_MAX}, got {partition}")
+    if group is not None and not group.strip():
+        usage_error(f"--group must name a consumer group, got {group!r}")
     if max_messages is not None and max_messages < 1:
         usage_error(f"--max-messages must be >= 1, got {max_messages}")
     if group is not None and (partition is not None or offset is not None):
