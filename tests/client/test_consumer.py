@@ -477,3 +477,28 @@ def test_reachability_counts_failures_in_a_row_per_broker(caplog: pytest.LogCapt
         ("WARNING", "request to b:2 timed out", "b:2", False),
         ("INFO", "broker b:2 answers again", "b:2", True),
     ]
+
+
+def test_an_auto_commit_refused_for_a_member_that_must_rejoin_is_not_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A restarted broker forgets every member: each one's next auto-commit is refused and it
+    # re-joins. That was a WARNING (twice per member, per restart) on a CLI user's stderr.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"a"])
+        options = {"group_id": "g", "auto_offset_reset": "earliest", "auto_commit_interval_ms": 1}
+        async with Consumer(fake.address, **options) as consumer:  # type: ignore[arg-type]
+            consumer.subscribe(["events"])
+            assert values((await consumer.getmany(timeout_ms=5000))[TP]) == [b"a"]
+            fake.fail_next("commit_offsets", Status.FAILED_PRECONDITION, "unknown member 'm' in group 'g'")
+            await asyncio.sleep(0.002)  # the 1 ms auto-commit interval has passed
+            await consumer.getmany(timeout_ms=0)  # auto-commit: refused, re-join
+            assert fake.calls["join_group"] == 2
+        assert fake.groups["g"].offsets == {("events", 0): 1}
+
+    with caplog.at_level(logging.INFO, logger="sentinel.client"):
+        run(scenario)
+    assert [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("sentinel.client")
+    ] == [("INFO", "auto-commit of group g refused: unknown member 'm' in group 'g'; re-joining")]
