@@ -6,7 +6,8 @@ ListOffsets after a short wait that brought nothing). With ``--follow`` it waits
 records until Ctrl-C, which ends it quietly with exit code 0 (a group member commits what
 it printed and leaves the group first).
 
-A broker that cannot be reached (the client reports it once its retries are spent):
+A broker that cannot be reached (the client reports it once requests to it have spent
+their retries, or one timed out):
 without ``--follow`` that ends the command with one ``error:`` line, exit code 1. With
 ``--follow`` the command goes on retrying (a broker restart must not end a follow) and
 says so: one ``warning: ...; retrying`` line per outage and one line when the broker
@@ -62,6 +63,7 @@ FOLLOW_RETRY_S: Final = 1.0
 # leave may try before they are given up (the broker cannot hear them, and the session
 # expires on its own). Then the connections are closed all the same.
 GOODBYE_GRACE_S: Final = 1.0
+# How often a cancellation is made again until the task has ended (_cancel_until_done).
 _CANCEL_STEP_S: Final = 0.05
 
 
@@ -275,7 +277,8 @@ def consume(
         False,
         "--follow",
         "-F",
-        help="Keep waiting for new records until Ctrl-C (default: stop when caught up).",
+        help="Keep waiting for new records until Ctrl-C (default: stop when caught up). A broker out "
+        "of reach is retried, with one warning line when it goes and one when it is back.",
     ),
     output_format: OutputFormat = format_option(
         "text: each value on its own line (UTF-8, undecodable bytes replaced; a null value is an empty "
