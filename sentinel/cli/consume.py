@@ -7,13 +7,12 @@ records until Ctrl-C, which ends it quietly with exit code 0 (a group member com
 it printed and leaves the group first).
 
 A broker that cannot be reached (the client reports it once requests to it have spent
-their retries, or one timed out):
-without ``--follow`` that ends the command with one ``error:`` line, exit code 1. With
-``--follow`` the command goes on retrying (a broker restart must not end a follow) and
-says so: one ``warning: ...; retrying`` line per outage and one line when the broker
-answers again. Ctrl-C during an outage is ``error: interrupted``, exit code 130: a group
-member's last commit and leave cannot reach the broker, so they are given up after
-GOODBYE_GRACE_S.
+their retries, or one timed out): without ``--follow`` that ends the command with one
+``error:`` line, exit code 1. With ``--follow`` the command goes on retrying (a broker
+restart must not end a follow) and says so: one ``warning: ...; retrying`` line per
+outage and one line when the broker answers again. Ctrl-C during an outage is ``error:
+interrupted``, exit code 130: a group member's last commit and leave cannot reach the
+broker, so they are given up after GOODBYE_GRACE_S.
 """
 
 from __future__ import annotations
