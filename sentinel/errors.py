@@ -73,7 +73,14 @@ class ResourceExhausted(SentinelError):
     """A limit was hit: a message too large, a mailbox full. Retry later or send less."""
 
 
-class DiskFullError(ResourceExhausted):
+class WriteRefused(ResourceExhausted):
+    """The storage engine refused a write: nothing of it was stored or became visible, the
+    engine goes on serving reads, and it accepts writes again once the cause is gone (the
+    subclass says which). A writer that pipelines treats it like any failed write: the
+    refused batch and every one after it failed (``Store.submit``)."""
+
+
+class DiskFullError(WriteRefused):
     """The storage directory's filesystem is full (ENOSPC) or over quota (EDQUOT).
 
     Not fatal: the write that met it was not acknowledged and nothing of it is visible;
@@ -83,6 +90,20 @@ class DiskFullError(ResourceExhausted):
     def __init__(self, path: str, detail: str) -> None:
         self.path = path
         super().__init__(f"disk full: {path}: {detail}; free space on its filesystem")
+
+
+class StorageNeedsRepair(WriteRefused):
+    """A damaged table (a data block failing its checksum) keeps compaction from making
+    room: L0 has reached its stop-writes bound and no compaction can merge it past the
+    damaged table, or a requested compaction could not complete. Reads go on (the damaged
+    block's own reads are refused with ``CorruptionError``); writes are refused until an
+    operator restores the file and restarts. ``path`` and ``position`` name the damage."""
+
+    def __init__(self, path: str, position: int | None, detail: str) -> None:
+        self.path = path
+        self.position = position
+        where = path if position is None else f"{path} at byte {position}"
+        super().__init__(f"storage needs repair: {where}: {detail}")
 
 
 class Unavailable(SentinelError):

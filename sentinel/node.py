@@ -340,13 +340,25 @@ class Node:
         if stats is not None:
             yield CounterMetricFamily(
                 "sentinel_storage_writes_refused",
-                "Write batches the storage engine refused for lack of disk space (RESOURCE_EXHAUSTED)",
+                "Write batches the storage engine refused (RESOURCE_EXHAUSTED): a full disk, "
+                "or a damaged table holding L0 at its bound",
                 value=stats.writes_refused,
             )
             yield GaugeMetricFamily(
                 "sentinel_storage_disk_full",
                 "1 while the storage engine's last write or flush met a full disk, else 0",
                 value=int(stats.disk_full is not None),
+            )
+            yield GaugeMetricFamily(
+                "sentinel_storage_damaged_tables",
+                "SSTables a compaction found damaged since start (kept as they are, left out of "
+                "compactions; the log names file and byte)",
+                value=len(stats.damaged_tables),
+            )
+            yield GaugeMetricFamily(
+                "sentinel_storage_needs_repair",
+                "1 while a damaged table holds L0 at its stop-writes bound and writes are refused, else 0",
+                value=int(stats.needs_repair is not None),
             )
             yield GaugeMetricFamily(
                 "sentinel_memtable_bytes", "Bytes in memtables", value=stats.memtable_bytes

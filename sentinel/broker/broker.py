@@ -48,12 +48,12 @@ from sentinel.cluster.controller import Controller, ControllerView
 from sentinel.cluster.group import RaftObservers, Send
 from sentinel.errors import (
     ActorClosed,
-    DiskFullError,
     InvalidArgument,
     InvalidRecordBatch,
     NotFound,
     SentinelError,
     Unavailable,
+    WriteRefused,
 )
 from sentinel.raft import lsm_storage
 from sentinel.raft.core import Config
@@ -518,7 +518,7 @@ class Broker:
             await trio.sleep(self.options.retention_check_seconds)
             try:
                 await self.enforce_retention()
-            except DiskFullError as exc:
+            except WriteRefused as exc:
                 logger.warning("retention postponed: %s", exc)
 
     async def enforce_retention(self, now_ms: int | None = None) -> int:

@@ -50,11 +50,11 @@ from sentinel.cluster.group import RaftObservers, RaftStats, Send, hand_off, han
 from sentinel.errors import (
     ActorClosed,
     CorruptionError,
-    DiskFullError,
     InvalidArgument,
     MailboxFull,
     SentinelError,
     Unavailable,
+    WriteRefused,
 )
 from sentinel.raft.core import Config, NotLeader, ProposalDropped, RaftNode, Ready
 from sentinel.raft.lsm_storage import LsmRaftStorage
@@ -429,7 +429,7 @@ class PartitionReplica(Actor[ReplicaMessage]):
                     request = self._retention_requests.pop(0)
                     try:
                         request.reply.set(await self._retain(request))
-                    except DiskFullError as exc:
+                    except WriteRefused as exc:
                         request.reply.fail(exc)  # the next retention pass tries again
                 self._in_flight = []
                 self._publish()
@@ -443,7 +443,7 @@ class PartitionReplica(Actor[ReplicaMessage]):
     async def on_stop(self) -> None:
         try:
             await self._save_producers()
-        except DiskFullError as exc:
+        except WriteRefused as exc:
             # Only a shortcut for the next start, which replays the entries since the last save.
             logger.warning("%s[%d]: producer table not saved at stop: %s", self.topic, self.partition, exc)
 

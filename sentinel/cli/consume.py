@@ -5,6 +5,14 @@ position has reached the high watermark (taken from the last fetch, or asked for
 ListOffsets after a short wait that brought nothing). With ``--follow`` it waits for new
 records until Ctrl-C, which ends it quietly with exit code 0 (a group member commits what
 it printed and leaves the group first).
+
+A broker that cannot be reached (the client reports it once requests to it have spent
+their retries, or one timed out): without ``--follow`` that ends the command with one
+``error:`` line, exit code 1. With ``--follow`` the command goes on retrying (a broker
+restart must not end a follow) and says so: one ``warning: ...; retrying`` line per
+outage and one line when the broker answers again. Ctrl-C during an outage is ``error:
+interrupted``, exit code 130: a group member's last commit and leave cannot reach the
+broker, so they are given up after GOODBYE_GRACE_S.
 """
 
 from __future__ import annotations
@@ -13,14 +21,13 @@ import asyncio
 import json
 import sys
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 import typer
 
-from sentinel.cli.errors import readable_errors
+from sentinel.cli.errors import ClientLog, client_log, exit_interrupted, readable_errors
 from sentinel.cli.output import (
     CLIENT_ID,
-    EXIT_INTERRUPTED,
     OutputFormat,
     Progress,
     StdoutClosed,
@@ -36,7 +43,9 @@ from sentinel.cli.output import (
     write_lines,
 )
 from sentinel.client import Consumer, ConsumerRecord, TopicPartition
-from sentinel.errors import FailedPrecondition, InvalidArgument
+from sentinel.client.admin import INT32_MAX, INT64_MAX
+from sentinel.client.errors import RETRIABLE_ERRORS
+from sentinel.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 # Without --follow: how long a poll that brings nothing may wait before the command checks
 # whether it has caught up. With --follow: how long one poll waits (any record ends it early).
@@ -46,6 +55,15 @@ MAX_POLL_RECORDS: Final = 500
 # A group member commits what it printed this often (and when it stops), so ``groups
 # describe`` shows a following consumer's progress.
 AUTO_COMMIT_INTERVAL_MS: Final = 1000
+# With --follow, after a poll failed (its request had spent its retries: a re-join, a
+# position lookup): how long to wait before polling again.
+FOLLOW_RETRY_S: Final = 1.0
+# Ctrl-C while the broker cannot be reached: how long a group member's last commit and
+# leave may try before they are given up (the broker cannot hear them, and the session
+# expires on its own). Then the connections are closed all the same.
+GOODBYE_GRACE_S: Final = 1.0
+# How often a cancellation is made again until the task has ended (_cancel_until_done).
+_CANCEL_STEP_S: Final = 0.05
 
 
 class _Printer:
@@ -98,16 +116,46 @@ async def _caught_up(consumer: Consumer, tps: Iterable[TopicPartition], *, polle
     return True
 
 
-async def _poll(consumer: Consumer, printer: _Printer, *, limit: int | None, follow: bool) -> None:
+async def _poll(
+    consumer: Consumer, printer: _Printer, log: ClientLog, *, limit: int | None, follow: bool
+) -> None:
     while limit is None or printer.count < limit:
         want = MAX_POLL_RECORDS if limit is None else min(MAX_POLL_RECORDS, limit - printer.count)
-        batch = await consumer.getmany(
-            timeout_ms=FOLLOW_WAIT_MS if follow else IDLE_WAIT_MS, max_records=want
-        )
+        try:
+            batch = await consumer.getmany(
+                timeout_ms=FOLLOW_WAIT_MS if follow else IDLE_WAIT_MS, max_records=want
+            )
+        except RETRIABLE_ERRORS as exc:
+            if not follow:
+                raise
+            log.warn(f"{exc}; retrying")  # not printed again during an outage already reported
+            await asyncio.sleep(FOLLOW_RETRY_S)
+            continue
         for records in batch.values():
             printer.emit(records)
         if not follow and await _caught_up(consumer, consumer.assignment(), polled_empty=not batch):
             return
+
+
+async def _cancel_until_done(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` until it has ended. Once is not always enough: grpclib turns a
+    cancellation that arrives as an RPC's deadline passes into that deadline's TimeoutError,
+    which the client retries as if nothing had asked it to stop (seen with a frozen broker,
+    where a fetch and a ListOffsets time out together)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=_CANCEL_STEP_S)
+
+
+async def _close_within(consumer: Consumer, seconds: float) -> None:
+    """Close ``consumer``, giving up its goodbye (commit, leave) after ``seconds``: each
+    cancellation ends the step in flight, and ``close`` closes the connections whatever
+    happens before."""
+    closing = asyncio.ensure_future(consumer.close())
+    await asyncio.wait({closing}, timeout=seconds)
+    await _cancel_until_done(closing)
+    if not closing.cancelled():
+        closing.result()  # what close itself raised, if anything
 
 
 async def _consume(
@@ -121,6 +169,7 @@ async def _consume(
     group: str | None,
     follow: bool,
     printer: _Printer,
+    log: ClientLog,
 ) -> bool:
     """Consume; returns True when Ctrl-C ended it."""
     info = await preflight(broker, topic)
@@ -139,7 +188,9 @@ async def _consume(
         auto_commit_interval_ms=AUTO_COMMIT_INTERVAL_MS,
         client_id=CLIENT_ID,
     )
-    async with consumer:
+    await consumer.start()
+    interrupted = False
+    try:
         if group is not None:
             consumer.subscribe([topic])
         else:
@@ -148,21 +199,47 @@ async def _consume(
             if offset is not None:
                 for tp in tps:
                     consumer.seek(tp, offset)
-        interrupted = False
-        task = asyncio.ensure_future(_poll(consumer, printer, limit=limit, follow=follow))
+        task = asyncio.ensure_future(_poll(consumer, printer, log, limit=limit, follow=follow))
+        stop = asyncio.Event()
+        unreachable: str | None = None
 
         def interrupt() -> None:
             nonlocal interrupted
             interrupted = True
-            task.cancel()
+            stop.set()
 
+        def outage() -> None:
+            # Fetches retry without end: without --follow an unreachable broker ends the
+            # command, as it does at the start (whatever request was waiting on it).
+            nonlocal unreachable
+            unreachable = log.outage
+            stop.set()
+
+        if not follow:
+            log.on_outage = outage
         with on_interrupt(interrupt):
+            stopping = asyncio.ensure_future(stop.wait())
             try:
-                await task
+                await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set():
+                    await _cancel_until_done(task)
+            finally:
+                stopping.cancel()
+            try:
+                task.result()
             except asyncio.CancelledError:
-                if not interrupted:
+                if not stop.is_set():
                     raise
-        # Leaving the block commits the group's positions (what was printed) and leaves.
+        if unreachable is not None and not interrupted:
+            raise Unavailable(unreachable)
+    finally:
+        log.on_outage = None
+        # Closing commits the group's positions (what was printed) and leaves the group;
+        # with the broker unreachable that is given up soon.
+        if log.outage is not None:
+            await _close_within(consumer, GOODBYE_GRACE_S)
+        else:
+            await consumer.close()
     return interrupted
 
 
@@ -199,7 +276,8 @@ def consume(
         False,
         "--follow",
         "-F",
-        help="Keep waiting for new records until Ctrl-C (default: stop when caught up).",
+        help="Keep waiting for new records until Ctrl-C (default: stop when caught up). A broker out "
+        "of reach is retried, with one warning line when it goes and one when it is back.",
     ),
     output_format: OutputFormat = format_option(
         "text: each value on its own line (UTF-8, undecodable bytes replaced; a null value is an empty "
@@ -209,12 +287,16 @@ def consume(
     ),
 ) -> None:
     """Print records of a topic; stops when caught up, or after --max-messages (or never, with --follow)."""
-    if offset is not None and offset < 0:
-        usage_error(f"--offset must be >= 0, got {offset}")
+    # Bounded by the wire's field widths (int64 offsets, int32 partitions): protobuf would
+    # wrap a larger value into another one.
+    if offset is not None and not 0 <= offset <= INT64_MAX:
+        usage_error(f"--offset must be between 0 and {INT64_MAX}, got {offset}")
     if offset is not None and from_beginning:
         usage_error("--offset and --from-beginning are mutually exclusive")
-    if partition is not None and partition < 0:
-        usage_error(f"--partition must be >= 0, got {partition}")
+    if partition is not None and not 0 <= partition <= INT32_MAX:
+        usage_error(f"--partition must be between 0 and {INT32_MAX}, got {partition}")
+    if group is not None and not group.strip():
+        usage_error(f"--group must name a consumer group, got {group!r}")
     if max_messages is not None and max_messages < 1:
         usage_error(f"--max-messages must be >= 1, got {max_messages}")
     if group is not None and (partition is not None or offset is not None):
@@ -226,24 +308,28 @@ def consume(
         label=f"consuming {topic}",
     )
     printer = _Printer(json_output=json_output, progress=progress)
-    try:
-        interrupted = asyncio.run(
-            _consume(
-                broker=broker,
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                from_beginning=from_beginning,
-                limit=max_messages,
-                group=group,
-                follow=follow,
-                printer=printer,
+    with client_log() as log:
+        log.report_outages = follow
+        try:
+            interrupted = asyncio.run(
+                _consume(
+                    broker=broker,
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                    from_beginning=from_beginning,
+                    limit=max_messages,
+                    group=group,
+                    follow=follow,
+                    printer=printer,
+                    log=log,
+                )
             )
-        )
-    except StdoutClosed:
-        exit_stdout_closed()
-    finally:
-        progress.close()
-    if interrupted and not follow:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        except StdoutClosed:
+            exit_stdout_closed()
+        finally:
+            progress.close()
+        # Ctrl-C is how a follow ends, unless the broker was out of reach: then it ended
+        # with the printed records not committed (or nothing left to wait for).
+        if interrupted and (not follow or log.outage is not None):
+            exit_interrupted()

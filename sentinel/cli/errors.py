@@ -9,24 +9,33 @@
   (128 + SIGINT, what a shell reports for a process the signal ended).
 
 Never a traceback for any of these: a traceback means a bug.
+
+The client library's log records are the command's output too, never logging's default
+dump: for the run of a command, :class:`ClientLog` prints a client warning as one
+``warning: ...`` line and presents an outage (a broker the client reports unreachable) as
+the command asks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, NoReturn, TypeVar
 
 import typer
 import typer.core
 
+from sentinel.client.reachability import BROKER, BROKER_REACHABLE
 from sentinel.errors import SentinelError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT
+CLIENT_LOGGER: Final = "sentinel.client"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -45,7 +54,8 @@ def readable_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with client_log():
+                return func(*args, **kwargs)
         except BaseExceptionGroup as group:
             # Trio nurseries wrap a child's failure: report the one expected error inside.
             leaf = single_leaf(group)
@@ -70,6 +80,90 @@ def _report(exc: BaseException) -> NoReturn:
     if isinstance(exc, OSError) and not isinstance(exc, SentinelError):
         fail(f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc))
     fail(str(exc))
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (line breaks too) as one space."""
+    return " ".join(text.split())
+
+
+class ClientLog(logging.Handler):
+    """The client library's log records as the command's lines on stderr.
+
+    - WARNING and above: one ``warning: <message>`` line each, a message of several lines
+      joined into one.
+    - An outage: the client reports a broker unreachable (after a request failed with all
+      its retries, or timed out), then answering again. With ``report_outages`` (a command
+      that goes on retrying) each is one line, ``warning: <why>; retrying`` and ``broker
+      <address> answers again``; without, neither is printed: the command ends with its own
+      error line (``outage`` says why; ``on_outage`` is called when one starts), or the
+      broker was back before it mattered.
+    - While an outage lasts, the client's other warnings (a commit or a leave that could
+      not reach the broker) are that same outage again: not printed.
+    - Anything else (INFO, DEBUG): nothing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.report_outages = False
+        self.on_outage: Callable[[], None] | None = None
+        self._outages: dict[str, str] = {}  # broker address -> why it is unreachable
+
+    @property
+    def outage(self) -> str | None:
+        """Why a broker cannot be reached now (the first one's error); None when none."""
+        return next(iter(self._outages.values()), None)
+
+    def warn(self, message: str) -> None:
+        """A warning of the command's own, under the same rules as the client's."""
+        if not self._outages:
+            typer.echo(f"warning: {one_line(message)}", err=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._present(record)
+        except Exception:  # logging's rule: a handler never raises into the caller
+            self.handleError(record)
+
+    def _present(self, record: logging.LogRecord) -> None:
+        reachable = getattr(record, BROKER_REACHABLE, None)
+        message = one_line(record.getMessage())
+        if reachable is None:
+            if record.levelno >= logging.WARNING:
+                self.warn(message)
+            return
+        address = str(getattr(record, BROKER, ""))
+        if reachable:
+            if self._outages.pop(address, None) is not None and self.report_outages:
+                typer.echo(message, err=True)
+        elif address not in self._outages:
+            if self.report_outages:
+                typer.echo(f"warning: {message}; retrying", err=True)
+            self._outages[address] = message
+            if self.on_outage is not None:
+                self.on_outage()
+
+
+@contextlib.contextmanager
+def client_log() -> Iterator[ClientLog]:
+    """Route the client library's log records through a :class:`ClientLog` for the block
+    (the one already routing them, when there is one)."""
+    logger = logging.getLogger(CLIENT_LOGGER)
+    for handler in logger.handlers:
+        if isinstance(handler, ClientLog):
+            yield handler
+            return
+    handler = ClientLog()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # the INFO that a broker answers again must get through
+    logger.propagate = False  # not also to a root handler (``sentinel run``'s, a test runner's)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def usage_line(message: str, command_path: str | None) -> str:

@@ -21,11 +21,13 @@ How it works:
   auto-commit only ever commits records the application has finished with: it commits the
   positions at the start of a ``getmany``, when the records of the previous one are done.
 - **Errors.** Retriable fetch errors back off and retry; anything else (an unknown topic:
-  NotFound) is raised from ``getmany``. Damaged stored data is never the caller's fault and
-  never skipped: ``getmany`` returns every record before a batch that does not decode,
-  then raises ``CorruptRecordBatch`` naming the topic, partition and offset (at once when
-  it has nothing else to return, else on the next call, before anything else); the
-  position stays at the damage, so it is met again until the application seeks past it.
+  NotFound) is raised from ``getmany``. A broker that stops answering is logged once as a
+  WARNING, and its return as an INFO (``sentinel.client.reachability``). Damaged stored
+  data is never the caller's fault and never skipped: ``getmany`` returns every record
+  before a batch that does not decode, then raises ``CorruptRecordBatch`` naming the
+  topic, partition and offset (at once when it has nothing else to return, else on the
+  next call, before anything else); the position stays at the damage, so it is met again
+  until the application seeks past it.
   A DATA_LOSS answer (stored data missing, or damaged on the broker's disk) is raised as
   ``DataLoss`` naming the topic, partition and offset too, after every record before it.
 """
@@ -50,6 +52,7 @@ from sentinel.client.fetching import (
     read_error,
 )
 from sentinel.client.group import GroupMembership
+from sentinel.client.reachability import Reachability
 from sentinel.client.types import (
     ConsumerRebalanceListener,
     ConsumerRecord,
@@ -70,6 +73,10 @@ DEFAULT_FETCH_MAX_WAIT_MS: Final = 500  # Kafka's fetch.max.wait.ms
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
 DEFAULT_RETRIES: Final = 5
 DEFAULT_RETRY_BACKOFF_MS: Final = 100
+# The longest long poll the broker accepts (ConsumeRequest.max_wait_ms): more is refused.
+MAX_FETCH_WAIT_MS: Final = 30_000
+UINT32_MAX: Final = 2**32 - 1
+INT64_MAX: Final = 2**63 - 1  # offsets and timestamps are int64 on the wire
 # The ``async for`` loop waits in slices of this long; any wake-up (data, rebalance, close)
 # ends a slice early, so the value only bounds how long an idle loop sleeps per getmany.
 _ITER_WAIT_MS: Final = 60_000
@@ -115,21 +122,26 @@ class Consumer:
             raise InvalidArgument(f"group_id must be a non-empty string or None, got {group_id!r}")
         for name, value in (
             ("auto_commit_interval_ms", auto_commit_interval_ms),
-            ("session_timeout_ms", session_timeout_ms),
             ("heartbeat_interval_ms", heartbeat_interval_ms),
             ("max_poll_records", max_poll_records),
-            ("fetch_max_bytes", fetch_max_bytes),
             ("request_timeout_ms", request_timeout_ms),
         ):
-            if not isinstance(value, int) or value <= 0:
+            if type(value) is not int or value <= 0:
                 raise InvalidArgument(f"{name} must be an int > 0, got {value!r}")
-        if (
-            not isinstance(fetch_max_wait_ms, int)
-            or fetch_max_wait_ms < 0
-            or retries < 0
-            or retry_backoff_ms < 0
+        # Values sent on the wire are bounded by the broker's limit or the field's width:
+        # protobuf would wrap a larger one into another value, and the broker refuses a
+        # fetch that asks to wait longer (every fetch would fail).
+        for name, value, low, high in (
+            ("session_timeout_ms", session_timeout_ms, 1, UINT32_MAX),
+            ("fetch_max_bytes", fetch_max_bytes, 1, UINT32_MAX),
+            ("fetch_max_wait_ms", fetch_max_wait_ms, 0, MAX_FETCH_WAIT_MS),
         ):
-            raise InvalidArgument("fetch_max_wait_ms, retries and retry_backoff_ms must be >= 0")
+            if type(value) is not int or not low <= value <= high:
+                raise InvalidArgument(f"{name} must be an int from {low} to {high}, got {value!r}")
+        if type(retries) is not int or retries < 0:
+            raise InvalidArgument(f"retries must be an int >= 0, got {retries!r}")
+        if not isinstance(retry_backoff_ms, int | float) or not retry_backoff_ms >= 0:
+            raise InvalidArgument(f"retry_backoff_ms must be a number >= 0, got {retry_backoff_ms!r}")
         self._bootstrap = bootstrap
         self.group_id = group_id
         self.client_id = client_id
@@ -145,6 +157,9 @@ class Consumer:
         self._retries = retries
         self._backoff_s = retry_backoff_ms / 1000
         self._cluster: Cluster | None = None
+        # Reports a broker that stops answering (once, as a WARNING) and its return: fetches
+        # retry without end, so nothing else would say so.
+        self._reachability = Reachability(threshold=retries + 1)
         self._group: GroupMembership | None = None
         self._subscription: tuple[str, ...] | None = None
         self._listener: ConsumerRebalanceListener | None = None
@@ -246,6 +261,7 @@ class Consumer:
                 retries=self._retries,
                 backoff_s=self._backoff_s,
                 on_rejoin_needed=self._wake,
+                reachability=self._reachability,
             )
         self._group.request_rejoin()
 
@@ -307,8 +323,8 @@ class Consumer:
     def seek(self, tp: TopicPartition | tuple[str, int], offset: int) -> None:
         """Make ``offset`` the next offset returned for ``tp`` (drops records read ahead)."""
         self._check_open()
-        if type(offset) is not int or offset < 0:
-            raise InvalidArgument(f"offset must be an int >= 0, got {offset!r}")
+        if type(offset) is not int or not 0 <= offset <= INT64_MAX:
+            raise InvalidArgument(f"offset must be an int from 0 to {INT64_MAX}, got {offset!r}")
         state = self._state_of(tp)
         state.reset(offset)
         if self._iter_state is state:
@@ -357,9 +373,10 @@ class Consumer:
         self._check_open()
         items = [(TopicPartition(*tp), ts) for tp, ts in timestamps.items()]
         for tp, ts in items:
-            if type(ts) is not int or ts < 0:
+            if type(ts) is not int or not 0 <= ts <= INT64_MAX:
                 raise InvalidArgument(
-                    f"timestamp for {tp.topic}[{tp.partition}] must be an int >= 0, got {ts!r}"
+                    f"timestamp for {tp.topic}[{tp.partition}] must be an int from 0 to {INT64_MAX}, "
+                    f"got {ts!r}"
                 )
         answers = await asyncio.gather(
             *(self._list_offset(tp, pb.OffsetSpec.TIMESTAMP, ts) for tp, ts in items)
@@ -387,7 +404,7 @@ class Consumer:
 
         async def call() -> pb.ListOffsetsResponse:
             conn = cluster.leader(tp)
-            with conn.errors:
+            with self._reachability.watch(conn.address), conn.errors:
                 return await conn.stub.list_offsets(request, timeout=self._request_timeout_s)
 
         return await with_retries(
@@ -444,7 +461,7 @@ class Consumer:
 
         async def call() -> pb.FetchOffsetsResponse:
             conn = cluster.bootstrap
-            with conn.errors:
+            with self._reachability.watch(conn.address), conn.errors:
                 return await conn.stub.fetch_offsets(request, timeout=self._request_timeout_s)
 
         response = await with_retries(call, retries=self._retries, backoff_s=self._backoff_s)
@@ -473,9 +490,9 @@ class Consumer:
         plain: dict[TopicPartition, int] = {}
         for tp, value in offsets.items():
             offset, metadata = (value, "") if isinstance(value, int) else value
-            if type(offset) is not int or offset < 0 or not isinstance(metadata, str):
+            if type(offset) is not int or not 0 <= offset <= INT64_MAX or not isinstance(metadata, str):
                 raise InvalidArgument(
-                    f"commit offset for {tp} must be an int >= 0 (and a str), got {value!r}"
+                    f"commit offset for {tp} must be an int from 0 to {INT64_MAX} (and a str), got {value!r}"
                 )
             topic, partition = tp
             entries.append(
@@ -495,7 +512,7 @@ class Consumer:
 
         async def call() -> None:
             conn = cluster.bootstrap
-            with conn.errors:
+            with self._reachability.watch(conn.address), conn.errors:
                 await conn.stub.commit_offsets(request, timeout=self._request_timeout_s)
 
         try:
@@ -518,6 +535,11 @@ class Consumer:
             return
         try:
             await self._commit(offsets)
+        except FailedPrecondition as exc:
+            # The member must re-join (a rebalance, or a restarted coordinator forgot it): the
+            # re-join follows at once, and what was not committed is delivered again. Group
+            # life, not a fault: a WARNING here repeated after every broker restart.
+            logger.info("auto-commit of group %s refused: %s; re-joining", self.group_id, exc)
         except SentinelError as exc:
             logger.warning("auto-commit of group %s failed: %s", self.group_id, exc)
 
@@ -708,7 +730,7 @@ class Consumer:
             max_wait_ms=self._fetch_max_wait_ms,
         )
         try:
-            with conn.errors:
+            with self._reachability.watch(conn.address), conn.errors:
                 response = await conn.stub.fetch(
                     request, timeout=self._request_timeout_s + self._fetch_max_wait_ms / 1000
                 )

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from sentinel.client.connection import Cluster, retry_delay
 from sentinel.client.convert import topic_partitions
 from sentinel.client.errors import RETRIABLE_ERRORS
+from sentinel.client.reachability import Reachability
 from sentinel.client.types import TopicPartition
 from sentinel.errors import FailedPrecondition, NotFound, SentinelError
 from sentinel.generated.sentinel import v1 as pb
@@ -43,6 +44,7 @@ class GroupMembership:
         retries: int,
         backoff_s: float,
         on_rejoin_needed: Callable[[], None],
+        reachability: Reachability | None = None,
     ) -> None:
         self.group_id = group_id
         self.member_id = ""
@@ -55,6 +57,7 @@ class GroupMembership:
         self._retries = retries
         self._backoff_s = backoff_s
         self._on_rejoin_needed = on_rejoin_needed
+        self._reachability = reachability if reachability is not None else Reachability(threshold=retries + 1)
         self._heartbeat: asyncio.Task[None] | None = None
 
     @property
@@ -84,7 +87,7 @@ class GroupMembership:
             )
             timeout = self._session_timeout_ms / 1000 + self._cluster.request_timeout_s
             try:
-                with conn.errors:
+                with self._reachability.watch(conn.address), conn.errors:
                     response = await conn.stub.join_group(request, timeout=timeout)
             except NotFound:
                 # The coordinator forgot our member id (session expired): join as new.
@@ -125,7 +128,7 @@ class GroupMembership:
             await asyncio.sleep(interval_s)
             conn = self._cluster.bootstrap
             try:
-                with conn.errors:
+                with self._reachability.watch(conn.address), conn.errors:
                     response = await conn.stub.heartbeat(request, timeout=self._cluster.request_timeout_s)
             except FailedPrecondition:  # our generation is stale
                 self.request_rejoin()
@@ -160,7 +163,7 @@ class GroupMembership:
             return
         conn = self._cluster.bootstrap
         try:
-            with conn.errors:
+            with self._reachability.watch(conn.address), conn.errors:
                 await conn.stub.leave_group(
                     pb.LeaveGroupRequest(group_id=self.group_id, member_id=member_id),
                     timeout=self._cluster.request_timeout_s,

@@ -17,7 +17,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from sentinel.errors import DiskFullError
+from sentinel.errors import WriteRefused
 from sentinel.raft.core import RaftNode, Ready
 from sentinel.raft.messages import Message, Role
 from sentinel.raft.storage import MemoryStorage, RaftStorage
@@ -115,7 +115,7 @@ async def handle_ready(
                 await storage.persist(rd, extra)
                 on_persist(time.perf_counter() - started)
                 break
-            except DiskFullError as exc:
+            except WriteRefused as exc:
                 # A Ready cannot be abandoned (the core counts on it being persisted before
                 # anything else): the group waits for space, then goes on where it stopped.
                 # Its peers carry on without it meanwhile; its producers are refused up front.

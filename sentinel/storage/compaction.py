@@ -22,7 +22,7 @@ Leveled compaction as in LevelDB:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import attrs
 
@@ -86,20 +86,32 @@ def level_scores(version: Version, options: CompactionOptions) -> list[float]:
 
 
 def pick_compaction(
-    version: Version, options: CompactionOptions, compact_pointers: dict[int, bytes]
+    version: Version,
+    options: CompactionOptions,
+    compact_pointers: dict[int, bytes],
+    damaged: Collection[int] = frozenset(),
 ) -> Compaction | None:
-    """The most urgent compaction, or None when every level is within budget."""
+    """The most urgent compaction, or None when every level is within budget (or the only
+    work left needs a ``damaged`` table). Levels are tried by score, highest first (the
+    lowest level on a tie): a level whose work damage blocks gives way to the next."""
     scores = level_scores(version, options)
-    level = max(range(NUM_LEVELS - 1), key=lambda lvl: scores[lvl])
-    if scores[level] < 1.0:
-        return None
-    return compaction_for_level(version, level, compact_pointers)
+    for level in sorted(range(NUM_LEVELS - 1), key=lambda lvl: -scores[lvl]):
+        if scores[level] < 1.0:
+            return None
+        plan = compaction_for_level(version, level, compact_pointers, damaged)
+        if plan is not None:
+            return plan
+    return None
 
 
 def compaction_for_level(
-    version: Version, level: int, compact_pointers: dict[int, bytes]
+    version: Version,
+    level: int,
+    compact_pointers: dict[int, bytes],
+    damaged: Collection[int] = frozenset(),
 ) -> Compaction | None:
-    """Compact ``level`` into ``level + 1`` (None if ``level`` is empty)."""
+    """Compact ``level`` into ``level + 1`` (None if ``level`` is empty, or if every file of
+    it that could go down needs a ``damaged`` table)."""
     if not 0 <= level < NUM_LEVELS - 1:
         raise ValueError(f"level {level} is the last level or outside the tree: nothing to compact into")
     files = version.files(level)
@@ -107,10 +119,18 @@ def compaction_for_level(
         return None
     if level == 0:
         # L0 files overlap one another; merging all of them keeps newest-wins simple.
-        inputs = tuple(sorted(files, key=lambda f: f.number, reverse=True))
+        inputs = movable_l0_files(version, damaged)
+        if not inputs:
+            return None
     else:
         pointer = compact_pointers.get(level)
-        chosen = next((f for f in files if pointer is None or f.min_key > pointer), files[0])
+        # Round-robin from the pointer: the first file past it, wrapping around.
+        first = next((i for i, f in enumerate(files) if pointer is None or f.min_key > pointer), 0)
+        chosen = next(
+            (f for f in files[first:] + files[:first] if _may_go_down(version, level, f, damaged)), None
+        )
+        if chosen is None:
+            return None
         inputs = (chosen,)
     start, end = key_range(inputs)
     overlaps = tuple(version.overlapping(level + 1, start, end))
@@ -120,8 +140,68 @@ def compaction_for_level(
     return Compaction(level=level, inputs=inputs, overlaps=overlaps, drop_tombstones=not deeper_hold_range)
 
 
+def _may_go_down(version: Version, level: int, meta: FileMeta, damaged: Collection[int]) -> bool:
+    below = version.overlapping(level + 1, meta.min_key, meta.max_key)
+    if meta.number in damaged:
+        return not below  # a trivial move: the file is not read, only renamed a level down
+    return not any(f.number in damaged for f in below)
+
+
+def movable_l0_files(version: Version, damaged: Collection[int] = frozenset()) -> tuple[FileMeta, ...]:
+    """The L0 files one compaction may take into L1, newest first: all of them when nothing
+    is damaged.
+
+    A file is held back (stays in L0) when it is damaged, overlaps a damaged L1 file, or
+    overlaps an OLDER held-back L0 file: reads check L0 before L1, so that older file would
+    hide the newer entries once they were in L1. Older files overlapping a held-back one
+    may go (the newer file left above them still wins, as it should). When damaged L1 files
+    lie between the movable files, one compaction takes only the files of one gap between
+    them, the gap holding the most (its key range must not include a damaged L1 file, which
+    it would have to merge); a later compaction takes the next gap.
+    """
+    files = version.files(0)
+    if not damaged:
+        return files
+    damaged_l1 = [f for f in version.files(1) if f.number in damaged]
+    held: list[FileMeta] = []
+    movable: list[FileMeta] = []
+    for meta in sorted(files, key=lambda f: f.number):  # oldest first
+        if (
+            meta.number in damaged
+            or any(_overlap(meta, other) for other in held)
+            or any(_overlap(meta, other) for other in damaged_l1)
+        ):
+            held.append(meta)
+        else:
+            movable.append(meta)
+    if damaged_l1 and movable:
+        # Each movable file lies in one gap between the damaged L1 files (it overlaps none).
+        gaps: dict[int, list[FileMeta]] = {}
+        for meta in movable:
+            gap = sum(1 for d in damaged_l1 if d.max_key < meta.min_key)
+            gaps.setdefault(gap, []).append(meta)
+        movable = max((gaps[gap] for gap in sorted(gaps)), key=len)  # the lowest gap on a tie
+    return tuple(sorted(movable, key=lambda f: f.number, reverse=True))
+
+
+def l0_blockers(version: Version, damaged: Collection[int]) -> list[FileMeta]:
+    """The damaged tables that hold L0 files back, oldest first: damaged L0 files and
+    damaged L1 files that an L0 file overlaps."""
+    l0 = version.files(0)
+    found = [f for f in l0 if f.number in damaged]
+    found += [f for f in version.files(1) if f.number in damaged and any(_overlap(f, g) for g in l0)]
+    return sorted(found, key=lambda f: f.number)
+
+
+def _overlap(a: FileMeta, b: FileMeta) -> bool:
+    return not (a.max_key < b.min_key or a.min_key > b.max_key)
+
+
 def reclaim_plans(
-    version: Version, ranges: Sequence[tuple[bytes, bytes]], obsolete: Callable[[bytes], bool]
+    version: Version,
+    ranges: Sequence[tuple[bytes, bytes]],
+    obsolete: Callable[[bytes], bool],
+    damaged: Collection[int] = frozenset(),
 ) -> list[Compaction]:
     """In-place rewrites that let the compaction filter drop obsolete entries for good.
 
@@ -130,10 +210,13 @@ def reclaim_plans(
     range (so every obsolete entry can be dropped outright, never kept as a tombstone: a
     rewritten table never qualifies again for the same keys). L0 tables are left alone:
     their order is their age, and every one of them is rewritten by its next compaction.
+    A ``damaged`` table is never rewritten: its obsolete entries stay (unreadable anyway).
     """
     plans = []
     for level in range(1, NUM_LEVELS):
         for meta in version.files(level):
+            if meta.number in damaged:
+                continue
             meets = any(start <= meta.max_key and meta.min_key < end for start, end in ranges)
             if not (meets or obsolete(meta.min_key) or obsolete(meta.max_key)):
                 continue

@@ -27,11 +27,27 @@ inputs again and again. Immutable memtables keep their data (readable) until the
 succeeds. Manual requests (``CompactAll``, ``Reclaim``) that meet a full disk fail
 with the error instead. While closing, a flush that meets a full disk is given up: the WAL
 still holds its data and the next open replays it.
+
+A damaged input (a data block failing its checksum: ``CorruptionError`` from a table's
+scan) fails only the compaction that read it, and changes nothing: the tables it had
+written are deleted before any manifest edit names them, and the damaged table stays as it
+is, live and readable around the damaged block (never rewritten without the block, which
+would silently drop its entries; never deleted). It is reported once (an ERROR log line
+naming the file and byte; ``damaged_tables`` feeds a gauge) and the planner leaves it out
+of every later plan (``compaction.py``), so compaction goes on wherever it does not need
+the table. Where it does: a damaged table holds back the L0 files that overlap it, and if
+L0 reaches ``l0_stop_writes_trigger`` with nothing left that can go down, the MemtableOwner
+is told (``CompactorBlocked`` with :class:`StorageNeedsRepair` naming the file and byte) so
+writes that need room are refused rather than stalled forever; reads go on. Nothing is
+remembered across a restart: the next compaction that reads the table finds the damage
+again and the same happens (no crash loop). ``CompactAll`` does what it can and then fails
+with :class:`StorageNeedsRepair`; ``Reclaim`` skips damaged tables.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import os
 import time
@@ -44,8 +60,14 @@ import attrs
 import trio
 
 from sentinel.actors import Actor, Request
-from sentinel.errors import ActorClosed, DiskFullError
-from sentinel.storage.compaction import Compaction, compaction_for_level, pick_compaction, reclaim_plans
+from sentinel.errors import ActorClosed, CorruptionError, DiskFullError, StorageNeedsRepair
+from sentinel.storage.compaction import (
+    Compaction,
+    compaction_for_level,
+    l0_blockers,
+    pick_compaction,
+    reclaim_plans,
+)
 from sentinel.storage.files import (
     disk_full_error,
     free_bytes,
@@ -61,6 +83,8 @@ from sentinel.storage.memtable_owner import CompactorBlocked, MemtableFlushed, V
 from sentinel.storage.options import RunInThread, StorageOptions
 from sentinel.storage.sstable import SSTableInfo, SSTableReader, SSTableWriter
 from sentinel.storage.wal_writer import DeleteWalsBelow, WalWriter
+
+logger = logging.getLogger(__name__)
 
 # Back-off between retries of work that met a full disk: short at first (an operator who
 # frees space gets writes back quickly), doubling up to a bound. Writes wait for flushes, so
@@ -103,6 +127,16 @@ class TableReader(SSTableReader):
 
     def __del__(self) -> None:
         self.close()
+
+
+class _DamagedInput(Exception):
+    """A compaction input failed a check while being read: which table, and the error.
+    Raised in the worker thread by the input's scan and caught by the Compactor."""
+
+    def __init__(self, number: int, error: CorruptionError) -> None:
+        super().__init__(str(error))
+        self.number = number
+        self.error = error
 
 
 @attrs.frozen
@@ -170,6 +204,13 @@ class Compactor(Actor[CompactorMessage]):
         self._to_flush: collections.deque[Memtable] = collections.deque()
         self._flush_backoff = Backoff(FLUSH_RETRY_MAX_SECONDS)
         self._compaction_backoff = Backoff(COMPACTION_RETRY_MAX_SECONDS)
+        # Tables a compaction found damaged, by number (live for as long as the store runs:
+        # no plan rewrites or deletes them), and the same as a snapshot for other threads.
+        self._damaged: dict[int, CorruptionError] = {}
+        self.damaged_tables: tuple[CorruptionError, ...] = ()
+        #: Why writes that need room are refused now (damage holds L0 at its bound), else None.
+        self.needs_repair: StorageNeedsRepair | None = None
+        self._l0_checked: Version | None = None  # the version _check_l0 last looked at
         self._flushes = 0
         self._compactions = 0
         self._trivial_moves = 0
@@ -209,6 +250,7 @@ class Compactor(Actor[CompactorMessage]):
 
     async def serve(self) -> None:
         while True:
+            self._check_l0()
             message = self.try_receive()
             if message is not None:
                 await self.handle(message)
@@ -227,7 +269,9 @@ class Compactor(Actor[CompactorMessage]):
                 plan = (
                     None
                     if self._closing
-                    else pick_compaction(self._version, self._options.compaction, self._compact_pointers)
+                    else pick_compaction(
+                        self._version, self._options.compaction, self._compact_pointers, self._damaged
+                    )
                 )
                 if plan is not None and now >= self._compaction_backoff.retry_at:
                     await self._attempt(self._compact, plan, self._compaction_backoff, plan.input_bytes)
@@ -246,7 +290,7 @@ class Compactor(Actor[CompactorMessage]):
                 self._in_flight = []
 
     async def _attempt(
-        self, work: Callable[[Any], Awaitable[None]], item: Any, backoff: Backoff, need: int = 0
+        self, work: Callable[[Any], Awaitable[object]], item: Any, backoff: Backoff, need: int = 0
     ) -> bool:
         """Run one flush or compaction; on a full disk report it, back off, return False."""
         try:
@@ -280,7 +324,7 @@ class Compactor(Actor[CompactorMessage]):
             case CompactAll():
                 try:
                     await self._compact_all()
-                except DiskFullError as exc:
+                except (DiskFullError, StorageNeedsRepair) as exc:
                     message.reply.fail(exc)
                     return
                 message.reply.set(None)
@@ -296,20 +340,83 @@ class Compactor(Actor[CompactorMessage]):
         while self._to_flush:
             await self._flush(self._to_flush[0])
             self._to_flush.popleft()
-        for level in range(NUM_LEVELS - 1):
-            while self._version.files(level):
-                plan = compaction_for_level(self._version, level, self._compact_pointers)
-                assert plan is not None
-                await self._compact(plan)
+        # Each plan moves at least one file a level down, or finds a table damaged (which no
+        # later plan includes): this ends. Damage may hold files back; sweep again while
+        # anything moved, since a damaged table moved down may have freed the way above it.
+        moved = True
+        while moved:
+            moved = False
+            for level in range(NUM_LEVELS - 1):
+                while plan := compaction_for_level(
+                    self._version, level, self._compact_pointers, self._damaged
+                ):
+                    moved |= await self._compact(plan)
+        held = sum(len(self._version.files(level)) for level in range(NUM_LEVELS - 1))
+        if held:
+            assert self._damaged, "only damage keeps a table above the last level"
+            raise self._repair_error(
+                min(self._damaged),
+                f"compaction cannot merge this damaged table, and it holds {held} table(s) "
+                "above the last level",
+            )
 
     async def _reclaim(self, ranges: tuple[tuple[bytes, bytes], ...]) -> int:
         obsolete = self._options.compaction_filter
         if obsolete is None:
             return 0
-        plans = reclaim_plans(self._version, ranges, obsolete)
+        plans = reclaim_plans(self._version, ranges, obsolete, self._damaged)
+        rewritten = 0
         for plan in plans:  # each rewrites only its own table: the others stay valid
-            await self._compact(plan)
-        return len(plans)
+            # A table found damaged now keeps its obsolete entries (reported; skipped).
+            rewritten += await self._compact(plan)
+        return rewritten
+
+    def _check_l0(self) -> None:
+        """Tell the MemtableOwner when damage holds L0 at its stop-writes bound: it would
+        otherwise stall writes for a compaction that can never come. Once per version: each
+        new version the owner gets clears the notice, so it is sent again while it holds."""
+        version = self._version
+        if version is self._l0_checked:
+            return
+        self._l0_checked = version
+        error = None
+        if (
+            self._damaged
+            and len(version.files(0)) >= self._options.compaction.l0_stop_writes_trigger
+            and compaction_for_level(version, 0, self._compact_pointers, self._damaged) is None
+        ):
+            blocker = l0_blockers(version, self._damaged)[0]
+            error = self._repair_error(
+                blocker.number,
+                f"L0 has reached its limit of {self._options.compaction.l0_stop_writes_trigger} tables "
+                "and compaction cannot merge them past this damaged table, so writes are refused",
+            )
+            if self.needs_repair is None:
+                logger.error("%s", error)
+            self._notify(CompactorBlocked(error))
+        self.needs_repair = error
+
+    def _repair_error(self, number: int, consequence: str) -> StorageNeedsRepair:
+        damage = self._damaged[number]
+        more = len(self._damaged) - 1
+        others = f" ({more} other damaged table(s) too: see the log)" if more else ""
+        return StorageNeedsRepair(
+            damage.source,
+            damage.position,
+            f"{damage.detail}; {consequence}{others}; restore the file from a backup and restart",
+        )
+
+    def _mark_damaged(self, number: int, error: CorruptionError) -> None:
+        if number in self._damaged:
+            return
+        self._damaged[number] = error
+        self.damaged_tables = tuple(self._damaged.values())
+        self._l0_checked = None  # what L0 can do has changed
+        logger.error(
+            "compaction met a damaged table: %s; the table is kept as it is (its other blocks "
+            "stay readable) and left out of compactions: restore it from a backup",
+            error,
+        )
 
     async def _flush(self, memtable: Memtable) -> None:
         started = time.perf_counter()
@@ -335,7 +442,9 @@ class Compactor(Actor[CompactorMessage]):
         except ActorClosed:
             pass  # shutting down: the next open deletes the segments instead
 
-    async def _compact(self, plan: Compaction) -> None:
+    async def _compact(self, plan: Compaction) -> bool:
+        """Run one compaction; False if an input turned out to be damaged (it is marked and
+        reported, and nothing changed)."""
         started = time.perf_counter()
         inputs = plan.all_inputs()
         if plan.is_trivial_move:
@@ -344,16 +453,24 @@ class Compactor(Actor[CompactorMessage]):
             await self._install(edit, [])
             self._trivial_moves += 1
         else:
-            sources: list[Iterator[Entry]] = [self._tables[f.number].scan() for f in plan.inputs]
-            sources.append(_chain_scans([self._tables[f.number] for f in plan.overlaps]))
+            sources: list[Iterator[Entry]] = [
+                _checked_scan(f.number, self._tables[f.number]) for f in plan.inputs
+            ]
+            sources.append(_chain_scans([(f.number, self._tables[f.number]) for f in plan.overlaps]))
             merged = merge_entries(sources, drop_tombstones=plan.drop_tombstones)
             keep = self._options.compaction_filter
             if keep is not None:
                 merged = _filtered(merged, keep, drop=plan.drop_tombstones)
             target = self._options.compaction.target_file_bytes
-            added = await self._thread(
-                write_tables, self._directory, self._manifest, self._options, merged, target
-            )
+            try:
+                added = await self._thread(
+                    write_tables, self._directory, self._manifest, self._options, merged, target
+                )
+            except _DamagedInput as exc:
+                # write_tables deleted what it wrote; no edit was made: the version stands.
+                self._mark_damaged(exc.number, exc.error)
+                self._seconds += time.perf_counter() - started
+                return False
             edit = VersionEdit(
                 deleted=tuple((level, meta.number) for level, meta in inputs),
                 added=tuple((plan.output_level, meta) for meta in added),
@@ -370,6 +487,7 @@ class Compactor(Actor[CompactorMessage]):
             self._compact_pointers[plan.level] = max(meta.max_key for meta in plan.inputs)
         self._seconds += time.perf_counter() - started
         self._notify(VersionInstalled(self._version, self._tables_view()))
+        return True
 
     async def _install(self, edit: VersionEdit, added: list[FileMeta]) -> None:
         """Make the edit durable, then open readers for the tables it adds. On a full disk
@@ -407,7 +525,10 @@ def write_tables(
 ) -> list[FileMeta]:
     """Write entries into fsynced tables, starting a new one every ``target_bytes`` of
     keys and values (None: one table). Runs in a worker thread; the only shared state it
-    touches is the manifest's file-number counter, which only its owner's jobs use."""
+    touches is the manifest's file-number counter, which only its owner's jobs use.
+
+    If anything fails (a full disk, a damaged input met half-way) every table it wrote is
+    deleted before the error propagates: no version names them, and none ever will."""
     written: list[FileMeta] = []
     writer: SSTableWriter | None = None
     number = 0
@@ -430,12 +551,13 @@ def write_tables(
         if writer is not None:
             written.append(_meta(number, writer.finish()))
             writer = None
-    except OSError as exc:
-        if not is_disk_full(exc):
-            raise
-        # The tables finished so far would only hold space the disk lacks: no version names them.
+    except BaseException as exc:
+        # The tables finished so far belong to work that did not happen (and on a full disk
+        # they would only hold space the disk lacks).
         delete_tables(directory, [meta.number for meta in written])
-        raise disk_full_error(sst_path(directory, number), exc) from exc
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise disk_full_error(sst_path(directory, number), exc) from exc
+        raise
     finally:
         if writer is not None:
             writer.abandon()
@@ -471,9 +593,17 @@ def _filtered(entries: Iterator[Entry], obsolete: Callable[[bytes], bool], *, dr
             yield entry
 
 
-def _chain_scans(readers: list[SSTableReader]) -> Iterator[Entry]:
-    for reader in readers:
+def _checked_scan(number: int, reader: SSTableReader) -> Iterator[Entry]:
+    """The table's entries; a damaged block raises _DamagedInput naming the table."""
+    try:
         yield from reader.scan()
+    except CorruptionError as exc:
+        raise _DamagedInput(number, exc) from exc
+
+
+def _chain_scans(readers: list[tuple[int, SSTableReader]]) -> Iterator[Entry]:
+    for number, reader in readers:
+        yield from _checked_scan(number, reader)
 
 
 def _meta(number: int, info: SSTableInfo) -> FileMeta:

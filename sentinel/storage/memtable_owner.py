@@ -19,9 +19,10 @@ to the WAL has been applied), the WalWriter starts a new segment, and the Compac
 asked to flush it. At most ``max_immutable_memtables`` wait for flush (and at most
 ``l0_stop_writes_trigger`` L0 files exist); beyond that, writes stall here until the
 Compactor catches up: the back-pressure reaches every writer through this actor's bounded
-mailbox. If the Compactor reports that it cannot write (a full disk), writes that would
-need a new memtable are refused with its :class:`DiskFullError` instead of stalling
-forever (the memory bound holds); they are accepted again once a flush went through.
+mailbox. If the Compactor reports that it cannot make room (a full disk, or a damaged table
+holding L0 at its bound), writes that would need a new memtable are refused with its
+error (:class:`DiskFullError`, :class:`StorageNeedsRepair`) instead of stalling forever
+(the memory bound holds); they are accepted again once a flush or compaction went through.
 
 The Compactor (and the WalWriter) report on a second, unbounded *control* channel served by
 its own task, so a stalled write loop can never deadlock against a Compactor waiting to
@@ -39,7 +40,7 @@ import attrs
 import trio
 
 from sentinel.actors import Actor, Request
-from sentinel.errors import ActorClosed, DiskFullError, InvalidArgument, MailboxFull
+from sentinel.errors import ActorClosed, InvalidArgument, MailboxFull, WriteRefused
 from sentinel.storage.manifest import Version
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.options import StorageOptions
@@ -86,10 +87,12 @@ class VersionInstalled:
 
 @attrs.frozen
 class CompactorBlocked:
-    """Control notice from Compactor: its work fails for lack of space and is retried with
-    back-off. Cleared by the next MemtableFlushed or VersionInstalled."""
+    """Control notice from Compactor: it cannot make room, for lack of space (its work is
+    retried with back-off) or because a damaged table holds L0 at its stop-writes bound.
+    Cleared by the next MemtableFlushed or VersionInstalled (the Compactor sends it again
+    after those while it still holds)."""
 
-    error: DiskFullError
+    error: WriteRefused
 
 
 @attrs.frozen
@@ -97,7 +100,7 @@ class WalWritten:
     """Control notice from WalWriter: ``append`` is durable (``error`` None) or failed."""
 
     append: WalAppend
-    error: DiskFullError | None
+    error: WriteRefused | None
 
 
 #: What the owner's mailbox takes (from Store).
@@ -141,16 +144,17 @@ class MemtableOwner(Actor[OwnerMessage]):
         # Flush requests waiting for these memtables to reach an SSTable.
         self._flush_waiters: list[tuple[set[int], Flush]] = []
         self._epoch = 0
-        self._epoch_error: DiskFullError | None = None
+        self._epoch_error: WriteRefused | None = None
         # WalAppends handed to the WAL and not yet reported, and their framed bytes (the
         # memtable growth still to come).
         self._unresolved = 0
         self._unresolved_bytes = 0
         self._resolved = trio.Event()
-        # Set while the Compactor reports that it cannot write.
-        self._compactor_blocked: DiskFullError | None = None
-        # Set while the active memtable is full and cannot be frozen (why: a full disk).
-        self._rotation_blocked: DiskFullError | None = None
+        # Set while the Compactor reports that it cannot make room.
+        self._compactor_blocked: WriteRefused | None = None
+        # Set while the active memtable is full and cannot be frozen (why: a full disk, or
+        # damage holding L0 at its bound).
+        self._rotation_blocked: WriteRefused | None = None
         self._refused = 0
 
     @property
@@ -171,7 +175,7 @@ class MemtableOwner(Actor[OwnerMessage]):
         """Called by the Compactor (same Trio thread); never blocks."""
         self._control_send.send_nowait(notice)
 
-    def wal_written(self, append: WalAppend, error: DiskFullError | None) -> None:
+    def wal_written(self, append: WalAppend, error: WriteRefused | None) -> None:
         """Called by the WalWriter (same Trio thread), in append order; never blocks."""
         self._control_send.send_nowait(WalWritten(append, error))
 
@@ -271,7 +275,7 @@ class MemtableOwner(Actor[OwnerMessage]):
         grown = self._active.approximate_bytes + self._unresolved_bytes + staged_bytes
         return grown >= self._options.memtable_bytes
 
-    def _refusal(self, write: Write, staged_bytes: int) -> DiskFullError | None:
+    def _refusal(self, write: Write, staged_bytes: int) -> WriteRefused | None:
         """Why ``write`` must be refused, if it must."""
         if write.epoch < self._epoch:
             # A failure was reported after this was submitted: it fails too (in order, after
@@ -287,7 +291,7 @@ class MemtableOwner(Actor[OwnerMessage]):
             return
         await self._send_to_wal(WalAppend(data[0] if len(data) == 1 else b"".join(data), staged, self._epoch))
 
-    async def _hand_refusal(self, write: Write, error: DiskFullError) -> None:
+    async def _hand_refusal(self, write: Write, error: WriteRefused) -> None:
         """Refuse through the WAL, so the failure is reported after every batch before it
         (never ahead of one still in flight) and counts for the epochs like a failed write."""
         staged = [StagedWrite(write.reply, 0, write.ops)]
@@ -301,7 +305,7 @@ class MemtableOwner(Actor[OwnerMessage]):
         except MailboxFull:
             await self._wal.cast(message)
 
-    def _settle(self, append: WalAppend, error: DiskFullError | None) -> None:
+    def _settle(self, append: WalAppend, error: WriteRefused | None) -> None:
         """The WAL reported on ``append``: apply it and answer its writers, or fail them."""
         self._unresolved -= 1
         self._unresolved_bytes -= len(append.data)
@@ -363,7 +367,7 @@ class MemtableOwner(Actor[OwnerMessage]):
             return
         try:
             segment = await self._wal.call(RotateWal())
-        except DiskFullError as exc:
+        except WriteRefused as exc:  # a full disk (or the refusal that closed the last epoch)
             self._rotation_blocked = exc
             return
         self._rotation_blocked = None

@@ -14,6 +14,9 @@ keep acknowledging writes. A full disk is the exception: writes are refused with
 :class:`DiskFullError` (naming the file), reads go on, and writes are accepted again once
 space is freed (``wal_writer.py``, ``memtable_owner.py``, ``compactor.py``); a store that
 opens on a full disk serves what recovery replayed from memory until it can write it.
+A damaged table that a compaction meets does not fail anything either: it is kept as it is,
+reported, and left out of compactions; only if it holds L0 at its stop-writes bound are
+writes refused, with :class:`StorageNeedsRepair` naming it (``compactor.py``).
 
 Graceful shutdown (``aclose``) runs in a fixed order, under a shield, in bounded time:
 the MemtableOwner stops taking writes and hands its queue to the WAL; the WalWriter
@@ -36,7 +39,15 @@ import attrs
 import trio
 
 from sentinel.actors import Reply
-from sentinel.errors import DiskFullError, InvalidArgument, MailboxFull, StorageClosed
+from sentinel.errors import (
+    CorruptionError,
+    DiskFullError,
+    InvalidArgument,
+    MailboxFull,
+    StorageClosed,
+    StorageNeedsRepair,
+    WriteRefused,
+)
 from sentinel.storage.compactor import CompactAll, CompactionStatistics, Compactor, FlushMemtable, Reclaim
 from sentinel.storage.iterators import Entry
 from sentinel.storage.manifest import NUM_LEVELS, Version
@@ -66,6 +77,10 @@ class StorageStatistics:
     writes_refused: int = 0
     #: The disk-full error the engine is meeting now (None: writes and flushes succeed).
     disk_full: DiskFullError | None = None
+    #: Tables a compaction found damaged since the store opened (each left out of compactions).
+    damaged_tables: tuple[CorruptionError, ...] = ()
+    #: Why writes needing room are refused now because of damage (None: they are not).
+    needs_repair: StorageNeedsRepair | None = None
 
 
 class Store:
@@ -114,7 +129,7 @@ class Store:
                     assert memtables is not None
                     memtables.notify(notice)
 
-                def wal_written(append: Any, error: DiskFullError | None) -> None:
+                def wal_written(append: Any, error: WriteRefused | None) -> None:
                     assert memtables is not None
                     memtables.wal_written(append, error)
 
@@ -241,18 +256,25 @@ class Store:
         await self._owner().call(Flush())
 
     async def compact(self) -> None:
-        """Manual compaction: push every table down to the last level."""
+        """Manual compaction: push every table down to the last level. Where a damaged table
+        keeps some from going down, the rest is done and :class:`StorageNeedsRepair` says
+        which table is in the way."""
         await self.flush()
         compactor = self._compactor
         assert compactor is not None
-        await compactor.call(CompactAll())
+        try:
+            await compactor.call(CompactAll())
+        except StorageNeedsRepair:
+            await self._view_of(compactor.version)  # what it could do is done: show it
+            raise
         await self._view_of(compactor.version)
 
     async def reclaim(self, ranges: Sequence[tuple[bytes, bytes]] = ()) -> int:
         """Let the compaction filter drop obsolete data that rests in tables no compaction
         would rewrite: tables meeting ``ranges`` (each ``[start, end)``, the key ranges the
         caller knows became obsolete) or starting or ending with an obsolete key are
-        rewritten in place. Returns how many tables were rewritten."""
+        rewritten in place. Returns how many tables were rewritten (a damaged table is not:
+        its obsolete entries stay)."""
         self._owner()  # raises StorageClosed when closed
         compactor = self._compactor
         assert compactor is not None
@@ -330,6 +352,8 @@ class Store:
             compaction=self._compactor.compaction_statistics(),
             writes_refused=self._memtables.refused_writes + self._refused_up_front,
             disk_full=self._wal.disk_full or self._compactor.disk_full,
+            damaged_tables=self._compactor.damaged_tables,
+            needs_repair=self._compactor.needs_repair,
         )
 
 

@@ -53,7 +53,7 @@ import attrs
 import trio
 
 from sentinel.actors import Actor, Reply, Request
-from sentinel.errors import DiskFullError
+from sentinel.errors import DiskFullError, WriteRefused
 from sentinel.storage.files import fsync_dir, is_disk_full, parse_file_name, wal_path
 from sentinel.storage.options import RunInThread, StorageOptions, SyncMode
 from sentinel.storage.wal import WalFile
@@ -84,7 +84,7 @@ class WalAppend:
     data: bytes
     writes: list[StagedWrite]
     epoch: int
-    refusal: DiskFullError | None = None
+    refusal: WriteRefused | None = None
 
     def fail(self, error: BaseException) -> None:
         """Answer every writer (the WAL stopped before reporting on this batch)."""
@@ -93,7 +93,7 @@ class WalAppend:
 
 
 #: The WAL reports each WalAppend here, in order: None when written, else why not.
-OnWritten = Callable[[WalAppend, DiskFullError | None], None]
+OnWritten = Callable[[WalAppend, WriteRefused | None], None]
 
 
 @attrs.define(slots=True, eq=False)
@@ -153,8 +153,8 @@ class WalWriter(Actor[WalMessage]):
         self.on_written: OnWritten | None = on_written
         # Batches of an epoch below this fail unwritten (see the module docstring).
         self._min_epoch = 0
-        # Why batches of old epochs fail: the disk-full error that moved _min_epoch.
-        self._epoch_error: DiskFullError | None = None
+        # Why batches of old epochs fail: the error that moved _min_epoch.
+        self._epoch_error: WriteRefused | None = None
         # A failed fsync of acknowledged data (interval, none): refuse until a sync succeeds.
         self._unsynced: DiskFullError | None = None
         #: The last disk-full error met, None once a write or sync succeeded since (metrics).
@@ -284,7 +284,7 @@ class WalWriter(Actor[WalMessage]):
                 await self._sync(self._file)
         return self._file
 
-    def _report_failed(self, appends: list[WalAppend], error: DiskFullError) -> None:
+    def _report_failed(self, appends: list[WalAppend], error: WriteRefused) -> None:
         epoch = max(a.epoch for a in appends)
         if epoch >= self._min_epoch:
             self._min_epoch = epoch + 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +62,11 @@ class ThreadedFake:
             return fn(fake)
 
         return asyncio.run_coroutine_threadsafe(on_loop(), self._loop).result(10)
+
+    def wait(self, fn: Callable[[FakeSentinel], Awaitable[T]]) -> T:
+        """Run the coroutine ``fn(fake)`` on the fake's loop and wait for its result."""
+        assert self.fake is not None
+        return asyncio.run_coroutine_threadsafe(fn(self.fake), self._loop).result(10)
 
     def stop(self) -> None:
         if self._stop is not None:

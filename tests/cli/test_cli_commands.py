@@ -24,9 +24,22 @@ from sentinel.node import DEFAULT_MAX_MESSAGE_BYTES
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["consume", "-t", "t", "--offset", "-1"], "--offset must be >= 0"),
+        (["consume", "-t", "t", "--offset", "-1"], f"--offset must be between 0 and {2**63 - 1}, got -1"),
         (["consume", "-t", "t", "--offset", "3", "--from-beginning"], "mutually exclusive"),
-        (["consume", "-t", "t", "--partition", "-2"], "--partition must be >= 0"),
+        (["consume", "-t", "t", "--partition", "-2"], "--partition must be between 0 and 2147483647, got -2"),
+        # Larger than the wire's int64 / int32: an offset of 2**64 + 1 used to be read from 1.
+        (
+            ["consume", "-t", "t", "--offset", "999999999999999999999"],
+            f"--offset must be between 0 and {2**63 - 1}, got 999999999999999999999",
+        ),
+        (["consume", "-t", "t", "--offset", str(2**64 + 1)], f"--offset must be between 0 and {2**63 - 1}"),
+        (
+            ["consume", "-t", "t", "--partition", str(2**31)],
+            f"--partition must be between 0 and 2147483647, got {2**31}",
+        ),
+        # Was the client's "group_id must be a non-empty string or None" (after a connection).
+        (["consume", "-t", "t", "--group", ""], "--group must name a consumer group, got ''"),
+        (["consume", "-t", "t", "--group", "  "], "--group must name a consumer group, got '  '"),
         (["consume", "-t", "t", "--max-messages", "0"], "--max-messages must be >= 1"),
         (["consume", "-t", "t", "--group", "g", "--partition", "0"], "--group assigns partitions"),
         (["consume", "-t", "t", "--group", "g", "--offset", "0"], "--group assigns partitions"),

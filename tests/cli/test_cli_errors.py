@@ -5,6 +5,7 @@ Ctrl-C inside a command (exit 130). Each command run in-process (typer's CliRunn
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import typer
 from cli_support import error_line, invoke
 
-from sentinel.cli.errors import readable_errors, usage_line
+from sentinel.cli.errors import client_log, readable_errors, usage_line
 
 
 @pytest.mark.parametrize(
@@ -128,3 +129,38 @@ def test_ctrl_c_inside_a_command_is_error_interrupted_exit_130(capsys: pytest.Ca
         command()
     assert exited.value.exit_code == 130
     assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def _outage(logger: logging.Logger, address: str, *, reachable: bool, message: str) -> None:
+    level = logging.INFO if reachable else logging.WARNING
+    logger.log(level, "%s", message, extra={"broker": address, "broker_reachable": reachable})
+
+
+@pytest.mark.parametrize("report_outages", [True, False])
+def test_client_log_records_are_command_lines(
+    report_outages: bool, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Were logging's default output: the bare message, over as many lines as it had.
+    reachability = logging.getLogger("sentinel.client.reachability")
+    consumer = logging.getLogger("sentinel.client.consumer")
+    with caplog.at_level(logging.DEBUG), client_log() as log:
+        log.report_outages = report_outages
+        consumer.warning("auto-commit of group g failed: INTERNAL: boom\n  at line two")
+        consumer.info("ev[0]: offset out of range; resetting to earliest")  # not for the user
+        _outage(reachability, "a:1", reachable=False, message="cannot reach broker a:1: refused")
+        assert log.outage == "cannot reach broker a:1: refused"
+        # The same outage again: a commit, a leave that could not reach the broker.
+        _outage(reachability, "a:1", reachable=False, message="cannot reach broker a:1: refused")
+        consumer.warning("leaving group g failed: cannot reach broker a:1: refused")
+        _outage(reachability, "a:1", reachable=True, message="broker a:1 answers again")
+        assert log.outage is None
+        log.warn("a warning of the command's own")
+    outage_lines = ["warning: cannot reach broker a:1: refused; retrying", "broker a:1 answers again"]
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: auto-commit of group g failed: INTERNAL: boom at line two",
+        *(outage_lines if report_outages else []),
+        "warning: a warning of the command's own",
+    ]
+    assert caplog.records == []  # routed to the command only, not also to the root logger's handlers
+    client = logging.getLogger("sentinel.client")
+    assert (client.handlers, client.propagate, client.level) == ([], True, logging.NOTSET)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 import pytest
 from client_fakes import FakeSentinel, run
@@ -16,8 +18,10 @@ from sentinel.client import (
     Producer,
     TopicPartition,
 )
+from sentinel.client.errors import RequestTimeout
 from sentinel.client.fetching import PartitionState, records_from_batches
-from sentinel.errors import FailedPrecondition, NotFound
+from sentinel.client.reachability import Reachability
+from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from sentinel.records import build_batch
 
 TP = TopicPartition("events", 0)
@@ -345,3 +349,156 @@ def test_close_ends_async_iteration_and_getmany() -> None:
             await consumer.getmany()
 
     run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # The broker refuses a longer long poll: every fetch used to fail with INVALID_ARGUMENT.
+        ({"fetch_max_wait_ms": 30_001}, "fetch_max_wait_ms must be an int from 0 to 30000, got 30001"),
+        ({"fetch_max_wait_ms": -1}, "fetch_max_wait_ms must be an int from 0 to 30000, got -1"),
+        ({"fetch_max_wait_ms": 0.5}, "fetch_max_wait_ms must be an int from 0 to 30000, got 0.5"),
+        # uint32 on the wire: a larger value would be wrapped into another one.
+        ({"fetch_max_bytes": 2**32}, f"fetch_max_bytes must be an int from 1 to {2**32 - 1}, got {2**32}"),
+        ({"fetch_max_bytes": 0}, f"fetch_max_bytes must be an int from 1 to {2**32 - 1}, got 0"),
+        (
+            {"session_timeout_ms": 2**32},
+            f"session_timeout_ms must be an int from 1 to {2**32 - 1}, got {2**32}",
+        ),
+        ({"retries": -1}, "retries must be an int >= 0, got -1"),
+        ({"retry_backoff_ms": -5}, "retry_backoff_ms must be a number >= 0, got -5"),
+        ({"max_poll_records": 0}, "max_poll_records must be an int > 0, got 0"),
+    ],
+)
+def test_constructor_refuses_values_out_of_range_naming_the_parameter_and_bound(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        Consumer("localhost:9092", **options)
+    assert str(caught.value) == message
+
+
+def test_a_fetch_wait_at_the_brokers_limit_is_accepted() -> None:
+    Consumer("localhost:9092", fetch_max_wait_ms=30_000)
+
+
+def test_offsets_beyond_int64_are_refused_not_wrapped() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        async with Consumer(fake.address, group_id="g") as consumer:
+            consumer.assign([TP])
+            bound = f"an int from 0 to {2**63 - 1}"
+            with pytest.raises(InvalidArgument, match=f"offset must be {bound}, got {2**64 + 1}"):
+                consumer.seek(TP, 2**64 + 1)  # protobuf would send 1
+            with pytest.raises(InvalidArgument, match=f"commit offset for .* must be {bound}"):
+                await consumer.commit({TP: 2**63})
+            with pytest.raises(InvalidArgument, match=f"timestamp for events\\[0\\] must be {bound}"):
+                await consumer.offsets_for_times({TP: 2**63})
+            assert fake.calls["commit_offsets"] == fake.calls["list_offsets"] == 0
+
+    run(scenario)
+
+
+def _reachability_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str, bool]]:
+    return [
+        (r.levelname, r.getMessage(), r.broker, r.broker_reachable)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if hasattr(r, "broker_reachable")
+    ]
+
+
+def test_a_broker_that_stops_answering_is_logged_once_and_its_return_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Fetches retry without end: they used to fail silently for as long as the broker was away.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"a", b"b"])
+        fake.fail_next("fetch", Status.UNAVAILABLE, "shutting down", times=12)
+        async with Consumer(fake.address, auto_offset_reset="earliest", retry_backoff_ms=1) as consumer:
+            consumer.assign([TP])
+            got: list[ConsumerRecord] = []
+            while len(got) < 2:
+                got += (await consumer.getmany(timeout_ms=5000)).get(TP, [])
+            assert values(got) == [b"a", b"b"]
+        assert fake.calls["fetch"] >= 13
+
+    with caplog.at_level(logging.DEBUG, logger="sentinel.client"):
+        run(scenario)
+    records = _reachability_records(caplog)
+    address = records[0][2]
+    # The default 5 retries: the sixth failure in a row is the outage; the other six say nothing more.
+    assert records == [
+        ("WARNING", f"broker {address}: shutting down", address, False),
+        ("INFO", f"broker {address} answers again", address, True),
+    ]
+
+
+def test_a_blip_the_retries_absorb_is_not_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"a"])
+        fake.fail_next("fetch", Status.UNAVAILABLE, "busy", times=5)
+        async with Consumer(fake.address, auto_offset_reset="earliest", retry_backoff_ms=1) as consumer:
+            consumer.assign([TP])
+            assert values((await consumer.getmany(timeout_ms=5000))[TP]) == [b"a"]
+
+    with caplog.at_level(logging.DEBUG, logger="sentinel.client"):
+        run(scenario)
+    assert _reachability_records(caplog) == []
+
+
+def test_reachability_counts_failures_in_a_row_per_broker(caplog: pytest.LogCaptureFixture) -> None:
+    tracker = Reachability(threshold=3)
+    down = Unavailable("cannot reach broker a:1: Connection refused")
+    with caplog.at_level(logging.DEBUG, logger="sentinel.client"):
+        tracker.failed("a:1", down)
+        tracker.failed("a:1", down)
+        tracker.answered("a:1")  # an answer starts the count again
+        for _ in range(2):
+            tracker.failed("a:1", down)
+        tracker.failed("b:2", down)  # another broker's failures are its own
+        assert tracker.unreachable == frozenset()
+        tracker.failed("a:1", down)
+        assert tracker.unreachable == {"a:1"}
+        tracker.failed("a:1", down)  # still the same outage
+        # An answer naming another leader is routing: the broker is there.
+        tracker.failed("a:1", Unavailable("not the leader", leader="2"))
+        assert tracker.unreachable == frozenset()
+        # A timeout has waited the whole request timeout already: an outage at once.
+        tracker.failed("b:2", RequestTimeout("request to b:2 timed out"))
+        with tracker.watch("b:2"):
+            pass  # an RPC that ended without an error
+        with pytest.raises(NotFound), tracker.watch("b:2"):
+            raise NotFound("an error status is an answer too")
+    assert _reachability_records(caplog) == [
+        ("WARNING", "cannot reach broker a:1: Connection refused", "a:1", False),
+        ("INFO", "broker a:1 answers again", "a:1", True),
+        ("WARNING", "request to b:2 timed out", "b:2", False),
+        ("INFO", "broker b:2 answers again", "b:2", True),
+    ]
+
+
+def test_an_auto_commit_refused_for_a_member_that_must_rejoin_is_not_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A restarted broker forgets every member: each one's next auto-commit is refused and it
+    # re-joins. That was a WARNING (twice per member, per restart) on a CLI user's stderr.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"a"])
+        options = {"group_id": "g", "auto_offset_reset": "earliest", "auto_commit_interval_ms": 1}
+        async with Consumer(fake.address, **options) as consumer:  # type: ignore[arg-type]
+            consumer.subscribe(["events"])
+            assert values((await consumer.getmany(timeout_ms=5000))[TP]) == [b"a"]
+            fake.fail_next("commit_offsets", Status.FAILED_PRECONDITION, "unknown member 'm' in group 'g'")
+            await asyncio.sleep(0.002)  # the 1 ms auto-commit interval has passed
+            await consumer.getmany(timeout_ms=0)  # auto-commit: refused, re-join
+            assert fake.calls["join_group"] == 2
+        assert fake.groups["g"].offsets == {("events", 0): 1}
+
+    with caplog.at_level(logging.INFO, logger="sentinel.client"):
+        run(scenario)
+    assert [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("sentinel.client")
+    ] == [("INFO", "auto-commit of group g refused: unknown member 'm' in group 'g'; re-joining")]

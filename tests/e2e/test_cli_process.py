@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import re
 import signal
 import socket
@@ -322,3 +323,102 @@ def test_ctrl_c_ends_a_command_with_error_interrupted(broker: BrokerProcess) -> 
     typing.send_signal(signal.SIGINT)
     assert typing.communicate(timeout=TIMEOUT_S) == ("", "error: interrupted\n")
     assert typing.returncode == 130
+
+
+class StderrLines:
+    """A process's stderr read line by line on a thread, so a test can wait for the next line
+    with a bound (a line that never comes fails the test instead of hanging it)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._stream = process.stderr
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            self._lines.put(line.rstrip("\n"))
+
+    def next(self) -> str:
+        try:
+            return self._lines.get(timeout=TIMEOUT_S)
+        except queue.Empty:
+            raise AssertionError(f"no line on stderr within {TIMEOUT_S} s") from None
+
+    def rest(self) -> list[str]:
+        """Every line still to come (the process has exited)."""
+        self._thread.join(TIMEOUT_S)
+        lines = []
+        while not self._lines.empty():
+            lines.append(self._lines.get())
+        return lines
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_follow_with_a_dead_broker_is_error_interrupted(broker: BrokerProcess) -> None:
+    # Was silent for as long as it ran (over 55 s watched), then exit 0 on Ctrl-C.
+    b = ("--broker", broker.address)
+    ok(cli("produce", "--topic", "f", "--message", "before", *b))
+    follower = start("consume", "--topic", "f", "--from-beginning", "--follow", *b)
+    assert follower.stdout is not None
+    stderr = StderrLines(follower)
+    assert follower.stdout.readline() == "before\n"
+    broker.kill()
+    warning = stderr.next()
+    assert warning.startswith(f"warning: cannot reach broker {broker.address}: ") and warning.endswith(
+        "; retrying"
+    ), warning
+    follower.send_signal(signal.SIGINT)
+    assert follower.wait(TIMEOUT_S) == 130
+    assert stderr.rest() == ["error: interrupted"]  # one warning for the whole outage
+    assert follower.stdout.read() == ""
+
+
+@pytest.mark.slow
+def test_a_group_follow_goes_on_across_a_broker_restart(broker: BrokerProcess) -> None:
+    b = ("--broker", broker.address)
+    ok(cli("produce", "--topic", "r", "--message", "before", *b))
+    follower = start("consume", "--topic", "r", "--group", "g", "--from-beginning", "--follow", *b)
+    assert follower.stdout is not None
+    stderr = StderrLines(follower)
+    assert follower.stdout.readline() == "before\n"
+    broker.kill()
+    assert stderr.next().startswith(f"warning: cannot reach broker {broker.address}: ")
+    broker.start()  # same data, same port; the group's members are forgotten
+    assert stderr.next() == f"broker {broker.address} answers again"
+    ok(cli("produce", "--topic", "r", "--message", "after", *b))
+    # Re-joined and read on. "before" comes again if the kill beat its auto-commit (at least
+    # once: what was not committed is delivered again).
+    while (line := follower.stdout.readline()) != "after\n":
+        assert line == "before\n"
+    follower.send_signal(signal.SIGINT)
+    assert follower.wait(TIMEOUT_S) == 0  # the broker is back: Ctrl-C ends a follow quietly
+    assert stderr.rest() == []
+    assert follower.stdout.read() == ""
+    described = json.loads(ok(cli("groups", "describe", "g", "--format", "json", *b)))
+    assert sum(o["committed_offset"] for o in described["offsets"]) == 2  # committed on the way out
+
+
+@pytest.mark.slow
+def test_a_consume_without_follow_ends_on_ctrl_c_and_on_a_dead_broker_with_one_line(
+    broker: BrokerProcess,
+) -> None:
+    b = ("--broker", broker.address)
+    ok(cli("produce", "--topic", "big", "--message", "x" * 100, "--count", "50000", *b))
+    # Each blocks on its full stdout pipe after the first records: both are mid-way.
+    interrupted = start("consume", "--topic", "big", "--from-beginning", *b)
+    orphaned = start("consume", "--topic", "big", "--from-beginning", *b)
+    for process in (interrupted, orphaned):
+        assert process.stdout is not None
+        assert process.stdout.readline() == "x" * 100 + "\n"
+    # Was "interrupted" without the "error:" of every other command.
+    interrupted.send_signal(signal.SIGINT)
+    out, err = interrupted.communicate(timeout=TIMEOUT_S)
+    assert (interrupted.returncode, err) == (130, "error: interrupted\n")
+    assert len(out.splitlines()) < 50000 - 1
+    broker.kill()
+    out, err = orphaned.communicate(timeout=TIMEOUT_S)  # in bounded time
+    assert orphaned.returncode == 1
+    assert len(out.splitlines()) < 50000 - 1
+    assert err.startswith(f"error: cannot reach broker {broker.address}: ") and err.count("\n") == 1, err

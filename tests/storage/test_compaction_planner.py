@@ -1,4 +1,5 @@
-"""The compaction planner (pure): triggers, input choice, trivial moves, tombstone dropping."""
+"""The compaction planner (pure): triggers, input choice, trivial moves, tombstone dropping,
+and the plans that leave damaged tables out."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from sentinel.storage.compaction import (
     CompactionOptions,
     compaction_for_level,
     key_range,
+    l0_blockers,
     level_scores,
+    movable_l0_files,
     pick_compaction,
     reclaim_plans,
 )
@@ -191,3 +194,93 @@ def test_reclaim_range_end_is_exclusive_and_nothing_known_means_nothing_to_do() 
     assert reclaim_plans(version, [(b"a", b"m")], obsolete=lambda key: False) == []
     assert reclaim_plans(version, [], obsolete=lambda key: False) == []
     assert len(reclaim_plans(version, [(b"p", b"q")], obsolete=lambda key: False)) == 1
+
+
+# -- damaged tables: never an input that is read ------------------------------------------
+
+
+def test_a_damaged_l0_file_holds_back_the_newer_l0_files_overlapping_it_and_only_those() -> None:
+    version = version_of(
+        (0, f(10, b"a", b"f")),  # older than the damaged file, overlaps it: may go down
+        (0, f(11, b"d", b"h")),  # damaged
+        (0, f(12, b"g", b"k")),  # newer, overlaps 11: an older file would hide it from reads
+        (0, f(13, b"j", b"m")),  # overlaps only 12, which stays: held back too
+        (0, f(14, b"x", b"z")),  # newer, overlaps nothing held: may go down
+        (1, f(1, b"a", b"b")),
+        (1, f(2, b"y", b"y")),
+    )
+    damaged = {11}
+    assert numbers(movable_l0_files(version, damaged)) == [14, 10]  # newest first
+    plan = pick_compaction(version, OPTIONS, {}, damaged)
+    assert plan is not None and plan.level == 0
+    assert numbers(plan.inputs) == [14, 10]
+    assert numbers(plan.overlaps) == [1, 2]  # every L1 file in a..z (none damaged)
+    assert [x.number for x in l0_blockers(version, damaged)] == [11]
+    # Without damage: every L0 file, as before.
+    assert numbers(movable_l0_files(version)) == [14, 13, 12, 11, 10]
+    plan = pick_compaction(version, OPTIONS, {})
+    assert plan is not None and numbers(plan.inputs) == [14, 13, 12, 11, 10]
+
+
+def test_when_every_l0_file_is_held_back_there_is_no_l0_plan_and_other_levels_go_on() -> None:
+    version = version_of(
+        *((0, f(n, b"a", b"z")) for n in range(10, 16)),  # L0 score 6/4, all overlapping 10
+        (1, f(1, b"a", b"c", 20 * MIB)),  # L1 score 1.25: lower, but it can be done
+        (2, f(2, b"m", b"n")),
+    )
+    damaged = {10}
+    assert movable_l0_files(version, damaged) == ()
+    assert compaction_for_level(version, 0, {}, damaged) is None
+    plan = pick_compaction(version, OPTIONS, {}, damaged)
+    assert plan is not None and plan.level == 1 and plan.is_trivial_move
+    only_l0 = version_of(*((0, x) for x in version.files(0)))
+    assert pick_compaction(only_l0, OPTIONS, {}, damaged) is None  # over its trigger, but stuck
+
+
+def test_a_damaged_l1_file_holds_back_the_l0_files_overlapping_it() -> None:
+    version = version_of(
+        (0, f(10, b"a", b"c")),
+        (0, f(11, b"e", b"f")),  # overlaps the damaged L1 file
+        (0, f(12, b"h", b"i")),
+        (0, f(13, b"j", b"k")),
+        (0, f(14, b"j", b"p")),  # newer than 13, overlaps it: fine, both go
+        (1, f(1, b"d", b"g")),  # damaged
+        (1, f(2, b"x", b"z")),  # damaged, overlaps no L0 file
+    )
+    damaged = {1, 2}
+    # The movable files lie on both sides of the damaged d..g: one compaction takes the
+    # larger group (its range must not reach the damaged file), the next the other.
+    assert numbers(movable_l0_files(version, damaged)) == [14, 13, 12]
+    plan = compaction_for_level(version, 0, {}, damaged)
+    assert plan is not None and plan.overlaps == ()
+    assert [x.number for x in l0_blockers(version, damaged)] == [1]
+    after = version.apply(
+        VersionEdit(deleted=tuple((0, n) for n in (14, 13, 12)), added=((1, f(20, b"h", b"p")),))
+    )
+    assert numbers(movable_l0_files(after, damaged)) == [10]
+
+
+def test_deeper_levels_choose_the_next_file_whose_compaction_needs_no_damaged_table() -> None:
+    l1 = [f(1, b"a", b"c", 6 * MIB), f(2, b"d", b"f", 6 * MIB), f(3, b"g", b"i", 6 * MIB)]
+    version = version_of(*((1, x) for x in l1), (2, f(7, b"e", b"e")), (2, f(8, b"h", b"z")))
+    # 2 overlaps the damaged 7 below it: round-robin passes over it.
+    plan = compaction_for_level(version, 1, {1: b"c"}, {7})
+    assert plan is not None and numbers(plan.inputs) == [3] and numbers(plan.overlaps) == [8]
+    # A damaged input is never merged...
+    plan = compaction_for_level(version, 1, {1: b"f"}, {3, 7})
+    assert plan is not None and numbers(plan.inputs) == [1] and plan.is_trivial_move
+    # ...but one with nothing below it is moved down (a manifest edit: the file is not read).
+    plan = compaction_for_level(version, 1, {}, {1})
+    assert plan is not None and numbers(plan.inputs) == [1] and plan.is_trivial_move
+    # Nothing left that may go: 1 and 3 overlap damaged files below, 2 is damaged itself
+    # and has a file below it. The level stays over its budget, and nothing is planned.
+    blocked = version.apply(VersionEdit(added=((2, f(9, b"b", b"b")),)))
+    assert compaction_for_level(blocked, 1, {}, {2, 9, 8}) is None
+    assert pick_compaction(blocked, OPTIONS, {}, {2, 9, 8}) is None
+
+
+def test_reclaim_never_rewrites_a_damaged_table() -> None:
+    last = NUM_LEVELS - 1
+    version = version_of((last, f(4, b"e", b"f")), (last, f(5, b"g", b"h")))
+    plans = reclaim_plans(version, [(b"a", b"z")], obsolete=lambda key: True, damaged={4})
+    assert [numbers(p.inputs) for p in plans] == [[5]]
