@@ -332,12 +332,15 @@ class Store:
         return wal.disk_full or compactor.flush_blocked
 
     def check_space(self) -> None:
-        """Raise the error a write would be refused with now, if the disk is full, and count
-        it as a refused write: a caller refuses up front instead of queueing the write."""
-        full = self.disk_full
-        if full is not None:
+        """Raise the error writes are refused with now (the disk is full, or a damaged table
+        holds L0 at its bound: storage needs repair) and count it as a refused write: a
+        caller refuses up front instead of queueing a write that would be held."""
+        refusal: WriteRefused | None = self.disk_full
+        if refusal is None and self._compactor is not None:
+            refusal = self._compactor.needs_repair
+        if refusal is not None:
             self._refused_up_front += 1
-            raise full
+            raise refusal
 
     def statistics(self) -> StorageStatistics:
         assert self._memtables is not None and self._wal is not None and self._compactor is not None
