@@ -611,7 +611,10 @@ class RaftNode:
         elif t is _HEARTBEAT:
             self.election_elapsed = 0
             self.lead = m.frm
-            self.log.commit_to(m.commit)
+            if not self.recovering:
+                # A recovering node's leader may still believe in entries it lost (its match
+                # is stale until our flagged answer resets it): take commits from appends only.
+                self.log.commit_to(m.commit)
             self._respond(Message(_HEARTBEAT_RESP, self.id, m.frm, self.term))
         elif t is _SNAP:
             self.election_elapsed = 0

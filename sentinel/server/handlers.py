@@ -292,6 +292,9 @@ class Handlers:
         return pb.TransferLeaderResponse(leader=leader)
 
     async def init_producer_id(self, request: pb.InitProducerIdRequest) -> pb.InitProducerIdResponse:
+        # A controller write: refused up front on a full disk, as produce is (the controller's
+        # Raft group would hold it until space is back, and the producer would time out).
+        self.broker.check_disk_space()
         producer_id = await self.broker.controller.propose(md.allocate_producer_id())
         assert isinstance(producer_id, int)
         return pb.InitProducerIdResponse(producer_id=producer_id, producer_epoch=0)

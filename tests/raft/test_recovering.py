@@ -122,3 +122,20 @@ def test_the_flag_travels_on_the_wire() -> None:
     m = Message(MsgType.APP_RESP, 3, 1, 4, index=7, recovering=True)
     decoded, _ = fmt.decode_message(fmt.encode_message(m))
     assert decoded == m and decoded.recovering
+
+
+def test_a_heartbeat_trusting_a_stale_match_does_not_break_a_recovering_node() -> None:
+    """Right after the restart its leader still has the old match: the heartbeat's commit
+    may lie beyond what the damaged log now holds. Recovering, the node ignores it (an
+    ordinary node would rightly treat that as a broken invariant) and answers flagged."""
+    net = Network.of((1, 2, 3), check_quorum=False)
+    elect(net, 1)
+    propose(net, 1, b"a", b"b", b"c")
+    net.crash(3)
+    net.peers[3] = recovering(Peer.start(net[3].config, new_storage(), net[3].rng))
+    net.crashed.discard(3)
+    leader = net[1].node
+    for _ in range(leader.config.heartbeat_tick):
+        leader.tick()  # a heartbeat to node 3 with commit min(old match 4, commit 4) = 4
+    net.stabilize()
+    assert not net[3].node.recovering and net[3].node.log.committed == leader.log.committed
