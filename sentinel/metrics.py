@@ -64,6 +64,18 @@ class Metrics:
         self.wal_fsync = Histogram(
             "sentinel_wal_fsync_seconds", "WAL fsync duration", buckets=FSYNC_BUCKETS_SECONDS, registry=r
         )
+        self.raft_append_latency = Histogram(
+            "sentinel_raft_append_latency_seconds",
+            "Time to persist a Raft Ready (entries, hard state) of any group",
+            buckets=FSYNC_BUCKETS_SECONDS,
+            registry=r,
+        )
+        self.raft_commit_latency = Histogram(
+            "sentinel_raft_commit_latency_seconds",
+            "Time from proposing a produced batch to its commit on a majority",
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=r,
+        )
         self.requests = Counter(
             "sentinel_requests", "gRPC requests by method and status", ["method", "status"], registry=r
         )

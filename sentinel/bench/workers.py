@@ -282,6 +282,37 @@ async def produce_batches(p: dict[str, Any]) -> dict[str, Any]:
     return {"records": sent, "seconds": elapsed, "client_cpu_s": cpu}
 
 
+async def probe(p: dict[str, Any]) -> dict[str, Any]:
+    """Send one record every ``interval_ms`` for ``seconds`` (acks=all, retried) and report
+    when each acknowledgement arrived (``time.monotonic``, comparable across processes on
+    one machine): what a failover benchmark reads the outage from."""
+    from sentinel.client import Producer
+
+    address, topic = p["address"], p["topic"]
+    acked: list[float] = []
+    failures = 0
+
+    def done(future: asyncio.Future[Any]) -> None:
+        nonlocal failures
+        if future.exception() is None:
+            acked.append(time.monotonic())
+        else:
+            failures += 1
+
+    async with Producer(address, acks="all", linger_ms=0, request_timeout_ms=10_000, retries=50) as producer:
+        await producer.send_and_wait(topic, b"warm", partition=0)
+        _event("started")
+        interval = p["interval_ms"] / 1000
+        deadline = time.monotonic() + p["seconds"]
+        while time.monotonic() < deadline:
+            future = await producer.send(topic, b"probe", partition=0)
+            future.add_done_callback(done)
+            await asyncio.sleep(interval)
+        await producer.flush()
+        await asyncio.sleep(0)
+    return {"acked": acked, "failures": failures}
+
+
 ROLES = {
     "produce": produce,
     "produce-batches": produce_batches,
@@ -289,6 +320,7 @@ ROLES = {
     "preload": preload,
     "consume": consume,
     "follow": follow,
+    "probe": probe,
 }
 
 

@@ -1,36 +1,32 @@
-"""Broker: the actor that owns topic metadata, plus the data path through partition logs.
+"""Broker: the topics this node serves and the partition replicas it hosts.
 
-Topic changes (create, delete) are requests to this actor, served one at a time and made
-durable in the storage engine before they are answered. After each change the actor
-publishes a new immutable ``topics`` mapping; produce and fetch look their partition log
-up in it without a round trip through the actor (the same snapshot idea as the storage
-engine's read view), and go straight to the partition log.
+The cluster's topics are the controller's (``sentinel/cluster/controller.py``): creating or
+deleting one is a proposal to it, from any node. The Broker follows the controller's
+published metadata and keeps this node's partition replicas in step with it: it starts a
+``PartitionReplica`` for every partition assigned here and closes those of deleted topics.
+After each change it publishes an immutable ``topics`` mapping; produce and fetch look
+their partition up in it without a round trip through any actor and go straight to the
+replica (``topic.log(p)``), which answers UNAVAILABLE naming the leader when it does not
+lead. A partition hosted elsewhere is a ``RemotePartition`` that says where to go.
 
-Data of a deleted topic, and records below a partition's log start offset (retention),
-are dropped by the storage engine's compaction through :meth:`Broker.is_obsolete`, the
-compaction filter: nothing scans or rewrites records to delete them.
-
-A full disk (or storage that needs repair) is an answer, not a crash: a topic change the
-storage engine refuses (:class:`WriteRefused`) fails that request and changes nothing; a
-retention pass that cannot record a new log start or reclaim space leaves it for the next
-pass.
+Data of a deleted topic, records below a replica's log start (retention) and Raft entries
+below a group's first index are dropped by the storage engine's compaction through
+``is_obsolete``, the compaction filter: nothing scans or rewrites records to delete them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import attrs
 import trio
 
-from sentinel.actors import Actor, Request
 from sentinel.broker import keys
-from sentinel.broker.log import AppendResult, LocalPartitionLog
 from sentinel.broker.names import (
     validate_new_topic_name,
     validate_partition_count,
@@ -38,21 +34,42 @@ from sentinel.broker.names import (
     validate_topic_name,
 )
 from sentinel.broker.partitioner import ANY_PARTITION, RoundRobinPartitioner, partition_for_key
+from sentinel.broker.reader import ReadResult
+from sentinel.broker.replica import (
+    ACKS_ALL,
+    AppendResult,
+    ApplyRetention,
+    PartitionReplica,
+    ReadRunner,
+    partition_group,
+)
+from sentinel.cluster import metadata as md
+from sentinel.cluster.controller import Controller, ControllerView
+from sentinel.cluster.group import RaftObservers, Send
 from sentinel.errors import (
-    AlreadyExists,
-    CorruptionError,
+    ActorClosed,
     InvalidArgument,
     InvalidRecordBatch,
     NotFound,
+    SentinelError,
+    Unavailable,
     WriteRefused,
 )
+from sentinel.raft import lsm_storage
+from sentinel.raft.core import Config
+from sentinel.raft.messages import NONE, Message, Role
 from sentinel.records import RecordBatch
 from sentinel.storage.store import Store
 
+logger = logging.getLogger(__name__)
+
 # Retention is enforced this often; deleting old data is never urgent.
 RETENTION_CHECK_SECONDS = 30.0
+# How long a topic change waits for this node to have applied it (a create answered before
+# the topic is usable here would make the very next produce fail).
+APPLY_WAIT_SECONDS = 10.0
 
-logger = logging.getLogger(__name__)
+TopicConfig = md.TopicConfig
 
 
 @attrs.frozen
@@ -60,31 +77,73 @@ class BrokerOptions:
     node_id: int = 1
     auto_create_topics: bool = True
     default_partitions: int = 1
+    default_replication_factor: int = 1
     default_retention_ms: int = 0  # 0: keep forever
     default_retention_bytes: int = 0
     retention_check_seconds: float = RETENTION_CHECK_SECONDS
 
 
-@attrs.frozen
-class TopicConfig:
-    retention_ms: int = 0
-    retention_bytes: int = 0
+class RemotePartition:
+    """A partition this node holds no replica of: every data request is sent elsewhere."""
+
+    def __init__(
+        self, topic: str, partition: int, replicas: tuple[int, ...], address_of: Callable[[int], str | None]
+    ):
+        self.topic = topic
+        self.partition = partition
+        self.replicas = replicas
+        self._address_of = address_of
+
+    high_watermark = log_start_offset = log_end_offset = size_bytes = -1
+
+    def _elsewhere(self) -> Unavailable:
+        # The preferred leader is the likeliest; the client refreshes metadata anyway.
+        return Unavailable(
+            f"this node holds no replica of {self.topic}[{self.partition}] (replicas: nodes "
+            f"{', '.join(map(str, self.replicas))})",
+            leader=self._address_of(self.replicas[0]),
+        )
+
+    def check_leader(self) -> None:
+        raise self._elsewhere()
+
+    def read(self, offset: int, max_bytes: int) -> ReadResult:
+        raise self._elsewhere()
+
+    async def fetch(self, offset: int, max_bytes: int) -> ReadResult:
+        raise self._elsewhere()
+
+    async def wait_for_data(self, offset: int) -> None:
+        raise self._elsewhere()
+
+    async def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int]:
+        raise self._elsewhere()
+
+    async def produce(self, batches: Sequence[RecordBatch], acks: int = ACKS_ALL) -> AppendResult:
+        raise self._elsewhere()
+
+
+Partition = PartitionReplica | RemotePartition
 
 
 @attrs.frozen
 class Topic:
     name: str
     topic_id: int
-    replication_factor: int
+    replicas: tuple[tuple[int, ...], ...]
     config: TopicConfig
     created_ms: int
-    logs: tuple[LocalPartitionLog, ...]
+    logs: tuple[Partition, ...]
 
     @property
     def partitions(self) -> int:
         return len(self.logs)
 
-    def log(self, partition: int) -> LocalPartitionLog:
+    @property
+    def replication_factor(self) -> int:
+        return len(self.replicas[0]) if self.replicas else 0
+
+    def log(self, partition: int) -> Partition:
         if not 0 <= partition < len(self.logs):
             raise InvalidArgument(
                 f"partition {partition} does not exist in topic {self.name!r} "
@@ -93,49 +152,20 @@ class Topic:
         return self.logs[partition]
 
 
-@attrs.define(slots=True, eq=False)
-class CreateTopic(Request[Topic]):
-    name: str
-    partitions: int
-    replication_factor: int
-    config: TopicConfig
-    # Auto-creation: an existing topic is the answer, not an error.
-    if_absent: bool = False
-
-
-@attrs.define(slots=True, eq=False)
-class DeleteTopic(Request[None]):
-    name: str
-
-
-def _encode_topic(
-    topic_id: int, partitions: int, replication_factor: int, config: TopicConfig, created_ms: int
-) -> bytes:
-    return json.dumps(
-        {
-            "id": topic_id,
-            "partitions": partitions,
-            "replication_factor": replication_factor,
-            "retention_ms": config.retention_ms,
-            "retention_bytes": config.retention_bytes,
-            "created_ms": created_ms,
-        },
-        sort_keys=True,
-    ).encode()
-
-
 @attrs.frozen
 class _Liveness:
-    """What decides whether stored data is obsolete, published by the broker as one value."""
+    """What decides whether stored data is obsolete, published by the broker as one value
+    (the compaction filter reads it from worker threads: one attribute read)."""
 
     live_ids: frozenset[int]
     #: Every topic id below this that is not live belongs to a deleted topic.
     next_topic_id: int
     log_starts: Mapping[tuple[int, int], int]
+    raft: Mapping[int, lsm_storage.LsmRaftStorage]
 
 
 class ObsoleteData:
-    """The storage engine's compaction filter for a broker's data.
+    """The storage engine's compaction filter for a node's data.
 
     The store starts (and may compact) before the broker that knows which data is obsolete
     exists: until :meth:`bind` this keeps everything, then it asks the broker.
@@ -155,38 +185,55 @@ class ObsoleteData:
         return broker is not None and broker.is_obsolete(key)
 
 
-class Broker(Actor[object]):
-    mailbox_capacity = 256
+class Broker:
+    """Not an actor of its own mailbox: a supervisor task that follows the controller's
+    views, and a published ``topics`` mapping everything else reads."""
 
     def __init__(
         self,
         store: Store,
+        controller: Controller,
+        send: Send,
         options: BrokerOptions | None = None,
         *,
+        controller_storage: lsm_storage.LsmRaftStorage | None = None,
+        raft_config: Callable[[int, tuple[int, ...]], Config] | None = None,
         on_append: Callable[[str, int, int, int], None] | None = None,
+        observers: RaftObservers | None = None,
+        read_runner: ReadRunner | None = None,
+        seed: int | None = None,
     ) -> None:
-        super().__init__("broker")
         self.store = store
+        self._read_runner = read_runner
+        self._observers = observers
+        self.controller = controller
         self.options = options or BrokerOptions()
-        self._topics: Mapping[str, Topic] = MappingProxyType({})
-        self._next_topic_id = 1
-        self._round_robin = RoundRobinPartitioner()
+        self._send = send
+        self._controller_storage = controller_storage
+        self._raft_config = raft_config
         self._on_append = on_append
-        #: Called (synchronously, in the actor) with a topic's name once it exists; the group
-        #: coordinator uses it to rebalance groups already subscribed to that name.
+        self._rng = random.Random(seed)
+        self._topics: Mapping[str, Topic] = MappingProxyType({})
+        self._replicas: Mapping[int, PartitionReplica] = MappingProxyType({})  # by Raft group
+        self._round_robin = RoundRobinPartitioner()
+        #: Called with a topic's name once it exists here (the group coordinator rebalances
+        #: groups subscribed to it).
         self.on_topic_created: list[Callable[[str], None]] = []
-        # Key ranges that became obsolete since the last retention pass (deleted topics,
-        # moved log starts): that pass asks the storage engine to reclaim their space.
+        self._reconciled = trio.Event()
+        self._nursery: trio.Nursery | None = None
         self._to_reclaim: list[tuple[bytes, bytes]] = []
-        # Read by the compaction filter in storage worker threads: replaced, never mutated.
-        # Until ``_load`` publishes the first one, nothing counts as obsolete.
-        self._liveness = _Liveness(live_ids=frozenset(), next_topic_id=0, log_starts={})
+        # Until the first reconcile publishes one, nothing counts as obsolete.
+        self._liveness = _Liveness(frozenset(), 0, MappingProxyType({}), MappingProxyType({}))
 
     # -- snapshot reads (no actor round trip) -----------------------------------------
 
     @property
     def topics(self) -> Mapping[str, Topic]:
         return self._topics
+
+    @property
+    def replicas(self) -> Mapping[int, PartitionReplica]:
+        return self._replicas
 
     def topic(self, name: str) -> Topic:
         topic = self._topics.get(name)
@@ -195,181 +242,266 @@ class Broker(Actor[object]):
             raise NotFound(f"topic {name!r} does not exist")
         return topic
 
-    def is_obsolete(self, key: bytes) -> bool:
-        """Compaction filter: True for data of deleted topics and below a log start."""
-        parsed = keys.parse_data_key(key)
-        if parsed is None:
-            return False
-        topic_id, partition, last_offset = parsed
-        liveness = self._liveness  # one read: one consistent view, whatever the actor does
-        if topic_id not in liveness.live_ids:
-            return topic_id < liveness.next_topic_id
-        return last_offset < liveness.log_starts.get((topic_id, partition), 0)
+    def address_of(self, node: int) -> str | None:
+        broker = self.controller.view.image.brokers.get(node)
+        return None if broker is None else f"{broker.host}:{broker.port}"
+
+    def deliver(self, group: int, m: Message) -> None:
+        """A Raft message for one of this node's partition groups (from the peer links)."""
+        replica = self._replicas.get(group)
+        if replica is not None:
+            replica.deliver(m)
+        # else: a group not (yet) created here: dropped like a lost packet; Raft retransmits.
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def on_start(self) -> None:
-        self._load()
-
-    async def serve(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            view = self.controller.view
+            # Start with the topics of every entry this node knew committed (a restart: the
+            # controller replays them from its own log), so none is missing at first.
+            with trio.move_on_after(APPLY_WAIT_SECONDS):
+                while view.image.applied_index < view.commit:
+                    view = await self.controller.wait_changed(view)
+            await self._reconcile(view)
+            task_status.started(self)
             nursery.start_soon(self._retention_loop)
-            await super().serve()
-            nursery.cancel_scope.cancel()
-
-    async def on_stop(self) -> None:
-        for topic in self._topics.values():
-            for log in topic.logs:
-                log.close()
-
-    def _load(self) -> None:
-        counters = self.store.get(keys.COUNTERS)
-        next_topic_id = self._next_topic_id if counters is None else keys.decode_counters(counters)
-        topics: dict[str, Topic] = {}
-        for key, value in self.store.scan(keys.TOPIC, keys.prefix_end(keys.TOPIC)):
-            name = key[1:].decode()
             try:
-                meta = json.loads(value)
-                logs = tuple(self._open_log(name, meta["id"], p) for p in range(meta["partitions"]))
-                topics[name] = Topic(
-                    name=name,
-                    topic_id=meta["id"],
-                    replication_factor=meta["replication_factor"],
-                    config=TopicConfig(meta["retention_ms"], meta["retention_bytes"]),
-                    created_ms=meta["created_ms"],
-                    logs=logs,
-                )
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CorruptionError(f"topic metadata of {name!r}", None, str(exc)) from None
-        self._next_topic_id = next_topic_id
-        self._publish(topics)
+                while True:
+                    view = await self.controller.wait_changed(view)
+                    await self._reconcile(view)
+            finally:
+                for replica in self._replicas.values():
+                    replica.close()
 
-    def _open_log(self, name: str, topic_id: int, partition: int) -> LocalPartitionLog:
-        raw = self.store.get(keys.state_key(topic_id, partition))
-        state = (
-            keys.PartitionState() if raw is None else keys.decode_state(raw, f"state of {name}[{partition}]")
-        )
+    async def stop_replicas(self) -> None:
+        """Graceful stop: every replica finishes what is queued and stops."""
+        replicas = list(self._replicas.values())
+        for replica in replicas:
+            replica.close()
+        for replica in replicas:
+            await replica.wait_stopped()
+
+    async def _reconcile(self, view: ControllerView) -> None:
+        """Make this node's replicas and published topics match the metadata ``view``."""
+        image = view.image
+        me = self.options.node_id
+        replicas = dict(self._replicas)
+        topics: dict[str, Topic] = {}
+        created: list[str] = []
+        wanted: set[int] = set()
+        for name, meta in image.topics.items():
+            logs: list[Partition] = []
+            for p, assigned in enumerate(meta.replicas):
+                group = partition_group(meta.topic_id, p)
+                if me not in assigned:
+                    logs.append(RemotePartition(name, p, assigned, self.address_of))
+                    continue
+                wanted.add(group)
+                replica = replicas.get(group)
+                if replica is None:
+                    replica = replicas[group] = await self._start_replica(name, meta, p, assigned)
+                logs.append(replica)
+            previous = self._topics.get(name)
+            if previous is not None and previous.topic_id == meta.topic_id and previous.logs == tuple(logs):
+                topics[name] = previous  # unchanged: the same object (readers compare identity)
+            else:
+                topics[name] = Topic(
+                    name, meta.topic_id, meta.replicas, meta.config, meta.created_ms, tuple(logs)
+                )
+            if previous is None or previous.topic_id != meta.topic_id:
+                created.append(name)
+        for group in [g for g in replicas if g not in wanted]:
+            gone = replicas.pop(group)
+            gone.close()  # its topic was deleted: wake waiting readers, stop the group
+            self._to_reclaim.extend(self._group_ranges(gone.topic_id, gone.partition))
+        deleted_ids = {t.topic_id for t in self._topics.values()} - {t.topic_id for t in topics.values()}
+        for topic_id in deleted_ids:
+            self._to_reclaim.append(keys.topic_data_range(topic_id))
+        self._replicas = MappingProxyType(replicas)
+        self._topics = MappingProxyType(topics)
+        self._publish_liveness(image.next_topic_id)
+        self._reconciled.set()
+        self._reconciled = trio.Event()
+        for name in created:
+            for callback in self.on_topic_created:
+                callback(name)
+
+    async def _start_replica(
+        self, name: str, meta: md.TopicMeta, partition: int, assigned: tuple[int, ...]
+    ) -> PartitionReplica:
+        me = self.options.node_id
+        config = self._raft_config(me, assigned) if self._raft_config is not None else None
 
         def appended(records: int, size: int) -> None:
             if self._on_append is not None:
                 self._on_append(name, partition, records, size)
 
-        return LocalPartitionLog(self.store, name, topic_id, partition, state, on_append=appended)
+        replica = PartitionReplica(
+            self.store,
+            topic=name,
+            topic_id=meta.topic_id,
+            partition=partition,
+            node_id=me,
+            replicas=assigned,
+            send=self._send,
+            rng=random.Random(self._rng.random()),
+            raft_config=config,
+            address_of=self.address_of,
+            on_append=appended,
+            observers=self._observers,
+            read_runner=self._read_runner,
+        )
+        assert self._nursery is not None
+        await self._nursery.start(replica.run)
+        return replica
 
-    def _publish(self, topics: dict[str, Topic]) -> None:
-        self._topics = MappingProxyType(topics)
-        self._publish_liveness()
+    def _group_ranges(self, topic_id: int, partition: int) -> list[tuple[bytes, bytes]]:
+        prefix = lsm_storage.group_prefix(partition_group(topic_id, partition))
+        return [(prefix, keys.prefix_end(prefix))]
 
-    def _publish_liveness(self) -> None:
-        """Publish what the compaction filter reads, as one immutable value."""
+    # -- the compaction filter ---------------------------------------------------------
+
+    def _publish_liveness(self, next_topic_id: int) -> None:
         topics = self._topics.values()
         self._liveness = _Liveness(
             live_ids=frozenset(t.topic_id for t in topics),
-            next_topic_id=self._next_topic_id,
+            next_topic_id=next_topic_id,
             log_starts=MappingProxyType(
-                {(t.topic_id, log.partition): log.log_start_offset for t in topics for log in t.logs}
+                {(r.topic_id, r.partition): r.view.log_start_offset for r in self._replicas.values()}
             ),
+            raft=MappingProxyType({g: r.storage for g, r in self._replicas.items()}),
         )
 
-    # -- topic admin (requests served by the actor) -------------------------------------
+    def is_obsolete(self, key: bytes) -> bool:
+        """Compaction filter: data, partition state and Raft records of deleted topics,
+        records below a replica's log start, Raft entries below a group's first index."""
+        liveness = self._liveness  # one read: one consistent view, whatever else runs
+        parsed = keys.parse_data_key(key)
+        if parsed is not None:
+            topic_id, partition, last_offset = parsed
+            if topic_id not in liveness.live_ids:
+                return topic_id < liveness.next_topic_id
+            return last_offset < liveness.log_starts.get((topic_id, partition), 0)
+        entry = lsm_storage.parse_entry_key(key)
+        if entry is not None:
+            group, index = entry
+            if group == 0:
+                storage = self._controller_storage
+                return storage is not None and storage.is_obsolete(index)
+            topic_id = group >> 32
+            if topic_id not in liveness.live_ids:
+                return topic_id < liveness.next_topic_id
+            storage = liveness.raft.get(group)
+            return storage is not None and storage.is_obsolete(index)
+        owner = _partition_key_topic(key)
+        if owner is not None:
+            # A deleted topic's partition state, producer table and Raft hard state.
+            return owner not in liveness.live_ids and owner < liveness.next_topic_id
+        return False
+
+    # -- topic admin (proposals to the controller) ---------------------------------------
 
     async def create_topic(
         self,
         name: str,
         partitions: int | None = None,
-        replication_factor: int = 1,
+        replication_factor: int | None = None,
         config: TopicConfig | None = None,
         *,
         if_absent: bool = False,
     ) -> Topic:
         (validate_topic_name if if_absent and name in self._topics else validate_new_topic_name)(name)
-        count = self.options.default_partitions if partitions is None or partitions == 0 else partitions
+        count = self.options.default_partitions if not partitions else partitions
         validate_partition_count(count)
-        validate_replication_factor(replication_factor, brokers=1)
+        image = self.controller.view.image
+        brokers = sorted(image.brokers)
+        if replication_factor is None:
+            # A default never exceeds the cluster (a one-node cluster gets 1).
+            rf = min(self.options.default_replication_factor, max(len(brokers), 1))
+        else:
+            rf = replication_factor
+        validate_replication_factor(rf, brokers=max(len(brokers), 1))
         config = config or TopicConfig(
             self.options.default_retention_ms, self.options.default_retention_bytes
         )
         if config.retention_ms < 0 or config.retention_bytes < 0:
             raise InvalidArgument("retention_ms and retention_bytes must be >= 0 (0 keeps data forever)")
-        return await self.call(CreateTopic(name, count, replication_factor, config, if_absent))
+        if not brokers:
+            raise Unavailable("the cluster has no registered brokers yet: retry in a moment")
+        existing = self._topics.get(name)
+        if existing is not None and if_absent:
+            return existing
+        self.check_disk_space()
+        replicas = md.assign_replicas(brokers, count, rf, image.topics)
+        created = await self.controller.propose(
+            md.create_topic(name, replicas, config, int(time.time() * 1000), if_absent=if_absent)
+        )
+        assert isinstance(created, md.TopicMeta)
+        topic_id = created.topic_id
+        topic = await self._wait_applied(name, lambda topic: topic is not None and topic.topic_id == topic_id)
+        await self.wait_leaders([topic])
+        return topic
 
     async def delete_topic(self, name: str) -> None:
-        await self.call(DeleteTopic(name))
+        validate_topic_name(name)
+        self.check_disk_space()
+        await self.controller.propose(md.delete_topic(name))
+        await self._wait_applied(name, lambda topic: topic is None)
 
-    async def handle(self, message: object) -> None:
-        if isinstance(message, CreateTopic | DeleteTopic):
-            try:
-                if isinstance(message, CreateTopic):
-                    await self._create(message)
-                else:
-                    await self._delete(message)
-            except WriteRefused as exc:
-                # Refused before anything changed (the change is made durable first).
-                message.reply.fail(exc)
-        else:
-            raise TypeError(f"broker got an unexpected message {message!r}")
+    def check_disk_space(self) -> None:
+        """Refuse a write at once while writes would fail for lack of space: a Raft group
+        would hold it (and its caller) until space is back."""
+        self.store.check_space()
 
-    async def _create(self, request: CreateTopic) -> None:
-        existing = self._topics.get(request.name)
-        if existing is not None:
-            if request.if_absent:
-                request.reply.set(existing)
-            else:
-                request.reply.fail(AlreadyExists(f"topic {request.name!r} already exists"))
-            return
-        topic_id = self._next_topic_id
-        created_ms = int(time.time() * 1000)
-        value = _encode_topic(
-            topic_id, request.partitions, request.replication_factor, request.config, created_ms
+    async def wait_leaders(self, topics: Iterable[Topic]) -> None:
+        """Until every replica of ``topics`` hosted here knows its leader and one that leads
+        takes produce (``leader_ready``): a topic answered as created, or a node that serves,
+        is usable at once. Bounded: past it, clients are told to retry."""
+        with trio.move_on_after(APPLY_WAIT_SECONDS):
+            for topic in topics:
+                for log in topic.logs:
+                    if not isinstance(log, PartitionReplica):
+                        continue
+                    view = log.view
+                    while not view.closed and (
+                        view.leader == NONE or (view.role is Role.LEADER and not view.leader_ready)
+                    ):
+                        await view.changed.wait()
+                        view = log.view
+
+    async def _wait_applied(self, name: str, done: Callable[[Topic | None], bool]) -> Any:
+        with trio.move_on_after(APPLY_WAIT_SECONDS):
+            while not done(self._topics.get(name)):
+                await self._reconciled.wait()
+            return self._topics.get(name)
+        raise Unavailable(
+            f"the change to topic {name!r} is committed but not yet applied on this node; retry"
         )
-        await self.store.write(
-            [(keys.topic_key(request.name), value), (keys.COUNTERS, keys.encode_counters(topic_id + 1))]
-        )
-        self._next_topic_id = topic_id + 1
-        logs = tuple(self._open_log(request.name, topic_id, p) for p in range(request.partitions))
-        topic = Topic(request.name, topic_id, request.replication_factor, request.config, created_ms, logs)
-        self._publish({**self._topics, request.name: topic})
-        request.reply.set(topic)
-        for callback in self.on_topic_created:
-            callback(request.name)
-
-    async def _delete(self, request: DeleteTopic) -> None:
-        topic = self._topics.get(request.name)
-        if topic is None:
-            request.reply.fail(NotFound(f"topic {request.name!r} does not exist"))
-            return
-        ops: list[tuple[bytes, bytes | None]] = [(keys.topic_key(request.name), None)]
-        ops.extend((keys.state_key(topic.topic_id, p), None) for p in range(topic.partitions))
-        await self.store.write(ops)
-        remaining = dict(self._topics)
-        del remaining[request.name]
-        self._publish(remaining)
-        for log in topic.logs:
-            log.close()
-        self._to_reclaim.append(keys.topic_data_range(topic.topic_id))
-        request.reply.set(None)
 
     # -- data path (runs in the caller's task) -------------------------------------------
 
     async def produce(
-        self, topic_name: str, partition: int, batches: Sequence[RecordBatch], *, wait: bool = True
+        self, topic_name: str, partition: int, batches: Sequence[RecordBatch], *, acks: int = ACKS_ALL
     ) -> tuple[int, AppendResult]:
-        topic = self._topics.get(topic_name)
-        if topic is None:
-            if not self.options.auto_create_topics:
-                raise NotFound(f"topic {topic_name!r} does not exist (auto-creation is disabled)")
-            topic = await self.create_topic(topic_name, if_absent=True)
         # Every record of every batch, whichever partition it goes to: a batch stored here is
-        # one every consumer can decode (its codec included).
+        # one every consumer can decode (its codec included). Checked before anything is
+        # created: a bad request never auto-creates its topic.
         for index, batch in enumerate(batches):
             try:
                 batch.validate_records()
             except InvalidRecordBatch as exc:
                 raise InvalidRecordBatch(f"batch {index} of the produce request: {exc}") from None
+        topic = self._topics.get(topic_name)
+        if topic is None:
+            if not self.options.auto_create_topics:
+                raise NotFound(f"topic {topic_name!r} does not exist (auto-creation is disabled)")
+            topic = await self.create_topic(topic_name, if_absent=True)
+        self.store.check_space()  # refused at once: the replica would wait for space with it queued
         if partition == ANY_PARTITION:
             partition = self._choose_partition(topic, batches)
-        log = topic.log(partition)
-        return partition, await log.append(batches, wait=wait)
+        return partition, await topic.log(partition).produce(batches, acks)
 
     def _choose_partition(self, topic: Topic, batches: Sequence[RecordBatch]) -> int:
         """The broker picks when the producer did not: the first record's key hash, else
@@ -387,37 +519,62 @@ class Broker(Actor[object]):
             try:
                 await self.enforce_retention()
             except WriteRefused as exc:
-                logger.warning("retention pass postponed: %s", exc)
+                logger.warning("retention postponed: %s", exc)
 
     async def enforce_retention(self, now_ms: int | None = None) -> int:
-        """Move log starts by each topic's retention, then have the storage engine reclaim
-        the space of everything that became obsolete (retention and deleted topics).
-        Returns the number of records removed by retention."""
+        """Have every hosted replica move its log start by its topic's retention, then the
+        storage engine reclaim the space of everything that became obsolete. Returns the
+        number of records removed."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         removed = 0
-        try:
-            for topic in list(self._topics.values()):
-                for log in topic.logs:
-                    before = log.log_start_offset
-                    count = await log.apply_retention(
-                        retention_ms=topic.config.retention_ms,
-                        retention_bytes=topic.config.retention_bytes,
-                        now_ms=now_ms,
+        for topic in list(self._topics.values()):
+            config = topic.config
+            if config.retention_ms <= 0 and config.retention_bytes <= 0:
+                continue
+            for log in topic.logs:
+                if not isinstance(log, PartitionReplica):
+                    continue
+                before = log.view.log_start_offset
+                try:
+                    count = await log.call(
+                        ApplyRetention(config.retention_ms, config.retention_bytes, now_ms)
                     )
-                    if count:
-                        removed += count
-                        start = keys.data_key(topic.topic_id, log.partition, before)
-                        self._to_reclaim.append(
-                            (start, keys.data_key(topic.topic_id, log.partition, log.log_start_offset))
+                except (ActorClosed, Unavailable):
+                    continue  # deleted or stopping meanwhile
+                if count:
+                    removed += count
+                    self._to_reclaim.append(
+                        (
+                            keys.data_key(topic.topic_id, log.partition, before),
+                            keys.data_key(topic.topic_id, log.partition, log.view.log_start_offset),
                         )
-        finally:
-            # Whatever moved before a full disk stopped the pass is durable: publish it.
-            if removed:
-                self._publish_liveness()
+                    )
+                    self._to_reclaim.append(log.storage.obsolete_range())
+        if removed:
+            self._publish_liveness(self._liveness.next_topic_id)
         if self._to_reclaim:
-            ranges = list(self._to_reclaim)
-            await self.store.reclaim(ranges)  # on a full disk the ranges wait for the next pass
-            del self._to_reclaim[: len(ranges)]
+            ranges, self._to_reclaim = self._to_reclaim, []
+            try:
+                await self.store.reclaim(ranges)
+            except SentinelError:
+                self._to_reclaim[:0] = ranges  # the next pass tries again
+                raise
         return removed
+
+
+_PARTITION_KEY_PREFIXES = (keys.STATE, b"P")
+
+
+def _partition_key_topic(key: bytes) -> int | None:
+    """The topic id of a per-partition record that is not data or a Raft entry: the
+    partition state (S), the producer table (P), a Raft group's hard state, meta and
+    snapshot (R with a partition's group id)."""
+    if len(key) == 9 and key[:1] in _PARTITION_KEY_PREFIXES:
+        return int.from_bytes(key[1:5], "big")
+    if len(key) == 10 and key[:1] == lsm_storage.RAFT:
+        group = int.from_bytes(key[1:9], "big")
+        return group >> 32 if group else None
+    return None
 
 
 def describe(topic: Topic) -> dict[str, Any]:
@@ -426,12 +583,14 @@ def describe(topic: Topic) -> dict[str, Any]:
         "name": topic.name,
         "partitions": [
             {
-                "partition": log.partition,
+                "partition": p,
+                "replicas": list(topic.replicas[p]),
+                "leader": log.view.leader if isinstance(log, PartitionReplica) else -1,
                 "log_start_offset": log.log_start_offset,
                 "high_watermark": log.high_watermark,
                 "size_bytes": log.size_bytes,
             }
-            for log in topic.logs
+            for p, log in enumerate(topic.logs)
         ],
         "replication_factor": topic.replication_factor,
         "retention_ms": topic.config.retention_ms,
@@ -439,4 +598,4 @@ def describe(topic: Topic) -> dict[str, Any]:
     }
 
 
-__all__ = ["Broker", "BrokerOptions", "Topic", "TopicConfig", "describe"]
+__all__ = ["Broker", "BrokerOptions", "ObsoleteData", "RemotePartition", "Topic", "TopicConfig", "describe"]

@@ -6,37 +6,40 @@ member's result (the rebalance completed) or failure. Between messages it sleeps
 state machine's next deadline (a session or rebalance timeout), read from Trio's clock, so
 tests drive it with MockClock.
 
-Committed offsets are written to the storage engine (``keys.offset_key``) before the commit
-is answered, so they survive a broker restart; the in-memory copy is loaded at start-up.
-A write the engine refuses (:class:`WriteRefused`: a full disk, storage that needs repair)
-fails that request and changes nothing; the coordinator goes on serving.
+It serves only while this node leads the controller (the coordinator moves with the
+controller's leadership, as Kafka's moves with its group's partition); other nodes answer
+UNAVAILABLE naming the leader, and when leadership moves away the groups held here are
+dropped so their members rejoin at the new coordinator. Committed offsets are cluster
+metadata: a commit is validated here, then proposed to the controller and answered once
+it is committed (so a broker failure loses no committed offset); reads come from the
+controller's published metadata image.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 
 import attrs
 import trio
 
 from sentinel.actors import Actor, Reply, Request
-from sentinel.broker import keys
 from sentinel.broker.broker import Broker
 from sentinel.broker.groups import ConsumerGroups, HeartbeatResult, JoinFailed, JoinResult, unknown_member
 from sentinel.broker.names import validate_group_id
+from sentinel.cluster import metadata as md
+from sentinel.cluster.controller import Controller
 from sentinel.errors import (
     ActorClosed,
     FailedPrecondition,
     InvalidArgument,
     MailboxFull,
     NotFound,
-    WriteRefused,
+    Unavailable,
 )
 from sentinel.generated.sentinel import v1 as pb
-from sentinel.storage.store import Store
 
 # How long a rebalance waits for members to rejoin before dropping them (Kafka's
 # max.poll.interval default is 5 min; a shorter bound keeps a group from stalling long
@@ -70,7 +73,9 @@ class Leave(Request[pb.LeaveGroupResponse]):
 
 
 @attrs.define(slots=True, eq=False)
-class Commit(Request[pb.CommitOffsetsResponse]):
+class Commit(Request[None]):
+    """Validate a commit against the group's generation; the caller proposes it."""
+
     request: pb.CommitOffsetsRequest
 
 
@@ -84,12 +89,17 @@ class TopicCreated:
     topic: str
 
 
+@attrs.define(slots=True, eq=False)
+class LeadershipLost:
+    """From the coordinator's own watcher: this node no longer leads the controller."""
+
+
 class GroupCoordinator(Actor[object]):
     mailbox_capacity = 1024
 
     def __init__(
         self,
-        store: Store,
+        controller: Controller,
         broker: Broker,
         *,
         rng: random.Random | None = None,
@@ -99,15 +109,18 @@ class GroupCoordinator(Actor[object]):
     ) -> None:
         super().__init__("group-coordinator")
         self._session_bounds = (min_session_timeout, max_session_timeout)
-        self._store = store
+        self._controller = controller
         self._broker = broker
         self._rebalance_timeout = rebalance_timeout
         self._groups = ConsumerGroups(self._partitions_of, rng=rng)
         broker.on_topic_created.append(self.topic_created)
         self._parked: dict[tuple[str, str], tuple[Reply[pb.JoinGroupResponse], float]] = {}
-        self._offsets: dict[str, dict[TopicPartition, tuple[int, str]]] = {}
-        # What other threads (the metrics collector) read: replaced whole, never mutated.
-        self._published_offsets: Mapping[str, Mapping[TopicPartition, tuple[int, str]]] = MappingProxyType({})
+        self._rng = rng
+        # Grouped by group id from the controller's image (cached per image).
+        self._offsets_of: tuple[object, Mapping[str, Mapping[TopicPartition, tuple[int, str]]]] = (
+            None,
+            MappingProxyType({}),
+        )
 
     def _partitions_of(self, topic: str) -> int:
         found = self._broker.topics.get(topic)
@@ -116,36 +129,54 @@ class GroupCoordinator(Actor[object]):
     # -- snapshot reads ----------------------------------------------------------------
 
     def committed(self, group_id: str) -> Mapping[TopicPartition, tuple[int, str]]:
-        return self._published_offsets.get(group_id, {})
+        return self.committed_offsets.get(group_id, {})
 
     @property
     def committed_offsets(self) -> Mapping[str, Mapping[TopicPartition, tuple[int, str]]]:
         """Every group's committed offsets: an immutable snapshot (safe from any thread)."""
-        return self._published_offsets
-
-    def _publish_offsets(self, group_ids: Iterable[str]) -> None:
-        published = dict(self._published_offsets)
-        for group_id in group_ids:
-            offsets = self._offsets.get(group_id)
-            if offsets:
-                published[group_id] = MappingProxyType(dict(offsets))
-            else:
-                published.pop(group_id, None)
-        self._published_offsets = MappingProxyType(published)
+        image = self._controller.view.image
+        cached_image, grouped = self._offsets_of
+        if cached_image is not image:
+            by_group: dict[str, dict[TopicPartition, tuple[int, str]]] = {}
+            for (group, topic, partition), value in image.offsets.items():
+                by_group.setdefault(group, {})[(topic, partition)] = value
+            grouped = MappingProxyType({g: MappingProxyType(o) for g, o in by_group.items()})
+            self._offsets_of = (image, grouped)
+        return grouped
 
     def group_ids(self) -> list[str]:
-        return sorted(set(self._groups.group_ids()) | set(self._offsets))
+        return sorted(set(self._groups.group_ids()) | set(self.committed_offsets))
+
+    def check_leading(self) -> None:
+        """Group requests are served by the controller leader's coordinator only."""
+        view = self._controller.view
+        if view.leader != view.node_id:
+            if view.leader == 0:
+                raise Unavailable("no group coordinator right now (controller election in progress)")
+            broker = view.image.brokers.get(view.leader)
+            hint = None if broker is None else f"{broker.host}:{broker.port}"
+            raise Unavailable(f"the group coordinator is node {view.leader}", leader=hint)
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def on_start(self) -> None:
-        start, end = keys.OFFSETS, keys.prefix_end(keys.OFFSETS)
-        for key, value in self._store.scan(start, end):
-            group, topic, partition = keys.parse_offset_key(key)
-            self._offsets.setdefault(group, {})[(topic, partition)] = keys.decode_offset(value)
-        self._publish_offsets(self._offsets)
-
     async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_leadership)
+            await self._serve_groups()
+            nursery.cancel_scope.cancel()
+
+    async def _watch_leadership(self) -> None:
+        view = self._controller.view
+        while True:
+            was_leading = view.leader == view.node_id
+            view = await self._controller.wait_changed(view)
+            if was_leading and view.leader != view.node_id:
+                try:
+                    self.cast_nowait(LeadershipLost())
+                except (MailboxFull, ActorClosed):
+                    pass
+
+    async def _serve_groups(self) -> None:
         while True:
             deadline = self._groups.next_deadline()
             message = None
@@ -185,18 +216,30 @@ class GroupCoordinator(Actor[object]):
     # -- requests (from handlers, in the caller's task) ----------------------------------
 
     async def join(self, request: pb.JoinGroupRequest) -> pb.JoinGroupResponse:
+        self.check_leading()
         return await self.call(Join(request))
 
     async def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        self.check_leading()
         return await self.call(Heartbeat(request))
 
     async def leave(self, request: pb.LeaveGroupRequest) -> pb.LeaveGroupResponse:
+        self.check_leading()
         return await self.call(Leave(request))
 
     async def commit(self, request: pb.CommitOffsetsRequest) -> pb.CommitOffsetsResponse:
-        return await self.call(Commit(request))
+        """Validated by the group (generation, member), then committed through the
+        controller: answered once a majority holds it."""
+        self.check_leading()
+        await self.call(Commit(request))
+        self._broker.check_disk_space()
+        items = [(po.topic, po.partition, po.offset, po.metadata) for po in request.offsets]
+        if items:
+            await self._controller.propose(md.commit_offsets(request.group_id, items))
+        return pb.CommitOffsetsResponse()
 
     async def forget_topic(self, topic: str) -> None:
+        """A topic was deleted (its committed offsets went with it in the metadata)."""
         await self.call(ForgetTopic(topic))
 
     def topic_created(self, topic: str) -> None:
@@ -209,7 +252,7 @@ class GroupCoordinator(Actor[object]):
 
     async def fetch_offsets(self, request: pb.FetchOffsetsRequest) -> pb.FetchOffsetsResponse:
         validate_group_id(request.group_id)
-        committed = self._offsets.get(request.group_id, {})
+        committed = self.committed(request.group_id)
         wanted = [(tp.topic, tp.partition) for tp in request.partitions] or sorted(committed)
         out = []
         for topic, partition in wanted:
@@ -222,7 +265,7 @@ class GroupCoordinator(Actor[object]):
 
     async def describe(self, group_id: str) -> pb.GroupDescription:
         validate_group_id(group_id)
-        committed = self._offsets.get(group_id, {})
+        committed = self.committed(group_id)
         if group_id not in self._groups and not committed:
             raise NotFound(f"consumer group {group_id!r} does not exist")
         state, generation, members = "Empty", 0, []
@@ -248,6 +291,8 @@ class GroupCoordinator(Actor[object]):
             if found is None or partition >= found.partitions:
                 continue
             hw = found.logs[partition].high_watermark
+            if hw < 0:
+                continue  # no replica here: its lag is reported by the nodes that hold one
             out.append(
                 pb.PartitionLag(
                     topic=topic,
@@ -303,27 +348,14 @@ class GroupCoordinator(Actor[object]):
         elif isinstance(message, TopicCreated):
             self._groups.request_rebalance(message.topic, now)
         elif isinstance(message, ForgetTopic):
-            forgotten = [
-                (group_id, tp)
-                for group_id, offsets in self._offsets.items()
-                for tp in offsets
-                if tp[0] == message.topic
-            ]
-            if forgotten:
-                ops: list[tuple[bytes, bytes | None]] = [
-                    (keys.offset_key(group_id, topic, partition), None)
-                    for group_id, (topic, partition) in forgotten
-                ]
-                try:
-                    await self._store.write(ops)
-                except WriteRefused as exc:
-                    message.reply.fail(exc)  # nothing forgotten: memory still matches the disk
-                    return
-                for group_id, tp in forgotten:
-                    del self._offsets[group_id][tp]
-                self._publish_offsets(self._offsets)
             self._groups.request_rebalance(message.topic, now)
             message.reply.set(None)
+        elif isinstance(message, LeadershipLost):
+            # The new controller leader's coordinator takes the groups: members rejoin there.
+            for reply, _ in self._parked.values():
+                reply.fail(Unavailable("the group coordinator moved: rejoin"))
+            self._parked.clear()
+            self._groups = ConsumerGroups(self._partitions_of, rng=self._rng)
         else:
             raise TypeError(f"group coordinator got an unexpected message {message!r}")
 
@@ -364,7 +396,6 @@ class GroupCoordinator(Actor[object]):
                 self._groups.get(r.group_id).validate_commit(r.member_id or None, r.generation, now)
             elif r.member_id:  # refused without creating the group
                 raise unknown_member(r.member_id, r.group_id)
-            ops: list[tuple[bytes, bytes | None]] = []
             for po in r.offsets:
                 topic = self._broker.topic(po.topic)
                 topic.log(po.partition)
@@ -372,19 +403,7 @@ class GroupCoordinator(Actor[object]):
                     raise InvalidArgument(
                         f"cannot commit a negative offset ({po.offset}) for {po.topic}[{po.partition}]"
                     )
-                key = keys.offset_key(r.group_id, po.topic, po.partition)
-                ops.append((key, keys.encode_offset(po.offset, po.metadata)))
         except (InvalidArgument, NotFound, FailedPrecondition) as exc:
             message.reply.fail(exc)
             return
-        if ops:
-            try:
-                await self._store.write(ops)
-            except WriteRefused as exc:
-                message.reply.fail(exc)  # not committed: the client keeps its position and retries
-                return
-        committed = self._offsets.setdefault(r.group_id, {})
-        for po in r.offsets:
-            committed[(po.topic, po.partition)] = (po.offset, po.metadata)
-        self._publish_offsets((r.group_id,))
-        message.reply.set(pb.CommitOffsetsResponse())
+        message.reply.set(None)

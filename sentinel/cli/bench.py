@@ -243,3 +243,71 @@ def e2e(
         progress=_progress(json_output),
     )
     _emit(result, json_output, _print_e2e)
+
+
+# -- raft ---------------------------------------------------------------------------------------
+
+
+def _print_raft(result: dict) -> None:
+    machine = result["machine"]
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}")
+    print(f"one {result['voters']}-voter Raft group in one process, {result['window']} proposals in flight")
+    for run in result["runs"].values():
+        where = "pure cores, no disk" if run["storage"] == "memory" else "LSM storage, sync interval"
+        print(
+            f"  {run['payload_bytes']:>7,}-byte entries, {where:<27} {run['proposals_per_s']:>9,} proposals/s"
+            f"  {run['mb_per_s']:>9,} MB/s  commit p50 {run['latency_p50_ms']:.2f} ms"
+            f"  p99 {run['latency_p99_ms']:.2f} ms"
+        )
+    if "profile" in result:
+        print(result["profile"])
+
+
+@app.command()
+@readable_errors
+def raft(
+    json_output: bool = _JSON,
+    quick: bool = _QUICK,
+    profile: bool = typer.Option(False, "--profile", help="Also print where the time goes (cProfile)."),
+) -> None:
+    """Proposals committed per second and commit latency through a 3-voter group."""
+    from sentinel.bench.raft import run_raft_bench
+
+    progress = _progress(json_output)
+    result = trio.run(lambda: run_raft_bench(quick=quick, profile=profile, progress=progress))
+    _emit(result, json_output, _print_raft)
+
+
+# -- cluster ------------------------------------------------------------------------------------
+
+
+def _print_cluster(result: dict) -> None:
+    machine = result["machine"]
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}")
+    print(f"three local nodes (sync {result['sync']}), {result['record_bytes']}-byte records, acks=all")
+    for key in ("rf1", "rf3"):
+        row = result[key]
+        latency = row["latency"]["latency_ms"]
+        print(
+            f"  {key}: {row['records_per_s']:>9,} records/s ({row['mb_per_s']} MB/s)"
+            f"   latency at {row['latency']['rate']}/s:"
+            f" p50 {latency['p50']:.2f} ms  p99 {latency['p99']:.2f} ms"
+        )
+    print(f"  RF=3 / RF=1: {result['rf3_vs_rf1']:.0%}")
+    failover = result["failover_s"]
+    trials = ", ".join(f"{t:.2f}" for t in failover["trials"])
+    print(
+        "  failover (SIGKILL of the leader -> acks resume):"
+        f" p50 {failover['p50']:.2f} s, max {failover['max']:.2f} s"
+    )
+    print(f"    trials: {trials}")
+
+
+@app.command()
+@readable_errors
+def cluster(json_output: bool = _JSON, quick: bool = _QUICK) -> None:
+    """Three local nodes: produce throughput and latency with RF=3 vs RF=1, and failover time."""
+    from sentinel.bench.cluster import run_cluster_bench
+
+    result = run_cluster_bench(quick=quick, progress=_progress(json_output))
+    _emit(result, json_output, _print_cluster)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from sentinel import __version__
-from sentinel.cli import bench, consume, groups, produce, run, topics
+from sentinel.cli import bench, cluster, consume, groups, produce, run, sim, topics
 from sentinel.cli.errors import OneLineErrors
 
 app = typer.Typer(
@@ -21,6 +21,8 @@ app.command(name="produce")(produce.produce)
 app.command(name="consume")(consume.consume)
 app.add_typer(topics.app, name="topics")
 app.add_typer(groups.app, name="groups")
+app.add_typer(cluster.app, name="cluster")
+app.add_typer(sim.app, name="sim")
 
 
 @app.command()

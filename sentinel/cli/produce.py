@@ -2,10 +2,11 @@
 broker acknowledged.
 
 Records are pipelined: every record is handed to ``Producer.send`` at once and its future is
-watched; the producer batches them per partition and keeps at most one request in flight per
-partition. An acknowledgement is reported when its future completes: the producer resolves a
-partition's futures in offset order, so ``--format json`` lines come out in offset order per
-partition, each flushed as it arrives.
+watched; the producer batches them per partition. It is idempotent unless
+``--no-idempotence`` (or ``--acks`` other than all) says otherwise: a request retried after
+its answer was lost is not appended twice. An acknowledgement is reported when its future
+completes: the producer resolves a partition's futures in offset order, so ``--format json``
+lines come out in offset order per partition, each flushed as it arrives.
 """
 
 from __future__ import annotations
@@ -250,12 +251,17 @@ async def _produce(
     partition: int | None,
     count: int | None,
     acks: str | int,
+    idempotence: bool | None,
     max_request_bytes: int,
     run: _Run,
 ) -> None:
     await preflight(broker)
     async with Producer(
-        broker, acks=acks, client_id=CLIENT_ID, max_request_bytes=max_request_bytes
+        broker,
+        acks=acks,
+        client_id=CLIENT_ID,
+        max_request_bytes=max_request_bytes,
+        enable_idempotence=idempotence,
     ) as producer:
         with on_interrupt(run.interrupt):
 
@@ -331,6 +337,13 @@ def produce(
         "--acks",
         help="all (or -1): every replica; 1 (or leader): the leader; 0 (or none): nobody waits.",
     ),
+    idempotence: bool | None = typer.Option(
+        None,
+        "--idempotence/--no-idempotence",
+        help="Idempotent produce: a retry whose first answer was lost is not appended twice. On by "
+        "default with --acks all (Kafka's rule: it needs acks=all); --no-idempotence gives at-least-once.",
+        show_default=False,
+    ),
     max_request_bytes: int = typer.Option(
         DEFAULT_MAX_REQUEST_BYTES,
         "--max-request-bytes",
@@ -348,6 +361,8 @@ def produce(
     acks_value = _ACKS.get(acks.strip().lower())
     if acks_value is None:
         usage_error(f"--acks must be all, 1 or 0 (or -1, leader, none), got {acks!r}")
+    if idempotence and acks_value != "all":
+        usage_error(f"--idempotence needs --acks all, got --acks {acks}")
     if partition < -1:
         usage_error(f"--partition must be >= 0, or -1 to let the partitioner choose; got {partition}")
     if count is not None and count < 0:
@@ -380,6 +395,7 @@ def produce(
                 partition=None if partition == -1 else partition,
                 count=count,
                 acks=acks_value,
+                idempotence=idempotence,
                 max_request_bytes=max_request_bytes,
                 run=run,
             )

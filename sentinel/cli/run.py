@@ -27,6 +27,12 @@ async def serve(config: NodeConfig) -> None:
             addresses: NodeAddresses = await nursery.start(node.run)
             for line in node.store.recovery_report if node.store is not None else ():
                 typer.echo(f"recovery: {line}", err=True)
+            if node.repaired_damage:
+                typer.echo(
+                    f"recovery: storage damaged ({node.repaired_damage}); rejoining the cluster as a "
+                    "recovering replica: no votes until the leaders have brought it up to date",
+                    err=True,
+                )
             metrics = (
                 f", metrics on http://{config.metrics_host}:{addresses.metrics_port}/metrics"
                 if addresses.metrics_port is not None
@@ -113,10 +119,31 @@ def run(
         envvar="SENTINEL_ACCEPT_DATA_LOSS",
         help="Start on a corrupt WAL or manifest: truncate at the damage and report what was dropped.",
     ),
+    peers: str = typer.Option(
+        "",
+        envvar="SENTINEL_PEERS",
+        help="Every node's peer address, as 1=host:port,2=host:port,... (empty: a cluster of one).",
+    ),
+    peer_host: str = typer.Option(
+        "", envvar="SENTINEL_PEER_HOST", help="Address the peer listener binds (default: --host)."
+    ),
+    peer_port: int = typer.Option(
+        0,
+        envvar="SENTINEL_PEER_PORT",
+        help="Port of the peer listener (default: this node's port in --peers).",
+    ),
+    advertise: str = typer.Option(
+        "",
+        envvar="SENTINEL_ADVERTISE",
+        help="HOST:PORT clients and other brokers are told to use (default: --host and the API port).",
+    ),
+    default_replication_factor: int = typer.Option(
+        1, envvar="SENTINEL_DEFAULT_REPLICATION_FACTOR", help="Replicas of an auto-created topic."
+    ),
 ) -> None:
     """Run a broker node until SIGINT or SIGTERM (graceful, bounded shutdown, exit 0)."""
     for option, value, low, high in (
-        ("--node-id", node_id, 0, None),  # as Kafka's broker.id: -1 is "no node" (no leader)
+        ("--node-id", node_id, 1, None),  # Raft's node ids: 0 means "no node" (no leader, no vote)
         ("--port", port, 0, MAX_PORT),
         ("--metrics-port", metrics_port, -1, MAX_PORT),
         ("--default-partitions", default_partitions, 1, MAX_PARTITIONS),
@@ -142,6 +169,13 @@ def run(
             socket.getaddrinfo(address, None)
         except (OSError, UnicodeError) as exc:
             usage_error(f"{option} {address!r} is not an address to listen on: {_reason(exc)}")
+    peer_map = parse_peers(peers)
+    if peer_map and node_id not in peer_map:
+        usage_error(f"--peers names nodes {sorted(peer_map)} but not this node (--node-id {node_id})")
+    own_peer_port = peer_port or (peer_map[node_id][1] if peer_map else 9093)
+    advertise_host, advertise_port = parse_address(advertise, "--advertise") if advertise else ("", 0)
+    if default_replication_factor < 1:
+        usage_error(f"--default-replication-factor must be at least 1, got {default_replication_factor}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = NodeConfig(
         node_id=node_id,
@@ -160,6 +194,12 @@ def run(
         accept_data_loss=accept_data_loss,
         group_min_session_timeout_ms=group_min_session_timeout_ms,
         group_max_session_timeout_ms=group_max_session_timeout_ms,
+        peers=peer_map,
+        peer_host=peer_host or host,
+        peer_port=own_peer_port,
+        advertise_host=advertise_host,
+        advertise_port=advertise_port,
+        default_replication_factor=default_replication_factor,
     )
     try:
         trio.run(serve, config)
@@ -178,3 +218,23 @@ def _named_bind_error(exc: BaseException, host: str, port: int) -> BaseException
         if leaf.errno == errno.EADDRNOTAVAIL:
             return SentinelError(f"cannot listen on {host}:{port}: not an address of this machine (--host)")
     return exc
+
+
+def parse_address(text: str, option: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        usage_error(f"{option} must be HOST:PORT with a port in 1..65535, got {text!r}")
+    return host, int(port)
+
+
+def parse_peers(text: str) -> dict[int, tuple[str, int]]:
+    """``1=host:port,2=host:port`` (etcd's initial-cluster shape) -> {1: (host, port), ...}."""
+    peers: dict[int, tuple[str, int]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        node, sep, address = item.partition("=")
+        if not sep or not node.isdigit() or int(node) < 1:
+            usage_error(f"--peers entries are NODE_ID=HOST:PORT with an id >= 1, got {item!r}")
+        if int(node) in peers:
+            usage_error(f"--peers names node {node} twice")
+        peers[int(node)] = parse_address(address, f"--peers entry for node {node}")
+    return peers

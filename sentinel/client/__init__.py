@@ -11,12 +11,13 @@ Each is an async context manager taking the bootstrap address (``"host:port"``) 
             ...
 
 Errors are the typed errors of ``sentinel.errors`` (see ``sentinel.client.errors``); damaged
-stored data a consumer meets is ``CorruptRecordBatch``, naming topic, partition and offset.
+stored data a consumer meets is ``CorruptRecordBatch``, naming topic, partition and offset;
+an idempotent producer's batch may fail with ``OutOfOrderSequence`` or ``ProducerFenced``.
 """
 
 from sentinel.client.admin import Admin
 from sentinel.client.consumer import Consumer
-from sentinel.client.errors import CorruptRecordBatch, RequestTimeout
+from sentinel.client.errors import CorruptRecordBatch, OutOfOrderSequence, ProducerFenced, RequestTimeout
 from sentinel.client.producer import Producer
 from sentinel.client.types import (
     BatchMetadata,
@@ -46,9 +47,11 @@ __all__ = [
     "GroupInfo",
     "GroupMemberInfo",
     "OffsetAndTimestamp",
+    "OutOfOrderSequence",
     "PartitionInfo",
     "PartitionLag",
     "Producer",
+    "ProducerFenced",
     "RecordMetadata",
     "RequestTimeout",
     "TopicInfo",

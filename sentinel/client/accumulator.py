@@ -14,14 +14,20 @@ Invariants:
 - A partition's records leave its queue in the order they were appended, each with its
   completion handle, so acknowledgements can be matched to records by position.
 - A drain takes at least one record (a record larger than a batch travels alone) and at
-  most ``max_request_bytes`` of estimated size otherwise; each batch it forms holds at most
-  ``batch_size`` bytes unless it is a single record.
+  most ``max_request_bytes`` of estimated size and ``max_batches`` batches otherwise; each
+  batch it forms holds at most ``batch_size`` bytes unless it is a single record, or unless
+  ``max_batches`` batches of ``batch_size`` would not hold what is queued: then its batches
+  are as large as it takes for the request to carry up to ``max_request_bytes`` anyway
+  (an idempotent producer may have only 5 batches in flight, and a request costs far more
+  than a batch: the backlog goes in fewer, larger batches rather than in smaller requests).
+- A :class:`WholeBatch` (``send_batch``) is a batch of its own: never merged with records.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, TypeAlias, TypeVar
 
 import attrs
 
@@ -40,6 +46,22 @@ HEADER_OVERHEAD: Final = 2
 BATCH_OVERHEAD: Final = 61
 
 
+class WholeBatch:
+    """A RecordBatch encoded by ``send_batch``: queued in place of a record, it travels as a
+    batch of its own and resolves its one future with a BatchMetadata."""
+
+    __slots__ = ("count", "data", "timestamp_ms")
+
+    def __init__(self, data: bytes, count: int, timestamp_ms: int) -> None:
+        self.data = data
+        self.count = count
+        self.timestamp_ms = timestamp_ms
+
+
+# What a partition queue holds: records, and whole batches once send_batch was used.
+Entry: TypeAlias = RecordTuple | WholeBatch
+
+
 def estimate_size(key: bytes | None, value: bytes | None, headers: Sequence[Header]) -> int:
     """The estimated encoded size of one record."""
     size = RECORD_OVERHEAD
@@ -55,19 +77,20 @@ def estimate_size(key: bytes | None, value: bytes | None, headers: Sequence[Head
 class PartitionQueue(Generic[C]):
     """Records of one partition waiting to be sent, oldest first."""
 
-    __slots__ = ("completions", "first_at", "records", "size", "sizes")
+    __slots__ = ("completions", "first_at", "records", "size", "sizes", "wholes")
 
     def __init__(self) -> None:
-        self.records: list[RecordTuple] = []
+        self.records: list[Entry] = []
         self.completions: list[C] = []
         self.sizes: list[int] = []
         self.size = 0  # estimated bytes queued
         self.first_at = 0.0  # when the oldest queued record arrived (meaningless when empty)
+        self.wholes = 0  # WholeBatch entries queued (0: every entry is a record, no checks)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def add(self, record: RecordTuple, completion: C, size: int, now: float, batch_size: int) -> bool:
+    def add(self, record: Entry, completion: C, size: int, now: float, batch_size: int) -> bool:
         """``RecordAccumulator.append`` for a caller that holds the queue (the hot path)."""
         records = self.records
         if not records:
@@ -79,18 +102,31 @@ class PartitionQueue(Generic[C]):
         self.size = before + size
         return before == 0 or before < batch_size <= self.size
 
+    def add_whole(self, batch: WholeBatch, completion: C, size: int, now: float, batch_size: int) -> bool:
+        """``add`` for a whole batch."""
+        self.wholes += 1
+        return self.add(batch, completion, size, now, batch_size)
+
 
 @attrs.frozen
 class Drained(Generic[C]):
     """Records taken from a partition queue for one produce request."""
 
-    batches: list[list[RecordTuple]]  # consecutive records, one list per RecordBatch
-    completions: list[C]  # one per record, in record order across the batches
+    # Consecutive entries, one list per RecordBatch: records, or a single WholeBatch.
+    batches: list[list[Entry]]
+    completions: list[C]  # one per entry, in order across the batches
     size: int  # estimated bytes, to release once the request is finished
+    wholes: int = 0  # how many of the batches are a WholeBatch
 
     @property
-    def record_count(self) -> int:
+    def entry_count(self) -> int:
         return len(self.completions)
+
+    def batch_record_counts(self) -> list[int]:
+        """Records per batch (a whole batch counts its records)."""
+        if not self.wholes:
+            return [len(batch) for batch in self.batches]
+        return [batch[0].count if type(batch[0]) is WholeBatch else len(batch) for batch in self.batches]
 
 
 class RecordAccumulator(Generic[C]):
@@ -134,45 +170,51 @@ class RecordAccumulator(Generic[C]):
         queue = self._queues.get(tp)
         return queue is not None and queue.size >= self.batch_size
 
-    def drain(self, tp: TopicPartition) -> Drained[C] | None:
-        """Take the oldest records of ``tp`` for one request; None when its queue is empty."""
+    def drain(self, tp: TopicPartition, max_batches: int | None = None) -> Drained[C] | None:
+        """Take the oldest records of ``tp`` for one request (at most ``max_batches``
+        batches when given); None when its queue is empty."""
         queue = self._queues.get(tp)
         if queue is None or not queue.records:
             return None
         sizes = queue.sizes
+        records = queue.records
+        wholes = queue.wholes
         batch_size = self.batch_size
         limit = self.max_request_bytes
-        cuts: list[int] = []  # end index of each batch
-        batch_bytes = 0
+        if max_batches is not None and queue.size > max_batches * batch_size:
+            batch_size = max(batch_size, -(-min(queue.size, limit) // max_batches))
+        starts: list[int] = []  # index of each batch's first entry
+        open_bytes = -1  # bytes of the batch records may still join; -1: none is open
         request_bytes = 0
         taken = 0
+        taken_wholes = 0
         for i, size in enumerate(sizes):
-            if batch_bytes and batch_bytes + size > batch_size:
-                cuts.append(i)
-                batch_bytes = 0
-            extra = size + (BATCH_OVERHEAD if batch_bytes == 0 else 0)
-            if taken and request_bytes + extra > limit:
-                break
-            batch_bytes += size
+            whole = wholes and type(records[i]) is WholeBatch
+            if whole or open_bytes < 0 or open_bytes + size > batch_size:  # starts a batch
+                extra = size + BATCH_OVERHEAD
+                if taken and (len(starts) == max_batches or request_bytes + extra > limit):
+                    break
+                starts.append(i)
+                open_bytes = -1 if whole else size
+                if whole:
+                    taken_wholes += 1
+            else:
+                extra = size
+                if request_bytes + extra > limit:
+                    break
+                open_bytes += size
             request_bytes += extra
             taken = i + 1
-        if not cuts or cuts[-1] != taken:
-            cuts.append(taken)
-        records = queue.records
-        batches: list[list[RecordTuple]] = []
-        start = 0
-        for end in cuts:
-            if end > taken:
-                break
-            batches.append(records[start:end])
-            start = end
+        starts.append(taken)
+        batches = [records[start:end] for start, end in itertools.pairwise(starts)]
         completions = queue.completions[:taken]
         drained_size = sum(sizes[:taken])
         del records[:taken]
         del queue.completions[:taken]
         del sizes[:taken]
         queue.size -= drained_size
-        return Drained(batches, completions, drained_size)
+        queue.wholes -= taken_wholes
+        return Drained(batches, completions, drained_size, taken_wholes)
 
     def pending(self) -> list[TopicPartition]:
         """Partitions with queued records."""
@@ -187,4 +229,5 @@ class RecordAccumulator(Generic[C]):
         completions = queue.completions
         self.release(queue.size)
         queue.records, queue.completions, queue.sizes, queue.size = [], [], [], 0
+        queue.wholes = 0
         return completions

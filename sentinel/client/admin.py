@@ -7,13 +7,23 @@ safe to repeat blindly, and an operator wants to see a failure rather than wait 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Final, Self
 
 from sentinel.client.connection import Cluster
 from sentinel.client.convert import group_info, topic_from_description
-from sentinel.client.types import ClusterMetadata, GroupInfo, TopicInfo
+from sentinel.client.types import (
+    BrokerInfo,
+    BrokerStatus,
+    ClusterMetadata,
+    ClusterStatus,
+    GroupInfo,
+    PartitionStatus,
+    TopicInfo,
+    TopicPartition,
+)
 from sentinel.errors import FailedPrecondition, InvalidArgument, SentinelError
 from sentinel.generated.sentinel import v1 as pb
 
@@ -22,6 +32,21 @@ __all__ = ["Admin"]
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
 INT32_MAX: Final = 2**31 - 1
 INT64_MAX: Final = 2**63 - 1
+# Each broker's status answer is waited for this long: an unreachable one is reported as such.
+STATUS_TIMEOUT_S: Final = 3.0
+
+
+def _partition_status(group: pb.GroupStatus) -> PartitionStatus:
+    return PartitionStatus(
+        topic=group.topic,
+        partition=group.partition,
+        leader=group.leader,
+        replicas=tuple(group.replicas),
+        term=group.term,
+        commit_index=group.commit_index,
+        high_watermark=group.high_watermark,
+        followers=tuple((f.node_id, f.lag) for f in group.followers),
+    )
 
 
 class Admin:
@@ -139,3 +164,52 @@ class Admin:
     async def fetch_metadata(self, topics: Sequence[str] | None = None) -> ClusterMetadata:
         """Brokers, controller and the metadata of ``topics`` (default: every topic)."""
         return await self._cluster_or_fail().fetch_metadata(topics)
+
+    async def cluster_status(self) -> ClusterStatus:
+        """Every registered broker's own view, merged: whether it answers, the controller
+        leader, and each partition as its leader reports it (commit index, high watermark,
+        each follower's lag)."""
+        cluster = self._cluster_or_fail()
+        metadata = await cluster.fetch_metadata()
+        answers: dict[int, pb.ClusterStatusResponse] = {}
+
+        async def ask(broker: BrokerInfo) -> None:
+            conn = cluster.connection(broker.host, broker.port)
+            try:
+                with conn.errors:
+                    answers[broker.node_id] = await conn.stub.cluster_status(
+                        pb.ClusterStatusRequest(), timeout=min(self._timeout_s, STATUS_TIMEOUT_S)
+                    )
+            except SentinelError:
+                pass  # unreachable: reported as such
+
+        await asyncio.gather(*(ask(b) for b in metadata.brokers))
+        brokers = tuple(BrokerStatus(b.node_id, b.address, b.node_id in answers) for b in metadata.brokers)
+        controllers = [a.controller_id for a in answers.values() if a.controller_id > 0]
+        controller = max(set(controllers), key=controllers.count) if controllers else metadata.controller_id
+        best: dict[tuple[str, int], tuple[int, pb.GroupStatus]] = {}
+        for answer in answers.values():
+            for group in answer.groups:
+                # The leader's own report wins; else the highest term seen.
+                rank = (2 if group.role == "leader" else 1) * (1 << 62) + group.term
+                key = (group.topic, group.partition)
+                if key not in best or rank > best[key][0]:
+                    best[key] = (rank, group)
+        statuses = {key: _partition_status(group) for key, (_rank, group) in best.items()}
+        return ClusterStatus(
+            controller=controller,
+            brokers=brokers,
+            controller_group=statuses.pop(("", 0), None),
+            partitions=tuple(statuses[k] for k in sorted(statuses)),
+        )
+
+    async def transfer_leader(self, topic: str, partition: int, to: int) -> int:
+        """Move a partition's leadership to node ``to`` (one of its replicas, caught up);
+        returns the new leader once it leads."""
+        cluster = self._cluster_or_fail()
+        await cluster.fetch_metadata([topic])
+        conn = cluster.leader(TopicPartition(topic, partition))
+        request = pb.TransferLeaderRequest(topic=topic, partition=partition, to=to)
+        with conn.errors:
+            response = await conn.stub.transfer_leader(request, timeout=self._timeout_s)
+        return response.leader

@@ -10,7 +10,8 @@ gRPC status          raised
 INVALID_ARGUMENT     InvalidArgument
 NOT_FOUND            NotFound
 ALREADY_EXISTS       AlreadyExists
-FAILED_PRECONDITION  FailedPrecondition
+FAILED_PRECONDITION  FailedPrecondition (ProducerFenced with `` [reason=PRODUCER_FENCED]``)
+ABORTED              OutOfOrderSequence
 RESOURCE_EXHAUSTED   ResourceExhausted
 UNAVAILABLE          Unavailable
 OUT_OF_RANGE         OffsetOutOfRange
@@ -20,11 +21,14 @@ anything else        SentinelError
 ==================== ==========================
 
 An UNAVAILABLE message ending in the server's `` [leader=<node>]`` hint becomes
-``Unavailable(text, leader=<node>)``. A broker that cannot be reached (connection refused,
-reset, HTTP/2 protocol failure) is ``Unavailable``; a client-side deadline is
-``RequestTimeout``. Retriable: ``Unavailable`` (which includes a busy broker) and
-``RequestTimeout``; ``ResourceExhausted`` means a request over a limit (too large), which a
-retry would only repeat.
+``Unavailable(text, leader=<node>)``; a message ending in `` [reason=<NAME>]`` becomes the
+error that reason names, without the suffix (``sentinel/server/status.py`` adds both). A
+broker that cannot be reached (connection refused, reset, HTTP/2 protocol failure) is
+``Unavailable``; a client-side deadline is ``RequestTimeout``. Retriable: ``Unavailable``
+(which includes a busy broker) and ``RequestTimeout``; ``ResourceExhausted`` means a
+request over a limit (too large), which a retry would only repeat. ``OutOfOrderSequence``
+and ``ProducerFenced`` (idempotent produce, the broker's own classes) are not retriable as
+such: the producer decides what they mean.
 
 Bad data a fetch returns is not the caller's fault, so it is never ``InvalidArgument``: a
 stored batch that does not decode is :class:`CorruptRecordBatch` (a ``CorruptionError``)
@@ -41,6 +45,7 @@ from typing import Final, Literal
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
+from sentinel.broker.producer_state import OutOfOrderSequence, ProducerFenced
 from sentinel.errors import (
     AlreadyExists,
     CorruptionError,
@@ -57,6 +62,8 @@ from sentinel.errors import (
 __all__ = [
     "RETRIABLE_ERRORS",
     "CorruptRecordBatch",
+    "OutOfOrderSequence",
+    "ProducerFenced",
     "RequestTimeout",
     "error_from_status",
     "is_retriable",
@@ -104,7 +111,13 @@ _SIMPLE_STATUS_ERRORS: Final[dict[Status, type[SentinelError]]] = {
     Status.RESOURCE_EXHAUSTED: ResourceExhausted,
     Status.DATA_LOSS: DataLoss,
     Status.DEADLINE_EXCEEDED: RequestTimeout,
+    Status.ABORTED: OutOfOrderSequence,
 }
+# Errors told apart from others of their status by the server's " [reason=<NAME>]" suffix.
+_REASON_ERRORS: Final[dict[str, type[SentinelError]]] = {
+    "PRODUCER_FENCED": ProducerFenced,
+}
+_REASON_SUFFIX: Final = re.compile(r" \[reason=([A-Z_]+)\]\Z")
 
 # The broker's OffsetOutOfRange message names the valid range
 # ("valid offsets are 3 to 17 (17 is the next offset)");
@@ -129,6 +142,9 @@ def error_from_status(status: Status, message: str | None) -> SentinelError:
         match = _VALID_RANGE.search(text)
         start, end = (int(match.group(1)), int(match.group(2))) if match else (-1, -1)
         return OffsetOutOfRange(text, log_start_offset=start, high_watermark=end)
+    reason = _REASON_SUFFIX.search(text)
+    if reason is not None and reason.group(1) in _REASON_ERRORS:
+        return _REASON_ERRORS[reason.group(1)](text[: reason.start()] or status.name)
     error_type = _SIMPLE_STATUS_ERRORS.get(status)
     if error_type is None:
         return SentinelError(f"{status.name}: {message}" if message else status.name)

@@ -22,8 +22,9 @@ How it works:
   flush, a close or a sender blocked on memory is waiting. One request carries everything
   queued (up to 1 MiB, or one larger record) as consecutive RecordBatches of at most
   ``batch_size`` bytes.
-- **Order.** At most one request is in flight per partition, and a failed request is
-  retried before anything queued after it is sent, so offsets follow send order.
+- **Order.** Offsets follow send order per partition, and each partition's futures are
+  resolved in that order. A failed request is sent again before anything formed after it
+  (:mod:`sentinel.client.sequencing` decides what goes when).
 - **Back-pressure.** Queued and in-flight records reserve their estimated size out of
   ``max_buffer_bytes``; a ``send`` that does not fit waits (FIFO) until acknowledged
   requests release memory. A full buffer never raises. A record larger than the whole
@@ -37,10 +38,27 @@ How it works:
   queues it as one unit with one future: the records go to one partition, are appended
   atomically (all or none) and cost no per-record Python work after encoding — the way
   to produce at the broker's full rate from one Python process.
-- **Delivery.** At least once: retriable failures (UNAVAILABLE, which includes a busy
-  broker, or a timeout) are retried ``retries`` times with exponential backoff; a request that timed out
-  after the broker appended it is appended again on retry (there is no idempotent producer).
-  A failed record's future carries the typed error.
+- **Delivery.** Retriable failures (UNAVAILABLE, which includes a busy broker, or a
+  timeout) are retried ``retries`` times with exponential backoff. A failed record's future
+  carries the typed error.
+- **Idempotence** (``enable_idempotence``, on by default with ``acks="all"``, as Kafka's
+  producer since 3.0): exactly once per partition, across retries. Before its first request
+  the producer asks for a producer id (InitProducerId, once); each batch carries it with a
+  sequence number per partition, fixed when the batch is formed and kept by every retry,
+  so a retry whose first answer was lost is answered with the original offsets instead of
+  being appended again. Up to 5 batches fly per partition (the broker remembers the last
+  5 of each producer), the first of a producer id alone. A batch refused as out of order
+  because an earlier one failed or arrived second is sent again after it, in order; an
+  ``OutOfOrderSequence`` nothing explains, or ``ProducerFenced``, fails that batch's
+  futures, and the partition goes on under a new producer id. Without idempotence
+  (``enable_idempotence=False``, or acks other than "all" left at the default): one
+  request in flight per partition, and a request that timed out after the broker appended
+  it is appended again on retry (at least once).
+- **Batches under idempotence.** A backlog larger than 5 batches of ``batch_size`` goes in
+  fewer, larger batches, so a request still carries up to 1 MiB: a request costs far more
+  than a batch here, and ``send`` keeps the records/s it has without idempotence.
+  ``send_batch`` batches are whole, so at most 5 of them fly: make them large (1000
+  records of 100 bytes reach the non-idempotent rate; 150 make about 55-65% of it).
 """
 
 from __future__ import annotations
@@ -62,12 +80,15 @@ from sentinel.client.accumulator import (
     BATCH_OVERHEAD,
     RECORD_OVERHEAD,
     Drained,
+    Entry,
     PartitionQueue,
     RecordAccumulator,
+    WholeBatch,
     estimate_size,
 )
 from sentinel.client.connection import Cluster, retry_delay, with_retries
-from sentinel.client.errors import RETRIABLE_ERRORS, error_from_status
+from sentinel.client.errors import error_from_status, is_retriable
+from sentinel.client.sequencing import PartitionSequencer, Request, stamp_producer
 from sentinel.client.types import BatchMetadata, RecordMetadata, TopicPartition
 from sentinel.errors import (
     FailedPrecondition,
@@ -96,8 +117,8 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 16 * 1024 * 1024
 # partition, acks, timeout, tags and the batches' length prefix: under 300 bytes), rounded
 # up to cover the record size estimates being a little short.
 REQUEST_FRAMING_BYTES: Final = 1024
-# How much queued data one request gathers, whatever max_request_bytes allows: with one
-# request in flight per partition, a request taking the whole buffer leaves the client idle
+# How much queued data one request gathers, whatever max_request_bytes allows: with few
+# requests in flight per partition, a request taking the whole buffer leaves the client idle
 # while the broker appends it (measured with 100-byte records: 16 MiB requests made 13-25%
 # fewer records/s than 1 MiB ones). A record larger than this still goes, alone.
 REQUEST_FILL_BYTES: Final = 1024 * 1024
@@ -124,18 +145,6 @@ _COMPRESSION: Final[dict[str, Compression]] = {
 RecordFuture = asyncio.Future[RecordMetadata]
 
 
-class _Prebuilt:
-    """A RecordBatch queued by ``send_batch``: it sits in a partition queue in place of a
-    record, travels as it is, and resolves its one future with a BatchMetadata."""
-
-    __slots__ = ("count", "data", "timestamp_ms")
-
-    def __init__(self, data: bytes, count: int, timestamp_ms: int) -> None:
-        self.data = data
-        self.count = count
-        self.timestamp_ms = timestamp_ms
-
-
 class _State(enum.Enum):
     NEW = "new"
     OPEN = "open"
@@ -143,19 +152,36 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+class _Payload:
+    """What a request carries besides its place in the sequence: its records and futures,
+    its encoded batches (kept: a retry sends the same bytes) and, once decided, its answer."""
+
+    __slots__ = ("drained", "encoded", "message", "outcome")
+
+    def __init__(self, drained: Drained[RecordFuture]) -> None:
+        self.drained = drained
+        self.encoded: list[bytes] = []
+        self.message: pb.ProduceRequest | None = None
+        self.outcome: pb.ProduceResponse | SentinelError | None = None
+
+
 class _PartitionSender:
-    """The asyncio side of one partition: its sender task and its progress counters."""
+    """The asyncio side of one partition: its sender task, its requests and its counters."""
 
-    __slots__ = ("completed", "enqueued", "inflight", "queue", "task", "tp", "wakeup")
+    __slots__ = ("completed", "enqueued", "queue", "sequencer", "task", "tp", "unsettled", "wakeup")
 
-    def __init__(self, tp: TopicPartition, queue: PartitionQueue[RecordFuture]) -> None:
+    def __init__(
+        self, tp: TopicPartition, queue: PartitionQueue[RecordFuture], sequencer: PartitionSequencer[_Payload]
+    ) -> None:
         self.tp = tp
         self.queue = queue  # the accumulator's queue of this partition
+        self.sequencer = sequencer
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.enqueued = 0  # records ever appended
-        self.completed = 0  # records whose future is resolved (or failed)
-        self.inflight: Drained[RecordFuture] | None = None
+        self.enqueued = 0  # entries (records, whole batches) ever appended
+        self.completed = 0  # entries whose future is resolved (or failed)
+        # Formed requests not yet settled, in formation (offset) order: they settle in it.
+        self.unsettled: deque[Request[_Payload]] = deque()
 
 
 class Producer:
@@ -175,11 +201,21 @@ class Producer:
         retries: int = DEFAULT_RETRIES,
         retry_backoff_ms: float = DEFAULT_RETRY_BACKOFF_MS,
         client_id: str = "sentinel-producer",
+        enable_idempotence: bool | None = None,
     ) -> None:
         try:
             self._acks = _ACKS[acks]
         except (KeyError, TypeError):
             raise InvalidArgument(f"acks must be 'all', 1 or 0, got {acks!r}") from None
+        # Kafka's rule: idempotence needs acks=all (a batch acknowledged by the leader alone
+        # may be lost by a failover, and the next one would then be refused as out of
+        # order); left at its default, it is on exactly when acks is "all".
+        if enable_idempotence is None:
+            enable_idempotence = self._acks is pb.Acks.ALL
+        elif enable_idempotence and self._acks is not pb.Acks.ALL:
+            raise InvalidArgument(f"enable_idempotence=True needs acks='all', got acks={acks!r}")
+        #: Whether batches carry a producer id and sequence numbers (see the module docstring).
+        self.idempotent = bool(enable_idempotence)
         codec = _COMPRESSION.get(compression) if isinstance(compression, str) else None
         if codec is None:
             raise InvalidArgument(f"compression must be one of {sorted(_COMPRESSION)}, got {compression!r}")
@@ -214,9 +250,10 @@ class Producer:
         self.max_record_bytes = max_request_bytes - REQUEST_FRAMING_BYTES - BATCH_OVERHEAD
         # The running loop's create_future, bound in start(): one call per record.
         self._create_future: Callable[[], RecordFuture] = _no_loop
-        # Set by the first send_batch: from then on requests may mix records and whole
-        # batches (the per-record paths check each entry's type only when it is set).
-        self._has_prebuilt = False
+        # The producer id and epoch new bindings take (InitProducerId, asked once, and again
+        # only when a partition's binding broke under the current one).
+        self._identity: tuple[int, int] | None = None
+        self._identity_task: asyncio.Task[tuple[int, int]] | None = None
         self._round_robin = RoundRobinPartitioner(random.Random())
         self._senders: dict[TopicPartition, _PartitionSender] = {}
         # topic -> partition -> sender: the per-record lookup, without building a TopicPartition.
@@ -263,6 +300,8 @@ class Producer:
         finally:
             tasks: list[asyncio.Task[Any]] = [s.task for s in self._senders.values() if s.task is not None]
             tasks.extend(self._topic_setups.values())
+            if self._identity_task is not None:
+                tasks.append(self._identity_task)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -387,8 +426,7 @@ class Producer:
         else:
             acc.reserve(size)
         future: asyncio.Future[BatchMetadata] = asyncio.get_running_loop().create_future()
-        self._has_prebuilt = True
-        self._enqueue(topic, partition, _Prebuilt(data, len(values), timestamp_ms), future, size)
+        self._enqueue(topic, partition, WholeBatch(data, len(values), timestamp_ms), future, size, whole=True)
         return future
 
     def _default_partition(self, topic: str, key: bytes | None, count: int) -> int:
@@ -397,7 +435,9 @@ class Producer:
             return partition_for_key(key, count)
         return self._round_robin.next_partition(topic, count)
 
-    def _enqueue(self, topic: str, partition: int, entry: Any, completion: Any, size: int) -> None:
+    def _enqueue(
+        self, topic: str, partition: int, entry: Any, completion: Any, size: int, whole: bool = False
+    ) -> None:
         """Queue a record (or a whole batch) whose ``size`` is reserved; wake its sender when
         the queue needs a look (first entry, or just reached batch_size)."""
         senders = self._senders_by_topic.get(topic)
@@ -405,7 +445,9 @@ class Producer:
         if sender is None:
             sender = self._start_sender(TopicPartition(topic, partition))
         sender.enqueued += 1
-        if sender.queue.add(entry, completion, size, time.monotonic(), self._acc.batch_size):
+        queue = sender.queue
+        add = queue.add_whole if whole else queue.add
+        if add(entry, completion, size, time.monotonic(), self._acc.batch_size):
             sender.wakeup.set()
 
     def _not_accepting(self) -> SentinelError:
@@ -538,10 +580,50 @@ class Producer:
             acc.reserve(size)
             waiter.set_result(None)
 
+    # -- producer id -------------------------------------------------------------------------
+
+    async def _producer_identity(self, stale: int | None) -> tuple[int, int]:
+        """The producer id and epoch a new binding takes: the current one unless it is
+        ``stale`` (a binding of it broke), else a new one from InitProducerId (concurrent
+        askers share one call)."""
+        identity = self._identity
+        if identity is not None and identity[0] != stale:
+            return identity
+        task = self._identity_task
+        if task is None:
+            cluster = self._cluster
+            assert cluster is not None
+            task = asyncio.ensure_future(
+                with_retries(cluster.init_producer_id, retries=self._retries, backoff_s=self._backoff_s)
+            )
+            task.add_done_callback(self._identity_known)
+            self._identity_task = task
+        return await asyncio.shield(task)
+
+    def _identity_known(self, task: asyncio.Task[tuple[int, int]]) -> None:
+        self._identity_task = None
+        if not task.cancelled() and task.exception() is None:  # a failure: the next asker tries again
+            self._identity = task.result()
+
+    async def _bind(self, sender: _PartitionSender) -> SentinelError | None:
+        """Give the partition a new binding; the error instead if no producer id came."""
+        sequencer = sender.sequencer
+        stale = sequencer.binding.producer_id if sequencer.binding is not None else None
+        try:
+            producer_id, epoch = await self._producer_identity(stale)
+        except SentinelError as exc:
+            return exc
+        # Nothing of this partition flew meanwhile (a binding is needed only when nothing does).
+        sequencer.bind(producer_id, epoch)
+        return None
+
     # -- sender tasks ----------------------------------------------------------------------
 
     def _start_sender(self, tp: TopicPartition) -> _PartitionSender:
-        sender = _PartitionSender(tp, self._acc.queue(tp))
+        sequencer: PartitionSequencer[_Payload] = PartitionSequencer(
+            idempotent=self.idempotent, retries=self._retries
+        )
+        sender = _PartitionSender(tp, self._acc.queue(tp), sequencer)
         sender.task = asyncio.get_running_loop().create_task(self._run_sender(sender), name=f"produce {tp}")
         self._senders[tp] = sender
         self._senders_by_topic.setdefault(tp.topic, {})[tp.partition] = sender
@@ -556,39 +638,47 @@ class Producer:
         event.set()
 
     async def _run_sender(self, sender: _PartitionSender) -> None:
-        tp = sender.tp
+        """Form requests from the partition's queue and send them as its sequencer allows;
+        send again, in order, what must go again. Requests fly as tasks of this task's
+        group: a bug in one fails the producer, and cancelling this cancels them."""
         acc = self._acc
         queue = sender.queue
         wakeup = sender.wakeup
+        sequencer = sender.sequencer
         try:
-            while True:
-                if not queue.records:
-                    wakeup.clear()
-                    await wakeup.wait()
-                    continue
-                if queue.size < acc.batch_size and not (
-                    self._flushing or self._room_waiters or self._state is not _State.OPEN
-                ):
-                    delay = queue.first_at + self._linger_s - time.monotonic()
-                    if delay > 0:
-                        wakeup.clear()
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(delay):
-                                await wakeup.wait()
+            async with asyncio.TaskGroup() as requests:
+                while True:
+                    retry = sequencer.next_retry()
+                    if retry is not None:
+                        await self._send_again(sender, retry, requests)
                         continue
-                drained = acc.drain(tp)
-                assert drained is not None
-                sender.inflight = drained
-                try:
-                    await self._deliver(tp, drained)
-                finally:
-                    acc.release(drained.size)
-                    sender.completed += drained.record_count
-                    self._grant_room()
-                    self._signal_progress()
-                # Only now: if delivery was cancelled or crashed, the handlers below still
-                # see the in-flight records and fail their futures.
-                sender.inflight = None
+                    if not queue.records or not (sequencer.room() or sequencer.needs_binding()):
+                        wakeup.clear()
+                        await wakeup.wait()
+                        continue
+                    if queue.size < acc.batch_size and not (
+                        self._flushing or self._room_waiters or self._state is not _State.OPEN
+                    ):
+                        delay = queue.first_at + self._linger_s - time.monotonic()
+                        if delay > 0:
+                            wakeup.clear()
+                            with contextlib.suppress(TimeoutError):
+                                async with asyncio.timeout(delay):
+                                    await wakeup.wait()
+                            continue
+                    if sequencer.needs_binding():
+                        error = await self._bind(sender)
+                        if error is not None:  # the records this request would have carried fail
+                            drained = acc.drain(sender.tp)
+                            assert drained is not None
+                            self._fail_unsent(sender, drained, error)
+                            continue
+                    drained = acc.drain(sender.tp, sequencer.room())
+                    assert drained is not None
+                    request = sequencer.form(drained.batch_record_counts(), _Payload(drained))
+                    sender.unsettled.append(request)
+                    self._encode(sender.tp, request)
+                    requests.create_task(self._send(sender, request))
         except asyncio.CancelledError:
             self._abandon(sender, FailedPrecondition("producer closed before the record was sent"))
             raise
@@ -599,11 +689,95 @@ class Producer:
                 self._abandon(other, Unavailable(f"producer failed: {exc!r}"))
             raise
 
+    async def _send(self, sender: _PartitionSender, request: Request[_Payload]) -> None:
+        """One attempt of ``request``: its answer goes to the sequencer, then whatever is
+        decided is settled (in order)."""
+        cluster = self._cluster
+        assert cluster is not None
+        payload = request.payload
+        assert payload.message is not None
+        conn = cluster.leader(sender.tp)
+        try:
+            with conn.errors:
+                response = await conn.stub.produce(payload.message, timeout=self._request_timeout_s)
+        except SentinelError as exc:
+            if not sender.sequencer.failed(request, exc):
+                if isinstance(exc, NotFound):
+                    cluster.forget(sender.tp.topic)
+                payload.outcome = exc
+                self._settle(sender)
+        else:
+            sender.sequencer.succeeded(request)
+            payload.outcome = response
+            self._settle(sender)
+        sender.wakeup.set()
+
+    async def _send_again(
+        self, sender: _PartitionSender, request: Request[_Payload], requests: asyncio.TaskGroup
+    ) -> None:
+        """Send ``request`` again, alone: after a backoff if it failed retriably, under a new
+        binding if its own cannot have it any more."""
+        sequencer = sender.sequencer
+        error = request.error
+        if error is not None and is_retriable(error):
+            if isinstance(error, Unavailable):  # maybe a new leader: ask where
+                assert self._cluster is not None
+                await self._cluster.refresh_quietly([sender.tp.topic])
+            await asyncio.sleep(retry_delay(self._backoff_s, request.attempts))
+        if sequencer.needs_binding():
+            bind_error = await self._bind(sender)
+            if bind_error is not None:
+                sequencer.drop(request)
+                request.payload.outcome = bind_error
+                self._settle(sender)
+                return
+        if sequencer.resend(request):
+            self._restamp(sender.tp, request)
+        requests.create_task(self._send(sender, request))
+
+    def _settle(self, sender: _PartitionSender) -> None:
+        """Resolve or fail the futures of the oldest requests whose outcome is known, in
+        formation order, so a partition's futures complete in offset order."""
+        unsettled = sender.unsettled
+        acc = self._acc
+        settled = False
+        while unsettled and unsettled[0].payload.outcome is not None:
+            payload = unsettled.popleft().payload
+            drained = payload.drained
+            outcome = payload.outcome
+            if isinstance(outcome, pb.ProduceResponse):
+                self._resolve(sender.tp, drained, outcome)
+            else:
+                for future in drained.completions:
+                    if not future.done():
+                        future.set_exception(outcome)  # type: ignore[arg-type]
+            acc.release(drained.size)
+            sender.completed += drained.entry_count
+            settled = True
+        if settled:
+            self._grant_room()
+            self._signal_progress()
+
+    def _fail_unsent(
+        self, sender: _PartitionSender, drained: Drained[RecordFuture], error: SentinelError
+    ) -> None:
+        for future in drained.completions:
+            if not future.done():
+                future.set_exception(error)
+        self._acc.release(drained.size)
+        sender.completed += drained.entry_count
+        self._grant_room()
+        self._signal_progress()
+
     def _abandon(self, sender: _PartitionSender, error: SentinelError) -> None:
         """Fail every record of ``sender`` not yet answered."""
-        futures = self._acc.take_all(sender.tp)
-        if sender.inflight is not None:
-            futures = sender.inflight.completions + futures
+        futures: list[Any] = []
+        for request in sender.unsettled:
+            drained = request.payload.drained
+            futures.extend(drained.completions)
+            self._acc.release(drained.size)
+        sender.unsettled.clear()
+        futures.extend(self._acc.take_all(sender.tp))
         sender.completed = sender.enqueued
         for future in futures:
             if not future.done():
@@ -611,45 +785,62 @@ class Producer:
         self._grant_room()
         self._signal_progress()
 
-    async def _deliver(self, tp: TopicPartition, drained: Drained[RecordFuture]) -> None:
-        """Send one request (retrying), then resolve or fail every record's future."""
-        cluster = self._cluster
-        assert cluster is not None
-        try:
-            codec = self._compression
-            if self._has_prebuilt:
-                payload = b"".join(_encode_mixed(drained.batches, codec))
+    # -- encoding and answers --------------------------------------------------------------
+
+    def _encode(self, tp: TopicPartition, request: Request[_Payload]) -> None:
+        """Encode a new request's batches, with its producer id and sequence numbers, once:
+        every retry sends these bytes."""
+        payload = request.payload
+        drained = payload.drained
+        codec = self._compression
+        binding = request.binding
+        encoded: list[bytes]
+        if binding is None:
+            if drained.wholes:
+                encoded = [
+                    batch[0].data
+                    if type(batch[0]) is WholeBatch
+                    else build_batch(_records(batch), compression=codec)
+                    for batch in drained.batches
+                ]
             else:
-                payload = b"".join([build_batch(records, compression=codec) for records in drained.batches])
-            request = pb.ProduceRequest(
-                topic=tp.topic,
-                partition=tp.partition,
-                record_batches=payload,
-                acks=self._acks,
-                timeout_ms=self._request_timeout_ms,
-            )
-            attempt = 0
-            while True:
-                conn = cluster.leader(tp)
-                try:
-                    with conn.errors:
-                        response = await conn.stub.produce(request, timeout=self._request_timeout_s)
-                    break
-                except RETRIABLE_ERRORS as exc:
-                    if attempt >= self._retries:
-                        raise
-                    attempt += 1
-                    if isinstance(exc, Unavailable):  # maybe a new leader: ask where
-                        await cluster.refresh_quietly([tp.topic])
-                    await asyncio.sleep(retry_delay(self._backoff_s, attempt))
-        except SentinelError as exc:
-            if isinstance(exc, NotFound):
-                cluster.forget(tp.topic)
-            for future in drained.completions:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        self._resolve(tp, drained, response)
+                encoded = [build_batch(_records(batch), compression=codec) for batch in drained.batches]
+        else:
+            producer_id, epoch = binding.producer_id, binding.producer_epoch
+            encoded = [
+                stamp_producer(batch[0].data, producer_id, epoch, base)
+                if type(batch[0]) is WholeBatch
+                else build_batch(
+                    _records(batch),
+                    compression=codec,
+                    producer_id=producer_id,
+                    producer_epoch=epoch,
+                    base_sequence=base,
+                )
+                for batch, base in zip(drained.batches, request.base_sequences, strict=True)
+            ]
+        payload.encoded = encoded
+        payload.message = self._message(tp, encoded)
+
+    def _restamp(self, tp: TopicPartition, request: Request[_Payload]) -> None:
+        """The request moved to a new binding: the same batches with its new numbers."""
+        payload = request.payload
+        binding = request.binding
+        assert binding is not None
+        payload.encoded = [
+            stamp_producer(data, binding.producer_id, binding.producer_epoch, base)
+            for data, base in zip(payload.encoded, request.base_sequences, strict=True)
+        ]
+        payload.message = self._message(tp, payload.encoded)
+
+    def _message(self, tp: TopicPartition, encoded: list[bytes]) -> pb.ProduceRequest:
+        return pb.ProduceRequest(
+            topic=tp.topic,
+            partition=tp.partition,
+            record_batches=b"".join(encoded),
+            acks=self._acks,
+            timeout_ms=self._request_timeout_ms,
+        )
 
     def _resolve(
         self, tp: TopicPartition, drained: Drained[RecordFuture], response: pb.ProduceResponse
@@ -658,7 +849,7 @@ class Producer:
         tuples built with ``tuple.__new__``, no per-record ``done()`` check)."""
         base = response.base_offset if self._acks is not pb.Acks.NONE else -1
         append_time = response.log_append_time_ms
-        if self._has_prebuilt:
+        if drained.wholes:
             self._resolve_mixed(tp, drained, base, append_time)
             return
         topic, partition = tp
@@ -669,7 +860,7 @@ class Producer:
             for record, future in zip(records, futures, strict=False):
                 metadata = new(
                     RecordMetadata,
-                    (topic, partition, offset, append_time if append_time > 0 else record[3]),
+                    (topic, partition, offset, append_time if append_time > 0 else record[3]),  # type: ignore[index]
                 )
                 try:
                     future.set_result(metadata)
@@ -681,20 +872,19 @@ class Producer:
     def _resolve_mixed(
         self, tp: TopicPartition, drained: Drained[RecordFuture], base: int, append_time: int
     ) -> None:
-        """``_resolve`` for requests that may hold whole batches (``send_batch``)."""
+        """``_resolve`` for requests that hold whole batches (``send_batch``)."""
         topic, partition = tp
         futures = iter(drained.completions)
         offset = base
         for records in drained.batches:
             for record, future in zip(records, futures, strict=False):
                 result: Any
-                if type(record) is _Prebuilt:
-                    prebuilt: _Prebuilt = record
-                    timestamp = append_time if append_time > 0 else prebuilt.timestamp_ms
-                    result = BatchMetadata(topic, partition, offset, prebuilt.count, timestamp)
-                    step = prebuilt.count
+                if type(record) is WholeBatch:
+                    timestamp = append_time if append_time > 0 else record.timestamp_ms
+                    result = BatchMetadata(topic, partition, offset, record.count, timestamp)
+                    step = record.count
                 else:
-                    timestamp = append_time if append_time > 0 else record[3]
+                    timestamp = append_time if append_time > 0 else record[3]  # type: ignore[index]
                     result = RecordMetadata(topic, partition, offset, timestamp)
                     step = 1
                 with contextlib.suppress(asyncio.InvalidStateError):
@@ -703,22 +893,9 @@ class Producer:
                     offset += step
 
 
-def _encode_mixed(batches: list[list[RecordTuple]], codec: Compression) -> list[bytes]:
-    """Encode a drained request whose entries may be whole batches (kept as they are)."""
-    parts: list[bytes] = []
-    for records in batches:
-        run: list[RecordTuple] = []
-        for record in records:
-            if type(record) is _Prebuilt:
-                if run:
-                    parts.append(build_batch(run, compression=codec))
-                    run = []
-                parts.append(record.data)
-            else:
-                run.append(record)
-        if run:
-            parts.append(build_batch(run, compression=codec))
-    return parts
+def _records(batch: list[Entry]) -> list[RecordTuple]:
+    """A batch of records (not a WholeBatch), typed as such."""
+    return batch  # type: ignore[return-value]
 
 
 def _no_loop() -> RecordFuture:

@@ -174,3 +174,32 @@ class GroupInfo:
     generation: int
     members: tuple[GroupMemberInfo, ...]
     offsets: tuple[PartitionLag, ...]
+
+
+@attrs.frozen
+class PartitionStatus:
+    """A Raft group as its leader reports it (or, without a reachable leader, a replica)."""
+
+    topic: str  # "" for the controller group
+    partition: int
+    leader: int  # -1: none known
+    replicas: tuple[int, ...]
+    term: int
+    commit_index: int
+    high_watermark: int
+    followers: tuple[tuple[int, int], ...]  # (node id, entries behind the leader)
+
+
+@attrs.frozen
+class BrokerStatus:
+    node_id: int
+    address: str
+    reachable: bool  # answered the status request
+
+
+@attrs.frozen
+class ClusterStatus:
+    controller: int  # node id of the controller leader, -1 when none is known
+    brokers: tuple[BrokerStatus, ...]
+    controller_group: PartitionStatus | None
+    partitions: tuple[PartitionStatus, ...]

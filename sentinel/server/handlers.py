@@ -15,18 +15,27 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
+from collections.abc import Callable, Sequence
 
 import trio
 
 from sentinel.broker.broker import Broker, Topic, TopicConfig
 from sentinel.broker.coordinator import GroupCoordinator
-from sentinel.errors import InvalidArgument, NotFound, SentinelError
+from sentinel.broker.replica import ACKS_ALL, ACKS_LEADER, ACKS_NONE, PartitionReplica, ReplicaView
+from sentinel.cluster import metadata as md
+from sentinel.cluster.controller import ControllerView
+from sentinel.cluster.transport import LinkStatistics
+from sentinel.errors import InvalidArgument, NotFound, SentinelError, Unavailable
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.metrics import Metrics
 from sentinel.records import iter_batches
 from sentinel.server.status import status_of
 
+_ACKS = {pb.Acks.ALL: ACKS_ALL, pb.Acks.LEADER: ACKS_LEADER, pb.Acks.NONE: ACKS_NONE}
 DEFAULT_FETCH_MAX_BYTES = 1024 * 1024
+# How long TransferLeader waits for the new leader (a transfer is abandoned after one
+# election timeout, about 1 s with the default 100 ms tick).
+TRANSFER_WAIT_SECONDS = 3.0
 # A single fetch response never carries more than this (the client can ask for less). A
 # larger max_bytes is capped, not refused, as Kafka caps it by the broker's fetch.max.bytes:
 # max_bytes is a budget, and a smaller response is always a valid answer to it.
@@ -49,8 +58,10 @@ class Handlers:
         host: str,
         port: int,
         max_batch_bytes: int,
+        peers: Callable[[], list[LinkStatistics]] = list,
     ) -> None:
         self.broker = broker
+        self.peers = peers
         self.coordinator = coordinator
         self.metrics = metrics
         self.host = host
@@ -66,7 +77,8 @@ class Handlers:
         known_enum(request.acks, "acks")
         batches = list(iter_batches(request.record_batches, max_batch_bytes=self.max_batch_bytes))
         wait = request.acks != pb.Acks.NONE
-        partition, result = await self.broker.produce(request.topic, request.partition, batches, wait=wait)
+        acks = _ACKS[request.acks]
+        partition, result = await self.broker.produce(request.topic, request.partition, batches, acks=acks)
         self.metrics.observe_produce(time.perf_counter() - started)
         return pb.ProduceResponse(
             topic=request.topic,
@@ -88,7 +100,7 @@ class Handlers:
             raise InvalidArgument(f"offset must be >= 0, got {request.offset}")
         max_bytes = min(request.max_bytes or DEFAULT_FETCH_MAX_BYTES, MAX_FETCH_BYTES)
         started = time.perf_counter()
-        result = log.read(request.offset, max_bytes)
+        result = await log.fetch(request.offset, max_bytes)
         if not result.data and request.max_wait_ms > 0:
             waiting = time.perf_counter()
             with trio.move_on_after(request.max_wait_ms / 1000):
@@ -96,7 +108,7 @@ class Handlers:
             started += time.perf_counter() - waiting  # the long poll is not latency
             if self.broker.topics.get(request.topic) is not topic:
                 raise NotFound(f"topic {request.topic!r} was deleted while the fetch waited")
-            result = log.read(request.offset, max_bytes)
+            result = await log.fetch(request.offset, max_bytes)
         if result.data:
             self.metrics.record_consumed(
                 request.topic, request.partition, result.next_offset - request.offset, len(result.data)
@@ -114,18 +126,26 @@ class Handlers:
     # -- metadata and admin ------------------------------------------------------------
 
     def _partition_metadata(self, topic: Topic) -> list[pb.PartitionMetadata]:
-        node = self.broker.options.node_id
-        return [
-            pb.PartitionMetadata(
-                partition=log.partition,
-                leader=node,
-                replicas=[node],
-                in_sync_replicas=[node],
-                log_start_offset=log.log_start_offset,
-                high_watermark=log.high_watermark,
+        out = []
+        for p, log in enumerate(topic.logs):
+            replicas = list(topic.replicas[p])
+            if isinstance(log, PartitionReplica):
+                view = log.view
+                # A replica knows its leader (0 while electing); the client asks again then.
+                leader = view.leader if view.leader else -1
+            else:
+                leader = replicas[0]  # a guess from the placement: the client is redirected if wrong
+            out.append(
+                pb.PartitionMetadata(
+                    partition=p,
+                    leader=leader,
+                    replicas=replicas,
+                    in_sync_replicas=replicas,
+                    log_start_offset=log.log_start_offset,
+                    high_watermark=log.high_watermark,
+                )
             )
-            for log in topic.logs
-        ]
+        return out
 
     def _describe(self, topic: Topic) -> pb.TopicDescription:
         return pb.TopicDescription(
@@ -146,7 +166,6 @@ class Handlers:
                     with contextlib.suppress(InvalidArgument):  # reported per topic below
                         await self.broker.create_topic(name, if_absent=True)
         topics = self.broker.topics
-        node = self.broker.options.node_id
         entries = []
         for name in request.topics or sorted(topics):
             topic = topics.get(name)
@@ -166,10 +185,14 @@ class Handlers:
                 entries.append(
                     pb.TopicMetadata(name=name, error_code=failed.status.value, error_message=failed.message)
                 )
+        view = self.broker.controller.view
+        brokers = [
+            pb.BrokerInfo(node_id=b.node_id, host=b.host, port=b.port) for b in view.image.brokers.values()
+        ]
         return pb.MetadataResponse(
-            brokers=[pb.BrokerInfo(node_id=node, host=self.host, port=self.port)],
+            brokers=sorted(brokers, key=lambda b: b.node_id),
             topics=entries,
-            controller_id=node,
+            controller_id=view.leader if view.leader else -1,
         )
 
     async def list_offsets(self, request: pb.ListOffsetsRequest) -> pb.ListOffsetsResponse:
@@ -201,7 +224,7 @@ class Handlers:
         topic = await self.broker.create_topic(
             request.name,
             request.partitions,
-            1 if request.replication_factor is None else request.replication_factor,
+            request.replication_factor,  # omitted (None): the broker's default
             config,
         )
         return pb.CreateTopicResponse(topic=self._describe(topic))
@@ -217,6 +240,64 @@ class Handlers:
 
     async def describe_topic(self, request: pb.DescribeTopicRequest) -> pb.TopicDescription:
         return self._describe(self.broker.topic(request.name))
+
+    # -- the cluster ---------------------------------------------------------------------
+
+    async def cluster_status(self, request: pb.ClusterStatusRequest) -> pb.ClusterStatusResponse:
+        broker = self.broker
+        controller = broker.controller.view
+        image = controller.image
+        groups = [_group_status("", 0, sorted(image.brokers), controller)]
+        for topic in list(broker.topics.values()):
+            for p, log in enumerate(topic.logs):
+                if isinstance(log, PartitionReplica):
+                    groups.append(_group_status(topic.name, p, topic.replicas[p], log.view))
+        return pb.ClusterStatusResponse(
+            node_id=broker.options.node_id,
+            controller_id=controller.leader or -1,
+            controller_term=controller.term,
+            brokers=[
+                pb.BrokerInfo(node_id=b.node_id, host=b.host, port=b.port)
+                for b in sorted(image.brokers.values(), key=lambda b: b.node_id)
+            ],
+            peers=[pb.PeerStatus(node_id=link.peer, connected=link.connected) for link in self.peers()],
+            groups=groups,
+        )
+
+    async def transfer_leader(self, request: pb.TransferLeaderRequest) -> pb.TransferLeaderResponse:
+        topic = self.broker.topic(request.topic)
+        log = topic.log(request.partition)
+        if request.to not in topic.replicas[request.partition]:
+            raise InvalidArgument(
+                f"node {request.to} holds no replica of {request.topic}[{request.partition}] "
+                f"(replicas: {', '.join(map(str, topic.replicas[request.partition]))})"
+            )
+        log.check_leader()
+        assert isinstance(log, PartitionReplica)
+        if log.view.leader != request.to:
+            await log.transfer_leadership(request.to)
+            # A transfer is an election the target wins at once, or abandoned after one
+            # election timeout: wait a little longer than that for the outcome.
+            with trio.move_on_after(TRANSFER_WAIT_SECONDS):
+                view = log.view
+                while view.leader != request.to and not view.closed:
+                    await view.changed.wait()
+                    view = log.view
+        leader = log.view.leader
+        if leader != request.to:
+            raise Unavailable(
+                f"the transfer of {request.topic}[{request.partition}] to node {request.to} did not "
+                f"complete (leader: {leader or 'none'}); is node {request.to} up and caught up?"
+            )
+        return pb.TransferLeaderResponse(leader=leader)
+
+    async def init_producer_id(self, request: pb.InitProducerIdRequest) -> pb.InitProducerIdResponse:
+        # A controller write: refused up front on a full disk, as produce is (the controller's
+        # Raft group would hold it until space is back, and the producer would time out).
+        self.broker.check_disk_space()
+        producer_id = await self.broker.controller.propose(md.allocate_producer_id())
+        assert isinstance(producer_id, int)
+        return pb.InitProducerIdResponse(producer_id=producer_id, producer_epoch=0)
 
     # -- consumer groups ---------------------------------------------------------------
 
@@ -247,6 +328,25 @@ class Handlers:
 
     async def describe_group(self, request: pb.DescribeGroupRequest) -> pb.GroupDescription:
         return await self.coordinator.describe(request.group_id)
+
+
+def _group_status(
+    topic: str, partition: int, replicas: Sequence[int], view: ReplicaView | ControllerView
+) -> pb.GroupStatus:
+    high_watermark = view.high_watermark if isinstance(view, ReplicaView) else -1
+    log_end = view.log_end_offset if isinstance(view, ReplicaView) else -1
+    return pb.GroupStatus(
+        topic=topic,
+        partition=partition,
+        leader=view.leader or -1,
+        replicas=list(replicas),
+        role=view.role.name.lower(),
+        term=view.term,
+        commit_index=view.stats.commit,
+        high_watermark=high_watermark,
+        log_end_offset=log_end,
+        followers=[pb.FollowerLag(node_id=f, lag=lag) for f, lag in view.stats.follower_lag],
+    )
 
 
 def known_enum(value: enum.Enum, field: str) -> None:

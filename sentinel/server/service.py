@@ -123,3 +123,12 @@ class SentinelService(pb.SentinelBase):
 
     async def describe_group(self, message: pb.DescribeGroupRequest) -> pb.GroupDescription:
         return await self._call(self._handlers.describe_group, message)
+
+    async def cluster_status(self, message: pb.ClusterStatusRequest) -> pb.ClusterStatusResponse:
+        return await self._call(self._handlers.cluster_status, message)
+
+    async def transfer_leader(self, message: pb.TransferLeaderRequest) -> pb.TransferLeaderResponse:
+        return await self._call(self._handlers.transfer_leader, message)
+
+    async def init_producer_id(self, message: pb.InitProducerIdRequest) -> pb.InitProducerIdResponse:
+        return await self._call(self._handlers.init_producer_id, message)

@@ -17,7 +17,12 @@ Invariants:
   ``DATA_LOSS``, never ``INTERNAL`` (a server bug) nor ``INVALID_ARGUMENT`` (the caller's);
 * a leader hint (:attr:`Unavailable.leader`) travels twice: in trailing metadata under
   :data:`LEADER_METADATA_KEY` and as a ``[leader=...]`` suffix of the message, because the
-  generated stubs raise a bare ``GRPCError`` that does not carry trailing metadata.
+  generated stubs raise a bare ``GRPCError`` that does not carry trailing metadata;
+* an error a client must tell apart from others of its status carries a reason the same
+  two ways (:data:`REASON_METADATA_KEY`, a `` [reason=NAME]`` suffix): today only
+  ``ProducerFenced`` (``FAILED_PRECONDITION``, like a stale group generation);
+  ``OutOfOrderSequence`` has ``ABORTED`` to itself, gRPC's status for "a sequencer check
+  failure".
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from sentinel.broker.producer_state import OutOfOrderSequence, ProducerFenced
 from sentinel.errors import (
     ActorClosed,
     AlreadyExists,
@@ -50,11 +56,15 @@ from sentinel.errors import (
 #: Trailing-metadata key naming the node to retry against after ``UNAVAILABLE``.
 LEADER_METADATA_KEY = "sentinel-leader"
 
+#: Trailing-metadata key naming why an error happened, for errors that share a status.
+REASON_METADATA_KEY = "sentinel-reason"
+
 #: What a client sees for an unexpected server exception: the details stay in the server log.
 INTERNAL_ERROR_MESSAGE = "internal server error"
 
 _LEADER_SUFFIX = " [leader={}]"
 _LEADER_SUFFIX_RE = re.compile(r" \[leader=([^\]]+)\]\Z")
+_REASON_SUFFIX = " [reason={}]"
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -91,6 +101,15 @@ _STATUS_OF_CLASS: dict[type[BaseException], Status] = {
     StorageError: Status.INTERNAL,
     TimeoutError: Status.DEADLINE_EXCEEDED,
     trio.TooSlowError: Status.DEADLINE_EXCEEDED,
+    # Idempotent produce: a batch whose sequence does not follow its producer's last one.
+    # Not retried as it is: the producer decides (an earlier batch may explain it).
+    OutOfOrderSequence: Status.ABORTED,
+    ProducerFenced: Status.FAILED_PRECONDITION,
+}
+
+#: The reason named with errors whose status is not theirs alone (see the module docstring).
+_REASON_OF_CLASS: dict[type[BaseException], str] = {
+    ProducerFenced: "PRODUCER_FENCED",
 }
 
 _DEFAULT_MESSAGE = {
@@ -116,12 +135,16 @@ def status_of(exc: BaseException) -> RpcStatus:
             message + _LEADER_SUFFIX.format(exc.leader),
             ((LEADER_METADATA_KEY, exc.leader),),
         )
+    reason = next((r for cls in type(exc).__mro__ if (r := _REASON_OF_CLASS.get(cls))), None)
+    if reason is not None:
+        return RpcStatus(status, message + _REASON_SUFFIX.format(reason), ((REASON_METADATA_KEY, reason),))
     return RpcStatus(status, message)
 
 
 __all__ = [
     "INTERNAL_ERROR_MESSAGE",
     "LEADER_METADATA_KEY",
+    "REASON_METADATA_KEY",
     "RpcStatus",
     "status_of",
 ]

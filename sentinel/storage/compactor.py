@@ -243,6 +243,11 @@ class Compactor(Actor[CompactorMessage]):
         """The disk-full error flushes or compactions are meeting now, else None."""
         return self._flush_backoff.error or self._compaction_backoff.error
 
+    @property
+    def flush_blocked(self) -> DiskFullError | None:
+        """The disk-full error flushes are meeting now (writes soon have nowhere to go)."""
+        return self._flush_backoff.error
+
     async def serve(self) -> None:
         while True:
             self._check_l0()

@@ -96,6 +96,7 @@ class Store:
         self._thread = run_in_thread or trio.to_thread.run_sync
         self._view: ReadView | None = None
         self._view_published = trio.Event()  # set (and replaced) whenever _view changes
+        self._refused_up_front = 0  # writes refused by check_space (counted with the engine's)
         self._closing = trio.Event()
         self._closed = trio.Event()
         self._started = False
@@ -320,6 +321,27 @@ class Store:
 
     # -- observability ---------------------------------------------------------------
 
+    @property
+    def disk_full(self) -> DiskFullError | None:
+        """The error writes are refused with while the disk is full (None when it is not):
+        lets a caller refuse a write up front instead of queueing it. A compaction that
+        lacks room does not count: writes still fit (they are refused once flushes fail)."""
+        wal, compactor = self._wal, self._compactor
+        if wal is None or compactor is None:
+            return None
+        return wal.disk_full or compactor.flush_blocked
+
+    def check_space(self) -> None:
+        """Raise the error writes are refused with now (the disk is full, or a damaged table
+        holds L0 at its bound: storage needs repair) and count it as a refused write: a
+        caller refuses up front instead of queueing a write that would be held."""
+        refusal: WriteRefused | None = self.disk_full
+        if refusal is None and self._compactor is not None:
+            refusal = self._compactor.needs_repair
+        if refusal is not None:
+            self._refused_up_front += 1
+            raise refusal
+
     def statistics(self) -> StorageStatistics:
         assert self._memtables is not None and self._wal is not None and self._compactor is not None
         version = self.view.version
@@ -331,7 +353,7 @@ class Store:
             bytes_per_level=tuple(version.level_bytes(level) for level in range(NUM_LEVELS)),
             wal=self._wal.wal_statistics(),
             compaction=self._compactor.compaction_statistics(),
-            writes_refused=self._memtables.refused_writes,
+            writes_refused=self._memtables.refused_writes + self._refused_up_front,
             disk_full=self._wal.disk_full or self._compactor.disk_full,
             damaged_tables=self._compactor.damaged_tables,
             needs_repair=self._compactor.needs_repair,

@@ -1,6 +1,6 @@
-"""The Broker actor on the real storage engine: topic admin, auto-creation, the produce
-path, partitioning, deletion (and what compaction does with a deleted topic's data) and
-restart."""
+"""The Broker on the real storage engine, in a cluster of one: topic admin (proposals to the
+controller), auto-creation, the produce path, partitioning, deletion (and what compaction
+does with a deleted topic's data) and restart."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import trio.testing
 
 from sentinel.broker import keys
 from sentinel.broker.broker import Broker, Topic, TopicConfig, describe
-from sentinel.broker.log import LocalPartitionLog
 from sentinel.broker.partitioner import partition_for_key
+from sentinel.broker.replica import ApplyRetention, PartitionReplica, partition_group, producers_key
+from sentinel.cluster import metadata as md
 from sentinel.errors import AlreadyExists, CorruptionError, InvalidArgument, NotFound
+from sentinel.raft import lsm_storage
 from sentinel.records import RecordBatch, build_batch, split_batches
 
 if TYPE_CHECKING:
@@ -48,14 +50,33 @@ async def test_create_list_describe_delete(node: NodeFactory, clock: trio.testin
         assert sorted(broker.topics) == ["logs.app-1_x", "orders"]
         assert broker.topic("orders") is orders
         assert (orders.topic_id, logs.topic_id) == (1, 2)
-        await orders.logs[2].append([batch(b"a", b"b")])
+        # The topics are the controller's metadata, not keys of the broker's own (no T keys).
+        assert sorted(running.controller.view.image.topics) == ["logs.app-1_x", "orders"]
+        assert list(running.store.scan(keys.TOPIC, keys.prefix_end(keys.TOPIC))) == []
+        await orders.logs[2].produce([batch(b"a", b"b")])
         assert describe(orders) == {
             "name": "orders",
             "partitions": [
-                {"partition": 0, "log_start_offset": 0, "high_watermark": 0, "size_bytes": 0},
-                {"partition": 1, "log_start_offset": 0, "high_watermark": 0, "size_bytes": 0},
+                {
+                    "partition": 0,
+                    "replicas": [1],
+                    "leader": 1,
+                    "log_start_offset": 0,
+                    "high_watermark": 0,
+                    "size_bytes": 0,
+                },
+                {
+                    "partition": 1,
+                    "replicas": [1],
+                    "leader": 1,
+                    "log_start_offset": 0,
+                    "high_watermark": 0,
+                    "size_bytes": 0,
+                },
                 {
                     "partition": 2,
+                    "replicas": [1],
+                    "leader": 1,
                     "log_start_offset": 0,
                     "high_watermark": 2,
                     "size_bytes": orders.logs[2].size_bytes,
@@ -66,6 +87,7 @@ async def test_create_list_describe_delete(node: NodeFactory, clock: trio.testin
             "retention_bytes": 0,
         }
         assert orders.logs[2].size_bytes > 0
+        await running.flush()  # a table the compaction below rewrites (no trivial move)
 
         with pytest.raises(AlreadyExists, match=r"^topic 'orders' already exists$"):
             await broker.create_topic("orders", 5)
@@ -73,15 +95,38 @@ async def test_create_list_describe_delete(node: NodeFactory, clock: trio.testin
 
         await broker.delete_topic("orders")
         assert sorted(broker.topics) == ["logs.app-1_x"]
-        assert orders.logs[0].closed and orders.logs[2].closed
+        assert sorted(running.controller.view.image.topics) == ["logs.app-1_x"]
+        for log in orders.logs:  # the deleted topic's replicas stop (waking their readers)
+            assert isinstance(log, PartitionReplica)
+            await log.wait_stopped()
+            assert log.view.closed
         with pytest.raises(NotFound, match=r"^topic 'orders' does not exist$"):
             broker.topic("orders")
         with pytest.raises(NotFound, match=r"^topic 'orders' does not exist$"):
             await broker.delete_topic("orders")
-        # Metadata and partition state are gone from the store; the other topic's remain.
-        assert running.store.get(keys.topic_key("orders")) is None
-        assert running.store.get(keys.state_key(orders.topic_id, 2)) is None
-        assert running.store.get(keys.topic_key("logs.app-1_x")) is not None
+        # The deleted topic's partition state, producer table and Raft records are obsolete:
+        # compaction drops them. The other topic's stay.
+        deleted = [
+            keys.state_key(orders.topic_id, 2),
+            producers_key(orders.topic_id, 2),
+            *(k for k, _ in running.store.scan(*group_range(orders.topic_id, 2))),
+        ]
+        kept = [
+            keys.state_key(logs.topic_id, 0),
+            *(k for k, _ in running.store.scan(*group_range(logs.topic_id, 0))),
+        ]
+        assert running.store.get(deleted[0]) is not None and len(deleted) > 2 and len(kept) > 1
+        assert all(broker.is_obsolete(k) for k in deleted)
+        assert not any(broker.is_obsolete(k) for k in kept)
+        await running.compact()
+        assert [k for k in deleted if running.store.get(k) is not None] == []
+        assert [k for k in kept if running.store.get(k) is None] == []
+
+
+def group_range(topic_id: int, partition: int) -> tuple[bytes, bytes]:
+    """Every Raft record (hard state, meta, entries) of a partition's group."""
+    prefix = lsm_storage.group_prefix(partition_group(topic_id, partition))
+    return prefix, keys.prefix_end(prefix)
 
 
 async def test_topics_and_their_configs_survive_a_restart(
@@ -301,11 +346,11 @@ async def test_compaction_filter_decisions(node: NodeFactory, clock: trio.testin
         live = await broker.create_topic("live", 2)
         dead = await broker.create_topic("dead", 1)
         last = batch(b"c")
-        await live.logs[1].append([batch(b"a", b"b"), last])
-        assert (
-            await live.logs[1].apply_retention(retention_ms=0, retention_bytes=len(last.data), now_ms=0) == 2
-        )
-        broker._publish_liveness()  # what enforce_retention does after removing records
+        await live.logs[1].produce([batch(b"a", b"b"), last])
+        retain = ApplyRetention(retention_ms=0, retention_bytes=len(last.data), now_ms=0)
+        assert await live.logs[1].call(retain) == 2
+        # What enforce_retention does after removing records.
+        broker._publish_liveness(running.controller.view.image.next_topic_id)
         await broker.delete_topic("dead")
 
         obsolete = broker.is_obsolete
@@ -314,8 +359,28 @@ async def test_compaction_filter_decisions(node: NodeFactory, clock: trio.testin
         assert not obsolete(keys.data_key(live.topic_id, 1, 2))
         assert obsolete(keys.data_key(dead.topic_id, 0, 12345))
         assert not obsolete(keys.data_key(99, 0, 0))  # an id not handed out yet
-        for other in (keys.topic_key("dead"), keys.state_key(dead.topic_id, 0), keys.COUNTERS):
-            assert not obsolete(other)
+        # A deleted topic's partition state, producer table and Raft records go with its data
+        # (the broker no longer deletes them itself); a live topic's, the controller's, an
+        # id not handed out yet and the keys of a single-node data directory stay.
+        for gone in (
+            keys.state_key(dead.topic_id, 0),
+            producers_key(dead.topic_id, 0),
+            lsm_storage.entry_key(partition_group(dead.topic_id, 0), 1),
+            lsm_storage.group_prefix(partition_group(dead.topic_id, 0)) + b"h",
+        ):
+            assert obsolete(gone), gone
+        for other in (
+            keys.state_key(live.topic_id, 0),
+            producers_key(live.topic_id, 1),
+            lsm_storage.group_prefix(partition_group(live.topic_id, 1)) + b"h",
+            lsm_storage.entry_key(partition_group(live.topic_id, 1), 10**6),
+            lsm_storage.entry_key(0, 1),
+            keys.state_key(99, 0),
+            keys.topic_key("dead"),
+            keys.COUNTERS,
+            keys.offset_key("g", "dead", 0),
+        ):
+            assert not obsolete(other), other
 
 
 async def test_compaction_filter_reads_one_immutable_snapshot(
@@ -341,22 +406,25 @@ async def test_compaction_filter_reads_one_immutable_snapshot(
 async def test_compaction_filter_never_drops_live_data_while_the_broker_loads(
     node: NodeFactory, clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The filter runs in compaction worker threads, concurrently with ``Broker._load``:
-    it must never see the loaded topic-id counter without the loaded live topics."""
+    """The filter runs in compaction worker threads, concurrently with the broker's start
+    (it opens a replica per partition as it follows the controller's metadata): it must
+    never see the topic-id counter without the live topics."""
     async with node.run() as running:
         for name in ("a", "b", "c"):
             await running.broker.create_topic(name, 1)
         ids = [t.topic_id for t in running.broker.topics.values()]
 
     seen: list[bool] = []
-    original = Broker._open_log
+    original = Broker._start_replica
 
-    def observed_open_log(self: Broker, name: str, topic_id: int, partition: int) -> LocalPartitionLog:
+    async def observed_start_replica(
+        self: Broker, name: str, meta: md.TopicMeta, partition: int, assigned: tuple[int, ...]
+    ) -> PartitionReplica:
         # What a compaction thread would decide at this instant of the load.
         seen.extend(self.is_obsolete(keys.data_key(i, 0, 0)) for i in ids)
-        return original(self, name, topic_id, partition)
+        return await original(self, name, meta, partition, assigned)
 
-    monkeypatch.setattr(Broker, "_open_log", observed_open_log)
+    monkeypatch.setattr(Broker, "_start_replica", observed_start_replica)
     async with node.run() as running:
         assert sorted(running.broker.topics) == ["a", "b", "c"]
     assert len(seen) == 9 and not any(seen)
@@ -413,9 +481,11 @@ async def test_offset_for_timestamp_answers_despite_a_damaged_stored_batch(
         await running.broker.create_topic("t", 1)
         log = running.broker.topic("t").logs[0]
         early = RecordBatch(build_batch([(None, v, (), 500) for v in (b"a", b"b")]))
-        await log.append([early])  # the log takes what it is given: bypasses produce validation
-        await log.append([_poison()])  # offsets 2..4, timestamps 1_000
-        await log.append([batch(b"c")])
+        assert isinstance(log, PartitionReplica)
+        # The replica takes what it is given: the broker's produce validation is bypassed.
+        await log.produce([early])
+        await log.produce([_poison()])  # offsets 2..4, timestamps 1_000
+        await log.produce([batch(b"c")])
         assert await log.offset_for_timestamp(400) == (0, 500)
         # The damaged batch is the first whose header reaches 1_000: its first offset answers.
         assert await log.offset_for_timestamp(1_000) == (2, 1_000)

@@ -1,6 +1,7 @@
-"""The GroupCoordinator actor with a real Broker and Store, on the autojumping MockClock:
-joins and generations, leaves, session and rebalance timeouts, commit fencing, committed
-offsets across restarts, lag, and the group listing.
+"""The GroupCoordinator actor with a real Broker, Controller and Store (a cluster of one),
+on the autojumping MockClock: joins and generations, leaves, session and rebalance
+timeouts, commit fencing, committed offsets (controller metadata) across restarts, lag,
+and the group listing.
 
 Members are driven like the client library drives them: join (a long poll), then
 heartbeat every ``heartbeat_interval_ms`` and rejoin when told a rebalance is needed.
@@ -16,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 
+from sentinel.broker import keys
 from sentinel.broker.coordinator import GroupCoordinator
 from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound
 from sentinel.generated.sentinel import v1 as pb
@@ -419,6 +421,13 @@ async def test_committed_offsets_survive_restarts_and_lag_follows_the_high_water
                 offsets=[pb.PartitionOffset(topic="t", partition=0, offset=6, metadata="second")],
             )
         )
+        # Committed offsets are cluster metadata (the controller's), not keys of the store.
+        assert dict(running.controller.view.image.offsets) == {
+            ("standalone", "t", 0): (6, "second"),
+            ("standalone", "t", 1): (4, ""),
+            ("standalone", "u", 0): (9, ""),
+        }
+        assert list(running.store.scan(keys.OFFSETS, keys.prefix_end(keys.OFFSETS))) == []
 
     async with node.run() as running:
         coordinator = running.coordinator
@@ -454,7 +463,7 @@ async def test_committed_offsets_survive_restarts_and_lag_follows_the_high_water
         assert [(e.partition, e.lag) for e in description.offsets] == [(0, 4), (1, 3), (0, 0)]
 
 
-async def test_forgetting_a_deleted_topic_drops_its_offsets_durably(
+async def test_deleting_a_topic_drops_its_committed_offsets_durably(
     node: NodeFactory, clock: trio.testing.MockClock
 ) -> None:
     async with node.run() as running:
@@ -472,6 +481,10 @@ async def test_forgetting_a_deleted_topic_drops_its_offsets_durably(
                 )
             )
         await running.broker.delete_topic("t")
+        # Deleting the topic in the metadata drops its offsets in the same entry (forget_topic
+        # no longer writes anything: it rebalances the groups subscribed to it).
+        for group in ("a", "b"):
+            assert running.coordinator.committed(group) == {("u", 0): (2, "")}
         await running.coordinator.forget_topic("t")
         assert running.coordinator.committed("a") == {("u", 0): (2, "")}
     async with node.run() as running:

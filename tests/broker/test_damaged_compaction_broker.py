@@ -4,9 +4,10 @@ Every broker table overlaps every other (each write batch also updates its parti
 state key), so a damaged L0 table keeps every newer L0 table from being compacted: L0
 fills up to its stop-writes bound, and then the storage engine refuses the writes that
 need room with ``StorageNeedsRepair`` (RESOURCE_EXHAUSTED, naming the file and byte).
-The broker treats that as any refused write: the append fails without leaving a hole
-(the log's end goes back), topic changes and offset commits fail the request, no actor
-crashes, and every read goes on. Once the table is restored, a restart takes writes again
+The broker treats that as any refused write, refused up front (a partition's Raft group
+would otherwise hold it until the repair): nothing is appended and no offset is taken,
+topic changes and offset commits fail the request, no actor crashes, and every read goes
+on. Once the table is restored, a restart takes writes again
 at the offset after the last acknowledged one.
 """
 
@@ -21,6 +22,7 @@ import trio.testing
 from grpclib.const import Status
 
 from sentinel.broker.broker import Topic
+from sentinel.broker.replica import ACKS_LEADER, ACKS_NONE
 from sentinel.errors import DataLoss, StorageNeedsRepair
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.records import RecordBatch, build_batch, split_batches
@@ -100,7 +102,7 @@ async def test_damage_holding_l0_at_its_bound_refuses_writes_without_a_hole_and_
         assert stats.tables_per_level[0] == STOP_WRITES and len(stats.damaged_tables) == 1
         assert stats.needs_repair is not None
 
-        # Appends go on until the memtable is full, then are refused; pipelined ones too.
+        # Appends are refused from now on (acks=0 too): no offset is taken, no hole left.
         log = u.logs[0]
         acknowledged = log.log_end_offset
         with pytest.raises(StorageNeedsRepair) as refused:
@@ -110,9 +112,10 @@ async def test_damage_holding_l0_at_its_bound_refuses_writes_without_a_hole_and_
         answer = status_of(refused.value)
         assert answer.status is Status.RESOURCE_EXHAUSTED
         assert answer.message.startswith(f"storage needs repair: {table} at byte {damaged_at}: ")
-        assert acknowledged > STOP_WRITES - 1
-        await log.append([batch(b"a")], wait=False)
-        await log.append([batch(b"b", b"c")], wait=False)
+        assert acknowledged >= STOP_WRITES - 1
+        for acks in (ACKS_NONE, ACKS_LEADER):
+            with pytest.raises(StorageNeedsRepair):
+                await broker.produce("u", 0, [batch(b"a")], acks=acks)
         await trio.testing.wait_all_tasks_blocked()
         assert (log.log_end_offset, log.high_watermark) == (acknowledged, acknowledged)
         # Small writes fill what room is left, then are refused too: topic changes and

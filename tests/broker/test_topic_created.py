@@ -1,21 +1,22 @@
 """A group subscribed to a topic before it exists rebalances once the topic is created.
 
-Event-driven end to end through the real actors (Store on real files, Broker, the
-GroupCoordinator, wired as the Node wires them): no timing is involved, only the order of
-calls.
+Event-driven end to end through the real actors (Store on real files, Controller, Broker,
+GroupCoordinator, wired as the Node wires them: the coordinator hears of a topic when the
+broker applies the controller's metadata that created it): no timing is involved, only
+the order of calls.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trio
+import trio.testing
 
-from sentinel.broker.broker import Broker, BrokerOptions
 from sentinel.broker.coordinator import GroupCoordinator
 from sentinel.generated.sentinel import v1 as pb
-from sentinel.storage.options import StorageOptions, SyncMode
-from sentinel.storage.store import Store
+
+if TYPE_CHECKING:
+    from conftest import NodeFactory
 
 
 async def _rebalance_needed(coordinator: GroupCoordinator, member: pb.JoinGroupResponse) -> bool:
@@ -25,14 +26,11 @@ async def _rebalance_needed(coordinator: GroupCoordinator, member: pb.JoinGroupR
     return beat.rebalance_needed
 
 
-async def test_creating_a_subscribed_topic_rebalances_the_group(tmp_path: Path) -> None:
-    async with trio.open_nursery() as nursery:
-        store = await nursery.start(Store(tmp_path, StorageOptions(sync=SyncMode.NONE)).run)
-        broker = Broker(store, BrokerOptions(default_partitions=4))
-        await nursery.start(broker.run)
-        coordinator = GroupCoordinator(store, broker)
-        await nursery.start(coordinator.run)
-
+async def test_creating_a_subscribed_topic_rebalances_the_group(
+    node: NodeFactory, clock: trio.testing.MockClock
+) -> None:
+    async with node.run(default_partitions=4) as running:
+        broker, coordinator = running.broker, running.coordinator
         join = pb.JoinGroupRequest(group_id="g", topics=["later"], session_timeout_ms=30_000, client_id="c")
         first = await coordinator.join(join)
         assert first.assignment == []  # nothing to assign yet
@@ -47,7 +45,3 @@ async def test_creating_a_subscribed_topic_rebalances_the_group(tmp_path: Path) 
         second = await coordinator.join(join)
         assert second.generation > first.generation
         assert sorted(tp.partition for tp in second.assignment) == [0, 1, 2, 3]
-
-        coordinator.close()
-        broker.close()
-        await store.aclose()

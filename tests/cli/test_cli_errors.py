@@ -72,7 +72,7 @@ def test_usage_line_words_click_messages_like_the_cli() -> None:
         (["--port", "70000"], "--port must be between 0 and 65535, got 70000"),
         (["--port", "-1"], "--port must be between 0 and 65535, got -1"),
         (["--metrics-port", "-2"], "--metrics-port must be between -1 and 65535, got -2"),
-        (["--node-id", "-1"], "--node-id must be >= 0, got -1"),
+        (["--node-id", "0"], "--node-id must be >= 1, got 0"),  # Raft's 0 is "no node"
         (["--default-partitions", "0"], "--default-partitions must be between 1 and 10000, got 0"),
         (["--retention-ms", "-1"], "--retention-ms must be >= 0, got -1"),
         (["--retention-bytes", "-1"], "--retention-bytes must be >= 0, got -1"),

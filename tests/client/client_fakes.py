@@ -4,10 +4,16 @@ It implements the wire contract (protos/sentinel/v1/sentinel.proto) the way the 
 expects the real broker to: offsets assigned contiguously per partition, batches stored
 verbatim with their base offset rewritten, fetch long-polls, OUT_OF_RANGE outside
 ``[log_start, high_watermark]``, auto-creation on produce and a trivial group coordinator.
-Fault injection: ``fail_next(rpc, status)`` makes the next calls of an RPC fail;
-``hold_produce()`` parks produce requests until ``release_produce()``. Like the real
-broker it validates every record of a produced batch, so damaged data (``poison_batch``)
-gets in only as data stored before that check did: through ``FakePartition.append``.
+Idempotent produce follows the broker's own rules: InitProducerId hands out ids from 1,
+and each partition checks and records batches with ``sentinel.broker.producer_state`` (the
+functions the partition replica calls), its errors sent as ``sentinel.server.status`` maps
+them. Fault injection: ``fail_next(rpc, status)`` makes the next calls of an RPC fail;
+``hold_produce()`` parks produce requests until ``release_produce()`` (or
+``release_parked``, in any order); ``before_append`` may refuse a request as the partition
+sees it; ``lose_answers(n)`` appends the next n requests and never answers them (the
+client's deadline ends the call). Like the real broker it validates every record of a
+produced batch, so damaged data (``poison_batch``) gets in only as data stored before that
+check did: through ``FakePartition.append``.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from grpclib.server import Server
 
 from sentinel.broker.groups import unknown_member
 from sentinel.broker.partitioner import RoundRobinPartitioner, partition_for_key
-from sentinel.errors import InvalidRecordBatch
+from sentinel.broker.producer_state import ProducerStateTable, check_request, record_batch
+from sentinel.errors import InvalidRecordBatch, SentinelError
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.records import Compression, RecordBatch, build_batch, iter_batches
 from sentinel.records import batch_format as fmt
 from sentinel.records.compression import compress
+from sentinel.server.status import status_of
 
 # The address the fake advertises in its metadata; the client routes single-broker
 # clusters to the bootstrap address anyway.
@@ -67,6 +75,12 @@ class FakePartition:
         self.log_start = 0
         self.next_offset = 0
         self.arrived = asyncio.Event()
+        self.producers = ProducerStateTable()
+
+    def leader_change(self) -> None:
+        """What a new leader knows of the producers: the table restored from its encoding
+        (the replica's snapshot and saved state)."""
+        self.producers = ProducerStateTable.decode(self.producers.encode())
 
     def append(self, batch: RecordBatch) -> int:
         base = self.next_offset
@@ -100,6 +114,13 @@ class FakeSentinel(pb.SentinelBase):
         self.failures: dict[str, deque[GRPCError]] = defaultdict(deque)
         self.produce_gate: asyncio.Event | None = None
         self.produce_parked = asyncio.Event()  # set when a produce request waits at the gate
+        self.parked: list[tuple[pb.ProduceRequest, asyncio.Event]] = []  # waiting at the gate
+        # Called with each produce request and its batches once past the gate, before the
+        # partition checks them: raising GRPCError refuses the request.
+        self.before_append: Callable[[pb.ProduceRequest, list[RecordBatch]], None] | None = None
+        self.lost_answers = 0
+        self.appended_unanswered = 0  # requests appended whose answer was lost
+        self.next_producer_id = 1
         self.joined = asyncio.Event()  # set (and replaced) on every JoinGroup answer
         self.address = ""
         self._called = asyncio.Event()  # set (and replaced) on every RPC
@@ -120,9 +141,30 @@ class FakeSentinel(pb.SentinelBase):
         self.produce_gate = asyncio.Event()
 
     def release_produce(self) -> None:
+        """Open the gate: parked requests go on in arrival order, and new ones pass."""
         assert self.produce_gate is not None
+        for _, event in self.parked:
+            event.set()
+        self.parked.clear()
         self.produce_gate.set()
         self.produce_gate = None
+
+    async def wait_parked(self, count: int) -> None:
+        """Return once ``count`` produce requests wait at the gate."""
+        while len(self.parked) < count:
+            await self._called.wait()
+
+    async def release_parked(self, index: int) -> None:
+        """Let the ``index``-th parked request (in arrival order) reach its partition now
+        and finish there (the gate stays closed for the others)."""
+        _, event = self.parked.pop(index)
+        event.set()
+        for _ in range(5):  # past the gate, the check and the append run without awaiting
+            await asyncio.sleep(0)
+
+    def lose_answers(self, count: int = 1) -> None:
+        """The next ``count`` produce requests are appended and never answered."""
+        self.lost_answers += count
 
     def trigger_rebalance(self, group_id: str) -> None:
         """Bump the generation: every member's next heartbeat says rebalance_needed."""
@@ -191,14 +233,32 @@ class FakeSentinel(pb.SentinelBase):
                 else self._round_robin.next_partition(message.topic, count)
             )
         part = self._partition(message.topic, partition)
-        gate = self.produce_gate
-        if gate is not None:
+        if self.produce_gate is not None:
+            event = asyncio.Event()
+            self.parked.append((message, event))
             self.produce_parked.set()
-            await gate.wait()
-        base = -1
-        for batch in batches:
-            offset = part.append(batch)
-            base = offset if base < 0 else base
+            self._called.set()
+            self._called = asyncio.Event()
+            await event.wait()
+        if self.before_append is not None:
+            self.before_append(message, batches)
+        try:
+            originals = check_request(part.producers, batches)
+        except SentinelError as exc:  # as the real broker answers it
+            status = status_of(exc)
+            raise GRPCError(status.status, status.message) from None
+        if originals is not None:  # a retry of appended batches: the original offsets
+            base = originals[0].base_offset
+        else:
+            base = -1
+            for batch in batches:
+                offset = part.append(batch)
+                record_batch(part.producers, batch, offset, offset + batch.last_offset_delta)
+                base = offset if base < 0 else base
+        if self.lost_answers:
+            self.lost_answers -= 1
+            self.appended_unanswered += 1
+            await asyncio.Event().wait()  # until the client's deadline cancels the call
         return pb.ProduceResponse(
             topic=message.topic,
             partition=partition,
@@ -253,6 +313,12 @@ class FakeSentinel(pb.SentinelBase):
                         return pb.ListOffsetsResponse(offset=record.offset, timestamp_ms=record.timestamp)
             return pb.ListOffsetsResponse(offset=part.next_offset, timestamp_ms=-1)
         return pb.ListOffsetsResponse(offset=part.next_offset, timestamp_ms=-1)
+
+    async def init_producer_id(self, message: pb.InitProducerIdRequest) -> pb.InitProducerIdResponse:
+        self._enter("init_producer_id")
+        producer_id = self.next_producer_id
+        self.next_producer_id += 1
+        return pb.InitProducerIdResponse(producer_id=producer_id, producer_epoch=0)
 
     # -- metadata and admin ----------------------------------------------------------------
 

@@ -9,7 +9,14 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from sentinel.client import Admin, RequestTimeout
 from sentinel.client.connection import parse_address, parse_bootstrap, retry_delay
-from sentinel.client.errors import error_from_status, is_retriable, rpc_errors, translate_error
+from sentinel.client.errors import (
+    OutOfOrderSequence,
+    ProducerFenced,
+    error_from_status,
+    is_retriable,
+    rpc_errors,
+    translate_error,
+)
 from sentinel.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -20,6 +27,7 @@ from sentinel.errors import (
     SentinelError,
     Unavailable,
 )
+from sentinel.server.status import status_of
 
 
 @pytest.mark.parametrize(
@@ -68,6 +76,27 @@ def test_unavailable_carries_the_leader_hint_of_the_message_suffix() -> None:
     assert isinstance(plain, Unavailable) and plain.leader is None
 
 
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (OutOfOrderSequence("producer 7 epoch 0 sent sequence 9, expected 4"), Status.ABORTED),
+        (
+            ProducerFenced("producer 7 epoch 0 is fenced by epoch 1: a newer producer exists"),
+            Status.FAILED_PRECONDITION,
+        ),
+    ],
+)
+def test_idempotence_errors_travel_as_the_broker_raised_them(error: SentinelError, status: Status) -> None:
+    sent = status_of(error)  # the server's one mapping
+    assert sent.status is status and sent.expected
+    received = error_from_status(sent.status, sent.message)
+    assert type(received) is type(error) and str(received) == str(error)
+    assert not is_retriable(received)
+    # Other errors of the same status stay what they were.
+    other = status_of(FailedPrecondition("stale generation 3 for member 'm'"))
+    assert type(error_from_status(other.status, other.message)) is FailedPrecondition
+
+
 def test_request_timeout_is_both_a_sentinel_error_and_a_timeout_error() -> None:
     error = translate_error(TimeoutError(), "h:1")
     assert isinstance(error, RequestTimeout)
@@ -101,8 +130,8 @@ def test_addresses_are_parsed_strictly() -> None:
 
 
 def test_retry_delay_is_exponential_and_capped() -> None:
-    assert [retry_delay(0.1, n) for n in (1, 2, 3)] == pytest.approx([0.1, 0.2, 0.4])
-    assert retry_delay(0.1, 30) == 1.0
+    assert [retry_delay(0.05, n) for n in (1, 2, 3)] == pytest.approx([0.05, 0.1, 0.2])
+    assert retry_delay(0.1, 30) == 0.25  # MAX_RETRY_BACKOFF_S: a leader change is the usual cause
     assert retry_delay(2.0, 3) == 2.0  # a backoff above the cap is used as is
 
 

@@ -4,7 +4,12 @@ Produce until the disk is full: the producer gets RESOURCE_EXHAUSTED naming a fi
 the data directory, the broker keeps running and serves every acknowledged record, the
 CLI says so in one line; free space and producing works again; restart while the disk is
 full and the broker starts, serves reads and refuses writes; free space and it accepts
-them; nothing acknowledged is ever lost.
+them; nothing acknowledged is ever lost, nothing refused is ever visible.
+
+A produce is refused up front while the storage engine meets a full disk. One that got
+past that check just as the disk filled is held by its partition's Raft group (a Ready is
+never abandoned) and completes once space is back: its producer, with no retries, sees a
+timeout, and the batch is in doubt — stored whole, at its place, or not at all.
 
 Mounting a tmpfs needs root (or CAP_SYS_ADMIN): where that is not allowed the test is
 skipped (the same paths are covered through the file seam in tests/storage and
@@ -20,12 +25,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import attrs
 import pytest
 from broker_process import BrokerProcess, sentinel_command, subprocess_env
 from fault_support import metric, read_partition
 
-from sentinel.client import Producer
-from sentinel.errors import ResourceExhausted
+from sentinel.client import Producer, RequestTimeout
+from sentinel.errors import ResourceExhausted, Unavailable
 
 FILESYSTEM_BYTES = 16 * 1024 * 1024
 # Left free after the ballast: a few memtables' worth, so the disk fills in a second or two.
@@ -33,6 +39,8 @@ ROOM_BYTES = 3 * 1024 * 1024
 MEMTABLE_BYTES = 512 * 1024
 RECORD = b"r" * 1000
 BATCH = 100  # records per produce request: ~100 KB
+# A request answered by neither an ack nor a refusal within this is in doubt (see History).
+REQUEST_TIMEOUT_MS = 5_000
 
 
 @contextmanager
@@ -67,34 +75,81 @@ def fill(ballast: Path, leave: int) -> None:
             pass  # full already
 
 
-async def produce_until_refused(address: str, acked: list[bytes], limit: int = 200) -> ResourceExhausted:
-    """Produce numbered records in batches until the broker refuses one; ``acked`` gets
-    every record acknowledged on the way. Returns the refusal."""
-    async with Producer(address, acks="all") as producer:
+@attrs.define
+class History:
+    """Every batch produced, in order, with what its producer was told: ``acked``,
+    ``refused`` (RESOURCE_EXHAUSTED, or UNAVAILABLE before anything was proposed) or
+    ``in_doubt`` (no answer within the request timeout). Values are numbered once, so no
+    two batches hold the same record."""
+
+    batches: list[tuple[list[bytes], str]] = attrs.field(factory=list)
+
+    def next_values(self) -> list[bytes]:
+        first = sum(len(values) for values, _ in self.batches)
+        return [b"%08d:" % (first + i) + RECORD for i in range(BATCH)]
+
+    @property
+    def acked(self) -> list[bytes]:
+        return [v for values, outcome in self.batches if outcome == "acked" for v in values]
+
+    def check(self, stored: list[bytes | None]) -> None:
+        """``stored`` is every acknowledged record in order, never a refused one; a batch in
+        doubt is there whole (at its place) or not at all."""
+        position = 0
+        for values, outcome in self.batches:
+            here = stored[position : position + len(values)] == values
+            if outcome == "acked":
+                assert here, f"acknowledged records missing or out of order at {position}"
+            if here and outcome != "refused":
+                position += len(values)
+        assert position == len(stored), f"{len(stored) - position} records stored that nobody was told about"
+        refused = {v for values, outcome in self.batches if outcome == "refused" for v in values}
+        assert not refused & set(stored), "a refused batch is visible"
+
+
+async def produce_one(producer: Producer, history: History) -> BaseException | None:
+    """Produce one batch and record what the producer was told; returns the refusal."""
+    values = history.next_values()
+    try:
+        await (await producer.send_batch("t", values, partition=0))
+    except RequestTimeout:
+        # Accepted just as the disk filled: its partition's Raft group holds the write
+        # until space is back (the new architecture: a Ready is never abandoned).
+        history.batches.append((values, "in_doubt"))
+        return None
+    except (ResourceExhausted, Unavailable) as exc:
+        history.batches.append((values, "refused"))
+        return exc
+    history.batches.append((values, "acked"))
+    return None
+
+
+def producer(address: str) -> Producer:
+    # No retries: a retry of a request that timed out would be refused while the original
+    # waits for space, and the outcome of that batch would be misreported as refused.
+    return Producer(address, acks="all", retries=0, request_timeout_ms=REQUEST_TIMEOUT_MS)
+
+
+async def produce_until_refused(address: str, history: History, limit: int = 200) -> ResourceExhausted:
+    """Produce numbered records in batches until the broker refuses one with
+    RESOURCE_EXHAUSTED. Returns the refusal."""
+    async with producer(address) as p:
         for _ in range(limit):
-            values = [b"%08d:" % (len(acked) + i) + RECORD for i in range(BATCH)]
-            future = await producer.send_batch("t", values, partition=0)
-            try:
-                await future
-            except ResourceExhausted as exc:
-                return exc
-            acked.extend(values)
+            refused = await produce_one(p, history)
+            if isinstance(refused, ResourceExhausted):
+                return refused
+            assert refused is None, refused  # UNAVAILABLE: not expected while space runs out
     raise AssertionError(f"{limit} batches were accepted: the filesystem never filled")
 
 
-async def produce_once(address: str, acked: list[bytes], tries: int = 40) -> None:
+async def produce_once(address: str, history: History, tries: int = 40) -> None:
     """Produce one batch, retrying while the broker still refuses it (space was just
-    freed: a flush may have to go through first); bounded."""
-    async with Producer(address, acks="all") as producer:
+    freed: a flush may have to go through first, a held Raft write to complete); bounded."""
+    async with producer(address) as p:
         for _ in range(tries):
-            values = [b"%08d:" % (len(acked) + i) + RECORD for i in range(BATCH)]
-            try:
-                await (await producer.send_batch("t", values, partition=0))
-            except ResourceExhausted:
-                await asyncio.sleep(0.1)
-                continue
-            acked.extend(values)
-            return
+            if await produce_one(p, history) is None and history.batches[-1][1] == "acked":
+                return
+            await asyncio.sleep(0.1)
     raise AssertionError("writes were still refused after space was freed")
 
 
@@ -109,12 +164,12 @@ def test_a_full_filesystem_refuses_writes_serves_reads_and_recovers(tmp_path: Pa
         broker = BrokerProcess(data, extra_args=["--memtable-bytes", str(MEMTABLE_BYTES)], metrics=True)
         broker.start()
         try:
-            acked: list[bytes] = []
+            history = History()
             fill(ballast, leave=ROOM_BYTES)
-            refused = asyncio.run(produce_until_refused(broker.address, acked))
+            refused = asyncio.run(produce_until_refused(broker.address, history))
             assert str(refused).startswith(f"disk full: {data}/"), refused
             assert broker.process is not None and broker.process.poll() is None  # still running
-            assert stored(broker.address) == acked  # reads are served
+            history.check(stored(broker.address))  # reads are served
             assert broker.metrics_port is not None
             assert metric(broker.metrics_port, "sentinel_storage_writes_refused_total") >= 1
             assert metric(broker.metrics_port, "sentinel_storage_disk_full") == 1
@@ -132,24 +187,28 @@ def test_a_full_filesystem_refuses_writes_serves_reads_and_recovers(tmp_path: Pa
                 stdin=subprocess.DEVNULL,
             )
             assert cli.returncode == 1
-            assert cli.stderr.splitlines() == [f"error: {refused}"], cli.stderr
+            # The broker refuses a produce up front with the engine's disk-full error of the
+            # moment (a flush's table, the WAL, or the directory while it probes for space).
+            (line,) = cli.stderr.splitlines()
+            assert line.startswith(f"error: disk full: {data}"), cli.stderr
+            assert line.endswith("; free space on its filesystem"), cli.stderr
 
             ballast.unlink()
-            asyncio.run(produce_once(broker.address, acked))
-            assert stored(broker.address) == acked
+            asyncio.run(produce_once(broker.address, history))
+            history.check(stored(broker.address))
             broker.stop()
 
             fill(ballast, leave=0)  # restart while the disk is completely full
             broker.start()
-            assert stored(broker.address) == acked
-            refused = asyncio.run(produce_until_refused(broker.address, acked, limit=1))
+            history.check(stored(broker.address))
+            refused = asyncio.run(produce_until_refused(broker.address, history, limit=1))
             assert str(refused).startswith(f"disk full: {data}/"), refused
             ballast.unlink()
-            asyncio.run(produce_once(broker.address, acked))
+            asyncio.run(produce_once(broker.address, history))
             broker.stop()
 
             broker.start()  # and everything acknowledged is still there
-            assert stored(broker.address) == acked
+            history.check(stored(broker.address))
             broker.stop()
         finally:
             broker.close()

@@ -1,8 +1,10 @@
 """End to end: a damaged batch stored behind good records, read by ``sentinel consume``.
 
 The broker now refuses such a batch on produce, so the test writes it the way data written
-before that check exists: with the broker process stopped, through the partition-log code
-on the storage engine of its data directory. Then, against the restarted ``sentinel run``:
+before that check exists: with the broker process stopped, through the partition replica
+of a one-voter node on its data directory (``tests/node_harness.py``: the same controller,
+broker and replicas as ``sentinel run``; the replica stores what its leader is given, the
+broker's produce is what validates records). Then, against the restarted ``sentinel run``:
 ``sentinel consume --from-beginning`` prints every good record before the damage and one
 ``error:`` line naming topic, partition and offset, exit 1; a group member does the same and
 commits exactly what it printed. One topic is uncompressed, the other snappy: its good
@@ -18,16 +20,16 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from broker_process import BrokerProcess, sentinel_command, subprocess_env
 from crc32c import crc32c
+from node_harness import NodeFactory, mock_clock
 
-from sentinel.broker.broker import Broker, BrokerOptions, ObsoleteData
+from sentinel.broker.replica import PartitionReplica
 from sentinel.client import Consumer, Producer, TopicPartition
 from sentinel.records import Compression, RecordBatch, build_batch, iter_batches
 from sentinel.records import batch_format as fmt
 from sentinel.records.compression import compress
-from sentinel.storage.options import StorageOptions
-from sentinel.storage.store import Store
 
 TIMEOUT_S = 30
 GOOD_BEFORE = 5  # offsets 0..4; the damaged batch holds 5..7
@@ -50,26 +52,22 @@ def poison_batch(codec: Compression) -> RecordBatch:
     return RecordBatch(bytes(data))
 
 
-async def store_poison_offline(data_dir: Path) -> dict[str, set[Compression]]:
-    """Append a damaged batch to partition 0 of every topic, as the broker's own log would
-    store it; returns the codecs of the batches that were there before."""
-    obsolete = ObsoleteData()
+async def store_poison_offline(data_dir: Path, port: int) -> dict[str, set[Compression]]:
+    """Append a damaged batch to partition 0 of every topic, as the partition's replica
+    stores any batch; returns the codecs of the batches that were there before."""
+    clock = trio.lowlevel.current_clock()
+    assert isinstance(clock, trio.testing.MockClock)
+    # The node registers the address it has when it runs, so metadata stays right.
+    node = NodeFactory(data_dir, clock, address=("127.0.0.1", port))
     codecs: dict[str, set[Compression]] = {}
-    async with trio.open_nursery() as nursery:
-        store: Store = await nursery.start(Store(data_dir, StorageOptions(compaction_filter=obsolete)).run)
-        broker = Broker(store, BrokerOptions())
-        obsolete.bind(broker)
-        await nursery.start(broker.run)
+    async with node.run() as running:
         for topic, codec in TOPICS.items():
-            log = broker.topic(topic).logs[0]
+            log = running.broker.topic(topic).logs[0]
+            assert isinstance(log, PartitionReplica)
             read = log.read(0, 1 << 20)
             codecs[topic] = {batch.compression for batch in iter_batches(read.data)}
-            result = await log.append([poison_batch(codec)])
+            result = await log.produce([poison_batch(codec)])
             assert (result.base_offset, result.last_offset) == DAMAGED
-        broker.close()
-        await broker.wait_stopped()
-        await store.aclose()
-        nursery.cancel_scope.cancel()
     return codecs
 
 
@@ -126,7 +124,7 @@ def test_consume_prints_every_good_record_before_a_stored_poison_batch_then_one_
     try:
         asyncio.run(produce(broker.address, "before", GOOD_BEFORE))
         broker.stop()
-        codecs = trio.run(store_poison_offline, data_dir)
+        codecs = trio.run(store_poison_offline, data_dir, broker.port, clock=mock_clock())
         assert codecs == {"plain": {Compression.NONE}, "packed": {Compression.SNAPPY}}
         broker.start()
         asyncio.run(produce(broker.address, "after", 2))  # offsets 8, 9

@@ -2,8 +2,9 @@
 
 One broker (``--sync always``) acknowledges 20 records with acks=all, one request each, is
 stopped cleanly (its restart flushes them into a table), acknowledges 20 more (offsets
-20-39, one WAL frame each, in the newest segment) and is SIGKILLed. Each test damages a
-copy of that data directory the way issue 8 names and restarts on it:
+20-39, in the newest segment: each batch in one WAL frame with the Raft entry that holds
+it, then frames of Raft state) and is SIGKILLed. Each test damages a copy of that data
+directory the way issue 8 names and restarts on it:
 
 - damage (a flipped byte mid-segment, in a payload or in a length field; a deleted newest
   segment): the start is refused with ONE stderr line naming the file, the byte and what
@@ -12,8 +13,9 @@ copy of that data directory the way issue 8 names and restarts on it:
 - a torn tail (the segment cut short inside its last frame, or a zero-filled end): cut and
   reported, and the broker starts without being asked to accept anything;
 - a frame missing from the middle (which the WAL itself cannot notice: seq gaps are
-  legal): the partition serves the records before the hole, then refuses the read at it
-  with DATA_LOSS naming the partition and offsets, never skipping it.
+  legal; with it goes a committed Raft entry, which the partition's replica reports and
+  skips as it opens): the partition serves the records before the hole, then refuses the
+  read at it with DATA_LOSS naming the partition and offsets, never skipping it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from sentinel.storage.wal_format import decode_write_batch
 
 TOPIC = "events"
 BEFORE_RESTART = 20  # offsets 0-19: flushed into a table by the clean restart
-TOTAL = 40  # offsets 20-39: one frame each in the newest WAL segment
+TOTAL = 40  # offsets 20-39: in the newest WAL segment
 DAMAGED = 30  # the offset whose frame each test damages
 
 
@@ -95,6 +97,15 @@ def frame_of(segment: Path, offset: int) -> tuple[int, int]:
     raise AssertionError(f"no frame of {segment} holds offset {offset}")
 
 
+def frames_from(segment: Path, start: int) -> int:
+    """How many WAL frames of ``segment`` begin at or after byte ``start``."""
+    pos = count = 0
+    for payload in scan_frames(segment.read_bytes()).payloads:
+        count += pos >= start
+        pos += FRAME_HEADER_SIZE + len(payload)
+    return count
+
+
 def files(data: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(data.iterdir()) if p.name != "LOCK"}
 
@@ -149,6 +160,10 @@ def test_a_flipped_byte_mid_segment_is_refused_until_the_loss_is_accepted(
     # after it as a "torn tail", silently (issue 8).
     segment = newest_segment(data)
     start, end = frame_of(segment, DAMAGED)
+    # A produce is more than one frame (its Raft entry, then the Raft state that commits
+    # it): count the intact ones the damage would take along.
+    intact = frames_from(segment, end)
+    assert intact >= TOTAL - DAMAGED - 1
     damaged = bytearray(segment.read_bytes())
     damaged[(start + end) // 2 if where == "payload" else start + 6] ^= 0x01
     segment.write_bytes(bytes(damaged))
@@ -157,7 +172,7 @@ def test_a_flipped_byte_mid_segment_is_refused_until_the_loss_is_accepted(
     assert line.startswith(f"error: corruption in {segment} at byte {start}: ")
     lost = f"{len(damaged) - start} bytes of WAL records after seq "
     assert lost in line
-    after = f"the damaged write batch and {TOTAL - DAMAGED - 1} intact one(s) after it (seqs "
+    after = f"the damaged write batch and {intact} intact one(s) after it (seqs "
     assert f"would be lost: {after}" in line
     assert files(data) == before  # refusing changes nothing
 

@@ -1,19 +1,19 @@
-"""The Trio-side RPC handlers against a real Broker, GroupCoordinator and Store (real
-files), on the autojumping MockClock: every happy path, and every error mapped to the
-exception the handler raises and the gRPC status the front end sends for it
-(``sentinel.server.status.status_of``).
+"""The Trio-side RPC handlers against a real node's broker layer (``tests/node_harness.py``:
+the Store on real files, the controller, the broker and its partition replicas, the group
+coordinator, as ``sentinel.node.Node`` wires them), on the autojumping MockClock: every
+happy path, and every error mapped to the exception the handler raises and the gRPC status
+the front end sends for it (``sentinel.server.status.status_of``).
 
-Autojump cannot see worker threads, so the clock is stopped while the store starts and
-closes (its only thread work here: writes use ``SyncMode.NONE``).
+The node is a cluster of one (node 3) that registered ``broker.test:9999`` as its client
+address: metadata answers list the brokers and the controller leader from the controller.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,14 @@ import trio
 import trio.testing
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from node_harness import NodeFactory, Running
 
-from sentinel.broker.broker import Broker, BrokerOptions, ObsoleteData
+from sentinel.broker.broker import Broker, BrokerOptions
 from sentinel.broker.coordinator import GroupCoordinator
 from sentinel.broker.groups import unknown_member
-from sentinel.broker.log import LocalPartitionLog, ReadResult
 from sentinel.broker.partitioner import partition_for_key
+from sentinel.broker.reader import PartitionReader, ReadResult
+from sentinel.broker.replica import ApplyRetention, PartitionReplica
 from sentinel.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -44,74 +46,54 @@ from sentinel.records import build_batch, split_batches
 from sentinel.server import handlers as handlers_module
 from sentinel.server.handlers import Handlers
 from sentinel.server.status import status_of
-from sentinel.storage.compaction import CompactionOptions
-from sentinel.storage.options import StorageOptions, SyncMode
-from sentinel.storage.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "client"))
 
 from client_fakes import FakeSentinel
 
 MAX_BATCH_BYTES = 64 * 1024
-
-
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
-@contextmanager
-def frozen(clock: trio.testing.MockClock) -> Iterator[None]:
-    previous = clock.autojump_threshold
-    clock.autojump_threshold = math.inf
-    try:
-        yield
-    finally:
-        clock.autojump_threshold = previous
+NODE_ID = 3
+ADDRESS = ("broker.test", 9999)
 
 
 @attrs.define
 class Stack:
-    store: Store
-    broker: Broker
-    coordinator: GroupCoordinator
+    running: Running
     handlers: Handlers
-    metrics: Metrics
+
+    @property
+    def broker(self) -> Broker:
+        return self.running.broker
+
+    @property
+    def coordinator(self) -> GroupCoordinator:
+        return self.running.coordinator
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.running.metrics
 
 
 @asynccontextmanager
 async def serving(directory: Path, clock: trio.testing.MockClock, **options: Any) -> AsyncIterator[Stack]:
     """What ``Node.run`` starts behind the gRPC front end, stopped in the node's order."""
-    assert trio.lowlevel.current_clock() is clock, "the test must take the `clock` fixture itself"
-    obsolete = ObsoleteData()
-    storage = StorageOptions(
-        sync=SyncMode.NONE,
-        compaction=CompactionOptions(l0_compaction_trigger=1000, l0_stop_writes_trigger=2000),
-        compaction_filter=obsolete,
+    node = NodeFactory(
+        directory / "data",
+        clock,
+        options=BrokerOptions(node_id=NODE_ID, retention_check_seconds=math.inf),
+        seed=5,
+        address=ADDRESS,
     )
-    options.setdefault("retention_check_seconds", math.inf)
-    async with trio.open_nursery() as nursery:
-        with frozen(clock):
-            store: Store = await nursery.start(Store(directory, storage).run)
-        metrics = Metrics()
-        broker = Broker(store, BrokerOptions(node_id=3, **options), on_append=metrics.record_produced)
-        obsolete.bind(broker)
-        await nursery.start(broker.run)
-        coordinator = GroupCoordinator(store, broker, rng=random.Random(5))
-        await nursery.start(coordinator.run)
+    async with node.run(**options) as running:
         handlers = Handlers(
-            broker, coordinator, metrics, host="broker.test", port=9999, max_batch_bytes=MAX_BATCH_BYTES
+            running.broker,
+            running.coordinator,
+            running.metrics,
+            host=ADDRESS[0],
+            port=ADDRESS[1],
+            max_batch_bytes=MAX_BATCH_BYTES,
         )
-        try:
-            yield Stack(store, broker, coordinator, handlers, metrics)
-        finally:
-            with trio.CancelScope(shield=True):
-                for actor in (coordinator, broker):
-                    actor.close()
-                    await actor.wait_stopped()
-                with frozen(clock):
-                    await store.aclose()
-            nursery.cancel_scope.cancel()
+        yield Stack(running, handlers)
 
 
 def batch_bytes(*values: bytes, key: bytes | None = None, timestamp: int = 1_000) -> bytes:
@@ -165,13 +147,15 @@ async def test_produce_happy_paths_and_acks(tmp_path: Path, clock: trio.testing.
         response = await h.produce(produce_request("t", 2, batch_bytes(b"d"), acks=pb.Acks.LEADER))
         assert response.base_offset == 3  # LEADER waits like ALL on a single node
 
-        # acks=NONE: no offset in the answer, nothing visible yet; durable a moment later.
+        # acks=NONE: no offset in the answer, answered once proposed (before the replica
+        # has written it): nothing visible yet; written and committed a moment later.
         response = await h.produce(produce_request("t", 2, batch_bytes(b"e"), acks=pb.Acks.NONE))
         assert (response.partition, response.base_offset) == (2, -1)
         log = stack.broker.topic("t").logs[2]
-        assert (log.log_end_offset, log.high_watermark) == (5, 4)
+        assert log.high_watermark == 4
+        assert (await h.fetch(pb.ConsumeRequest(topic="t", partition=2, offset=4))).record_batches == b""
         await trio.testing.wait_all_tasks_blocked()
-        assert log.high_watermark == 5
+        assert (log.log_end_offset, log.high_watermark) == (5, 5)
 
         fetched = await h.fetch(pb.ConsumeRequest(topic="t", partition=2, offset=0))
         assert values_of(fetched.record_batches) == [(0, b"a"), (1, b"b"), (2, b"c"), (3, b"d"), (4, b"e")]
@@ -353,14 +337,14 @@ async def test_consume_latency_counts_the_reads_not_the_long_poll(
         def perf_counter() -> float:
             return trio.current_time()
 
-    original_read = LocalPartitionLog.read
+    original_read = PartitionReader.read
 
-    def slow_read(self: LocalPartitionLog, offset: int, max_bytes: int) -> ReadResult:
+    def slow_read(self: PartitionReader, offset: int, max_bytes: int) -> ReadResult:
         clock.jump(0.25)  # every read "takes" 250 ms of virtual time
         return original_read(self, offset, max_bytes)
 
     monkeypatch.setattr(handlers_module, "time", VirtualTime)
-    monkeypatch.setattr(LocalPartitionLog, "read", slow_read)
+    monkeypatch.setattr(PartitionReader, "read", slow_read)
     async with serving(tmp_path, clock) as stack:
         h = stack.handlers
         await stack.broker.create_topic("t", 1)
@@ -521,7 +505,9 @@ async def test_list_offsets(tmp_path: Path, clock: trio.testing.MockClock) -> No
         assert await offsets(pb.OffsetSpec.TIMESTAMP, 0) == (0, 100)
         assert await offsets(pb.OffsetSpec.TIMESTAMP, 301) == (3, -1)
         log = stack.broker.topic("t").logs[0]
-        await log.apply_retention(retention_ms=0, retention_bytes=log.size_bytes - 1, now_ms=0)
+        assert isinstance(log, PartitionReplica)
+        retention = ApplyRetention(retention_ms=0, retention_bytes=log.size_bytes - 1, now_ms=0)
+        assert await log.call(retention) == 1  # one record removed
         assert await offsets(pb.OffsetSpec.EARLIEST) == (1, -1)
         assert await offsets(pb.OffsetSpec.TIMESTAMP, 0) == (1, 200)
 
