@@ -61,6 +61,8 @@ class LocalNode:
         self.port = port
         self.peer_port = peer_port
         self.data = cluster.directory / f"node{node_id}"
+        # The client address other brokers and clients are told (--advertise); None: its own.
+        self.advertise: str | None = None
         self.process: subprocess.Popen[str] | None = None
         self.log: list[str] = []
         self._reader: threading.Thread | None = None
@@ -96,6 +98,7 @@ class LocalNode:
             "-1",
             "--sync",
             c.sync,
+            *(["--advertise", self.advertise] if self.advertise else []),
             *c.extra_args,
         ]
 

@@ -109,10 +109,14 @@ class HandshakeError(Exception):
 class _FrameReader:
     """Reads whole frames from a stream, never buffering more than one frame's bound."""
 
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+    def __init__(self, stream: trio.abc.ReceiveStream, *, frm: int = 0, to: int = 0) -> None:
         self._stream = stream
         self._buf = bytearray()
         self.bytes_received = 0
+        # This connection's memory of the peer's heartbeats (frames.py): it dies with it.
+        self._beats = frames.HeartbeatCodec()
+        self._frm = frm
+        self._to = to
 
     async def _fill(self, n: int) -> None:
         while len(self._buf) < n:
@@ -128,7 +132,7 @@ class _FrameReader:
         await self._fill(frames.PREFIX_SIZE + length)
         body = bytes(self._buf[frames.PREFIX_SIZE : frames.PREFIX_SIZE + length])
         del self._buf[: frames.PREFIX_SIZE + length]
-        return frames.decode_body(body, crc)
+        return frames.decode_body(body, crc, self._beats, frm=self._frm, to=self._to)
 
 
 def _message_size(m: Message) -> int:
@@ -271,9 +275,9 @@ class PeerLink:
             log.info("peer %d: connection lost: %s", self.peer, failure)
 
     async def _receive_loop(self, stream: trio.SocketStream) -> None:
-        reader = _FrameReader(stream)
-        deliver = self.network.deliver
         me = self.network.node_id
+        reader = _FrameReader(stream, frm=self.peer, to=me)
+        deliver = self.network.deliver
         while True:
             items = await reader.read_frame()
             self._bytes_received = reader.bytes_received
@@ -297,6 +301,7 @@ class PeerLink:
         scope.cancel()
 
     async def _send_loop(self, stream: trio.SocketStream) -> None:
+        beats = frames.HeartbeatCodec()  # what the peer's reader of this connection remembers
         while True:
             if not self._queue:
                 self._wakeup = trio.Event()
@@ -320,7 +325,7 @@ class PeerLink:
                     taken += 1
                 del queue[:taken]
                 self._queued_bytes -= size
-                data = frames.encode_raft(batch)
+                data = frames.encode_raft(batch, beats)
             await stream.send_all(data)
             self.frames_sent += 1
             self.bytes_sent += len(data)

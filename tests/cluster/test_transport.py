@@ -4,6 +4,7 @@ generous deadline that only keeps a broken test from hanging: nothing asserts sp
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 import pytest
@@ -78,6 +79,28 @@ async def test_three_nodes_exchange_messages_of_many_groups_both_ways_coalesced(
             from_1 = [g for g, m in inboxes[i].items if m.frm == 1]
             assert from_1 == sorted(from_1)
         assert sum(s.frames_sent for s in nets[1].statistics()) < 100
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_groups_heartbeats_cost_a_group_id_each_after_the_first_round() -> None:
+    ports = free_ports(2)
+    inbox1, inbox2 = Inbox(), Inbox()
+    groups = 500
+    async with trio.open_nursery() as nursery:
+        net1 = await start(nursery, 1, ports, inbox1)
+        await start(nursery, 2, ports, inbox2)
+        sent_after: list[int] = []
+        for rnd in range(4):
+            for group in range(groups):
+                net1.send(group, heartbeat(1, 2, 7))
+            await inbox2.wait_for(groups * (rnd + 1))
+            sent_after.append(net1.links[2].statistics().bytes_sent)
+        # The first round carries term and commit (25 bytes a group); every later round of
+        # the same idle groups, 8 bytes a group plus the frame's few bytes.
+        assert sent_after[0] > groups * 25
+        for before, after in itertools.pairwise(sent_after):
+            assert after - before <= groups * 8 + 100
+        assert all(m == heartbeat(1, 2, 7) and g == i % groups for i, (g, m) in enumerate(inbox2.items))
         nursery.cancel_scope.cancel()
 
 

@@ -5,7 +5,8 @@ its acknowledged offset, offsets contiguous, no offset holding two values, no du
 
 Faults: SIGKILL of a partition leader and of the controller leader (then restart), SIGSTOP
 of a leader for longer than an election timeout, a graceful SIGTERM of a leader under load
-(the producer sees no error), and all three nodes SIGKILLed at once.
+(the producer sees no error), all three nodes SIGKILLed at once, and a produce whose answer
+is lost retried across a leader change.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from typing import Any
 
 import pytest
 from cluster_workload import check, read_all
+from fault_support import read_partition
+from produce_cutter import ProduceAnswerCutter
 
-from sentinel.client import Admin
+from sentinel.client import Admin, Producer
 from sentinel.cluster.local import LocalCluster
 
 WORKLOAD = Path(__file__).with_name("cluster_workload.py")
@@ -240,3 +243,56 @@ def test_a_replica_whose_wal_was_damaged_rejoins_and_is_repaired_from_the_leader
     cluster.nodes[leader].start()
     wait_acks(producer, 100)
     verdict(cluster, producer)
+
+
+def test_a_produce_retried_across_a_leader_change_is_not_duplicated(tmp_path: Path) -> None:
+    """Every broker is reached through a proxy (its advertised address). The partition
+    leader's proxy cuts the first ProduceResponse (the batch is committed on a majority) and
+    the leader is SIGKILLed right there: the producer's retry of that batch, and of every
+    batch in flight with it, meets a new leader, which answers it with the original offsets
+    from the producer state it rebuilt from the log."""
+    cluster = LocalCluster(3, tmp_path)
+    sent = [b"retried %05d " % i + b"x" * 80 for i in range(2000)]
+    killed: list[int] = []
+
+    async def main() -> None:
+        cutters = {}
+        for node_id, node in cluster.nodes.items():
+
+            def cut(node_id: int = node_id) -> None:
+                for cutter in cutters.values():
+                    cutter.cut = True  # one cut, one kill: the other proxies pass everything
+                killed.append(node_id)
+                cluster.nodes[node_id].kill()
+
+            cutters[node_id] = await ProduceAnswerCutter(node.address, on_cut=cut).__aenter__()
+            node.advertise = cutters[node_id].address
+        try:
+            await asyncio.to_thread(cluster.start)
+            await asyncio.to_thread(wait_ready, cluster)
+            leader = await asyncio.to_thread(leader_of, cluster, 0)
+            bootstrap = ",".join(c.address for c in cutters.values())
+            async with Producer(
+                bootstrap,
+                acks="all",
+                batch_size=2048,
+                retry_backoff_ms=50,
+                request_timeout_ms=10_000,
+                retries=50,
+            ) as producer:
+                futures = [await producer.send(TOPIC, value, partition=0) for value in sent]
+                offsets = [(await future).offset for future in futures]
+            assert killed == [leader], f"the cut was at {killed}, the leader was {leader}"
+            assert offsets == list(range(len(sent)))  # the retries got the original offsets
+            new_leader = await asyncio.to_thread(leader_of, cluster, 0)
+            assert new_leader not in (leader, 0)
+            stored = [v for _, v in await read_partition(cluster.bootstrap, TOPIC, 0)]
+            assert stored == sent  # every record once, in send order
+        finally:
+            for c in cutters.values():
+                await c.__aexit__(None, None, None)
+
+    try:
+        asyncio.run(main())
+    finally:
+        cluster.stop()
