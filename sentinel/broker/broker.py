@@ -16,6 +16,7 @@ below a group's first index are dropped by the storage engine's compaction throu
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -65,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 # Retention is enforced this often; deleting old data is never urgent.
 RETENTION_CHECK_SECONDS = 30.0
+# How often a node reports the partitions it has come to lead to the controller.
+LEADER_REPORT_SECONDS = 0.5
 # How long a topic change waits for this node to have applied it (a create answered before
 # the topic is usable here would make the very next produce fail).
 APPLY_WAIT_SECONDS = 10.0
@@ -87,21 +90,31 @@ class RemotePartition:
     """A partition this node holds no replica of: every data request is sent elsewhere."""
 
     def __init__(
-        self, topic: str, partition: int, replicas: tuple[int, ...], address_of: Callable[[int], str | None]
+        self,
+        topic: str,
+        partition: int,
+        replicas: tuple[int, ...],
+        address_of: Callable[[int], str | None],
+        leader_of: Callable[[], int],
     ):
         self.topic = topic
         self.partition = partition
         self.replicas = replicas
         self._address_of = address_of
+        self._leader_of = leader_of
 
     high_watermark = log_start_offset = log_end_offset = size_bytes = -1
 
+    @property
+    def leader(self) -> int:
+        """The leader its leader last reported to the controller (else the preferred one)."""
+        return self._leader_of()
+
     def _elsewhere(self) -> Unavailable:
-        # The preferred leader is the likeliest; the client refreshes metadata anyway.
         return Unavailable(
             f"this node holds no replica of {self.topic}[{self.partition}] (replicas: nodes "
             f"{', '.join(map(str, self.replicas))})",
-            leader=self._address_of(self.replicas[0]),
+            leader=self._address_of(self.leader),
         )
 
     def check_leader(self) -> None:
@@ -246,6 +259,9 @@ class Broker:
         broker = self.controller.view.image.brokers.get(node)
         return None if broker is None else f"{broker.host}:{broker.port}"
 
+    def _reported_leader(self, topic_id: int, partition: int, replicas: tuple[int, ...]) -> int:
+        return self.controller.view.image.leader_of(topic_id, partition, replicas)
+
     def deliver(self, group: int, m: Message) -> None:
         """A Raft message for one of this node's partition groups (from the peer links)."""
         replica = self._replicas.get(group)
@@ -267,6 +283,7 @@ class Broker:
             await self._reconcile(view)
             task_status.started(self)
             nursery.start_soon(self._retention_loop)
+            nursery.start_soon(self._leader_report_loop)
             try:
                 while True:
                     view = await self.controller.wait_changed(view)
@@ -296,7 +313,8 @@ class Broker:
             for p, assigned in enumerate(meta.replicas):
                 group = partition_group(meta.topic_id, p)
                 if me not in assigned:
-                    logs.append(RemotePartition(name, p, assigned, self.address_of))
+                    leader_of = functools.partial(self._reported_leader, meta.topic_id, p, assigned)
+                    logs.append(RemotePartition(name, p, assigned, self.address_of, leader_of))
                     continue
                 wanted.add(group)
                 replica = replicas.get(group)
@@ -512,6 +530,43 @@ class Broker:
         return self._round_robin.next_partition(topic.name, topic.partitions)
 
     # -- retention ---------------------------------------------------------------------
+
+    def unreported_leaderships(self) -> list[tuple[int, int, int]]:
+        """``(topic id, partition, term)`` of each partition this node leads (and serves)
+        that the controller's metadata does not yet say it leads in that term."""
+        me = self.options.node_id
+        image = self.controller.view.image
+        out = []
+        for topic in self._topics.values():
+            for p, log in enumerate(topic.logs):
+                if not isinstance(log, PartitionReplica):
+                    continue
+                view = log.view
+                if (
+                    view.leader == me
+                    and view.leader_ready
+                    and image.leaders.get((topic.topic_id, p))
+                    != (
+                        me,
+                        view.term,
+                    )
+                ):
+                    out.append((topic.topic_id, p, view.term))
+        return out
+
+    async def _leader_report_loop(self) -> None:
+        """Tell the controller which partitions this node leads, so that every node, those
+        holding no replica of a partition included, names its leader to clients. Reports
+        carry the term and never replace a newer one; a failed proposal (no controller
+        leader right now) is simply made again the next round."""
+        while True:
+            await trio.sleep(LEADER_REPORT_SECONDS)
+            leaderships = self.unreported_leaderships()
+            if leaderships:
+                try:
+                    await self.controller.propose(md.report_leaders(self.options.node_id, leaderships))
+                except SentinelError as exc:
+                    logger.debug("leadership report not accepted yet: %s", exc)
 
     async def _retention_loop(self) -> None:
         while True:

@@ -65,6 +65,7 @@ class TopicMeta:
 
 
 OffsetKey = tuple[str, str, int]  # group, topic, partition
+LeaderKey = tuple[int, int]  # topic id, partition
 # What applying a command returns to its proposer: an error (nothing changed), the topic a
 # create made, a producer id, or None.
 Result = SentinelError | TopicMeta | int | None
@@ -79,6 +80,14 @@ class MetadataImage:
     next_topic_id: int
     offsets: Mapping[OffsetKey, tuple[int, str]]
     applied_index: int
+    # The leader (node, term) each partition's leader last reported: how a node that holds
+    # no replica of a partition tells a client where its leader is.
+    leaders: Mapping[LeaderKey, tuple[int, int]] = MappingProxyType({})
+
+    def leader_of(self, topic_id: int, partition: int, replicas: tuple[int, ...]) -> int:
+        """The reported leader of a partition, else its preferred leader (a guess)."""
+        reported = self.leaders.get((topic_id, partition))
+        return reported[0] if reported is not None and reported[0] in replicas else replicas[0]
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -142,6 +151,11 @@ def commit_offsets(group: str, offsets: list[tuple[str, int, int, str]]) -> byte
     return _encode({"op": "commit_offsets", "group": group, "offsets": [list(o) for o in offsets]})
 
 
+def report_leaders(node_id: int, leaders: list[tuple[int, int, int]]) -> bytes:
+    """Node ``node_id`` leads these ``(topic id, partition, term)`` groups."""
+    return _encode({"op": "report_leaders", "node_id": node_id, "leaders": [list(x) for x in leaders]})
+
+
 def _encode(command: dict[str, Any]) -> bytes:
     command["v"] = COMMAND_VERSION
     return json.dumps(command, sort_keys=True, separators=(",", ":")).encode()
@@ -180,6 +194,7 @@ class ClusterMetadata:
         self._next_topic_id = 1
         self._next_producer_id = 1
         self._offsets: dict[OffsetKey, tuple[int, str]] = {}
+        self._leaders: dict[LeaderKey, tuple[int, int]] = {}
         self.applied_index = 0
         self._image: MetadataImage | None = None
 
@@ -192,6 +207,7 @@ class ClusterMetadata:
                 next_topic_id=self._next_topic_id,
                 offsets=MappingProxyType(dict(self._offsets)),
                 applied_index=self.applied_index,
+                leaders=MappingProxyType(dict(self._leaders)),
             )
         return self._image
 
@@ -229,6 +245,9 @@ class ClusterMetadata:
                 return self._delete_topic(command)
             if op == "commit_offsets":
                 return self._commit_offsets(command)
+            if op == "report_leaders":
+                self._report_leaders(command)
+                return None
             raise ValueError(f"unknown command {op!r}")
         except (ValueError, KeyError, TypeError) as exc:
             # A command this version cannot read changes nothing, on every node alike.
@@ -272,10 +291,27 @@ class ClusterMetadata:
         self._topics[name] = topic
         return topic
 
+    def _report_leaders(self, c: dict[str, Any]) -> None:
+        """A report is a fact as of its term: it replaces only an older term's, and a report
+        naming a node that holds no replica (or a topic since deleted) changes nothing."""
+        node = int(c["node_id"])
+        by_id = {t.topic_id: t for t in self._topics.values()}
+        for topic_id, partition, term in c["leaders"]:
+            meta = by_id.get(int(topic_id))
+            key = (int(topic_id), int(partition))
+            if meta is None or not 0 <= key[1] < meta.partitions or node not in meta.replicas[key[1]]:
+                continue
+            known = self._leaders.get(key)
+            if known is None or int(term) > known[1]:
+                self._leaders[key] = (node, int(term))
+
     def _delete_topic(self, c: dict[str, Any]) -> SentinelError | None:
         name = str(c["name"])
-        if self._topics.pop(name, None) is None:
+        meta = self._topics.pop(name, None)
+        if meta is None:
             return NotFound(f"topic {name!r} does not exist")
+        for leader_key in [k for k in self._leaders if k[0] == meta.topic_id]:
+            del self._leaders[leader_key]
         for key in [k for k in self._offsets if k[1] == name]:
             del self._offsets[key]
         return None
@@ -317,6 +353,7 @@ class ClusterMetadata:
                     for t in sorted(self._topics.values(), key=_topic_id)
                 ],
                 "offsets": [[g, t, p, o, m] for (g, t, p), (o, m) in sorted(self._offsets.items())],
+                "leaders": [[t, p, n, term] for (t, p), (n, term) in sorted(self._leaders.items())],
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -343,6 +380,7 @@ class ClusterMetadata:
                 )
                 md._topics[meta.name] = meta
             md._offsets = {(str(g), str(t), int(p)): (int(o), str(m)) for g, t, p, o, m in s["offsets"]}
+            md._leaders = {(int(t), int(p)): (int(n), int(term)) for t, p, n, term in s.get("leaders", [])}
             return md
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"controller snapshot is not valid: {exc}") from None

@@ -134,7 +134,7 @@ class Handlers:
                 # A replica knows its leader (0 while electing); the client asks again then.
                 leader = view.leader if view.leader else -1
             else:
-                leader = replicas[0]  # a guess from the placement: the client is redirected if wrong
+                leader = log.leader  # as its leader reported it to the controller
             out.append(
                 pb.PartitionMetadata(
                     partition=p,

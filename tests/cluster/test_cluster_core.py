@@ -232,3 +232,22 @@ async def test_a_graceful_hand_off_moves_every_leadership_without_an_election(
         await c.kill(1)
         for p in range(3):
             assert await produce(c, "h", p, 1) == (3, 3)
+
+
+async def test_a_node_without_a_replica_names_the_leader_its_leader_reported(
+    clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with cluster_of_three(clock, tmp_path) as c:
+        topic = await c.cores[1].broker.create_topic("two", 1, 2)
+        preferred, other = topic.replicas[0]
+        outsider = next(i for i in NODES if i not in topic.replicas[0])
+        await c.until(lambda: c.leader_of("two", 0) is not None, "a leader")
+        await c.until(lambda: c.cores[outsider].broker.topic("two").log(0).leader == preferred, "reported")
+        # Leadership moves to the other replica: the outsider's metadata follows it, and its
+        # redirect names the new leader's address, not the preferred one's.
+        await c.replica(preferred, "two", 0).transfer_leadership(other)
+        await c.until(lambda: c.cores[outsider].broker.topic("two").log(0).leader == other, "re-reported")
+        remote = c.cores[outsider].broker.topic("two").log(0)
+        with pytest.raises(Unavailable) as info:
+            remote.check_leader()
+        assert info.value.leader == f"127.0.0.1:{9090 + other}"

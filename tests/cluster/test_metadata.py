@@ -121,3 +121,24 @@ def test_reserved_ids_are_never_handed_out() -> None:
     assert m.apply(3, md.reserve_topic_ids(10)) is None  # never backwards
     made = m.apply(4, md.create_topic("t", [[1]], TopicConfig(), 0))
     assert isinstance(made, md.TopicMeta) and made.topic_id == 40
+
+
+def test_a_reported_leader_replaces_only_an_older_terms_and_survives_a_snapshot() -> None:
+    m = cluster(1, 2, 3)
+    topic = m.apply(4, md.create_topic("t", [[1, 2], [2, 3]], TopicConfig(), 0))
+    assert isinstance(topic, md.TopicMeta)
+    tid = topic.topic_id
+    assert m.image().leader_of(tid, 0, (1, 2)) == 1  # nothing reported: the preferred leader
+    m.apply(5, md.report_leaders(2, [(tid, 0, 3), (tid, 1, 1)]))
+    assert m.image().leaders == {(tid, 0): (2, 3), (tid, 1): (2, 1)}
+    assert m.image().leader_of(tid, 0, (1, 2)) == 2
+    m.apply(6, md.report_leaders(1, [(tid, 0, 2)]))  # an older term's report, arriving late
+    m.apply(7, md.report_leaders(1, [(tid, 1, 9)]))  # node 1 holds no replica of partition 1
+    m.apply(8, md.report_leaders(3, [(tid, 5, 9), (999, 0, 9)]))  # no such partition, topic
+    assert m.image().leaders == {(tid, 0): (2, 3), (tid, 1): (2, 1)}
+    m.apply(9, md.report_leaders(1, [(tid, 0, 4)]))
+    assert m.image().leaders[(tid, 0)] == (1, 4)
+    restored = ClusterMetadata.restore(m.snapshot())
+    assert restored.image().leaders == m.image().leaders
+    m.apply(10, md.delete_topic("t"))
+    assert m.image().leaders == {}
