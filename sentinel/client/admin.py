@@ -111,52 +111,50 @@ class Admin:
         for what, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
             if type(value) is not int or not 0 <= value <= INT64_MAX:
                 raise InvalidArgument(f"{what} must be an int from 0 to {INT64_MAX}, got {value!r}")
-        conn = self._cluster_or_fail().bootstrap
         request = pb.CreateTopicRequest(
             name=name,
             partitions=partitions,
             replication_factor=replication_factor,
             config=pb.TopicConfig(retention_ms=retention_ms, retention_bytes=retention_bytes),
         )
-        with conn.errors:
-            response = await conn.stub.create_topic(request, timeout=self._timeout_s)
+        response = await self._cluster_or_fail().any_broker(
+            lambda conn: conn.stub.create_topic(request, timeout=self._timeout_s)
+        )
         if response.topic is None:
             raise SentinelError(f"broker created topic {name!r} but did not describe it")
         return topic_from_description(response.topic)
 
     async def delete_topic(self, name: str) -> None:
-        conn = self._cluster_or_fail().bootstrap
-        with conn.errors:
-            await conn.stub.delete_topic(pb.DeleteTopicRequest(name=name), timeout=self._timeout_s)
+        await self._cluster_or_fail().any_broker(
+            lambda conn: conn.stub.delete_topic(pb.DeleteTopicRequest(name=name), timeout=self._timeout_s)
+        )
 
     async def list_topics(self) -> list[TopicInfo]:
-        conn = self._cluster_or_fail().bootstrap
-        with conn.errors:
-            response = await conn.stub.list_topics(pb.ListTopicsRequest(), timeout=self._timeout_s)
+        response = await self._cluster_or_fail().any_broker(
+            lambda conn: conn.stub.list_topics(pb.ListTopicsRequest(), timeout=self._timeout_s)
+        )
         return [topic_from_description(t) for t in response.topics]
 
     async def describe_topic(self, name: str) -> TopicInfo:
-        conn = self._cluster_or_fail().bootstrap
-        with conn.errors:
-            response = await conn.stub.describe_topic(
-                pb.DescribeTopicRequest(name=name), timeout=self._timeout_s
-            )
+        response = await self._cluster_or_fail().any_broker(
+            lambda conn: conn.stub.describe_topic(pb.DescribeTopicRequest(name=name), timeout=self._timeout_s)
+        )
         return topic_from_description(response)
 
     # -- groups ----------------------------------------------------------------------------
 
     async def list_groups(self) -> list[str]:
-        conn = self._cluster_or_fail().bootstrap
-        with conn.errors:
-            response = await conn.stub.list_groups(pb.ListGroupsRequest(), timeout=self._timeout_s)
+        response = await self._cluster_or_fail().any_broker(
+            lambda conn: conn.stub.list_groups(pb.ListGroupsRequest(), timeout=self._timeout_s)
+        )
         return list(response.group_ids)
 
     async def describe_group(self, group_id: str) -> GroupInfo:
-        conn = self._cluster_or_fail().bootstrap
-        with conn.errors:
-            response = await conn.stub.describe_group(
+        response = await self._cluster_or_fail().any_broker(
+            lambda conn: conn.stub.describe_group(
                 pb.DescribeGroupRequest(group_id=group_id), timeout=self._timeout_s
             )
+        )
         return group_info(response)
 
     # -- cluster ---------------------------------------------------------------------------

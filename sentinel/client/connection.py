@@ -221,6 +221,11 @@ class Cluster:
         )
         return response.producer_id, response.producer_epoch
 
+    async def any_broker(self, call: Callable[[Connection], Awaitable[T]]) -> T:
+        """``call`` (a request any broker answers) on the first bootstrap broker that
+        answers: a dead one in the list costs a refused connection, not the request."""
+        return await self._any_bootstrap(call)
+
     async def _any_bootstrap(self, call: Callable[[Connection], Awaitable[T]]) -> T:
         """``call`` on the bootstrap broker that answered last, else on the next ones in
         turn; the last retriable error if none answers."""

@@ -54,6 +54,10 @@ HANDSHAKE_TIMEOUT_SECONDS = 5.0
 _MESSAGE_OVERHEAD = 80  # header and framing per message, for the queue's byte accounting
 # A peer request not answered in this time fails UNAVAILABLE (the caller retries).
 REQUEST_TIMEOUT_SECONDS = 10.0
+# A request to a peer not connected right now waits this long for the link to (re)connect
+# (a node starting up) before it fails UNAVAILABLE: a down peer costs a caller this, not
+# the whole request timeout.
+CONNECT_GRACE_SECONDS = 0.5
 
 RequestHandler = Callable[[int, int, bytes], Awaitable[bytes]]
 
@@ -63,6 +67,7 @@ class _Waiter:
     peer: int
     done: trio.Event = attrs.field(factory=trio.Event)
     reply: frames.PeerReply | None = None
+    lost: bool = False  # the connection the request went out on broke
 
 
 # Errors that travel back from a peer request, by name (anything else arrives as itself's
@@ -162,6 +167,7 @@ class PeerLink:
         self._queued_bytes = 0
         self._queue_limit = queue_limit_bytes
         self._wakeup = trio.Event()
+        self._connected_event = trio.Event()
         self._accepted_send, self._accepted_receive = trio.open_memory_channel[trio.SocketStream](1)
         self.connected = False
         self.frames_sent = self.bytes_sent = self.frames_received = 0
@@ -230,14 +236,30 @@ class PeerLink:
             backoff = BACKOFF_INITIAL_SECONDS
             self.connects += 1
             self.connected = True
+            self._connected_event.set()
             try:
                 await self._serve(stream)
             finally:
                 self.connected = False
+                self._connected_event = trio.Event()
+                self._connection_lost()
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
             if self.dials:
                 await trio.sleep(backoff)
+
+    async def wait_connected(self) -> None:
+        await self._connected_event.wait()
+
+    def _connection_lost(self) -> None:
+        """Requests and replies queued for the broken connection are dropped (their callers
+        are told now, and a request must not run late on the peer after its caller gave
+        up); Raft messages stay queued (Raft retransmits anyway, and order is kept)."""
+        frames_queued = [item for item in self._queue if isinstance(item, bytes)]
+        if frames_queued:
+            self._queue = [item for item in self._queue if not isinstance(item, bytes)]
+            self._queued_bytes -= sum(len(f) for f in frames_queued)
+        self.network.connection_lost(self.peer)
 
     async def _dial(self) -> trio.SocketStream:
         host, port = self.address
@@ -367,6 +389,11 @@ class PeerNetwork:
         link = self.links.get(peer)
         if link is None:
             raise Unavailable(f"node {peer} is not a peer of node {self.node_id}")
+        if not link.connected:
+            with trio.move_on_after(min(reply_within, CONNECT_GRACE_SECONDS)):
+                await link.wait_connected()
+            if not link.connected:
+                raise Unavailable(f"node {peer} is not connected (down, or starting)")
         request_id = self._next_request
         self._next_request += 1
         waiter = self._waiting[request_id] = _Waiter(peer)
@@ -378,10 +405,19 @@ class PeerNetwork:
             del self._waiting[request_id]
         reply = waiter.reply
         if reply is None:
+            if waiter.lost:
+                raise Unavailable(f"the connection to node {peer} broke before it answered")
             raise Unavailable(f"node {peer} did not answer within {reply_within:g} s")
         if not reply.ok:
             raise decode_error(reply.payload)
         return reply.payload
+
+    def connection_lost(self, peer: int) -> None:
+        """Every request waiting on ``peer`` fails now: its answer cannot come."""
+        for waiter in self._waiting.values():
+            if waiter.peer == peer and waiter.reply is None:
+                waiter.lost = True
+                waiter.done.set()
 
     def resolve(self, peer: int, reply: frames.PeerReply) -> None:
         waiter = self._waiting.get(reply.request_id)

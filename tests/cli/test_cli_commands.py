@@ -447,3 +447,24 @@ def test_every_option_has_help_and_names_fit_80_columns() -> None:
             envvar = param.envvar
             if isinstance(envvar, str):
                 assert envvar in text, (path, envvar, result.output)
+
+
+def test_a_dead_broker_first_in_the_list_costs_nothing_when_another_answers(
+    fake: ThreadedFake, closed_port: int
+) -> None:
+    """Every command takes a bootstrap list of which any live broker is enough (Kafka's
+    bootstrap.servers): the admin calls and the consume preflight included."""
+    brokers = f"127.0.0.1:{closed_port},{fake.address}"
+    for args in (
+        ["topics", "create", "listed", "--partitions", "1"],
+        ["topics", "list"],
+        ["topics", "describe", "listed"],
+        ["produce", "-t", "listed", "-m", "x", "-n", "3"],
+        ["consume", "-t", "listed", "--from-beginning"],
+        ["groups", "list"],
+        ["topics", "delete", "listed"],
+    ):
+        result = invoke(*args, "--broker", brokers)
+        assert result.exit_code == 0, (args, result.output)
+        if args[0] == "consume":
+            assert result.stdout == "x\nx\nx\n"
