@@ -22,7 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from sentinel.storage.skiplist import DEFAULT_SEED, SkipList
 
@@ -115,6 +115,29 @@ class Memtable:
             self._bytes += added
             self._first_seq = first
             self._last_seq = last
+
+    def put_batch(self, first_seq: int, ops: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Write a batch as the WAL holds it: ``ops[i]`` (``(key, value)``, value None a
+        tombstone) gets seq ``first_seq + i``. The write path's form of :meth:`apply`."""
+        if self._frozen:
+            raise self._refuse_write()
+        if not ops:
+            return
+        put = self._list.put
+        added = 0
+        seq = first_seq
+        try:
+            for key, value in ops:
+                added += put(key, seq, value)
+                seq += 1
+        finally:
+            # Even if an entry fails part-way, account for what did reach the list.
+            self._bytes += added
+            if seq > first_seq:
+                if seq - 1 > self._last_seq:
+                    self._last_seq = seq - 1
+                if first_seq < self._first_seq:
+                    self._first_seq = first_seq
 
     def get(self, key: bytes) -> tuple[int, bytes | None] | None:
         """``(seq, value)`` for ``key`` (value None: deleted here), None if this memtable lacks it."""

@@ -119,3 +119,20 @@ def test_freeze_is_final_and_reads_still_work() -> None:
     # An empty iterable is still a write to a frozen memtable: the caller's bug, caught early.
     with pytest.raises(MemtableFrozen):
         memtable.apply([])
+
+
+def test_put_batch_matches_individual_puts_with_consecutive_seqs() -> None:
+    rng = random.Random(7)
+    ops = [(rng.randbytes(2), None if i % 5 == 0 else rng.randbytes(4)) for i in range(300)]
+    one, batch = Memtable(1), Memtable(1)
+    for i, (key, value) in enumerate(ops):
+        one.put(key, 1000 + i, value)
+    batch.put_batch(1000, ops[:100])
+    batch.put_batch(1100, ops[100:])
+    batch.put_batch(5000, [])  # nothing written: the seq range does not move
+    assert list(one.scan()) == list(batch.scan())
+    assert one.approximate_bytes == batch.approximate_bytes
+    assert (one.first_seq, one.last_seq) == (batch.first_seq, batch.last_seq) == (1000, 1299)
+    batch.freeze()
+    with pytest.raises(MemtableFrozen):
+        batch.put_batch(2000, [(b"k", b"v")])
