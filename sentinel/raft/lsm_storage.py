@@ -221,6 +221,16 @@ class LsmRaftStorage:
             await self.store.write(ops)
             self.persisted(rd)
 
+    async def persist_soon(self, rd: Ready) -> None:
+        """Queue ``rd``'s write without waiting for it to be durable (waits only while the
+        engine's mailbox is full). For a Ready that needs no sync (``must_sync`` false: a
+        commit index change alone): the store applies writes in submission order, so it
+        lands after every write persisted before it and before every later one."""
+        ops = self.ops_for(rd)
+        if ops:
+            await self.store.submit(ops)
+            self.persisted(rd)
+
     def ops_for(self, rd: Ready) -> list[tuple[bytes, bytes | None]]:
         """The write batch that persists ``rd`` (for callers that batch several groups'
         writes themselves); ``persisted(rd)`` must follow once it is durable."""

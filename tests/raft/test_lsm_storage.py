@@ -62,6 +62,21 @@ async def test_a_persisted_ready_reopens_exactly(tmp_path: Path) -> None:
         assert (other.initial_state(), other.first_index(), other.last_index()) == (HardState(), 1, 0)
 
 
+async def test_a_queued_commit_is_written_in_order_without_being_waited_for(tmp_path: Path) -> None:
+    async with open_store(tmp_path, OPTIONS) as store:
+        s = LsmRaftStorage(store, 7)
+        await s.persist(ready(entries=entries(1, 1, 3), hard_state=HardState(1, 1, 0)))
+        await s.persist_soon(ready(hard_state=HardState(1, 1, 3)))
+        assert s.initial_state() == HardState(1, 1, 3)  # what the group acts on from now on
+        # Queued behind the entries and ahead of anything written after it.
+        await s.persist(ready(entries=entries(1, 4, 4)))
+        await s.persist_soon(ready(hard_state=HardState(1, 1, 4)))
+    async with open_store(tmp_path, OPTIONS) as store:
+        s = LsmRaftStorage(store, 7)
+        assert s.initial_state() == HardState(1, 1, 4)
+        assert s.entries(1, 5, 1 << 20) == entries(1, 1, 4)
+
+
 async def test_replacing_a_suffix_deletes_the_replaced_entries_and_their_payload_keys(tmp_path: Path) -> None:
     """A follower's conflicting suffix is replaced: the truncated batches' offsets (payload
     keys) disappear with them, so a later seek by offset can never find a stale batch."""
