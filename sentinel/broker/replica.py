@@ -35,7 +35,7 @@ from typing import Any, Final, assert_never
 import attrs
 import trio
 
-from sentinel.actors import Actor, Request
+from sentinel.actors import Actor, Reply, Request
 from sentinel.broker import keys
 from sentinel.broker.partition_core import BatchSpan, PartitionCore, batch_span
 from sentinel.broker.producer_state import (
@@ -265,6 +265,15 @@ class PartitionReplica(Actor[ReplicaMessage]):
 
     async def produce(self, batches: Sequence[RecordBatch], acks: int = ACKS_ALL) -> AppendResult:
         return await self.call(Produce(batches, acks))
+
+    def produce_nowait(self, batches: Sequence[RecordBatch], acks: int, reply: Reply[AppendResult]) -> bool:
+        """Queue a produce answered through ``reply`` (the front end's fast path: no task
+        waits for it here); False, having queued nothing, while the mailbox is full."""
+        try:
+            self.cast_nowait(Produce(batches, acks, reply=reply))
+        except MailboxFull:
+            return False
+        return True
 
     async def transfer_leadership(self, to: int) -> None:
         await self.call(TransferLeadership(to))
