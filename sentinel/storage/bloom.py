@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import zlib
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 # A filter over very few keys would be a handful of bits, where one collision decides
 # the whole answer; 64 bits keeps even a one-key table's false-positive rate low.
@@ -42,9 +42,9 @@ _DELTA_ROTATION = 17
 _MARK_DIGITS = bytes.maketrans(b"\x00\x01", b"01")
 
 
-def bloom_hash(key: bytes) -> int:
-    """The 32-bit hash a filter is built from; the writer keeps these instead of the keys."""
-    return zlib.crc32(key)
+#: The 32-bit hash a filter is built from; the writer keeps these instead of the keys. The
+#: builtin itself, not a function calling it: a table writer hashes every key it writes.
+bloom_hash: Callable[[bytes], int] = zlib.crc32
 
 
 def probes_for(bits_per_key: int) -> int:
