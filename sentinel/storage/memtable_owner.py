@@ -220,8 +220,15 @@ class MemtableOwner(Actor[OwnerMessage]):
             while batch := await self.receive_batch(limit):
                 staged: list[StagedWrite] = []
                 size = 0
+                # What the group may stage before a rotation is due (``_rotation_due``): only
+                # an await (this actor's, or another task's meanwhile) changes it.
+                room = self._room()
                 for message in batch:
                     if isinstance(message, Write):  # the hot path: one check, no match
+                        if size < room and message.epoch >= self._epoch:
+                            # Neither a rotation nor a refusal is due (see ``_refusal``).
+                            size += self._stage(message, staged, encoder)
+                            continue
                         if self._rotation_due(size):
                             # Rotation comes after the WAL has everything staged so far: the
                             # WAL mailbox is FIFO, so the old segment holds it.
@@ -235,10 +242,12 @@ class MemtableOwner(Actor[OwnerMessage]):
                             await self._hand_to_wal(staged, encoder)
                             staged, size = [], 0
                             await self._hand_refusal(message, refusal)
+                        room = self._room()
                         continue
                     await self._hand_to_wal(staged, encoder)
                     staged, size = [], 0
                     await self.handle(message)
+                    room = self._room()
                 await self._hand_to_wal(staged, encoder)
                 self._in_flight = []
             # Every write handed on is answered before this actor stops.
@@ -269,8 +278,12 @@ class MemtableOwner(Actor[OwnerMessage]):
         return size
 
     def _rotation_due(self, staged_bytes: int) -> bool:
-        grown = self._active.approximate_bytes + self._unresolved_bytes + staged_bytes
-        return grown >= self._options.memtable_bytes
+        return staged_bytes >= self._room()
+
+    def _room(self) -> int:
+        """Bytes of WAL records that may still be staged before the active memtable (with
+        everything handed to the WAL and not yet applied) reaches its size."""
+        return self._options.memtable_bytes - self._active.approximate_bytes - self._unresolved_bytes
 
     def _refusal(self, write: Write, staged_bytes: int) -> WriteRefused | None:
         """Why ``write`` must be refused, if it must."""

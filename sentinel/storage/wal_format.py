@@ -152,7 +152,8 @@ class WalGroupEncoder:
         """Encode one write batch (``ops[i]`` gets seq ``first_seq + i``); returns the bytes
         it adds. ValueError for an empty batch, seqs outside u64 or a batch too big to frame."""
         count = len(ops)
-        _check_batch(first_seq, count)
+        if not 0 < count <= MAX_BATCH_COUNT or first_seq < 0 or first_seq + count - 1 > MAX_SEQ:
+            _check_batch(first_seq, count)  # raises, saying which
         if self._count and (
             first_seq != self._first_seq + self._count
             or self._count + count > MAX_BATCH_COUNT
