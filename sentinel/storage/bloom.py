@@ -38,6 +38,8 @@ MAX_PROBES = 30
 _U32 = 0xFFFFFFFF
 # Rotation distance deriving the second hash from the first (any value far from 0 and 32).
 _DELTA_ROTATION = 17
+# The probe count at the default 10 bits per key (probes_for(10)): built without an inner loop.
+_DEFAULT_PROBES = 7
 # Turns a byte-per-bit mark (0 or 1) into the digit int(..., 2) reads.
 _MARK_DIGITS = bytes.maketrans(b"\x00\x01", b"01")
 
@@ -81,11 +83,30 @@ class BloomFilter:
         # little-endian bit string read as one base-2 integer. A third cheaper than setting
         # bits in place (measured: 0.67 against 1.0 us per key at 7 probes).
         marks = bytearray(num_bits)
-        for h in hashes:
-            delta = (((h >> _DELTA_ROTATION) | (h << (32 - _DELTA_ROTATION))) & _U32) | 1
-            # Probe i tests bit (h + i * delta) % num_bits.
-            for pos in range(h, h + probes * delta, delta):
-                marks[pos % num_bits] = 1
+        if probes == _DEFAULT_PROBES:
+            # The engine's 10 bits per key, written out: no inner loop (0.49 against 0.68 us
+            # per key). Probe i tests bit (h + i * delta) % num_bits, as below.
+            for h in hashes:
+                delta = (((h >> _DELTA_ROTATION) | (h << (32 - _DELTA_ROTATION))) & _U32) | 1
+                marks[h % num_bits] = 1
+                h += delta
+                marks[h % num_bits] = 1
+                h += delta
+                marks[h % num_bits] = 1
+                h += delta
+                marks[h % num_bits] = 1
+                h += delta
+                marks[h % num_bits] = 1
+                h += delta
+                marks[h % num_bits] = 1
+                h += delta
+                marks[h % num_bits] = 1
+        else:
+            for h in hashes:
+                delta = (((h >> _DELTA_ROTATION) | (h << (32 - _DELTA_ROTATION))) & _U32) | 1
+                # Probe i tests bit (h + i * delta) % num_bits.
+                for pos in range(h, h + probes * delta, delta):
+                    marks[pos % num_bits] = 1
         bits = int(marks[::-1].translate(_MARK_DIGITS), 2).to_bytes(num_bytes, "little")
         return bits + bytes((probes,))
 

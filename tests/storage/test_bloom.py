@@ -9,7 +9,9 @@ from array import array
 
 import pytest
 
+from sentinel.storage import bloom as bloom_module
 from sentinel.storage.bloom import MAX_PROBES, MIN_BITS, BloomFilter, bloom_hash, probes_for
+from sentinel.storage.options import StorageOptions
 
 
 def theoretical_rate(bits_per_key: int) -> float:
@@ -113,3 +115,8 @@ def test_build_sets_exactly_the_bits_the_format_defines(bits_per_key: int) -> No
     for count in (0, 1, 7, 1000):
         hashes = [rng.getrandbits(32) for _ in range(count)] + [0, 0xFFFFFFFF][: count and 2]
         assert BloomFilter.build_from_hashes(hashes, bits_per_key) == _reference_build(hashes, bits_per_key)
+
+
+def test_the_written_out_default_probe_count_is_the_default() -> None:
+    # build_from_hashes writes the default's probes out one by one: they must stay in step.
+    assert probes_for(StorageOptions().bloom_bits_per_key) == bloom_module._DEFAULT_PROBES == 7
