@@ -426,10 +426,16 @@ class PartitionReplica(Actor[ReplicaMessage]):
                 batch = await self.receive_batch(_BATCH)
                 if not batch:
                     break
+                ticked = False
                 for message in batch:
                     self._dispatch(message)
+                    ticked = ticked or type(message) is Tick
                 while node.has_ready():
                     await self._handle_ready()
+                if ticked:
+                    # A commit taken without a write (handle_ready) reaches the disk within
+                    # a tick even when no other write carries it.
+                    await self.storage.write_deferred()
                 leading = node.role is Role.LEADER
                 if self._was_leading and not leading:
                     self._after_leadership()
@@ -451,6 +457,7 @@ class PartitionReplica(Actor[ReplicaMessage]):
 
     async def on_stop(self) -> None:
         try:
+            await self.storage.write_deferred()  # queued ahead of the producer table's write
             await self._save_producers()
         except WriteRefused as exc:
             # Only a shortcut for the next start, which replays the entries since the last save.
@@ -599,7 +606,13 @@ class PartitionReplica(Actor[ReplicaMessage]):
     async def _handle_ready(self) -> None:
         node = self.node
         rd = await handle_ready(
-            node, self.storage, self.group, self._transmit, self._before_persist, self._observers.persist
+            node,
+            self.storage,
+            self.group,
+            self._transmit,
+            self._before_persist,
+            self._observers.persist,
+            defer_commit=True,  # written with the next Ready, or on the next tick (serve)
         )
         if rd.snapshot is not None:
             _start, applied, producers = _decode_snapshot(rd.snapshot)
