@@ -139,6 +139,33 @@ class Memtable:
                 if first_seq < self._first_seq:
                     self._first_seq = first_seq
 
+    def put_batches(self, batches: Iterable[tuple[int, Sequence[tuple[bytes, bytes | None]]]]) -> None:
+        """``put_batch(first_seq, ops)`` for each ``(first_seq, ops)`` in order, in one loop
+        (a group commit's writes: the per-batch call was a fifth of applying one-op writes)."""
+        if self._frozen:
+            raise self._refuse_write()
+        put = self._list.put
+        added = 0
+        first = self._first_seq
+        last = self._last_seq
+        try:
+            for first_seq, ops in batches:
+                seq = first_seq
+                for key, value in ops:
+                    added += put(key, seq, value)
+                    seq += 1
+                if seq > first_seq:
+                    if first_seq < first:
+                        first = first_seq
+                    if seq - 1 > last:
+                        last = seq - 1
+        finally:
+            # Even if an entry fails part-way, account for the batches that reached the list
+            # (the failing batch's seqs are not counted: like an apply() cut short).
+            self._bytes += added
+            self._first_seq = first
+            self._last_seq = last
+
     def get(self, key: bytes) -> tuple[int, bytes | None] | None:
         """``(seq, value)`` for ``key`` (value None: deleted here), None if this memtable lacks it."""
         return self._list.get(key)

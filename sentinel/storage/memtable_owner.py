@@ -273,8 +273,8 @@ class MemtableOwner(Actor[OwnerMessage]):
         except ValueError as exc:
             write.reply.fail(InvalidArgument(f"write batch rejected: {exc}"))
             return 0
-        self._last_seq = first + len(ops) - 1
-        staged.append(StagedWrite(write.reply, first, ops))
+        last = self._last_seq = first + len(ops) - 1
+        staged.append(StagedWrite(write.reply, first, ops, last))
         return size
 
     def _rotation_due(self, staged_bytes: int) -> bool:
@@ -320,10 +320,9 @@ class MemtableOwner(Actor[OwnerMessage]):
         self._unresolved -= 1
         self._unresolved_bytes -= len(append.data)
         if error is None:
-            put_batch = self._active.put_batch
-            for write in append.writes:
-                put_batch(write.first_seq, write.ops)
-            for write in append.writes:
+            writes = append.writes
+            self._active.put_batches([(write.first_seq, write.ops) for write in writes])
+            for write in writes:
                 write.reply.set(write.last_seq)
             if self._unflushed is not None:
                 # The WAL's segment exists now: the flush may name it as the log number.

@@ -136,3 +136,18 @@ def test_put_batch_matches_individual_puts_with_consecutive_seqs() -> None:
     batch.freeze()
     with pytest.raises(MemtableFrozen):
         batch.put_batch(2000, [(b"k", b"v")])
+
+
+def test_put_batches_is_put_batch_of_each_in_order() -> None:
+    rng = random.Random(9)
+    batches = [(10 + 3 * i, [(rng.randbytes(1), rng.randbytes(3)) for _ in range(3)]) for i in range(50)]
+    one, many = Memtable(1), Memtable(1)
+    for first_seq, ops in batches:
+        one.put_batch(first_seq, ops)
+    many.put_batches([*batches, (500, [])])  # an empty batch moves nothing
+    assert list(one.scan()) == list(many.scan())
+    assert one.approximate_bytes == many.approximate_bytes
+    assert (one.first_seq, one.last_seq) == (many.first_seq, many.last_seq) == (10, 159)
+    many.freeze()
+    with pytest.raises(MemtableFrozen):
+        many.put_batches([(600, [(b"k", None)])])
