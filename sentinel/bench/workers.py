@@ -313,6 +313,33 @@ async def probe(p: dict[str, Any]) -> dict[str, Any]:
     return {"acked": acked, "failures": failures}
 
 
+async def roundtrip(p: dict[str, Any]) -> dict[str, Any]:
+    """``send_and_wait`` (acks=all, linger 0) in a loop, one call in flight: each call's
+    round trip and the client's CPU per call (``sentinel bench roundtrip``)."""
+    from sentinel.client import Producer
+
+    address, topic = p["address"], p["topic"]
+    await _ensure_topic(address, topic)
+    value = _value(p["record_bytes"])
+    async with Producer(address, acks="all", linger_ms=0) as producer:
+        send_and_wait = producer.send_and_wait
+        for _ in range(p["warmup"]):
+            await send_and_wait(topic, value, partition=0)
+        latencies: list[float] = []
+        clock = time.perf_counter_ns
+        cpu = time.process_time()
+        for _ in range(p["calls"]):
+            started = clock()
+            await send_and_wait(topic, value, partition=0)
+            latencies.append(clock() - started)
+        cpu = time.process_time() - cpu
+    ms = percentiles_ms(latencies)
+    return {
+        "latency_us": {key: round(value * 1000, 1) for key, value in ms.items()},
+        "client_cpu_us": round(cpu / p["calls"] * 1e6, 1),
+    }
+
+
 ROLES = {
     "produce": produce,
     "produce-batches": produce_batches,
@@ -321,6 +348,7 @@ ROLES = {
     "consume": consume,
     "follow": follow,
     "probe": probe,
+    "roundtrip": roundtrip,
 }
 
 

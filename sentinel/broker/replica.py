@@ -35,7 +35,7 @@ from typing import Any, Final, assert_never
 import attrs
 import trio
 
-from sentinel.actors import Actor, Request
+from sentinel.actors import Actor, Reply, Request
 from sentinel.broker import keys
 from sentinel.broker.partition_core import BatchSpan, PartitionCore, batch_span
 from sentinel.broker.producer_state import (
@@ -266,6 +266,15 @@ class PartitionReplica(Actor[ReplicaMessage]):
     async def produce(self, batches: Sequence[RecordBatch], acks: int = ACKS_ALL) -> AppendResult:
         return await self.call(Produce(batches, acks))
 
+    def produce_nowait(self, batches: Sequence[RecordBatch], acks: int, reply: Reply[AppendResult]) -> bool:
+        """Queue a produce answered through ``reply`` (the front end's fast path: no task
+        waits for it here); False, having queued nothing, while the mailbox is full."""
+        try:
+            self.cast_nowait(Produce(batches, acks, reply=reply))
+        except MailboxFull:
+            return False
+        return True
+
     async def transfer_leadership(self, to: int) -> None:
         await self.call(TransferLeadership(to))
 
@@ -417,10 +426,16 @@ class PartitionReplica(Actor[ReplicaMessage]):
                 batch = await self.receive_batch(_BATCH)
                 if not batch:
                     break
+                ticked = False
                 for message in batch:
                     self._dispatch(message)
+                    ticked = ticked or type(message) is Tick
                 while node.has_ready():
                     await self._handle_ready()
+                if ticked:
+                    # A commit taken without a write (handle_ready) reaches the disk within
+                    # a tick even when no other write carries it.
+                    await self.storage.write_deferred()
                 leading = node.role is Role.LEADER
                 if self._was_leading and not leading:
                     self._after_leadership()
@@ -442,6 +457,7 @@ class PartitionReplica(Actor[ReplicaMessage]):
 
     async def on_stop(self) -> None:
         try:
+            await self.storage.write_deferred()  # queued ahead of the producer table's write
             await self._save_producers()
         except WriteRefused as exc:
             # Only a shortcut for the next start, which replays the entries since the last save.
@@ -590,7 +606,13 @@ class PartitionReplica(Actor[ReplicaMessage]):
     async def _handle_ready(self) -> None:
         node = self.node
         rd = await handle_ready(
-            node, self.storage, self.group, self._transmit, self._before_persist, self._observers.persist
+            node,
+            self.storage,
+            self.group,
+            self._transmit,
+            self._before_persist,
+            self._observers.persist,
+            defer_commit=True,  # written with the next Ready, or on the next tick (serve)
         )
         if rd.snapshot is not None:
             _start, applied, producers = _decode_snapshot(rd.snapshot)

@@ -245,6 +245,59 @@ def e2e(
     _emit(result, json_output, _print_e2e)
 
 
+def _print_roundtrip(result: dict) -> None:
+    _print_header(result)
+    lat, layers, target = result["latency_us"], result["layers"], result["target_us"]
+    print(f"{result['calls']:,} sequential send_and_wait calls (acks=all, linger 0), one in flight")
+    print(
+        f"  round trip  p50 {lat['p50']:,.0f} us  p99 {lat['p99']:,.0f} us  p99.9 {lat['p999']:,.0f} us"
+        f"  (targets: p50 <= {target['p50']:,} us, p99 <= {target['p99']:,} us)"
+    )
+
+    def cpu(value: float | None) -> str:
+        return "?" if value is None else f"{value:,.0f} us"
+
+    print("  CPU per call, by layer:")
+    rows = (
+        ("client process (client library, grpclib, h2, protobuf)", "client_cpu_us"),
+        ("broker asyncio thread (HTTP/2, gRPC, protobuf, bridge)", "broker_asyncio_cpu_us"),
+        ("broker Trio thread (bridge, handler, replica, storage)", "broker_trio_cpu_us"),
+        ("broker other threads (fsync, metrics)", "broker_other_cpu_us"),
+    )
+    for label, key in rows:
+        print(f"    {label:<58} {cpu(layers[key])}")
+    for name, what in (
+        ("replica", "partition replica (Raft + storage)"),
+        ("storage", "storage (Store.write)"),
+    ):
+        row = layers[name]
+        print(
+            f"  in process, {what}: p50 {row['latency_us']['p50']:,.0f} us,"
+            f" p99 {row['latency_us']['p99']:,.0f} us, CPU {row['cpu_us']:,.0f} us per call"
+        )
+
+
+@app.command()
+@readable_errors
+def roundtrip(
+    json_output: bool = _JSON,
+    quick: bool = _QUICK,
+    broker: str | None = _BROKER,
+    sync: SyncMode = _SYNC,
+    calls: int | None = typer.Option(None, "--calls", help="Sequential calls measured."),
+) -> None:
+    """Sequential send_and_wait (acks=all): round-trip p50/p99 and the CPU of each layer."""
+    from sentinel.bench.roundtrip import run_roundtrip_bench
+
+    _check_broker(broker)
+    if calls is not None and calls < 1:
+        usage_error(f"--calls must be >= 1, got {calls}")
+    result = run_roundtrip_bench(
+        broker_address=broker, sync=sync.value, quick=quick, calls=calls, progress=_progress(json_output)
+    )
+    _emit(result, json_output, _print_roundtrip)
+
+
 # -- raft ---------------------------------------------------------------------------------------
 
 

@@ -35,6 +35,16 @@ class GroupStorage(RaftStorage, Protocol):
         """Make the Ready's snapshot, entries and hard state (and ``extra``) durable at once."""
         ...
 
+    async def persist_soon(self, rd: Ready) -> None:
+        """Take ``rd`` (a Ready that needs no sync: a commit index change alone) without
+        waiting for it to be durable: it is written behind everything written before it,
+        at the latest with the group's next write or ``write_deferred``."""
+        ...
+
+    async def write_deferred(self) -> None:
+        """Start writing what ``persist_soon`` took and no write has carried yet."""
+        ...
+
     async def compact(self, index: int, data: bytes) -> None:
         """Truncate the log through ``index``; ``data`` is the snapshot at that point."""
         ...
@@ -55,6 +65,12 @@ class MemoryGroupStorage(MemoryStorage):
                 self.extra.pop(key, None)
             else:
                 self.extra[key] = value
+
+    async def persist_soon(self, rd: Ready) -> None:
+        self.persist_ready(rd.snapshot, rd.entries, rd.hard_state)
+
+    async def write_deferred(self) -> None:
+        pass  # persist_soon wrote at once
 
     async def compact(self, index: int, data: bytes) -> None:  # type: ignore[override]
         await trio.lowlevel.checkpoint()
@@ -99,15 +115,35 @@ async def handle_ready(
     send: Send,
     before_persist: Callable[[Ready], Ops] | None = None,
     on_persist: Callable[[float], None] = _no_observation,
+    *,
+    defer_commit: bool = False,
 ) -> Ready:
     """Take the node's Ready, send and persist it per the contract; the caller applies it
     (snapshot, then committed entries) and calls ``node.advance(rd)``. ``before_persist``
-    sees the Ready first and returns the owner's own ops to write atomically with it."""
+    sees the Ready first and returns the owner's own ops to write atomically with it.
+
+    A Ready that only moves the commit index is not waited for: its write is queued at
+    once, or with ``defer_commit`` left to the group's next write (the caller then calls
+    ``storage.write_deferred()`` now and then, so an idle group's commit is written too)."""
     rd = node.ready()
     extra = before_persist(rd) if before_persist is not None else ()
     for m in rd.messages:
         send(group, m)
-    if rd.entries or rd.hard_state is not None or rd.snapshot is not None or extra:
+    if (
+        not rd.must_sync
+        and rd.hard_state is not None
+        and not (rd.entries or rd.snapshot is not None or extra)
+    ):
+        # A commit index change alone (a leader's commit, a follower learning it): Raft
+        # asks no sync for it (the core recomputes the commit after a restart from the log
+        # and its peers), so the group applies and answers at once and the commit goes to
+        # storage with its next write (or write_deferred), instead of a storage round trip
+        # per commit (a group of one made two per produce: its entry, then its commit).
+        # Until then, or if that write fails, the commit on disk lags: safe.
+        await storage.persist_soon(rd)
+        if not defer_commit:
+            await storage.write_deferred()
+    elif rd.entries or rd.hard_state is not None or rd.snapshot is not None or extra:
         delay = _RETRY_INITIAL_SECONDS
         started = time.perf_counter()
         while True:

@@ -47,6 +47,9 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
+import outcome
+
+from sentinel.actors import ObservedReply
 from sentinel.raft import format as fmt
 from sentinel.raft.core import Ready
 from sentinel.raft.messages import Entry, HardState, Snapshot, entry_size
@@ -129,6 +132,8 @@ class LsmRaftStorage:
                 raise fmt.RaftFormatError(source + " meta", 0, f"unknown meta record ({len(meta)} bytes)")
             _, self._snap_index, self._snap_term, self._last_index, self._last_term = _META.unpack(meta)
         self._snapshot_data: bytes | None = None  # read on demand
+        # persist_soon took a hard state that no write has carried yet.
+        self._hard_state_unwritten = False
         # The cached tail: _cache[i] is the entry at _cache_first + i; always ends at last_index.
         self._cache: list[Entry] = []
         self._cache_first = self._last_index + 1
@@ -221,6 +226,31 @@ class LsmRaftStorage:
             await self.store.write(ops)
             self.persisted(rd)
 
+    async def persist_soon(self, rd: Ready) -> None:
+        """Take a Ready that needs no sync (``must_sync`` false: a commit index change
+        alone) without writing it now: its hard state goes with the group's next write
+        (``persist``) or ``write_deferred``, whichever comes first. Until then the commit
+        on disk lags the one the group acts on, which Raft allows (a restart recomputes it
+        from the log and the peers); a busy group so writes once per Ready, not twice."""
+        if rd.entries or rd.snapshot is not None:
+            raise ValueError("persist_soon takes only a Ready that changes the hard state alone")
+        if rd.hard_state is not None:
+            self._hard_state = rd.hard_state
+            self._hard_state_unwritten = True
+
+    async def write_deferred(self) -> None:
+        """Queue the write of a hard state ``persist_soon`` took (if it is still unwritten),
+        without waiting for it: the owner calls this now and then (on ticks, at a stop) so
+        an idle group's commit reaches the disk too."""
+        if self._hard_state_unwritten:
+            self._hard_state_unwritten = False
+            ops = [(self._hs_key, fmt.encode_hard_state(self._hard_state))]
+            await self.store.submit(ops, ObservedReply(self._deferred_written))
+
+    def _deferred_written(self, result: outcome.Outcome[int]) -> None:
+        if isinstance(result, outcome.Error):  # a full disk: the next write carries it again
+            self._hard_state_unwritten = True
+
     def ops_for(self, rd: Ready) -> list[tuple[bytes, bytes | None]]:
         """The write batch that persists ``rd`` (for callers that batch several groups'
         writes themselves); ``persisted(rd)`` must follow once it is durable."""
@@ -267,6 +297,8 @@ class LsmRaftStorage:
             )
         if rd.hard_state is not None:
             ops.append((self._hs_key, fmt.encode_hard_state(rd.hard_state)))
+        elif self._hard_state_unwritten:
+            ops.append((self._hs_key, fmt.encode_hard_state(self._hard_state)))  # persist_soon's
         return ops
 
     def _discard(self, ops: list[tuple[bytes, bytes | None]], lo: int, hi: int) -> None:
@@ -303,6 +335,7 @@ class LsmRaftStorage:
             self._trim_cache()
         if rd.hard_state is not None:
             self._hard_state = rd.hard_state
+        self._hard_state_unwritten = False  # ops_for(rd) wrote the newest hard state
 
     def _trim_cache(self) -> None:
         if self._cache_size <= self._cache_limit:
@@ -325,7 +358,11 @@ class LsmRaftStorage:
             raise ValueError(f"compact {index} is beyond the persisted commit {self._hard_state.commit}")
         term = self.term(index)
         meta = _META.pack(_META_VERSION, index, term, self._last_index, self._last_term)
-        await self.store.write(((self._snap_key, data), (self._meta_key, meta)))
+        # With the hard state: its commit on disk may lag (persist_soon), and a restart needs
+        # it at or past the snapshot (everything below the first index is committed).
+        hard_state = (self._hs_key, fmt.encode_hard_state(self._hard_state))
+        await self.store.write(((self._snap_key, data), (self._meta_key, meta), hard_state))
+        self._hard_state_unwritten = False
         self._snap_index, self._snap_term = index, term
         self._snapshot_data = data
         if index >= self._cache_first:

@@ -7,7 +7,8 @@ asyncio event loop in a worker thread that a Trio nursery owns, and connects the
 * from asyncio coroutines (grpclib handlers), :class:`TrioPortal` enters the Trio program:
   :meth:`~TrioPortal.call` runs a Trio async function in a Trio task,
   :meth:`~TrioPortal.ask` drops an actor request straight into the actor's mailbox (no
-  Trio task: the fast path), :meth:`~TrioPortal.call_sync` runs a plain function on the
+  Trio task: the fast path), :meth:`~TrioPortal.forward` does the same after a plain
+  function routed it (the produce path), :meth:`~TrioPortal.call_sync` runs a plain function on the
   Trio thread, :meth:`~TrioPortal.offer` is ``send_nowait`` into a memory channel;
 * from Trio, :meth:`AsyncioThread.run_asyncio` runs a coroutine function on the loop.
 
@@ -241,6 +242,26 @@ class TrioPortal:
             raise Unavailable(_NOT_RUNNING) from None
         return await future
 
+    async def forward(self, fn: Callable[..., None], *args: Any) -> Any:
+        """Run the plain function ``fn(reply, *args)`` on the Trio thread and return what
+        ``reply`` (a :class:`FutureReply`) is answered with.
+
+        For a request that needs a little synchronous routing on the Trio side before it
+        reaches its actor (``ask`` with a lookup in front): ``fn`` puts ``reply`` into the
+        actor's request and casts it, or answers it itself; an exception it raises is the
+        answer, so it must raise only before handing ``reply`` on. No Trio task: one hop
+        each way. Cancelling this coroutine abandons the reply, not the request."""
+        token = self._token
+        loop = self._loop
+        if token is None or loop is None:
+            raise Unavailable(_NOT_RUNNING)
+        future: asyncio.Future[Any] = loop.create_future()
+        try:
+            token.run_sync_soon(self._forward, FutureReply(loop, future), fn, args)
+        except trio.RunFinishedError:
+            raise Unavailable(_NOT_RUNNING) from None
+        return await future
+
     async def call_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run the plain function ``fn(*args)`` on the Trio thread, return its result.
 
@@ -327,6 +348,15 @@ class TrioPortal:
             _resolve_threadsafe(loop, _set_exception, future, exc)
         else:
             _resolve_threadsafe(loop, _set_result, future, value)
+
+    def _forward(self, reply: FutureReply[Any], fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        if self._nursery is None:
+            reply.fail(Unavailable(_STOPPING))
+            return
+        try:
+            fn(reply, *args)
+        except Exception as exc:
+            reply.fail(exc)
 
     def _cast(self, actor: Actor[Any], request: Request[Any]) -> None:
         if self._nursery is None:

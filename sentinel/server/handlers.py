@@ -19,16 +19,24 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from sentinel.actors import Reply
 from sentinel.broker.broker import Broker, Topic, TopicConfig
 from sentinel.broker.coordinator import GroupCoordinator
-from sentinel.broker.replica import ACKS_ALL, ACKS_LEADER, ACKS_NONE, PartitionReplica, ReplicaView
+from sentinel.broker.replica import (
+    ACKS_ALL,
+    ACKS_LEADER,
+    ACKS_NONE,
+    AppendResult,
+    PartitionReplica,
+    ReplicaView,
+)
 from sentinel.cluster import metadata as md
 from sentinel.cluster.controller import ControllerView
 from sentinel.cluster.transport import LinkStatistics
 from sentinel.errors import InvalidArgument, NotFound, SentinelError, Unavailable
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.metrics import Metrics
-from sentinel.records import iter_batches
+from sentinel.records import RecordBatch, iter_batches
 from sentinel.server.status import status_of
 
 _ACKS = {pb.Acks.ALL: ACKS_ALL, pb.Acks.LEADER: ACKS_LEADER, pb.Acks.NONE: ACKS_NONE}
@@ -46,6 +54,11 @@ MAX_WAIT_MS = 30_000
 # Kafka's offset.metadata.max.bytes: the metadata string committed with an offset is kept
 # in storage and returned by every FetchOffsets, so it is bounded.
 MAX_OFFSET_METADATA_BYTES = 4096
+
+
+class ProduceNeedsTask(Exception):
+    """``Handlers.produce_nowait`` cannot serve this produce (nothing was done): call
+    ``Handlers.produce`` in a Trio task instead."""
 
 
 class Handlers:
@@ -72,20 +85,41 @@ class Handlers:
 
     async def produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:
         started = time.perf_counter()
-        if not request.record_batches:
-            raise InvalidArgument("produce request carries no record batches")
-        known_enum(request.acks, "acks")
-        batches = list(iter_batches(request.record_batches, max_batch_bytes=self.max_batch_bytes))
-        wait = request.acks != pb.Acks.NONE
+        batches = self._produced_batches(request)
         acks = _ACKS[request.acks]
         partition, result = await self.broker.produce(request.topic, request.partition, batches, acks=acks)
+        return self.produce_response(request, partition, result, started)
+
+    def produce_nowait(self, reply: Reply[AppendResult], request: pb.ProduceRequest) -> None:
+        """``produce`` without a Trio task: the front end's fast path (``TrioPortal.forward``
+        runs this on the Trio thread). ``reply`` is answered with the AppendResult by the
+        partition replica; a bad request raises here as it would in ``produce``, and one
+        only ``produce`` can serve (a topic to create, a partition to pick, a full replica
+        mailbox) raises :class:`ProduceNeedsTask` having done nothing."""
+        batches = self._produced_batches(request)
+        if not self.broker.produce_nowait(
+            request.topic, request.partition, batches, _ACKS[request.acks], reply
+        ):
+            raise ProduceNeedsTask(request.topic)
+
+    def produce_response(
+        self, request: pb.ProduceRequest, partition: int, result: AppendResult, started: float
+    ) -> pb.ProduceResponse:
+        """The answer to a produce that ``started`` (``time.perf_counter``) and was appended
+        as ``result``; observes its latency. Safe on either thread of the bridge."""
         self.metrics.observe_produce(time.perf_counter() - started)
         return pb.ProduceResponse(
             topic=request.topic,
             partition=partition,
-            base_offset=result.base_offset if wait else -1,
+            base_offset=result.base_offset if request.acks != pb.Acks.NONE else -1,
             log_append_time_ms=result.log_append_time_ms,
         )
+
+    def _produced_batches(self, request: pb.ProduceRequest) -> list[RecordBatch]:
+        if not request.record_batches:
+            raise InvalidArgument("produce request carries no record batches")
+        known_enum(request.acks, "acks")
+        return list(iter_batches(request.record_batches, max_batch_bytes=self.max_batch_bytes))
 
     async def fetch(self, request: pb.ConsumeRequest) -> pb.ConsumeResponse:
         """One long-polled read: returns as soon as data is committed, or after max_wait."""

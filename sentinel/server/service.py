@@ -1,16 +1,19 @@
 """The Sentinel gRPC service: grpclib handlers (asyncio side) that forward to Trio.
 
 Each unary RPC is one portal call into :class:`~sentinel.server.handlers.Handlers`, which
-runs as a Trio task; a client that vanishes cancels that task. The streaming ``Consume``
-is a loop of long-polled fetches: the next fetch starts only after the previous response
-was handed to HTTP/2, so a slow consumer's flow-control window stops the loop (the broker
-never buffers ahead of what the client reads). Errors become gRPC statuses in one place,
-:func:`sentinel.server.status.status_of`.
+runs as a Trio task; a client that vanishes cancels that task. Produce, the hot path, is
+forwarded to its partition replica without a task (``TrioPortal.forward``): a client that
+vanishes abandons the answer, and the batches are appended or not as if it had stayed.
+The streaming ``Consume`` is a loop of long-polled fetches: the next fetch starts only
+after the previous response was handed to HTTP/2, so a slow consumer's flow-control
+window stops the loop (the broker never buffers ahead of what the client reads). Errors
+become gRPC statuses in one place, :func:`sentinel.server.status.status_of`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,7 +21,7 @@ from grpclib import GRPCError
 
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.server.bridge import TrioPortal
-from sentinel.server.handlers import Handlers
+from sentinel.server.handlers import Handlers, ProduceNeedsTask
 from sentinel.server.status import status_of
 
 log = logging.getLogger(__name__)
@@ -50,20 +53,38 @@ class SentinelService(pb.SentinelBase):
             self._count(fn, exc.status.name)
             raise
         except Exception as exc:
-            status = status_of(exc)
-            self._count(fn, status.status.name)
-            if not status.expected:
-                log.error("RPC handler %s failed", getattr(fn, "__name__", fn), exc_info=exc)
-            raise GRPCError(status.status, status.message, dict(status.metadata) or None) from None
+            raise self._failed(fn, exc) from None
         self._count(fn, "OK")
         return result
+
+    def _failed(self, fn: Callable[..., Any], exc: Exception) -> GRPCError:
+        status = status_of(exc)
+        self._count(fn, status.status.name)
+        if not status.expected:
+            log.error("RPC handler %s failed", getattr(fn, "__name__", fn), exc_info=exc)
+        return GRPCError(status.status, status.message, dict(status.metadata) or None)
 
     def _count(self, fn: Callable[..., Any], status: str) -> None:
         if self._on_request is not None:
             self._on_request(getattr(fn, "__name__", "unknown"), status)
 
     async def produce(self, message: pb.ProduceRequest) -> pb.ProduceResponse:
-        return await self._call(self._handlers.produce, message)
+        # The fast path: the request goes straight to its partition replica and the replica's
+        # answer straight back (TrioPortal.forward), with no Trio task in between; what it
+        # cannot serve (a topic to create, a partition to pick) takes the task path.
+        handlers = self._handlers
+        started = time.perf_counter()
+        try:
+            result = await self._portal.forward(handlers.produce_nowait, message)
+        except ProduceNeedsTask:
+            return await self._call(handlers.produce, message)
+        except GRPCError as exc:
+            self._count(handlers.produce, exc.status.name)
+            raise
+        except Exception as exc:
+            raise self._failed(handlers.produce, exc) from None
+        self._count(handlers.produce, "OK")
+        return handlers.produce_response(message, message.partition, result, started)
 
     async def fetch(self, message: pb.ConsumeRequest) -> pb.ConsumeResponse:
         return await self._call(self._handlers.fetch, message)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import zlib
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 # A filter over very few keys would be a handful of bits, where one collision decides
 # the whole answer; 64 bits keeps even a one-key table's false-positive rate low.
@@ -38,11 +38,15 @@ MAX_PROBES = 30
 _U32 = 0xFFFFFFFF
 # Rotation distance deriving the second hash from the first (any value far from 0 and 32).
 _DELTA_ROTATION = 17
+# The probe count at the default 10 bits per key (probes_for(10)): built without an inner loop.
+_DEFAULT_PROBES = 7
+# Turns a byte-per-bit mark (0 or 1) into the digit int(..., 2) reads.
+_MARK_DIGITS = bytes.maketrans(b"\x00\x01", b"01")
 
 
-def bloom_hash(key: bytes) -> int:
-    """The 32-bit hash a filter is built from; the writer keeps these instead of the keys."""
-    return zlib.crc32(key)
+#: The 32-bit hash a filter is built from; the writer keeps these instead of the keys. The
+#: builtin itself, not a function calling it: a table writer hashes every key it writes.
+bloom_hash: Callable[[bytes], int] = zlib.crc32
 
 
 def probes_for(bits_per_key: int) -> int:
@@ -74,16 +78,37 @@ class BloomFilter:
         num_bits = max(MIN_BITS, len(hashes) * bits_per_key)
         num_bytes = (num_bits + 7) // 8
         num_bits = num_bytes * 8
-        bits = bytearray(num_bytes + 1)
-        rng = range(probes)
-        for h in hashes:
-            delta = (((h >> _DELTA_ROTATION) | (h << (32 - _DELTA_ROTATION))) & _U32) | 1
-            for _ in rng:
-                pos = h % num_bits
-                bits[pos >> 3] |= 1 << (pos & 7)
+        # One byte per bit while probing (a store, not a read-modify-write of a bit), then
+        # packed in C: the marks reversed (bit 0 last) as ASCII digits are the filter's
+        # little-endian bit string read as one base-2 integer. A third cheaper than setting
+        # bits in place (measured: 0.67 against 1.0 us per key at 7 probes).
+        marks = bytearray(num_bits)
+        if probes == _DEFAULT_PROBES:
+            # The engine's 10 bits per key, written out: no inner loop (0.49 against 0.68 us
+            # per key). Probe i tests bit (h + i * delta) % num_bits, as below.
+            for h in hashes:
+                delta = (((h >> _DELTA_ROTATION) | (h << (32 - _DELTA_ROTATION))) & _U32) | 1
+                marks[h % num_bits] = 1
                 h += delta
-        bits[num_bytes] = probes
-        return bytes(bits)
+                marks[h % num_bits] = 1
+                h += delta
+                marks[h % num_bits] = 1
+                h += delta
+                marks[h % num_bits] = 1
+                h += delta
+                marks[h % num_bits] = 1
+                h += delta
+                marks[h % num_bits] = 1
+                h += delta
+                marks[h % num_bits] = 1
+        else:
+            for h in hashes:
+                delta = (((h >> _DELTA_ROTATION) | (h << (32 - _DELTA_ROTATION))) & _U32) | 1
+                # Probe i tests bit (h + i * delta) % num_bits.
+                for pos in range(h, h + probes * delta, delta):
+                    marks[pos % num_bits] = 1
+        bits = int(marks[::-1].translate(_MARK_DIGITS), 2).to_bytes(num_bytes, "little")
+        return bits + bytes((probes,))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BloomFilter:

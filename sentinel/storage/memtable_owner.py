@@ -46,7 +46,7 @@ from sentinel.storage.memtable import Memtable
 from sentinel.storage.options import StorageOptions
 from sentinel.storage.sstable import SSTableReader
 from sentinel.storage.view import ReadView
-from sentinel.storage.wal_format import encode_wal_record
+from sentinel.storage.wal_format import WalGroupEncoder
 from sentinel.storage.wal_writer import RotateWal, StagedWrite, WalAppend, WalWriter
 
 Op = tuple[bytes, bytes | None]
@@ -216,30 +216,39 @@ class MemtableOwner(Actor[OwnerMessage]):
             # one pass and goes to the WalWriter as ONE message (one write syscall): the
             # per-write cost is an encode, not a task switch.
             limit = self._options.max_group_commit
+            encoder = WalGroupEncoder()
             while batch := await self.receive_batch(limit):
                 staged: list[StagedWrite] = []
-                data: list[bytes] = []
                 size = 0
+                # What the group may stage before a rotation is due (``_rotation_due``): only
+                # an await (this actor's, or another task's meanwhile) changes it.
+                room = self._room()
                 for message in batch:
                     if isinstance(message, Write):  # the hot path: one check, no match
+                        if size < room and message.epoch >= self._epoch:
+                            # Neither a rotation nor a refusal is due (see ``_refusal``).
+                            size += self._stage(message, staged, encoder)
+                            continue
                         if self._rotation_due(size):
                             # Rotation comes after the WAL has everything staged so far: the
                             # WAL mailbox is FIFO, so the old segment holds it.
-                            await self._hand_to_wal(staged, data)
-                            staged, data, size = [], [], 0
+                            await self._hand_to_wal(staged, encoder)
+                            staged, size = [], 0
                             await self._rotate()
                         refusal = self._refusal(message, size)
                         if refusal is None:
-                            size += self._stage(message, staged, data)
+                            size += self._stage(message, staged, encoder)
                         else:
-                            await self._hand_to_wal(staged, data)
-                            staged, data, size = [], [], 0
+                            await self._hand_to_wal(staged, encoder)
+                            staged, size = [], 0
                             await self._hand_refusal(message, refusal)
+                        room = self._room()
                         continue
-                    await self._hand_to_wal(staged, data)
-                    staged, data, size = [], [], 0
+                    await self._hand_to_wal(staged, encoder)
+                    staged, size = [], 0
                     await self.handle(message)
-                await self._hand_to_wal(staged, data)
+                    room = self._room()
+                await self._hand_to_wal(staged, encoder)
                 self._in_flight = []
             # Every write handed on is answered before this actor stops.
             await self._wait_resolved()
@@ -254,26 +263,27 @@ class MemtableOwner(Actor[OwnerMessage]):
             case _:
                 assert_never(message)
 
-    def _stage(self, write: Write, staged: list[StagedWrite], data: list[bytes]) -> int:
-        """Assign sequence numbers and frame the WAL record; returns its size (0: refused)."""
+    def _stage(self, write: Write, staged: list[StagedWrite], encoder: WalGroupEncoder) -> int:
+        """Assign sequence numbers and encode the batch into the group's WAL record; returns
+        the bytes it adds (0: refused)."""
         ops = write.ops
-        if not ops:
-            write.reply.fail(InvalidArgument("a write batch needs at least one operation"))
-            return 0
         first = self._last_seq + 1
         try:
-            record = encode_wal_record(first, ops)
+            size = encoder.add(first, ops)
         except ValueError as exc:
             write.reply.fail(InvalidArgument(f"write batch rejected: {exc}"))
             return 0
-        self._last_seq = first + len(ops) - 1
-        staged.append(StagedWrite(write.reply, first, ops))
-        data.append(record)
-        return len(record)
+        last = self._last_seq = first + len(ops) - 1
+        staged.append(StagedWrite(write.reply, first, ops, last))
+        return size
 
     def _rotation_due(self, staged_bytes: int) -> bool:
-        grown = self._active.approximate_bytes + self._unresolved_bytes + staged_bytes
-        return grown >= self._options.memtable_bytes
+        return staged_bytes >= self._room()
+
+    def _room(self) -> int:
+        """Bytes of WAL records that may still be staged before the active memtable (with
+        everything handed to the WAL and not yet applied) reaches its size."""
+        return self._options.memtable_bytes - self._active.approximate_bytes - self._unresolved_bytes
 
     def _refusal(self, write: Write, staged_bytes: int) -> WriteRefused | None:
         """Why ``write`` must be refused, if it must."""
@@ -286,10 +296,10 @@ class MemtableOwner(Actor[OwnerMessage]):
             return self._rotation_blocked
         return None
 
-    async def _hand_to_wal(self, staged: list[StagedWrite], data: list[bytes]) -> None:
+    async def _hand_to_wal(self, staged: list[StagedWrite], encoder: WalGroupEncoder) -> None:
         if not staged:
             return
-        await self._send_to_wal(WalAppend(data[0] if len(data) == 1 else b"".join(data), staged, self._epoch))
+        await self._send_to_wal(WalAppend(encoder.take(), staged, self._epoch))
 
     async def _hand_refusal(self, write: Write, error: WriteRefused) -> None:
         """Refuse through the WAL, so the failure is reported after every batch before it
@@ -310,13 +320,9 @@ class MemtableOwner(Actor[OwnerMessage]):
         self._unresolved -= 1
         self._unresolved_bytes -= len(append.data)
         if error is None:
-            put = self._active.put
-            for write in append.writes:
-                seq = write.first_seq
-                for key, value in write.ops:
-                    put(key, seq, value)
-                    seq += 1
-            for write in append.writes:
+            writes = append.writes
+            self._active.put_batches([(write.first_seq, write.ops) for write in writes])
+            for write in writes:
                 write.reply.set(write.last_seq)
             if self._unflushed is not None:
                 # The WAL's segment exists now: the flush may name it as the log number.

@@ -67,6 +67,10 @@ _XS_C = 17
 # is the 64-bit golden-ratio constant, a conventional "nothing up my sleeve" choice.
 DEFAULT_SEED = 0x9E3779B97F4A7C15
 
+# Heights drawn per refill of a skip list's buffer: the bulk draw costs about half of drawing
+# one at a time, and 256 ints (2 KiB) per skip list is nothing beside its nodes.
+_HEIGHTS_PER_DRAW = 256
+
 # Average node height is 1 / (1 - p) = 4/3, so one third of a pointer beyond the first.
 _EXPECTED_EXTRA_POINTERS = BRANCHING_P / (1.0 - BRANCHING_P)
 _POINTER_BYTES = struct.calcsize("P")
@@ -108,6 +112,21 @@ class XorShift64:
         height = ((x & -x).bit_length() - 1) // _BITS_PER_LEVEL + 1
         return height if height < MAX_HEIGHT else MAX_HEIGHT
 
+    def next_heights(self, count: int) -> list[int]:
+        """The next ``count`` heights, LAST drawn first: ``next_heights(n).pop()`` gives what
+        ``next_height()`` would have, in the same order (one loop instead of two calls each)."""
+        x = self._state
+        mask = _U64_MASK
+        out = [0] * count
+        for i in range(count - 1, -1, -1):
+            x ^= (x << _XS_A) & mask
+            x ^= x >> _XS_B
+            x ^= (x << _XS_C) & mask
+            height = ((x & -x).bit_length() - 1) // _BITS_PER_LEVEL + 1
+            out[i] = height if height < MAX_HEIGHT else MAX_HEIGHT
+        self._state = x
+        return out
+
 
 def approximate_overhead_bytes_per_entry() -> int:
     """Bytes one entry costs beyond ``len(key) + len(value)``, as this interpreter lays it out.
@@ -135,12 +154,15 @@ class SkipList:
     lookup per step (~10% on get).
     """
 
-    __slots__ = ("_count", "_head", "_height", "_rng", "_update")
+    __slots__ = ("_count", "_head", "_height", "_heights", "_rng", "_update")
 
     def __init__(self, seed: int = DEFAULT_SEED) -> None:
         self._head: list[Any] = [None, 0, None] + [None] * MAX_HEIGHT
         self._height = 1  # levels currently in use; the head's pointers above are None
         self._rng = XorShift64(seed)
+        # Node heights drawn ahead, in bulk (popped from the end): a list pop per new key
+        # instead of two method calls and the xorshift arithmetic.
+        self._heights: list[int] = []
         # put()'s per-level predecessors, reused across calls to avoid an allocation.
         self._update: list[Any] = [self._head] * (_NEXT0 + MAX_HEIGHT)
         self._count = 0
@@ -174,7 +196,8 @@ class SkipList:
             nxt[2] = value
             return (0 if value is None else len(value)) - (0 if old is None else len(old))
 
-        height = self._rng.next_height()
+        heights = self._heights
+        height = heights.pop() if heights else self._draw_heights()
         self._count += 1
         size = NODE_OVERHEAD_BYTES + len(key) + (0 if value is None else len(value))
         if height == 1:  # three nodes in four: skip the general linking loop
@@ -193,6 +216,11 @@ class SkipList:
             node[j] = prev[j]
             prev[j] = node
         return size
+
+    def _draw_heights(self) -> int:
+        """Refill the buffer of precomputed heights; returns the next one."""
+        self._heights = heights = self._rng.next_heights(_HEIGHTS_PER_DRAW)
+        return heights.pop()
 
     def delete(self, key: bytes, seq: int) -> int:
         """Record a tombstone for ``key`` (a put of ``None``); returns the byte delta."""

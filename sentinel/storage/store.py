@@ -215,8 +215,10 @@ class Store:
         for key, value in ops:
             if type(key) is not bytes or not (value is None or type(value) is bytes):
                 raise InvalidArgument("keys must be bytes and values bytes or None")
-        owner = self._owner()
-        return await owner.call(Write(ops=ops, epoch=owner.epoch))
+        owner = self._memtables
+        if not self._accepting or owner is None:
+            raise StorageClosed(f"store {self.directory} is not open")
+        return await owner.call(Write(ops, owner.epoch))
 
     async def submit(
         self, ops: Sequence[tuple[bytes, bytes | None]], reply: Reply[int] | None = None

@@ -1,4 +1,4 @@
-"""The write-ahead log's record format: one CRC frame per atomic write batch.
+"""The write-ahead log's record format: one CRC frame per atomic write batch (or group of them).
 
 A WAL segment is a sequence of frames (:mod:`sentinel.storage.framing`:
 ``crc32 | length | payload``). Each payload is one write batch, applied all or nothing::
@@ -10,6 +10,13 @@ A WAL segment is a sequence of frames (:mod:`sentinel.storage.framing`:
 Entry ``i`` (0-based) has seq ``first_seq + i``: sequence numbers inside a batch are
 consecutive, so they cost nothing on disk. Decoded entries are the engine-wide triple
 ``(key, seq, value)`` with ``value is None`` for a delete.
+
+The MemtableOwner frames every write queued at one moment (a group commit) as ONE
+record when their seqs are consecutive (they always are: it assigns them in order), with
+:class:`WalGroupEncoder`: the group is then applied all or nothing at recovery, which only
+strengthens each write's own atomicity (no writer is answered before the whole group is
+in the WAL), and a write costs its entries' bytes instead of a header, a checksum and a
+frame of its own. A group is cut into several records at :data:`GROUP_RECORD_BYTES`.
 
 Invariants the decoder enforces (the encoder never produces anything else, so a violation
 in a checksum-valid frame is corruption: a software bug or a disk that lied):
@@ -23,7 +30,7 @@ import struct
 from collections.abc import Sequence
 
 from sentinel.errors import CorruptionError
-from sentinel.storage.framing import frame
+from sentinel.storage.framing import MAX_FRAME_PAYLOAD, frame
 from sentinel.varint import decode_uvarint, encode_uvarint
 
 BATCH_HEADER = struct.Struct("<QI")  # first_seq, count
@@ -63,38 +70,132 @@ def _uvarint(n: int) -> bytes:
     return encode_uvarint(n)
 
 
-def encode_write_batch(first_seq: int, ops: Sequence[tuple[bytes, bytes | None]]) -> bytes:
-    """The payload of one WAL record: ``ops[i]`` (``(key, value)``, value None = delete) gets
-    seq ``first_seq + i``. Raises ValueError for an empty batch or a seq outside u64."""
-    count = len(ops)
+def _check_batch(first_seq: int, count: int) -> None:
     if count == 0:
         raise ValueError("a write batch needs at least one operation")
     if count > MAX_BATCH_COUNT:
         raise ValueError(f"a write batch holds at most {MAX_BATCH_COUNT} operations, got {count}")
     if first_seq < 0 or first_seq + count - 1 > MAX_SEQ:
         raise ValueError(f"seqs {first_seq}..{first_seq + count - 1} do not fit in a u64")
-    parts = [BATCH_HEADER.pack(first_seq, count)]
+
+
+def _encode_entries(ops: Sequence[tuple[bytes, bytes | None]], parts: list[bytes]) -> int:
+    """Append the encoded entries of ``ops`` to ``parts``; returns how many bytes they take."""
     append = parts.append
     one_byte = _ONE_BYTE_UVARINT_LIMIT
     uvarint_1 = _UVARINT_1
     put_prefix = _PUT_KEY_PREFIX
+    size = 0
     for key, value in ops:
         key_len = len(key)
         if value is None:
-            append(_DELETE_KEY_PREFIX[key_len] if key_len < one_byte else _DELETE_KIND + _uvarint(key_len))
+            prefix = _DELETE_KEY_PREFIX[key_len] if key_len < one_byte else _DELETE_KIND + _uvarint(key_len)
+            append(prefix)
             append(key)
+            size += len(prefix) + key_len
         else:
-            append(put_prefix[key_len] if key_len < one_byte else _PUT_KIND + _uvarint(key_len))
-            append(key)
+            prefix = put_prefix[key_len] if key_len < one_byte else _PUT_KIND + _uvarint(key_len)
             value_len = len(value)
-            append(uvarint_1[value_len] if value_len < one_byte else _uvarint(value_len))
+            length = uvarint_1[value_len] if value_len < one_byte else _uvarint(value_len)
+            append(prefix)
+            append(key)
+            append(length)
             append(value)
+            size += len(prefix) + key_len + len(length) + value_len
+    return size
+
+
+def encode_write_batch(first_seq: int, ops: Sequence[tuple[bytes, bytes | None]]) -> bytes:
+    """The payload of one WAL record: ``ops[i]`` (``(key, value)``, value None = delete) gets
+    seq ``first_seq + i``. Raises ValueError for an empty batch or a seq outside u64."""
+    count = len(ops)
+    _check_batch(first_seq, count)
+    parts = [BATCH_HEADER.pack(first_seq, count)]
+    _encode_entries(ops, parts)
     return b"".join(parts)
 
 
 def encode_wal_record(first_seq: int, ops: Sequence[tuple[bytes, bytes | None]]) -> bytes:
     """One framed WAL record (what :meth:`WalFile.append` takes) for a write batch."""
     return frame(encode_write_batch(first_seq, ops))
+
+
+# A group's record is cut here: big enough that a group of small writes is one record, small
+# enough that one record is never near the frame limit (a write batch bigger than this gets
+# a record of its own) and that replay never holds a huge payload twice.
+GROUP_RECORD_BYTES = 4 * 1024 * 1024
+
+
+class WalGroupEncoder:
+    """Frames consecutive write batches as few WAL records as possible (a group commit).
+
+    ``add`` takes each batch with its first seq; batches whose seqs follow on go into the
+    same record, up to :data:`GROUP_RECORD_BYTES` of payload, and ``take`` returns the
+    framed records (what :meth:`WalFile.append` takes) and starts afresh. Decoding a record
+    yields the entries of all its batches, each with its own seq: the same triples as one
+    record per batch. A batch ``add`` refuses (ValueError) leaves the encoder as it was.
+    """
+
+    __slots__ = ("_count", "_first_seq", "_parts", "_records", "_size")
+
+    def __init__(self) -> None:
+        self._records: list[bytes] = []
+        self._parts: list[bytes] = [b""]  # [0]: the open record's header, packed at the end
+        self._first_seq = 0
+        self._count = 0
+        self._size = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._count or self._records)
+
+    def add(self, first_seq: int, ops: Sequence[tuple[bytes, bytes | None]]) -> int:
+        """Encode one write batch (``ops[i]`` gets seq ``first_seq + i``); returns the bytes
+        it adds. ValueError for an empty batch, seqs outside u64 or a batch too big to frame."""
+        count = len(ops)
+        if not 0 < count <= MAX_BATCH_COUNT or first_seq < 0 or first_seq + count - 1 > MAX_SEQ:
+            _check_batch(first_seq, count)  # raises, saying which
+        if self._count and (
+            first_seq != self._first_seq + self._count
+            or self._count + count > MAX_BATCH_COUNT
+            or self._size >= GROUP_RECORD_BYTES
+        ):
+            self._close_record()
+        parts = self._parts
+        mark = len(parts)
+        size = _encode_entries(ops, parts)
+        if BATCH_HEADER_SIZE + size > MAX_FRAME_PAYLOAD:
+            del parts[mark:]
+            raise ValueError(
+                f"a write batch of {size} bytes exceeds the {MAX_FRAME_PAYLOAD}-byte record limit"
+            )
+        if self._size and self._size + size > MAX_FRAME_PAYLOAD - BATCH_HEADER_SIZE:
+            # Too big to share the open record: it starts its own.
+            moved = parts[mark:]
+            del parts[mark:]
+            self._close_record()
+            self._parts.extend(moved)
+        if not self._count:
+            self._first_seq = first_seq
+        self._count += count
+        self._size += size
+        return size
+
+    def take(self) -> bytes:
+        """The framed records of every batch added since the last ``take``."""
+        if self._count:
+            self._close_record()
+        records, self._records = self._records, []
+        if len(records) == 1:
+            return records[0]
+        return b"".join(records)
+
+    def _close_record(self) -> None:
+        parts = self._parts
+        parts[0] = BATCH_HEADER.pack(self._first_seq, self._count)
+        self._records.append(frame(b"".join(parts)))
+        self._parts = [b""]
+        self._count = 0
+        self._size = 0
 
 
 def decode_write_batch(

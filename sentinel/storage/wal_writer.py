@@ -68,9 +68,10 @@ class StagedWrite:
     reply: Reply[int]
     first_seq: int
     ops: Sequence[tuple[bytes, bytes | None]]
+    last_seq: int = attrs.field()
 
-    @property
-    def last_seq(self) -> int:
+    @last_seq.default
+    def _last_seq(self) -> int:
         return self.first_seq + len(self.ops) - 1
 
 

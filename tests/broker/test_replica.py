@@ -17,6 +17,7 @@ from sentinel.broker.producer_state import OutOfOrderSequence
 from sentinel.broker.replica import ACKS_ALL, ACKS_LEADER, AppendResult, ApplyRetention, PartitionReplica
 from sentinel.cluster.ticker import RaftTicker
 from sentinel.errors import Unavailable
+from sentinel.raft.lsm_storage import LsmRaftStorage
 from sentinel.raft.messages import Message, Role
 from sentinel.records import RecordBatch, build_batch
 from sentinel.storage.options import StorageOptions, SyncMode
@@ -262,4 +263,35 @@ async def test_retention_moves_the_start_and_a_lagging_replica_catches_up_by_sna
         # What it held from before the cut (offsets 0-1) waits for the compaction filter;
         # nothing between that and the new start was ever written on it.
         assert [b for b in p.stored(3) if b[0] < lagging.log_start_offset] == [(0, 1)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_group_of_one_answers_after_one_write_and_its_commit_reaches_the_disk_on_a_tick(
+    clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with trio.open_nursery() as nursery:
+        with frozen(clock):
+            store = await nursery.start(Store(tmp_path, StorageOptions(sync=SyncMode.NONE)).run)
+        replica = PartitionReplica(
+            store, topic="t", topic_id=TOPIC_ID, partition=0, node_id=1, replicas=(1,), send=lambda g, m: None
+        )
+        await nursery.start(replica.run)
+        while not replica.view.leader_ready:
+            await replica.view.changed.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        writes = store.statistics().wal.appends
+        assert await replica.produce([batch(2)]) == AppendResult(0, 1)
+        await trio.testing.wait_all_tasks_blocked()
+        # One write: the entry. The commit that answered the produce is not written yet...
+        assert store.statistics().wal.appends == writes + 1
+        on_disk = LsmRaftStorage(store, replica.group).initial_state().commit
+        assert on_disk < replica.node.log.committed == replica.storage.last_index()
+        # ...until the next tick (or the next Ready's write) carries it.
+        replica.tick_nowait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert LsmRaftStorage(store, replica.group).initial_state().commit == replica.node.log.committed
+        replica.close()
+        await replica.wait_stopped()
+        with frozen(clock):
+            await store.aclose()
         nursery.cancel_scope.cancel()

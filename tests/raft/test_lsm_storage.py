@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import random
 import struct
+import sys
 from pathlib import Path
 
 import pytest
+import trio.testing
 
 from sentinel.raft import format as fmt
 from sentinel.raft.core import Config, RaftNode, Ready
@@ -16,6 +18,10 @@ from sentinel.raft.messages import Entry, HardState, Role, Snapshot
 from sentinel.raft.storage import LogCompacted, LogUnavailable
 from sentinel.storage.options import StorageOptions, SyncMode
 from sentinel.storage.store import open_store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "storage"))
+
+from disk_faults import FillingDisk
 
 OPTIONS = StorageOptions(sync=SyncMode.NONE)
 
@@ -60,6 +66,65 @@ async def test_a_persisted_ready_reopens_exactly(tmp_path: Path) -> None:
         # Another group in the same store is untouched and empty.
         other = LsmRaftStorage(store, 8)
         assert (other.initial_state(), other.first_index(), other.last_index()) == (HardState(), 1, 0)
+
+
+async def test_a_commit_taken_without_a_write_goes_with_the_next_write_or_write_deferred(
+    tmp_path: Path,
+) -> None:
+    async with open_store(tmp_path, OPTIONS) as store:
+        s = LsmRaftStorage(store, 7)
+        await s.persist(ready(entries=entries(1, 1, 3), hard_state=HardState(1, 1, 0)))
+        writes = store.statistics().wal.appends
+        await s.persist_soon(ready(hard_state=HardState(1, 1, 3)))
+        assert s.initial_state() == HardState(1, 1, 3)  # what the group acts on from now on
+        assert store.statistics().wal.appends == writes  # nothing written for it yet
+        # The next write carries it, though its Ready has no hard state of its own.
+        await s.persist(ready(entries=entries(1, 4, 4)))
+        assert store.statistics().wal.appends == writes + 1
+        await s.persist_soon(ready(hard_state=HardState(1, 1, 4)))
+    async with open_store(tmp_path, OPTIONS) as store:
+        s = LsmRaftStorage(store, 7)
+        # The last one was never written (no write followed): the commit on disk lags.
+        assert s.initial_state() == HardState(1, 1, 3)
+        assert s.entries(1, 5, 1 << 20) == entries(1, 1, 4)
+        await s.persist_soon(ready(hard_state=HardState(1, 1, 4)))
+        await s.write_deferred()
+        await s.write_deferred()  # nothing left to write: no second write
+    async with open_store(tmp_path, OPTIONS) as store:
+        assert LsmRaftStorage(store, 7).initial_state() == HardState(1, 1, 4)
+        with pytest.raises(ValueError, match="changes the hard state alone"):
+            await LsmRaftStorage(store, 7).persist_soon(ready(entries=entries(1, 5, 5)))
+
+
+async def test_a_deferred_commit_whose_write_failed_goes_with_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = FillingDisk(monkeypatch)
+    async with open_store(tmp_path, OPTIONS) as store:
+        s = LsmRaftStorage(store, 7)
+        await s.persist(ready(entries=entries(1, 1, 2), hard_state=HardState(1, 1, 0)))
+        await s.persist_soon(ready(hard_state=HardState(1, 1, 2)))
+        disk.fill(0)
+        await s.write_deferred()
+        await trio.testing.wait_all_tasks_blocked()  # its write is refused: the disk is full
+        disk.free()
+        await s.persist(ready(entries=entries(1, 3, 3)))  # carries the commit again
+    async with open_store(tmp_path, OPTIONS) as store:
+        assert LsmRaftStorage(store, 7).initial_state() == HardState(1, 1, 2)
+
+
+async def test_compacting_writes_the_hard_state_so_the_commit_on_disk_covers_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    async with open_store(tmp_path, OPTIONS) as store:
+        s = LsmRaftStorage(store, 7)
+        await s.persist(ready(entries=entries(1, 1, 4), hard_state=HardState(1, 1, 0)))
+        await s.persist_soon(ready(hard_state=HardState(1, 1, 3)))  # not written yet
+        await s.compact(3, b"snap")
+    async with open_store(tmp_path, OPTIONS) as store:
+        s = LsmRaftStorage(store, 7)
+        assert s.initial_state().commit == 3 and s.first_index() == 4
+        assert s.entries(s.initial_state().commit + 1, 5, 1 << 20) == entries(1, 4, 4)
 
 
 async def test_replacing_a_suffix_deletes_the_replaced_entries_and_their_payload_keys(tmp_path: Path) -> None:

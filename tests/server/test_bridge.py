@@ -241,6 +241,34 @@ async def test_ask_round_trip_through_an_actor_mailbox(bridge: AsyncioThread, nu
     assert await bridge.run_asyncio(ask) == (40, "no -1")
 
 
+async def test_forward_routes_on_the_trio_thread_and_the_actor_answers(
+    bridge: AsyncioThread, nursery: trio.Nursery
+) -> None:
+    actor = EchoActor("echo")
+    await nursery.start(actor.run)
+    trio_thread = threading.get_ident()
+    routed_on: list[int] = []
+
+    def route(reply: Any, value: int) -> None:
+        routed_on.append(threading.get_ident())
+        if value == 0:
+            raise NotFound("nothing to route 0 to")
+        actor.cast_nowait(Echo(value, reply=reply))
+
+    async def forward() -> Any:
+        answers: list[Any] = [await bridge.portal.forward(route, 4)]
+        for value in (-1, 0):  # the actor's error, then the routing function's own
+            try:
+                await bridge.portal.forward(route, value)
+            except NotFound as exc:
+                answers.append(str(exc))
+        return answers
+
+    assert await bridge.run_asyncio(forward) == [40, "no -1", "nothing to route 0 to"]
+    assert routed_on == [trio_thread] * 3
+    assert bridge.portal.calls_running == 0  # no Trio task was involved
+
+
 async def test_ask_full_mailbox_and_closed_actor(bridge: AsyncioThread) -> None:
     actor = EchoActor("echo", mailbox_capacity=1)  # never started: nothing drains the mailbox
 

@@ -25,12 +25,13 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from node_harness import NodeFactory, Running
 
+from sentinel.actors import Reply
 from sentinel.broker.broker import Broker, BrokerOptions
 from sentinel.broker.coordinator import GroupCoordinator
 from sentinel.broker.groups import unknown_member
 from sentinel.broker.partitioner import partition_for_key
 from sentinel.broker.reader import PartitionReader, ReadResult
-from sentinel.broker.replica import ApplyRetention, PartitionReplica
+from sentinel.broker.replica import AppendResult, ApplyRetention, PartitionReplica
 from sentinel.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -44,7 +45,7 @@ from sentinel.generated.sentinel import v1 as pb
 from sentinel.metrics import Metrics
 from sentinel.records import build_batch, split_batches
 from sentinel.server import handlers as handlers_module
-from sentinel.server.handlers import Handlers
+from sentinel.server.handlers import Handlers, ProduceNeedsTask
 from sentinel.server.status import status_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "client"))
@@ -168,6 +169,53 @@ async def test_produce_happy_paths_and_acks(tmp_path: Path, clock: trio.testing.
         assert keyless == [0, 1, 2, 3, 0]
         keyed_to_2 = sum(partition_for_key(k, 4) == 2 for k in (b"alpha", b"beta", b"gamma"))
         assert sample(stack, "sentinel_messages_produced_total", "t", 2) == 5 + keyed_to_2 + 1
+
+
+async def test_produce_nowait_is_produce_without_a_task_and_hands_back_what_needs_one(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    good = batch_bytes(b"ok")
+    async with serving(tmp_path, clock) as stack:
+        h = stack.handlers
+
+        async def nowait(request: pb.ProduceRequest) -> AppendResult:
+            reply: Reply[AppendResult] = Reply()
+            h.produce_nowait(reply, request)  # synchronous: queued for the replica, not awaited
+            return await reply.wait()
+
+        # A topic to create, or a partition for the broker to pick: only produce can (it
+        # waits), so the fast path hands the request back having done nothing.
+        with pytest.raises(ProduceNeedsTask):
+            await nowait(produce_request("t", 0, good))
+        assert "t" not in stack.broker.topics
+        await stack.broker.create_topic("t", 2)
+        with pytest.raises(ProduceNeedsTask):
+            await nowait(produce_request("t", -1, good))
+        log = stack.broker.topic("t").logs[1]
+        assert log.log_end_offset == 0
+
+        assert await nowait(produce_request("t", 1, good, batch_bytes(b"a", b"b"))) == AppendResult(0, 2)
+        assert (await nowait(produce_request("t", 1, good, acks=pb.Acks.NONE))).base_offset == 3
+        response = h.produce_response(produce_request("t", 1, good), 1, AppendResult(4, 4), 0.0)
+        assert (response.partition, response.base_offset) == (1, 4)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (log.log_end_offset, log.high_watermark) == (4, 4)
+        assert values_of(
+            (await h.fetch(pb.ConsumeRequest(topic="t", partition=1, offset=0))).record_batches
+        ) == [
+            (0, b"ok"),
+            (1, b"a"),
+            (2, b"b"),
+            (3, b"ok"),
+        ]
+        # Bad requests fail as they do through produce, before anything is queued.
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "produce request carries no record batches"):
+            await nowait(pb.ProduceRequest(topic="t", partition=0))
+        with Fails(InvalidRecordBatch, Status.INVALID_ARGUMENT, "batch at byte 0: truncated: 5 bytes left"):
+            await nowait(pb.ProduceRequest(topic="t", partition=0, record_batches=b"junk!"))
+        with Fails(InvalidArgument, Status.INVALID_ARGUMENT, "partition 2 does not exist in topic 't'"):
+            await nowait(produce_request("t", 2, good))
+        assert log.log_end_offset == 4
 
 
 async def test_produce_errors(tmp_path: Path, clock: trio.testing.MockClock) -> None:

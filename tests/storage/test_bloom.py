@@ -9,7 +9,9 @@ from array import array
 
 import pytest
 
+from sentinel.storage import bloom as bloom_module
 from sentinel.storage.bloom import MAX_PROBES, MIN_BITS, BloomFilter, bloom_hash, probes_for
+from sentinel.storage.options import StorageOptions
 
 
 def theoretical_rate(bits_per_key: int) -> float:
@@ -92,3 +94,29 @@ def test_malformed_filters_are_rejected() -> None:
         BloomFilter.from_bytes(b"\xff" * 8 + bytes([MAX_PROBES + 1]))
     with pytest.raises(ValueError, match="bits_per_key must be >= 1, got 0"):
         BloomFilter.build([b"k"], 0)
+
+
+def _reference_build(hashes: list[int], bits_per_key: int) -> bytes:
+    """The serialized form as the module docstring defines it, one bit at a time."""
+    probes = probes_for(bits_per_key)
+    num_bytes = (max(MIN_BITS, len(hashes) * bits_per_key) + 7) // 8
+    bits = bytearray(num_bytes)
+    for h in hashes:
+        delta = (((h >> 17) | (h << 15)) & 0xFFFFFFFF) | 1
+        for i in range(probes):
+            pos = (h + i * delta) % (num_bytes * 8)
+            bits[pos >> 3] |= 1 << (pos & 7)
+    return bytes(bits) + bytes((probes,))
+
+
+@pytest.mark.parametrize("bits_per_key", [1, 3, 10, 17, 43])
+def test_build_sets_exactly_the_bits_the_format_defines(bits_per_key: int) -> None:
+    rng = random.Random(bits_per_key)
+    for count in (0, 1, 7, 1000):
+        hashes = [rng.getrandbits(32) for _ in range(count)] + [0, 0xFFFFFFFF][: count and 2]
+        assert BloomFilter.build_from_hashes(hashes, bits_per_key) == _reference_build(hashes, bits_per_key)
+
+
+def test_the_written_out_default_probe_count_is_the_default() -> None:
+    # build_from_hashes writes the default's probes out one by one: they must stay in step.
+    assert probes_for(StorageOptions().bloom_bits_per_key) == bloom_module._DEFAULT_PROBES == 7

@@ -119,3 +119,35 @@ def test_freeze_is_final_and_reads_still_work() -> None:
     # An empty iterable is still a write to a frozen memtable: the caller's bug, caught early.
     with pytest.raises(MemtableFrozen):
         memtable.apply([])
+
+
+def test_put_batch_matches_individual_puts_with_consecutive_seqs() -> None:
+    rng = random.Random(7)
+    ops = [(rng.randbytes(2), None if i % 5 == 0 else rng.randbytes(4)) for i in range(300)]
+    one, batch = Memtable(1), Memtable(1)
+    for i, (key, value) in enumerate(ops):
+        one.put(key, 1000 + i, value)
+    batch.put_batch(1000, ops[:100])
+    batch.put_batch(1100, ops[100:])
+    batch.put_batch(5000, [])  # nothing written: the seq range does not move
+    assert list(one.scan()) == list(batch.scan())
+    assert one.approximate_bytes == batch.approximate_bytes
+    assert (one.first_seq, one.last_seq) == (batch.first_seq, batch.last_seq) == (1000, 1299)
+    batch.freeze()
+    with pytest.raises(MemtableFrozen):
+        batch.put_batch(2000, [(b"k", b"v")])
+
+
+def test_put_batches_is_put_batch_of_each_in_order() -> None:
+    rng = random.Random(9)
+    batches = [(10 + 3 * i, [(rng.randbytes(1), rng.randbytes(3)) for _ in range(3)]) for i in range(50)]
+    one, many = Memtable(1), Memtable(1)
+    for first_seq, ops in batches:
+        one.put_batch(first_seq, ops)
+    many.put_batches([*batches, (500, [])])  # an empty batch moves nothing
+    assert list(one.scan()) == list(many.scan())
+    assert one.approximate_bytes == many.approximate_bytes
+    assert (one.first_seq, one.last_seq) == (many.first_seq, many.last_seq) == (10, 159)
+    many.freeze()
+    with pytest.raises(MemtableFrozen):
+        many.put_batches([(600, [(b"k", None)])])

@@ -273,3 +273,27 @@ def test_bisect_model_sanity_on_dense_keys() -> None:
         first = next(skiplist.items(start), None)
         idx = bisect.bisect_left(keys, start)
         assert (first[0] if first else None) == (keys[idx] if idx < len(keys) else None)
+
+
+def test_bulk_heights_are_the_same_sequence_as_one_at_a_time() -> None:
+    one, bulk = XorShift64(99), XorShift64(99)
+    expected = [one.next_height() for _ in range(1000)]
+    drawn: list[int] = []
+    for count in (1, 7, 256, 736):
+        batch = bulk.next_heights(count)
+        drawn += [batch.pop() for _ in range(count)]
+    assert drawn == expected
+    assert one.next_u64() == bulk.next_u64()  # and the generator ends in the same state
+
+
+def test_levels_follow_the_generator_whatever_the_refills() -> None:
+    # More keys than one refill of the height buffer: node heights are the seed's sequence.
+    rng = random.Random(4)
+    keys = [rng.randbytes(8) for _ in range(1000)]
+    skiplist = SkipList(seed=31)
+    heights = XorShift64(31)
+    expected = {}
+    for i, key in enumerate(keys):
+        skiplist.put(key, i, b"")
+        expected[key] = heights.next_height()
+    assert {node[0]: len(node) - 3 for node in _nodes(skiplist)} == expected

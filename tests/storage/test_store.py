@@ -44,7 +44,7 @@ from sentinel.storage.memtable import Memtable
 from sentinel.storage.memtable_owner import MemtableOwner
 from sentinel.storage.options import StorageOptions, SyncMode
 from sentinel.storage.store import Store, open_store
-from sentinel.storage.wal import WalFile
+from sentinel.storage.wal import WalFile, replay_wal
 
 # No background compaction unless a test asks for it: L0 may grow this far.
 NO_COMPACTION = CompactionOptions(l0_compaction_trigger=1000, l0_stop_writes_trigger=2000)
@@ -390,6 +390,27 @@ async def test_group_commit_one_fsync_for_many_concurrent_writers(
     assert after.appends - before.appends == writers * rounds
     # Each round of writes queues up while the previous round's fsync runs: one group each.
     assert after.fsyncs - before.fsyncs == rounds
+
+
+async def test_writes_queued_together_are_one_wal_record_replayed_whole(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    # A group commit is framed as ONE record (one header and checksum, not one per write),
+    # and recovery replays it with every write's own seqs.
+    writers = 20
+    async with open_store(tmp_path, options(sync=SyncMode.NONE)) as store:
+        async with trio.open_nursery() as nursery:
+            for i in range(writers):
+                nursery.start_soon(store.write, [(b"w%02d" % i, b"x"), (b"v%02d" % i, None)])
+    batches = replay_wal(tmp_path / "wal-000000.log").batches
+    assert len(batches) == 1
+    assert [seq for _key, seq, _value in batches[0]] == list(range(1, 2 * writers + 1))
+    assert sorted(key for key, _seq, value in batches[0] if value is not None) == [
+        b"w%02d" % i for i in range(writers)
+    ]
+    async with open_store(tmp_path, options()) as store:
+        assert dict(store.scan()) == {b"w%02d" % i: b"x" for i in range(writers)}
+        assert store.statistics().last_seq == 2 * writers
 
 
 async def test_sync_interval_fsyncs_once_per_interval_when_dirty(

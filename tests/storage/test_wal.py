@@ -12,14 +12,16 @@ from hypothesis import strategies as st
 
 from sentinel.errors import CorruptionError, StorageClosed, StorageError
 from sentinel.storage import wal as wal_module
-from sentinel.storage.framing import FRAME_HEADER_SIZE, frame
+from sentinel.storage.framing import FRAME_HEADER_SIZE, MAX_FRAME_PAYLOAD, frame, scan_frames
 from sentinel.storage.wal import WalFile, WalReplay, replay_wal, truncate_wal_tail
 from sentinel.storage.wal_format import (
     BATCH_HEADER,
     BATCH_HEADER_SIZE,
+    GROUP_RECORD_BYTES,
     KIND_DELETE,
     KIND_PUT,
     MAX_SEQ,
+    WalGroupEncoder,
     decode_write_batch,
     encode_wal_record,
     encode_write_batch,
@@ -91,6 +93,62 @@ def test_encode_rejects_bad_batches() -> None:
         encode_write_batch(-1, [(b"k", None)])
     with pytest.raises(ValueError, match=f"seqs {MAX_SEQ}..{MAX_SEQ + 1} do not fit in a u64"):
         encode_write_batch(MAX_SEQ, [(b"k", None), (b"j", None)])
+
+
+def _records(data: bytes) -> list[list[tuple[bytes, int, bytes | None]]]:
+    return [decode_write_batch(payload, "w") for payload in scan_frames(data).payloads]
+
+
+def test_group_encoder_frames_consecutive_batches_as_one_record() -> None:
+    rng = random.Random(11)
+    batches = [random_ops(rng, rng.randint(1, 5)) for _ in range(20)]
+    encoder = WalGroupEncoder()
+    assert not encoder
+    seq = 100
+    wanted: list[tuple[bytes, int, bytes | None]] = []
+    for ops in batches:
+        assert encoder.add(seq, ops) == len(encode_write_batch(seq, ops)) - BATCH_HEADER_SIZE
+        wanted += expected(seq, ops)
+        seq += len(ops)
+    assert encoder
+    data = encoder.take()
+    assert _records(data) == [wanted]  # one record: the group is applied all or nothing
+    assert not encoder and encoder.take() == b""
+    # The same bytes as one write batch of all the ops (one codec of record).
+    assert data == encode_wal_record(100, [op for ops in batches for op in ops])
+
+
+def test_group_encoder_starts_a_record_where_seqs_do_not_follow_on() -> None:
+    encoder = WalGroupEncoder()
+    encoder.add(1, [(b"a", b"1"), (b"b", b"2")])
+    encoder.add(3, [(b"c", None)])
+    encoder.add(10, [(b"d", b"4")])  # seqs 4..9 went elsewhere (a refused write, say)
+    assert _records(encoder.take()) == [
+        [(b"a", 1, b"1"), (b"b", 2, b"2"), (b"c", 3, None)],
+        [(b"d", 10, b"4")],
+    ]
+
+
+def test_group_encoder_cuts_records_at_the_group_record_size() -> None:
+    encoder = WalGroupEncoder()
+    value = b"v" * (GROUP_RECORD_BYTES // 3)
+    for seq in range(1, 8):
+        encoder.add(seq, [(b"k%d" % seq, value)])
+    records = _records(encoder.take())
+    assert [[seq for _key, seq, _value in record] for record in records] == [[1, 2, 3], [4, 5, 6], [7]]
+
+
+def test_group_encoder_refuses_bad_batches_and_keeps_what_it_had() -> None:
+    encoder = WalGroupEncoder()
+    encoder.add(1, [(b"a", b"1")])
+    with pytest.raises(ValueError, match="a write batch needs at least one operation"):
+        encoder.add(2, [])
+    with pytest.raises(ValueError, match="do not fit in a u64"):
+        encoder.add(MAX_SEQ, [(b"k", None), (b"j", None)])
+    with pytest.raises(ValueError, match=r"exceeds the \d+-byte record limit"):
+        encoder.add(2, [(b"big", bytes(MAX_FRAME_PAYLOAD))])
+    encoder.add(2, [(b"b", None)])
+    assert _records(encoder.take()) == [[(b"a", 1, b"1"), (b"b", 2, None)]]
 
 
 def _payload(first_seq: int, count: int, body: bytes) -> bytes:

@@ -1,0 +1,52 @@
+"""Smoke test of ``sentinel bench roundtrip --json``: run as a user would (a subprocess that
+starts its own broker and client process), one JSON object with every layer's figure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TIMEOUT_S = 180
+
+
+@pytest.mark.slow
+def test_roundtrip_bench_json() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sentinel.cli.main", "bench", "roundtrip", "--calls", "500", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    result = json.loads(done.stdout)
+    assert (result["bench"], result["calls"], result["record_bytes"]) == ("roundtrip", 500, 100)
+    assert result["broker"]["external"] is False and result["broker"]["sync"] == "interval"
+    assert result["target_us"] == {"p50": 500, "p99": 1500}
+    latency = result["latency_us"]
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+    layers = result["layers"]
+    assert layers["client_cpu_us"] > 0
+    # The broker's threads, read from /proc: its Trio thread and its asyncio (gRPC) thread
+    # both work on every call.
+    assert layers["broker_trio_cpu_us"] > 0 and layers["broker_asyncio_cpu_us"] > 0
+    for name in ("replica", "storage"):
+        assert 0 < layers[name]["latency_us"]["p50"] <= layers[name]["latency_us"]["max"]
+        assert layers[name]["cpu_us"] > 0
+
+
+def test_roundtrip_calls_must_be_positive() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sentinel.cli.main", "bench", "roundtrip", "--calls", "0"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: --calls must be >= 1, got 0"
