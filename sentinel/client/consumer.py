@@ -7,9 +7,11 @@ then ``consumer.subscribe(["topic"])`` (group member) or ``consumer.assign([...]
 How it works:
 
 - **Fetching.** Unary ``Fetch`` long polls (``fetch_max_wait_ms``), at most one in flight per
-  partition, each answer buffered until the application takes it: at most one response per
-  partition is read ahead. Records before the requested offset in the first returned batch
-  (a batch is returned whole) are skipped.
+  partition, each answer buffered until the application takes it. Fetches are pipelined:
+  as soon as an answer's records are buffered, the fetch of the next answer starts, so the
+  broker reads and sends it while the application handles these (at most two answers per
+  partition are held: ``fetch_max_bytes`` each). Records before the requested offset in
+  the first returned batch (a batch is returned whole) are skipped.
 - **Positions.** A partition's position is the offset of the next record the application
   will get. A new partition starts at the group's committed offset if there is one, else
   where ``auto_offset_reset`` says (ListOffsets); a fetch answered OUT_OF_RANGE resets by
@@ -596,11 +598,9 @@ class Consumer:
             and not (self._group is not None and self._group.rejoin_needed)
             and not (self._auto_commit and time.monotonic() >= self._next_auto_commit)
         ):
-            # Fast path: no bookkeeping between buffered records.
-            record = state.take(1)[0]
-            if not state.records:
-                self._start_fetches([state])  # read ahead while the application works
-            return record
+            # Fast path: no bookkeeping between buffered records (the next answer is
+            # already being fetched: getmany started it when it buffered this one).
+            return state.take(1)[0]
         while True:
             if self._state is not _State.OPEN:
                 raise StopAsyncIteration
@@ -654,15 +654,15 @@ class Consumer:
         """Take in finished fetches: buffer their records, or handle their errors."""
         for s in states:
             task = s.task
-            if task is None or not task.done():
-                continue
+            if task is None or not task.done() or s.records:
+                continue  # a pipelined answer (or its error) waits until the buffer is empty
             s.task = None
             if task.cancelled():
                 continue
             exc = task.exception()
             if exc is None:
                 result = task.result()
-                if result.offset != s.position or s.records:
+                if result.offset != s.position:
                     continue  # a seek happened while it was in flight
                 s.high_watermark = result.high_watermark
                 records = result.records
@@ -709,14 +709,10 @@ class Consumer:
         loop = asyncio.get_running_loop()
         now = loop.time()
         for s in states:
-            if (
-                s.task is None
-                and not s.records
-                and s.error is None
-                and s.position is not None
-                and s.retry_at <= now
-            ):
-                s.task = loop.create_task(self._fetch(s.tp, s.position), name=f"fetch {s.tp}")
+            if s.task is None and s.error is None and s.retry_at <= now:
+                offset = s.fetch_offset()
+                if offset is not None:
+                    s.task = loop.create_task(self._fetch(s.tp, offset), name=f"fetch {s.tp}")
 
     async def _fetch(self, tp: TopicPartition, offset: int) -> FetchResult:
         cluster = self._cluster

@@ -8,9 +8,12 @@ Invariants of a ``PartitionState``:
   looked up (committed offset, else the reset policy).
 - ``records[index:]`` were fetched from ``position`` on and not yet returned; taking them
   advances ``position`` past each, and past the whole answer (``after``) once all are taken.
-- At most one fetch is in flight (``task``), and only while nothing is read ahead and no
-  ``error`` is kept: at most one answer per partition is buffered. ``reset`` (a seek)
-  cancels it and drops the buffer and the error.
+- At most one fetch is in flight (``task``), never while an ``error`` is kept. It asks for
+  ``fetch_offset()``: ``after`` while records are read ahead (the answer after the buffered
+  one, fetched while the application works through the buffer: pipelining), else
+  ``position``. A finished fetch waits in its task until the buffer is empty, so at most
+  two answers per partition are held, and records always come out in offset order.
+  ``reset`` (a seek) cancels the fetch and drops the buffer and the error.
 - ``error`` is what stopped the decoding of the last answer (a damaged stored batch),
   kept until every record decoded before it is taken; ``after`` is then the offset it
   names, so the position stops exactly at the damage and a commit never passes it.
@@ -85,6 +88,10 @@ class PartitionState:
         self.reset_to_policy = to_policy
         self.retry_at = 0.0
         self.error = None
+
+    def fetch_offset(self) -> int | None:
+        """Where the next fetch reads from: past the read-ahead records, else the position."""
+        return self.after if self.records else self.position
 
     def pop_error(self) -> SentinelError | None:
         """The kept error once nothing decoded before it is left to take (and forget it:
