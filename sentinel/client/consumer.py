@@ -47,11 +47,11 @@ from typing import Any, Final, Self
 from sentinel.client.connection import Cluster, with_retries
 from sentinel.client.errors import is_retriable
 from sentinel.client.fetching import (
-    DecodedAnswer,
     FetchResult,
     PartitionState,
-    decode_answer,
+    ScannedAnswer,
     read_error,
+    scan_answer,
 )
 from sentinel.client.group import GroupMembership
 from sentinel.client.reachability import Reachability
@@ -598,9 +598,9 @@ class Consumer:
             and not (self._group is not None and self._group.rejoin_needed)
             and not (self._auto_commit and time.monotonic() >= self._next_auto_commit)
         ):
-            # Fast path: no bookkeeping between buffered records (the next answer is
+            # Fast path: no bookkeeping between decoded records (the next answer is
             # already being fetched: getmany started it when it buffered this one).
-            return state.take(1)[0]
+            return state.take_one()
         while True:
             if self._state is not _State.OPEN:
                 raise StopAsyncIteration
@@ -654,25 +654,16 @@ class Consumer:
         """Take in finished fetches: buffer their records, or handle their errors."""
         for s in states:
             task = s.task
-            if task is None or not task.done() or s.records:
+            if task is None or not task.done() or s.buffered():
                 continue  # a pipelined answer (or its error) waits until the buffer is empty
             s.task = None
             if task.cancelled():
                 continue
             exc = task.exception()
+            if s.fetching_from != s.position:
+                continue  # read from where the position no longer is: a seek, or damage before it
             if exc is None:
-                result = task.result()
-                if result.offset != s.position:
-                    continue  # a seek happened while it was in flight
-                s.high_watermark = result.high_watermark
-                records = result.records
-                if records:
-                    s.records = records
-                    s.index = 0
-                    s.after = max(records[-1].offset + 1, result.next_offset)
-                elif result.next_offset > result.offset:
-                    s.position = result.next_offset  # batches with nothing left to return
-                s.error = result.error  # raised once the records before it are taken
+                s.buffer(task.result())
             elif isinstance(exc, OffsetOutOfRange):
                 if self._auto_offset_reset == "none":
                     raise exc
@@ -697,12 +688,13 @@ class Consumer:
     def _drain(self, states: list[PartitionState], limit: int) -> dict[TopicPartition, list[ConsumerRecord]]:
         result: dict[TopicPartition, list[ConsumerRecord]] = {}
         for s in states:
-            if s.records:
-                chunk = s.take(limit)
-                result[s.tp] = chunk
-                limit -= len(chunk)
-                if limit == 0:
-                    break
+            if s.buffered():
+                chunk = s.take(limit)  # empty when the next batch does not decode
+                if chunk:
+                    result[s.tp] = chunk
+                    limit -= len(chunk)
+                    if limit == 0:
+                        break
         return result
 
     def _start_fetches(self, states: list[PartitionState]) -> None:
@@ -712,6 +704,7 @@ class Consumer:
             if s.task is None and s.error is None and s.retry_at <= now:
                 offset = s.fetch_offset()
                 if offset is not None:
+                    s.fetching_from = offset
                     s.task = loop.create_task(self._fetch(s.tp, offset), name=f"fetch {s.tp}")
 
     async def _fetch(self, tp: TopicPartition, offset: int) -> FetchResult:
@@ -736,7 +729,7 @@ class Consumer:
                 raise
             raise named from None  # the broker's message is all there is to say
         data = response.record_batches
-        decoded = decode_answer(tp, data, offset) if data else DecodedAnswer([])
+        scanned = scan_answer(tp, data, offset) if data else ScannedAnswer([])
         # Past damage the answer's next offset is not ours to take: the position stops at it.
-        next_offset = response.next_offset if decoded.error is None else decoded.error_offset
-        return FetchResult(offset, decoded.records, next_offset, response.high_watermark, decoded.error)
+        next_offset = response.next_offset if scanned.error is None else scanned.error_offset
+        return FetchResult(offset, scanned.batches, next_offset, response.high_watermark, scanned.error)

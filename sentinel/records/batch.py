@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 from crc32c import crc32c
 
@@ -589,6 +589,26 @@ class RecordBatch:
             tagged=True,
         )
 
+    def tagged_cursor(
+        self,
+        record_type: type[TaggedRecord],
+        topic: str,
+        partition: int,
+        *,
+        max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES,
+    ) -> TaggedRecordCursor[TaggedRecord]:
+        """The records of ``decode_tagged``, decoded a few at a time as the cursor is read.
+
+        The whole records section is checked first (as ``validate_records``, building no
+        records): a malformed batch raises ``InvalidRecordBatch`` here, before any record
+        of it exists. A consumer decodes just ahead of its application this way, so records
+        are freed young instead of piling up for the garbage collector."""
+        section, start = self._records_section(max_uncompressed_bytes)
+        decoder = _decoders.active
+        decoder.check_records(section, start, self._record_count, self._base_timestamp)
+        append_time = self._max_timestamp if self._attributes & fmt.TIMESTAMP_TYPE_FLAG else None
+        return TaggedRecordCursor(self, section, start, append_time, record_type, topic, partition)
+
     # --- misc ----------------------------------------------------------------------------------
 
     def __eq__(self, other: object) -> bool:
@@ -667,3 +687,80 @@ def split_batches(
 ) -> list[RecordBatch]:
     """Every batch of a concatenation of batches, or ``InvalidRecordBatch`` if any part is bad."""
     return list(iter_batches(data, verify_crc=verify_crc, max_batch_bytes=max_batch_bytes))
+
+
+class TaggedRecordCursor(Generic[TaggedRecord]):
+    """The records of one checked batch (``RecordBatch.tagged_cursor``), decoded on demand.
+
+    ``take(n)`` decodes and returns the next ``n`` records (fewer at the end); ``next_offset``
+    is the offset of the next record (offsets in a batch are consecutive: the decoder
+    checks offsetDelta), ``remaining`` how many are left.
+    """
+
+    __slots__ = (
+        "_append_time",
+        "_batch",
+        "_decoder",
+        "_index",
+        "_partition",
+        "_pos",
+        "_record_type",
+        "_section",
+        "_start",
+        "_topic",
+    )
+
+    def __init__(
+        self,
+        batch: RecordBatch,
+        section: bytes,
+        start: int,
+        append_time: int | None,
+        record_type: type[TaggedRecord],
+        topic: str,
+        partition: int,
+    ) -> None:
+        self._batch = batch
+        self._section = section
+        self._start = start
+        self._pos = start
+        self._index = 0
+        self._append_time = append_time
+        self._record_type = record_type
+        self._topic = topic
+        self._partition = partition
+        self._decoder = _decoders.active  # the build that checked the section decodes it
+
+    @property
+    def batch(self) -> RecordBatch:
+        return self._batch
+
+    @property
+    def remaining(self) -> int:
+        return self._batch.record_count - self._index
+
+    @property
+    def next_offset(self) -> int:
+        return self._batch.base_offset + self._index
+
+    def take(self, n: int) -> list[TaggedRecord]:
+        batch = self._batch
+        first = self._index
+        stop = min(batch.record_count, first + n)
+        records, self._pos = self._decoder.decode_range(
+            self._section,
+            self._start,
+            self._pos,
+            first,
+            stop,
+            batch.record_count,
+            batch.base_offset,
+            batch.base_timestamp,
+            self._append_time,
+            self._record_type,
+            self._topic,
+            self._partition,
+            True,
+        )
+        self._index = stop
+        return records

@@ -50,24 +50,64 @@ def decode_records(
 ) -> list[Any]:
     """Decode ``count`` records from ``buf[start:]``, which they must fill exactly.
 
+    Records are ``record_type((offset, timestamp, key, value, headers))``, or with ``tagged``
+    ``record_type((topic, partition, offset, ...))``, a 7-field tuple type led by the topic
+    and partition (see ``RecordBatch.decode_tagged``).
+    """
+    out, pos = decode_range(
+        buf,
+        start,
+        start,
+        0,
+        count,
+        count,
+        base_offset,
+        base_timestamp,
+        append_time,
+        record_type,
+        topic,
+        partition,
+        tagged,
+    )
+    end = len(buf)
+    if pos != end:
+        raise InvalidRecordBatch(
+            f"records section has {end - pos} trailing bytes after the last of the {count} records "
+            "recordCount announces"
+        )
+    return out
+
+
+def decode_range(
+    buf: bytes,
+    section_start: int,
+    pos: int,
+    first: int,
+    stop: int,
+    count: int,
+    base_offset: int,
+    base_timestamp: int,
+    append_time: int | None,
+    record_type: type[Any],
+    topic: str,
+    partition: int,
+    tagged: bool,
+) -> tuple[list[Any], int]:
+    """Records ``first`` to ``stop - 1`` of the ``count`` in the section starting at
+    ``buf[section_start]``, the first of them at ``buf[pos]``; and the position after the
+    last. ``decode_records`` is the whole range and a check that nothing follows it.
+
     Varints are decoded inline (no call) in their one-byte case, and for the fields that
     commonly pass 63 (record length, timestampDelta, offsetDelta, valueLength) in their
     two-byte case too; longer ones go through ``_varint_at``. Reads may run past a record's
     end into the next one, but never return data from there: every field is checked against
     the record's end and the record must end exactly where its length says. Timestamps are
-    checked to stay 64-bit.
-
-    Records are ``record_type((offset, timestamp, key, value, headers))``, or with ``tagged``
-    ``record_type((topic, partition, offset, ...))``, a 7-field tuple type led by the topic
-    and partition (see ``RecordBatch.decode_tagged``). Built with ``tuple.__new__``: a
-    NamedTuple's own constructor costs a Python call per record.
+    checked to stay 64-bit. Records are built with ``tuple.__new__``: a NamedTuple's own
+    constructor costs a Python call per record.
     """
     end = len(buf)
-    pos = start
     out: list[Any] = []
-    append = out.append
     new = tuple.__new__
-    varint_at = _varint_at
     null = fmt.NULL_LENGTH
     min_length = fmt.MIN_RECORD_SIZE - 1  # the length varint does not count itself
     # baseTimestamp + timestampDelta must stay a 64-bit timestamp. An inline-decoded (one- or
@@ -77,10 +117,10 @@ def decode_records(
     ts_high = fmt.INT64_MAX - base_timestamp
     ts_inline = ts_low <= _TWO_BYTE_VARINT_MIN and _TWO_BYTE_VARINT_MAX <= ts_high
     ts_one_byte_limit = 0x80 if ts_inline else 0  # a byte is never below 0: no inline path
-    index = 0
-    record_start = start
+    index = first
+    record_start = pos
     try:
-        for index in range(count):
+        for index in range(first, stop):
             record_start = pos
             if pos >= end:
                 raise _Malformed(f"records section holds only {index} records, recordCount says {count}")
@@ -93,7 +133,7 @@ def decode_records(
                 length = (z >> 1) ^ -(z & 1)
                 pos += 2
             else:
-                length, pos = varint_at(buf, pos)
+                length, pos = _varint_at(buf, pos)
             record_end = pos + length
             if length < min_length:
                 raise _Malformed(f"record length {length} is below the minimum {min_length}")
@@ -111,7 +151,7 @@ def decode_records(
                 ts_delta = (z >> 1) ^ -(z & 1)
                 pos += 2
             else:
-                ts_delta, pos = varint_at(buf, pos)
+                ts_delta, pos = _varint_at(buf, pos)
                 if not ts_low <= ts_delta <= ts_high:
                     raise _Malformed(
                         f"timestampDelta {ts_delta} takes baseTimestamp {base_timestamp} out of the "
@@ -126,7 +166,7 @@ def decode_records(
                 offset_delta = (z >> 1) ^ -(z & 1)
                 pos += 2
             else:
-                offset_delta, pos = varint_at(buf, pos)
+                offset_delta, pos = _varint_at(buf, pos)
             if offset_delta != index:
                 raise _Malformed(f"offsetDelta: expected {index}, found {offset_delta}")
             b = buf[pos]
@@ -134,7 +174,7 @@ def decode_records(
                 key_length = (b >> 1) ^ -(b & 1)
                 pos += 1
             else:
-                key_length, pos = varint_at(buf, pos)
+                key_length, pos = _varint_at(buf, pos)
             if key_length >= 0:
                 field_end = pos + key_length
                 if field_end > record_end:
@@ -154,7 +194,7 @@ def decode_records(
                 value_length = (z >> 1) ^ -(z & 1)
                 pos += 2
             else:
-                value_length, pos = varint_at(buf, pos)
+                value_length, pos = _varint_at(buf, pos)
             if value_length >= 0:
                 field_end = pos + value_length
                 if field_end > record_end:
@@ -176,28 +216,23 @@ def decode_records(
                 )
             timestamp = base_timestamp + ts_delta if append_time is None else append_time
             if tagged:
-                append(
+                out.append(
                     new(
                         record_type,
                         (topic, partition, base_offset + offset_delta, timestamp, key, value, headers),
                     )
                 )
             else:
-                append(new(record_type, (base_offset + offset_delta, timestamp, key, value, headers)))
+                out.append(new(record_type, (base_offset + offset_delta, timestamp, key, value, headers)))
     except _Malformed as exc:
-        raise _bad_record(index, record_start - start, str(exc)) from None
+        raise _bad_record(index, record_start - section_start, str(exc)) from None
     except IndexError:
         raise _bad_record(
-            index, record_start - start, "truncated: a varint runs past the section's end"
+            index, record_start - section_start, "truncated: a varint runs past the section's end"
         ) from None
     except ValueError as bad_varint:  # an over-long varint (a name of its own: mypyc types each)
-        raise _bad_record(index, record_start - start, str(bad_varint)) from None
-    if pos != end:
-        raise InvalidRecordBatch(
-            f"records section has {end - pos} trailing bytes after the last of the {count} records "
-            "recordCount announces"
-        )
-    return out
+        raise _bad_record(index, record_start - section_start, str(bad_varint)) from None
+    return out, pos
 
 
 def check_records(buf: bytes, start: int, count: int, base_timestamp: int) -> None:
@@ -206,7 +241,6 @@ def check_records(buf: bytes, start: int, count: int, base_timestamp: int) -> No
     checks that they accept and reject the same sections with the same message."""
     end = len(buf)
     pos = start
-    varint_at = _varint_at
     null = fmt.NULL_LENGTH
     min_length = fmt.MIN_RECORD_SIZE - 1
     ts_low = fmt.INT64_MIN - base_timestamp
@@ -229,7 +263,7 @@ def check_records(buf: bytes, start: int, count: int, base_timestamp: int) -> No
                 length = (z >> 1) ^ -(z & 1)
                 pos += 2
             else:
-                length, pos = varint_at(buf, pos)
+                length, pos = _varint_at(buf, pos)
             record_end = pos + length
             if length < min_length:
                 raise _Malformed(f"record length {length} is below the minimum {min_length}")
@@ -244,7 +278,7 @@ def check_records(buf: bytes, start: int, count: int, base_timestamp: int) -> No
             elif ts_inline and buf[pos + 1] < 0x80:
                 pos += 2
             else:
-                ts_delta, pos = varint_at(buf, pos)
+                ts_delta, pos = _varint_at(buf, pos)
                 if not ts_low <= ts_delta <= ts_high:
                     raise _Malformed(
                         f"timestampDelta {ts_delta} takes baseTimestamp {base_timestamp} out of the "
@@ -259,7 +293,7 @@ def check_records(buf: bytes, start: int, count: int, base_timestamp: int) -> No
                 offset_delta = (z >> 1) ^ -(z & 1)
                 pos += 2
             else:
-                offset_delta, pos = varint_at(buf, pos)
+                offset_delta, pos = _varint_at(buf, pos)
             if offset_delta != index:
                 raise _Malformed(f"offsetDelta: expected {index}, found {offset_delta}")
             b = buf[pos]
@@ -267,7 +301,7 @@ def check_records(buf: bytes, start: int, count: int, base_timestamp: int) -> No
                 key_length = (b >> 1) ^ -(b & 1)
                 pos += 1
             else:
-                key_length, pos = varint_at(buf, pos)
+                key_length, pos = _varint_at(buf, pos)
             if key_length >= 0:
                 if pos + key_length > record_end:
                     raise _Malformed(f"key length {key_length} runs past the end of the record")
@@ -283,7 +317,7 @@ def check_records(buf: bytes, start: int, count: int, base_timestamp: int) -> No
                 value_length = (z >> 1) ^ -(z & 1)
                 pos += 2
             else:
-                value_length, pos = varint_at(buf, pos)
+                value_length, pos = _varint_at(buf, pos)
             if value_length >= 0:
                 if pos + value_length > record_end:
                     raise _Malformed(f"value length {value_length} runs past the end of the record")

@@ -19,10 +19,10 @@ from sentinel.client import (
     TopicPartition,
 )
 from sentinel.client.errors import RequestTimeout
-from sentinel.client.fetching import PartitionState, records_from_batches
+from sentinel.client.fetching import DECODE_AT_LEAST, FetchResult, PartitionState, records_from_batches
 from sentinel.client.reachability import Reachability
 from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from sentinel.records import build_batch
+from sentinel.records import RecordBatch, build_batch
 
 TP = TopicPartition("events", 0)
 
@@ -129,6 +129,41 @@ def test_partition_state_take_advances_the_position_past_the_answer() -> None:
     state.records = [ConsumerRecord("events", 0, 20, 0, None, b"x", ())]
     state.reset(5)
     assert (state.position, state.records, state.index) == (5, [], 0)
+
+
+def test_buffered_batches_are_decoded_one_at_a_time_as_records_are_taken() -> None:
+    # A record is built shortly before it is handed out: an answer's later batches stay
+    # undecoded bytes until the application reaches them.
+    state = PartitionState(TP)
+    state.position = 11
+    batches = [
+        RecordBatch(build_batch([(None, b"%d" % i, (), i) for i in range(3)], base_offset=10)),
+        RecordBatch(build_batch([(None, b"%d" % i, (), i) for i in range(3, 6)], base_offset=13)),
+    ]
+    state.buffer(FetchResult(11, batches, 16, 16))
+    assert len(state.batches) == 2 and state.records == []
+    assert [r.offset for r in state.take(1)] == [11]
+    assert len(state.batches) == 1 and [r.offset for r in state.records[state.index :]] == [12]
+    assert state.position == 12
+    assert [r.offset for r in state.take(1)] == [12]
+    assert state.position == 13 and len(state.batches) == 1  # the next batch's first offset
+    assert [r.offset for r in state.take(5)] == [13, 14, 15]
+    assert state.position == 16 and not state.buffered()
+
+
+def test_a_large_batch_is_decoded_in_pieces_just_ahead_of_the_application() -> None:
+    state = PartitionState(TP)
+    state.position = 0
+    count = DECODE_AT_LEAST * 2 + 7
+    batch = RecordBatch(build_batch([(None, b"v", (), 0)] * count))
+    state.buffer(FetchResult(0, [batch], count, count))
+    assert [r.offset for r in state.take(1)] == [0]
+    assert len(state.records) == DECODE_AT_LEAST  # not all of the batch
+    assert state.cursor is not None and state.cursor.remaining == count - DECODE_AT_LEAST
+    assert state.position == 1
+    taken = state.take(DECODE_AT_LEAST * 3)
+    assert [r.offset for r in taken] == list(range(1, count))
+    assert state.position == count and not state.buffered()
 
 
 def test_auto_offset_reset_earliest_reads_everything() -> None:
