@@ -44,9 +44,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Self
 
+from grpclib.const import Cardinality
+
 from sentinel.client.connection import Cluster, with_retries
 from sentinel.client.errors import is_retriable
 from sentinel.client.fetching import (
+    FetchAnswer,
     FetchResult,
     PartitionState,
     ScannedAnswer,
@@ -86,6 +89,8 @@ _ITER_WAIT_MS: Final = 60_000
 _NO_OFFSET: Final = -1
 
 _RESET_POLICIES: Final = ("latest", "earliest", "none")
+# The Fetch RPC's route (SentinelStub.fetch's): the consumer calls it with its own reply type.
+_FETCH_ROUTE: Final = "/sentinel.v1.Sentinel/Fetch"
 _POLICY_SPEC: Final = {"latest": pb.OffsetSpec.LATEST, "earliest": pb.OffsetSpec.EARLIEST}
 
 
@@ -718,11 +723,17 @@ class Consumer:
             max_bytes=self._fetch_max_bytes,
             max_wait_ms=self._fetch_max_wait_ms,
         )
+        timeout = self._request_timeout_s + self._fetch_max_wait_ms / 1000
         try:
             with self._reachability.watch(conn.address), conn.errors:
-                response = await conn.stub.fetch(
-                    request, timeout=self._request_timeout_s + self._fetch_max_wait_ms / 1000
-                )
+                # The generated stub's call, with the consumer's own reply type (FetchAnswer:
+                # the batches are not copied out of the message).
+                async with conn.channel.request(
+                    _FETCH_ROUTE, Cardinality.UNARY_UNARY, pb.ConsumeRequest, FetchAnswer, timeout=timeout
+                ) as stream:
+                    await stream.send_message(request, end=True)
+                    response = await stream.recv_message()
+                    assert response is not None  # a unary call answers once or raises
         except SentinelError as exc:
             named = read_error(exc, tp, offset)
             if named is exc:
