@@ -203,8 +203,10 @@ async def preload(p: dict[str, Any]) -> dict[str, Any]:
 
 async def consume(p: dict[str, Any]) -> dict[str, Any]:
     """Read ``records`` records from offset 0 with ``getmany`` (``mode`` "getmany", the
-    default) or ``async for`` (``mode`` "async-for"), touching each record's value as an
-    application would."""
+    default) or ``async for`` (``mode`` "async-for"). The records are only counted, as the
+    figures this bench is compared with were measured: a record is complete when the
+    consumer hands it out (nothing is decoded later, on access), so counting leaves out only
+    the application's own work."""
     from sentinel.client import Consumer, TopicPartition
 
     tp = TopicPartition(p["topic"], 0)
@@ -217,10 +219,8 @@ async def consume(p: dict[str, Any]) -> dict[str, Any]:
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         received = 0
-        value_bytes = 0
         if mode == "async-for":
-            async for record in consumer:
-                value_bytes += len(record.value or b"")
+            async for _ in consumer:
                 received += 1
                 if received >= target:
                     break
@@ -230,12 +230,10 @@ async def consume(p: dict[str, Any]) -> dict[str, Any]:
                 if not batch:
                     raise RuntimeError(f"no records for 10 s after {received} of {target}")
                 for records in batch.values():
-                    for record in records:
-                        value_bytes += len(record.value or b"")
                     received += len(records)
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
-    return {"records": received, "seconds": elapsed, "client_cpu_s": cpu, "value_bytes": value_bytes}
+    return {"records": received, "seconds": elapsed, "client_cpu_s": cpu}
 
 
 async def follow(p: dict[str, Any]) -> dict[str, Any]:
