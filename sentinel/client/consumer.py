@@ -609,7 +609,14 @@ class Consumer:
             and not (self._auto_commit and time.monotonic() >= self._next_auto_commit)
         ):
             # Fast path: no bookkeeping between decoded records (the next answer is
-            # already being fetched: getmany started it when it buffered this one).
+            # already being fetched: getmany started it when it buffered this one). Inside a
+            # decoded chunk, PartitionState.take_one inlined: a call is a tenth of the cost.
+            records = state.records
+            index = state.index + 1
+            if index < len(records):
+                state.index = index
+                state.position = records[index].offset
+                return records[index - 1]
             return state.take_one()
         while True:
             if self._state is not _State.OPEN:

@@ -340,6 +340,26 @@ def test_async_for_yields_records_in_order_and_commits_what_was_consumed() -> No
     run(scenario)
 
 
+def test_async_for_keeps_the_position_just_past_each_record_across_batches_and_answers() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"a%d" % i for i in range(3)])
+        await produce(fake, "events", [b"b%d" % i for i in range(3)])
+        one_batch = fake.topics["events"][0].batches[0].size_in_bytes  # one batch per answer
+        async with Consumer(
+            fake.address, fetch_max_bytes=one_batch, auto_offset_reset="earliest"
+        ) as consumer:
+            consumer.assign([TP])
+            positions = []
+            async for record in consumer:
+                positions.append((record.offset, await consumer.position(TP)))
+                if record.offset == 5:
+                    break
+            assert positions == [(i, i + 1) for i in range(6)]
+
+    run(scenario)
+
+
 class RecordingListener(ConsumerRebalanceListener):
     def __init__(self, fake: FakeSentinel, group: str) -> None:
         self.fake = fake
