@@ -2,8 +2,9 @@
 
 ``setup.py`` compiles ``decode.py`` with mypyc into an extension module beside it; Python
 then imports the extension in place of the source. A compiled module is used only when it
-is at least as new as ``decode.py``: after an edit without a rebuild (``pip install -e .``
-again) the source runs, slower but never stale. Where nothing was compiled (no C compiler,
+was built from this very source (the SHA-256 that ``setup.py`` wrote beside it matches
+``decode.py``): after an edit without a rebuild (``pip install -e .`` again) the source
+runs, slower but never stale. Where nothing was compiled (no C compiler,
 ``SENTINEL_NO_COMPILE=1`` at install time) the source runs too.
 
 ``active`` is the module every ``RecordBatch`` decodes with. ``pure()`` loads the source as
@@ -13,6 +14,7 @@ a module of its own whatever was compiled, so the record tests run against both 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from types import ModuleType
 from sentinel.records import decode as _imported
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "decode.py")
+_STAMP = os.path.join(os.path.dirname(__file__), "decode.source-sha256")  # written by setup.py
 
 
 def is_compiled(module: ModuleType) -> bool:
@@ -29,16 +32,16 @@ def is_compiled(module: ModuleType) -> bool:
     return not (module.__file__ or "").endswith(".py")
 
 
-def is_fresh(build: str, source: str) -> bool:
-    """A build file made after the last change of its source file."""
+def is_fresh(stamp: str, source: str) -> bool:
+    """True when the digest in the ``stamp`` file is the SHA-256 of the ``source`` file."""
     try:
-        source_mtime = os.path.getmtime(source)
+        with open(stamp) as f:
+            recorded = f.read().strip()
+        with open(source, "rb") as f:
+            actual = hashlib.sha256(f.read()).hexdigest()
     except OSError:
-        return True  # no source beside it (an installed wheel): the build is all there is
-    try:
-        return os.path.getmtime(build) >= source_mtime
-    except OSError:
-        return False
+        return False  # no stamp: not built by setup.py; no source: nothing to vouch for it
+    return recorded == actual
 
 
 _pure: ModuleType | None = None
@@ -61,7 +64,7 @@ def pure() -> ModuleType:
 
 def compiled() -> ModuleType | None:
     """The mypyc build of ``decode.py`` if one is installed and up to date, else None."""
-    if is_compiled(_imported) and is_fresh(_imported.__file__ or "", _SOURCE):
+    if is_compiled(_imported) and is_fresh(_STAMP, _SOURCE):
         return _imported
     return None
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
 from pathlib import Path
+
+import pytest
 
 from sentinel.records import Record, RecordBatch, build_batch, decoder
 
@@ -23,15 +25,21 @@ def test_the_source_build_is_plain_python() -> None:
     assert (decoder.pure().__file__ or "").endswith("decode.py")
 
 
-def test_a_build_older_than_its_source_is_stale(tmp_path: Path) -> None:
+def test_a_build_is_used_only_for_the_source_it_was_built_from(tmp_path: Path) -> None:
     # decode.py edited without a rebuild: the source runs rather than a stale build.
-    source, build = tmp_path / "decode.py", tmp_path / "decode.so"
-    source.write_text("")
-    build.write_bytes(b"")
-    os.utime(source, (1_000, 1_000))
-    os.utime(build, (2_000, 2_000))
-    assert decoder.is_fresh(str(build), str(source))
-    os.utime(source, (3_000, 3_000))
-    assert not decoder.is_fresh(str(build), str(source))
-    assert not decoder.is_fresh(str(tmp_path / "missing.so"), str(source))
-    assert decoder.is_fresh(str(build), str(tmp_path / "no-source.py"))  # an installed wheel
+    source, stamp = tmp_path / "decode.py", tmp_path / "decode.source-sha256"
+    source.write_bytes(b"def decode(): ...\n")
+    stamp.write_text(hashlib.sha256(source.read_bytes()).hexdigest() + "\n")
+    assert decoder.is_fresh(str(stamp), str(source))
+    source.write_bytes(b"def decode(): return 1\n")
+    assert not decoder.is_fresh(str(stamp), str(source))
+    assert not decoder.is_fresh(str(tmp_path / "no-stamp"), str(source))  # not built by setup.py
+
+
+def test_the_installed_build_is_stamped_with_its_source_when_compiled() -> None:
+    compiled = decoder.compiled()
+    if compiled is None:
+        pytest.skip("no compiled records decoder installed")
+    stamp = Path(compiled.__file__ or "").parent / "decode.source-sha256"
+    source = Path(decoder.pure().__file__ or "")
+    assert stamp.read_text().strip() == hashlib.sha256(source.read_bytes()).hexdigest()
