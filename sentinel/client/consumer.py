@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -49,6 +50,7 @@ from grpclib.const import Cardinality
 from sentinel.client.connection import Cluster, with_retries
 from sentinel.client.errors import is_retriable
 from sentinel.client.fetching import (
+    Fetch,
     FetchAnswer,
     FetchResult,
     PartitionState,
@@ -592,7 +594,7 @@ class Consumer:
             for s in states:
                 if s.retry_at > now:
                     remaining = min(remaining, s.retry_at - now)
-            waits: set[asyncio.Future[Any]] = {s.task for s in states if s.task is not None}
+            waits: set[asyncio.Future[Any]] = {s.fetches[0].task for s in states if s.fetches}
             waits.add(self._waiter)
             await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
@@ -670,15 +672,19 @@ class Consumer:
     def _collect(self, states: list[PartitionState]) -> None:
         """Take in finished fetches: buffer their records, or handle their errors."""
         for s in states:
-            task = s.task
-            if task is None or not task.done() or s.buffered():
+            fetches = s.fetches
+            if not fetches or not fetches[0].task.done() or s.buffered():
                 continue  # a pipelined answer (or its error) waits until the buffer is empty
-            s.task = None
+            offset, task = fetches.popleft()
             if task.cancelled():
                 continue
             exc = task.exception()
-            if s.fetching_from != s.position:
-                continue  # read from where the position no longer is: a seek, or damage before it
+            if offset != s.position or exc is not None:
+                # Read from where the position no longer is (a seek, or damage before it),
+                # or failed: what was chained after it reads from the wrong place.
+                s.drop_fetches()
+                if offset != s.position:
+                    continue
             if exc is None:
                 s.buffer(task.result())
             elif isinstance(exc, OffsetOutOfRange):
@@ -718,11 +724,22 @@ class Consumer:
         loop = asyncio.get_running_loop()
         now = loop.time()
         for s in states:
-            if s.task is None and s.error is None and s.retry_at <= now:
-                offset = s.fetch_offset()
-                if offset is not None:
-                    s.fetching_from = offset
-                    s.task = loop.create_task(self._fetch(s.tp, offset), name=f"fetch {s.tp}")
+            if s.retry_at > now:
+                continue
+            offset = s.next_fetch_offset()
+            while offset is not None:
+                task = loop.create_task(self._fetch(s.tp, offset), name=f"fetch {s.tp}")
+                # The next fetch starts the moment this one's answer is in (it says where
+                # that answer ends), not when the application next calls getmany.
+                task.add_done_callback(functools.partial(self._chain_fetch, s))
+                s.fetches.append(Fetch(offset, task))
+                offset = s.next_fetch_offset()
+
+    def _chain_fetch(self, state: PartitionState, task: asyncio.Task[FetchResult]) -> None:
+        """A fetch ended: start the one after it if the pipeline has room (a done callback:
+        it runs on the event loop between steps of the application's task, like getmany)."""
+        if not task.cancelled() and self._state is _OPEN and self._states.get(state.tp) is state:
+            self._start_fetches([state])
 
     async def _fetch(self, tp: TopicPartition, offset: int) -> FetchResult:
         cluster = self._cluster

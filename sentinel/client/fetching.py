@@ -21,13 +21,15 @@ Invariants of a ``PartitionState``:
   records advances ``position`` past each, and past the whole answer (``after``) once all
   are taken. Records of the first batch before ``skip_before`` (the offset the answer was
   fetched from) are not returned: a batch is fetched whole.
-- At most one fetch is in flight (``task``, reading from ``fetching_from``), never while an
-  ``error`` is kept. It asks for ``fetch_offset()``: ``after`` while records are read ahead
-  (the answer after the buffered one, fetched while the application works through the
-  buffer: pipelining), else ``position``. A finished fetch waits in its task until the
-  buffer is empty, so at most two answers per partition are held, and records always come
-  out in offset order; one that no longer starts at ``position`` is dropped. ``reset`` (a
-  seek) cancels the fetch and drops the buffer and the error.
+- ``fetches`` are this partition's fetches in offset order, in flight or finished and not
+  yet taken: at most ``FETCH_DEPTH``, none started while an ``error`` is kept. The first
+  reads from ``after`` while records are read ahead, else from ``position``; each next one
+  from where the answer before it ended, started as soon as that answer arrived (so the
+  broker works on it while the application handles the buffered answer: pipelining). A
+  finished fetch waits in the queue until the buffer is empty, so at most ``FETCH_DEPTH``
+  + 1 answers per partition are held and records come out in offset order; a fetch that no
+  longer starts at ``position`` is dropped with those after it. ``reset`` (a seek) cancels
+  the fetches and drops the buffer and the error.
 - ``error`` is what stopped the decoding of the answer (a damaged stored batch, found by
   the scan or when its turn to be decoded came), kept until every record before it is
   taken; ``after`` is then the offset it names, so the position stops exactly at the
@@ -59,6 +61,12 @@ __all__ = [
 ]
 
 
+# Fetches of one partition in flight or waiting to be taken. Two: the round trip of a 1 MiB
+# answer (the broker's work, then the transfer) took longer than the application's work on
+# the answer before it, so with one the consumer waited on every answer; with two the broker
+# works on the next answer while this one travels.
+FETCH_DEPTH: Final = 2
+
 # Records are decoded at least this many at a time (``async for`` takes them one by one):
 # enough to amortise a decoder call, few enough to be freed before the collector runs (its
 # first generation is collected every 700 allocations). Kafka's default max.poll.records.
@@ -73,6 +81,11 @@ class FetchResult(NamedTuple):
     error: SentinelError | None = None  # what stopped the scan, after ``batches``
 
 
+class Fetch(NamedTuple):
+    offset: int  # where it reads from
+    task: asyncio.Task[FetchResult]
+
+
 class PartitionState:
     """One assigned partition: its position and what was read ahead of it."""
 
@@ -81,7 +94,7 @@ class PartitionState:
         "batches",
         "cursor",
         "error",
-        "fetching_from",
+        "fetches",
         "high_watermark",
         "index",
         "position",
@@ -89,7 +102,6 @@ class PartitionState:
         "reset_to_policy",
         "retry_at",
         "skip_before",
-        "task",
         "tp",
     )
 
@@ -104,18 +116,12 @@ class PartitionState:
         self.skip_before = 0  # the offset the buffered answer was fetched from
         self.after = 0  # the position once every read-ahead record is returned
         self.high_watermark: int | None = None
-        self.task: asyncio.Task[FetchResult] | None = None
-        self.fetching_from = 0  # the offset ``task`` reads from
+        self.fetches: deque[Fetch] = deque()  # in flight or finished, in offset order
         self.retry_at = 0.0  # loop time before which no fetch is started (backoff)
         self.error: SentinelError | None = None  # raised once nothing before it is left
 
     def reset(self, position: int | None, *, to_policy: bool = False) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            # Nobody will look at its outcome; a fetch that failed instead of being cancelled
-            # (the channel closed first) must not be reported as "never retrieved".
-            self.task.add_done_callback(_ignore_outcome)
-            self.task = None
+        self.drop_fetches()
         self.records = []
         self.index = 0
         self.cursor = None
@@ -129,9 +135,31 @@ class PartitionState:
         """Records read ahead and not yet returned (decoded or not)."""
         return bool(self.records) or self.cursor is not None or bool(self.batches)
 
-    def fetch_offset(self) -> int | None:
-        """Where the next fetch reads from: past the read-ahead records, else the position."""
-        return self.after if self.buffered() else self.position
+    def drop_fetches(self) -> None:
+        for fetch in self.fetches:
+            fetch.task.cancel()
+            # Nobody will look at its outcome; a fetch that failed instead of being cancelled
+            # (the channel closed first) must not be reported as "never retrieved".
+            fetch.task.add_done_callback(_ignore_outcome)
+        self.fetches.clear()
+
+    def next_fetch_offset(self) -> int | None:
+        """Where the next fetch reads from, or None when none is to start now: the queue is
+        full, an error is kept, the position is unknown, or the last fetch has not ended in
+        an answer with records (still in flight, failed, damaged, or at the log's end: a
+        long poll is not chained)."""
+        if self.error is not None:
+            return None
+        fetches = self.fetches
+        if not fetches:
+            return self.after if self.buffered() else self.position
+        last = fetches[-1].task
+        if len(fetches) >= FETCH_DEPTH or not last.done() or last.cancelled() or last.exception():
+            return None
+        result = last.result()
+        if result.error is not None or not result.batches:
+            return None
+        return max(result.batches[-1].next_offset, result.next_offset)
 
     def buffer(self, result: FetchResult) -> None:
         """Take in a fetch answer that starts at ``position`` while nothing is buffered."""

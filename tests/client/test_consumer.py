@@ -56,28 +56,29 @@ def test_seek_into_a_batch_skips_the_records_before_the_offset() -> None:
     run(scenario)
 
 
-def test_the_next_answer_is_fetched_while_the_application_works_through_this_one() -> None:
+def test_the_next_answers_are_fetched_while_the_application_works_through_this_one() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("events", 1)
-        await produce(fake, "events", [b"a%d" % i for i in range(3)])
-        await produce(fake, "events", [b"b%d" % i for i in range(3)])
+        for name in (b"a", b"b", b"c"):
+            await produce(fake, "events", [name + b"%d" % i for i in range(3)])
         one_batch = fake.topics["events"][0].batches[0].size_in_bytes  # one batch per answer
         async with Consumer(fake.address, fetch_max_bytes=one_batch, max_poll_records=1) as consumer:
             consumer.assign([TP])
             consumer.seek(TP, 0)
             got = await consumer.getmany(timeout_ms=5000)
             assert [r.offset for r in got[TP]] == [0]
-            # Offsets 1 and 2 are still buffered, and the answer after them is on its way.
+            # Offsets 1 and 2 are still buffered; the answer from 3 is fetched, and the one
+            # from 6 as soon as that one arrived (it says where it ends).
             async with asyncio.timeout(2):
-                await fake.wait_for_calls("fetch", 2)
-            assert fake.fetched_from == [0, 3]
+                await fake.wait_for_calls("fetch", 3)
+            assert fake.fetched_from[:3] == [0, 3, 6]
             assert await consumer.position(TP) == 1
             rest: list[ConsumerRecord] = []
-            while len(rest) < 5:
+            while len(rest) < 8:
                 rest += (await consumer.getmany(timeout_ms=5000))[TP]
-            assert [r.offset for r in rest] == [1, 2, 3, 4, 5]
-            assert values(rest) == [b"a1", b"a2", b"b0", b"b1", b"b2"]
-            assert await consumer.position(TP) == 6
+            assert [r.offset for r in rest] == list(range(1, 9))
+            assert values(rest) == [b"a1", b"a2", b"b0", b"b1", b"b2", b"c0", b"c1", b"c2"]
+            assert await consumer.position(TP) == 9
 
     run(scenario)
 
@@ -99,7 +100,7 @@ def test_a_seek_drops_the_pipelined_answer() -> None:
             while len(got) < 5:
                 got += (await consumer.getmany(timeout_ms=5000))[TP]
             assert [r.offset for r in got] == [1, 2, 3, 4, 5]
-            assert fake.fetched_from[2] == 1  # read again from the seek, not from offset 3
+            assert 1 in fake.fetched_from[2:]  # read again from the seek
 
     run(scenario)
 
