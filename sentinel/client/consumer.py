@@ -6,12 +6,14 @@ then ``consumer.subscribe(["topic"])`` (group member) or ``consumer.assign([...]
 
 How it works:
 
-- **Fetching.** Unary ``Fetch`` long polls (``fetch_max_wait_ms``), at most one in flight per
-  partition, each answer buffered until the application takes it. Fetches are pipelined:
-  as soon as an answer's records are buffered, the fetch of the next answer starts, so the
-  broker reads and sends it while the application handles these (at most two answers per
-  partition are held: ``fetch_max_bytes`` each). Records before the requested offset in
-  the first returned batch (a batch is returned whole) are skipped.
+- **Fetching.** Unary ``Fetch`` long polls (``fetch_max_wait_ms``), each answer buffered
+  until the application takes it. Fetches are pipelined, two per partition: each answer's
+  fetch starts the moment the answer before it arrives (that answer says where it ends),
+  so the broker reads and sends the next answers while the application handles this one
+  (at most three answers per partition are held: ``fetch_max_bytes`` each). At the end of
+  the log one long poll waits at a time. Records are decoded just ahead of the application
+  (``sentinel.client.fetching``). Records before the requested offset in the first
+  returned batch (a batch is returned whole) are skipped.
 - **Positions.** A partition's position is the offset of the next record the application
   will get. A new partition starts at the group's committed offset if there is one, else
   where ``auto_offset_reset`` says (ListOffsets); a fetch answered OUT_OF_RANGE resets by
