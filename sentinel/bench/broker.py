@@ -12,7 +12,9 @@ bottleneck (on a 2-core machine, a process near 1 CPU second per second is satur
   alone sustains; the gap is the per-record API's cost), then send->ack latency at a fixed
   rate (acks=all). Each run gets a fresh broker, so none inherits the flush and compaction
   work of data an earlier run wrote.
-- ``consume``: preload a topic (pre-built batches), then a Consumer reads it from offset 0.
+- ``consume``: preload a topic (pre-built batches), then a Consumer reads it from offset 0,
+  once with ``getmany`` and once with ``async for`` (a fresh consumer process each), with
+  the client's and the broker's CPU microseconds per record.
 - ``e2e``: a producer at a fixed rate and a consumer following the topic: send -> receipt.
 
 MB/s counts record values only (1 MB = 10^6 bytes), not keys, framing or protocol bytes.
@@ -100,6 +102,15 @@ def _rates(records: int, seconds: float, record_bytes: int) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "records_per_s": round(records / seconds) if seconds > 0 else 0,
         "mb_per_s": round(records * record_bytes / seconds / 1e6, 2) if seconds > 0 else 0.0,
+    }
+
+
+def _per_record_cpu(records: int, client_cpu_s: float, broker_cpu_s: float | None) -> dict[str, Any]:
+    """CPU microseconds per record of each process (the broker's None if unknown)."""
+    per = 1e6 / records if records else 0.0
+    return {
+        "client_cpu_us_per_record": round(client_cpu_s * per, 3),
+        "broker_cpu_us_per_record": round(broker_cpu_s * per, 3) if broker_cpu_s is not None else None,
     }
 
 
@@ -262,20 +273,26 @@ def run_consume_bench(
             timeout=WORKER_TIMEOUT_S,
         )
         result["preload"] = _rates(loaded["records"], loaded["seconds"], record_bytes)
-        progress(f"consuming {loaded['records']:,} records")
-        params = {
-            "address": broker.address,
-            "topic": topic,
-            "records": loaded["records"],
-            "fetch_max_bytes": fetch_max_bytes,
-            "max_poll_records": max_poll_records,
-        }
-        run, broker_cpu = _measured(broker, "consume", params)
-        result["consume"] = {
-            **_rates(run["records"], run["seconds"], record_bytes),
-            "client_cpu_s": round(run["client_cpu_s"], 2),
-            "broker_cpu_s": broker_cpu,
-        }
+        # Each way of reading gets a fresh consumer process over the same preloaded topic:
+        # getmany (500 records per call by default) and ``async for`` (one record a step).
+        for key, mode in (("consume", "getmany"), ("async_for", "async-for")):
+            progress(f"consuming {loaded['records']:,} records ({mode})")
+            params = {
+                "address": broker.address,
+                "topic": topic,
+                "records": loaded["records"],
+                "fetch_max_bytes": fetch_max_bytes,
+                "max_poll_records": max_poll_records,
+                "mode": mode,
+            }
+            run, broker_cpu = _measured(broker, "consume", params)
+            result[key] = {
+                "mode": mode,
+                **_rates(run["records"], run["seconds"], record_bytes),
+                "client_cpu_s": round(run["client_cpu_s"], 2),
+                "broker_cpu_s": broker_cpu,
+                **_per_record_cpu(run["records"], run["client_cpu_s"], broker_cpu),
+            }
     return result
 
 

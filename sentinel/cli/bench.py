@@ -118,11 +118,15 @@ def _print_consume(result: dict) -> None:
     _print_header(result)
     pre = result["preload"]
     print(f"preload                 {pre['records_per_s']:>10,} records/s  ({pre['records']:,} records)")
-    row = result["consume"]
-    print(
-        f"consume from offset 0   {row['records_per_s']:>10,} records/s  {row['mb_per_s']:>7.2f} MB/s"
-        f"  ({row['records']:,} in {row['seconds']:.1f} s; {_cpu(row)})"
-    )
+    for label, key in (("getmany", "consume"), ("async for", "async_for")):
+        row = result[key]
+        broker_us = row["broker_cpu_us_per_record"]
+        print(
+            f"consume, {label:<9}      {row['records_per_s']:>10,} records/s  {row['mb_per_s']:>7.2f} MB/s"
+            f"  ({row['records']:,} in {row['seconds']:.1f} s; {_cpu(row)};"
+            f" per record: client {row['client_cpu_us_per_record']:.2f} us, broker "
+            + (f"{broker_us:.2f} us)" if broker_us is not None else "? us)")
+        )
 
 
 def _print_e2e(result: dict) -> None:
@@ -202,7 +206,8 @@ def consume(
     fetch_max_bytes: int | None = typer.Option(None, "--fetch-max-bytes", help="Consumer fetch size."),
     max_poll_records: int | None = typer.Option(None, "--max-poll-records", help="Records per getmany."),
 ) -> None:
-    """Preload a topic, then a consumer process reads it from offset 0: records/s and MB/s."""
+    """Preload a topic, then consumer processes read it from offset 0 (getmany, async for):
+    records/s, MB/s and CPU per record."""
     from sentinel.bench.broker import run_consume_bench
 
     _check_broker(broker)

@@ -6,10 +6,14 @@ then ``consumer.subscribe(["topic"])`` (group member) or ``consumer.assign([...]
 
 How it works:
 
-- **Fetching.** Unary ``Fetch`` long polls (``fetch_max_wait_ms``), at most one in flight per
-  partition, each answer buffered until the application takes it: at most one response per
-  partition is read ahead. Records before the requested offset in the first returned batch
-  (a batch is returned whole) are skipped.
+- **Fetching.** Unary ``Fetch`` long polls (``fetch_max_wait_ms``), each answer buffered
+  until the application takes it. Fetches are pipelined, two per partition: each answer's
+  fetch starts the moment the answer before it arrives (that answer says where it ends),
+  so the broker reads and sends the next answers while the application handles this one
+  (at most three answers per partition are held: ``fetch_max_bytes`` each). At the end of
+  the log one long poll waits at a time. Records are decoded just ahead of the application
+  (``sentinel.client.fetching``). Records before the requested offset in the first
+  returned batch (a batch is returned whole) are skipped.
 - **Positions.** A partition's position is the offset of the next record the application
   will get. A new partition starts at the group's committed offset if there is one, else
   where ``auto_offset_reset`` says (ListOffsets); a fetch answered OUT_OF_RANGE resets by
@@ -36,20 +40,25 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Self
 
+from grpclib.const import Cardinality
+
 from sentinel.client.connection import Cluster, with_retries
 from sentinel.client.errors import is_retriable
 from sentinel.client.fetching import (
-    DecodedAnswer,
+    Fetch,
+    FetchAnswer,
     FetchResult,
     PartitionState,
-    decode_answer,
+    ScannedAnswer,
     read_error,
+    scan_answer,
 )
 from sentinel.client.group import GroupMembership
 from sentinel.client.reachability import Reachability
@@ -84,6 +93,8 @@ _ITER_WAIT_MS: Final = 60_000
 _NO_OFFSET: Final = -1
 
 _RESET_POLICIES: Final = ("latest", "earliest", "none")
+# The Fetch RPC's route (SentinelStub.fetch's): the consumer calls it with its own reply type.
+_FETCH_ROUTE: Final = "/sentinel.v1.Sentinel/Fetch"
 _POLICY_SPEC: Final = {"latest": pb.OffsetSpec.LATEST, "earliest": pb.OffsetSpec.EARLIEST}
 
 
@@ -91,6 +102,11 @@ class _State(enum.Enum):
     NEW = "new"
     OPEN = "open"
     CLOSED = "closed"
+
+
+# ``_State.OPEN`` as a plain global: an enum member looked up through its class costs as much
+# as the rest of the ``async for`` fast path.
+_OPEN: Final = _State.OPEN
 
 
 class Consumer:
@@ -580,7 +596,7 @@ class Consumer:
             for s in states:
                 if s.retry_at > now:
                     remaining = min(remaining, s.retry_at - now)
-            waits: set[asyncio.Future[Any]] = {s.task for s in states if s.task is not None}
+            waits: set[asyncio.Future[Any]] = {s.fetches[0].task for s in states if s.fetches}
             waits.add(self._waiter)
             await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
@@ -592,15 +608,20 @@ class Consumer:
         if (
             state is not None
             and state.records
-            and self._state is _State.OPEN
+            and self._state is _OPEN
             and not (self._group is not None and self._group.rejoin_needed)
             and not (self._auto_commit and time.monotonic() >= self._next_auto_commit)
         ):
-            # Fast path: no bookkeeping between buffered records.
-            record = state.take(1)[0]
-            if not state.records:
-                self._start_fetches([state])  # read ahead while the application works
-            return record
+            # Fast path: no bookkeeping between decoded records (the next answer is
+            # already being fetched: getmany started it when it buffered this one). Inside a
+            # decoded chunk, PartitionState.take_one inlined: a call is a tenth of the cost.
+            records = state.records
+            index = state.index + 1
+            if index < len(records):
+                state.index = index
+                state.position = records[index].offset
+                return records[index - 1]
+            return state.take_one()
         while True:
             if self._state is not _State.OPEN:
                 raise StopAsyncIteration
@@ -653,26 +674,21 @@ class Consumer:
     def _collect(self, states: list[PartitionState]) -> None:
         """Take in finished fetches: buffer their records, or handle their errors."""
         for s in states:
-            task = s.task
-            if task is None or not task.done():
-                continue
-            s.task = None
+            fetches = s.fetches
+            if not fetches or not fetches[0].task.done() or s.buffered():
+                continue  # a pipelined answer (or its error) waits until the buffer is empty
+            offset, task = fetches.popleft()
             if task.cancelled():
                 continue
             exc = task.exception()
+            if offset != s.position or exc is not None:
+                # Read from where the position no longer is (a seek, or damage before it),
+                # or failed: what was chained after it reads from the wrong place.
+                s.drop_fetches()
+                if offset != s.position:
+                    continue
             if exc is None:
-                result = task.result()
-                if result.offset != s.position or s.records:
-                    continue  # a seek happened while it was in flight
-                s.high_watermark = result.high_watermark
-                records = result.records
-                if records:
-                    s.records = records
-                    s.index = 0
-                    s.after = max(records[-1].offset + 1, result.next_offset)
-                elif result.next_offset > result.offset:
-                    s.position = result.next_offset  # batches with nothing left to return
-                s.error = result.error  # raised once the records before it are taken
+                s.buffer(task.result())
             elif isinstance(exc, OffsetOutOfRange):
                 if self._auto_offset_reset == "none":
                     raise exc
@@ -697,26 +713,35 @@ class Consumer:
     def _drain(self, states: list[PartitionState], limit: int) -> dict[TopicPartition, list[ConsumerRecord]]:
         result: dict[TopicPartition, list[ConsumerRecord]] = {}
         for s in states:
-            if s.records:
-                chunk = s.take(limit)
-                result[s.tp] = chunk
-                limit -= len(chunk)
-                if limit == 0:
-                    break
+            if s.buffered():
+                chunk = s.take(limit)  # empty when the next batch does not decode
+                if chunk:
+                    result[s.tp] = chunk
+                    limit -= len(chunk)
+                    if limit == 0:
+                        break
         return result
 
     def _start_fetches(self, states: list[PartitionState]) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
         for s in states:
-            if (
-                s.task is None
-                and not s.records
-                and s.error is None
-                and s.position is not None
-                and s.retry_at <= now
-            ):
-                s.task = loop.create_task(self._fetch(s.tp, s.position), name=f"fetch {s.tp}")
+            if s.retry_at > now:
+                continue
+            offset = s.next_fetch_offset()
+            while offset is not None:
+                task = loop.create_task(self._fetch(s.tp, offset), name=f"fetch {s.tp}")
+                # The next fetch starts the moment this one's answer is in (it says where
+                # that answer ends), not when the application next calls getmany.
+                task.add_done_callback(functools.partial(self._chain_fetch, s))
+                s.fetches.append(Fetch(offset, task))
+                offset = s.next_fetch_offset()
+
+    def _chain_fetch(self, state: PartitionState, task: asyncio.Task[FetchResult]) -> None:
+        """A fetch ended: start the one after it if the pipeline has room (a done callback:
+        it runs on the event loop between steps of the application's task, like getmany)."""
+        if not task.cancelled() and self._state is _OPEN and self._states.get(state.tp) is state:
+            self._start_fetches([state])
 
     async def _fetch(self, tp: TopicPartition, offset: int) -> FetchResult:
         cluster = self._cluster
@@ -729,18 +754,24 @@ class Consumer:
             max_bytes=self._fetch_max_bytes,
             max_wait_ms=self._fetch_max_wait_ms,
         )
+        timeout = self._request_timeout_s + self._fetch_max_wait_ms / 1000
         try:
             with self._reachability.watch(conn.address), conn.errors:
-                response = await conn.stub.fetch(
-                    request, timeout=self._request_timeout_s + self._fetch_max_wait_ms / 1000
-                )
+                # The generated stub's call, with the consumer's own reply type (FetchAnswer:
+                # the batches are not copied out of the message).
+                async with conn.channel.request(
+                    _FETCH_ROUTE, Cardinality.UNARY_UNARY, pb.ConsumeRequest, FetchAnswer, timeout=timeout
+                ) as stream:
+                    await stream.send_message(request, end=True)
+                    response = await stream.recv_message()
+                    assert response is not None  # a unary call answers once or raises
         except SentinelError as exc:
             named = read_error(exc, tp, offset)
             if named is exc:
                 raise
             raise named from None  # the broker's message is all there is to say
         data = response.record_batches
-        decoded = decode_answer(tp, data, offset) if data else DecodedAnswer([])
+        scanned = scan_answer(tp, data, offset) if data else ScannedAnswer([])
         # Past damage the answer's next offset is not ours to take: the position stops at it.
-        next_offset = response.next_offset if decoded.error is None else decoded.error_offset
-        return FetchResult(offset, decoded.records, next_offset, response.high_watermark, decoded.error)
+        next_offset = response.next_offset if scanned.error is None else scanned.error_offset
+        return FetchResult(offset, scanned.batches, next_offset, response.high_watermark, scanned.error)

@@ -7,7 +7,8 @@ The layout lives in ``batch_format``. Roles:
   encoder call, and only headers, unusual values and long batches take slower paths.
 - ``RecordBatch.parse`` validates bytes that arrived from outside (the broker's produce path,
   a consumer's fetch) and exposes the header fields, unpacked once. It does not touch the
-  records: the broker never needs them. ``records()`` decodes them on demand.
+  records: the broker never needs them. ``records()`` decodes them on demand, with the
+  records-section decoder of ``decode.py`` (compiled when built; see ``decoder.py``).
 - ``iter_batches`` / ``split_batches`` cut a concatenation of batches (one fetch response).
 
 Invariants:
@@ -25,14 +26,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 from crc32c import crc32c
 
 from sentinel.errors import InvalidArgument, InvalidRecordBatch
 from sentinel.records import batch_format as fmt
+from sentinel.records import decoder as _decoders
 from sentinel.records.compression import DEFAULT_MAX_UNCOMPRESSED_BYTES, Compression, compress, decompress
-from sentinel.varint import decode_uvarint, encode_varint
+from sentinel.varint import encode_varint
 
 # Largest batch accepted by default: Kafka's default message.max.bytes is ~1 MiB; 16 MiB
 # leaves room for large-record producers while keeping one hostile batch cheap to reject.
@@ -84,11 +86,6 @@ _VARINT: Final[tuple[bytes, ...]] = tuple(encode_varint(v) for v in range(_SMALL
 _NULL_LENGTH: Final = encode_varint(fmt.NULL_LENGTH)
 _NO_HEADERS: Final = encode_varint(0)
 _RECORD_ATTRIBUTES: Final = bytes((fmt.RECORD_ATTRIBUTES,))
-# A varint of a 64-bit field never carries more than 64 bits of payload.
-_UINT64_LIMIT: Final = 1 << 64
-# The range of a zig-zag varint of at most two bytes (14 payload bits).
-_TWO_BYTE_VARINT_MIN: Final = -(1 << 13)
-_TWO_BYTE_VARINT_MAX: Final = (1 << 13) - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,7 +534,9 @@ class RecordBatch:
             self._max_timestamp if self._attributes & fmt.TIMESTAMP_TYPE_FLAG else None
         )  # LogAppendTime: the broker's time replaces every record's
         section, start = self._records_section(max_uncompressed_bytes)
-        return _decode_records(section, start, count, self._base_offset, self._base_timestamp, append_time)
+        return _decoders.active.decode_records(
+            section, start, count, self._base_offset, self._base_timestamp, append_time, Record
+        )
 
     def _records_section(self, max_uncompressed_bytes: int) -> tuple[bytes, int]:
         """The (decompressed) bytes holding the records and where in them they start."""
@@ -563,7 +562,7 @@ class RecordBatch:
         ``max_uncompressed_bytes``, as a consumer will.
         """
         section, start = self._records_section(max_uncompressed_bytes)
-        _check_records(section, start, self._record_count, self._base_timestamp)
+        _decoders.active.check_records(section, start, self._record_count, self._base_timestamp)
 
     def decode_tagged(
         self,
@@ -577,15 +576,38 @@ class RecordBatch:
         headers))``: for a 7-field tuple type such as the client's ConsumerRecord, built
         directly (no intermediate Record). Validation is that of ``decode_records``."""
         section, start = self._records_section(max_uncompressed_bytes)
-        return _decode_records(
+        return _decoders.active.decode_records(
             section,
             start,
             self._record_count,
             self._base_offset,
             self._base_timestamp,
             self._max_timestamp if self._attributes & fmt.TIMESTAMP_TYPE_FLAG else None,
-            (record_type, topic, partition),
+            record_type,
+            topic,
+            partition,
+            tagged=True,
         )
+
+    def tagged_cursor(
+        self,
+        record_type: type[TaggedRecord],
+        topic: str,
+        partition: int,
+        *,
+        max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES,
+    ) -> TaggedRecordCursor[TaggedRecord]:
+        """The records of ``decode_tagged``, decoded a few at a time as the cursor is read.
+
+        The whole records section is checked first (as ``validate_records``, building no
+        records): a malformed batch raises ``InvalidRecordBatch`` here, before any record
+        of it exists. A consumer decodes just ahead of its application this way, so records
+        are freed young instead of piling up for the garbage collector."""
+        section, start = self._records_section(max_uncompressed_bytes)
+        decoder = _decoders.active
+        decoder.check_records(section, start, self._record_count, self._base_timestamp)
+        append_time = self._max_timestamp if self._attributes & fmt.TIMESTAMP_TYPE_FLAG else None
+        return TaggedRecordCursor(self, section, start, append_time, record_type, topic, partition)
 
     # --- misc ----------------------------------------------------------------------------------
 
@@ -602,324 +624,6 @@ class RecordBatch:
             f"RecordBatch(base_offset={self._base_offset}, record_count={self._record_count}, "
             f"compression={self._compression.name}, size_in_bytes={len(self._data)})"
         )
-
-
-class _Malformed(Exception):
-    """Raised inside the record decoder; becomes an InvalidRecordBatch naming the record."""
-
-
-def _decode_records(
-    buf: bytes,
-    start: int,
-    count: int,
-    base_offset: int,
-    base_timestamp: int,
-    append_time: int | None,
-    tag: tuple[type[Any], str, int] | None = None,
-) -> list[Any]:
-    """Decode ``count`` records from ``buf[start:]``, which they must fill exactly.
-
-    Varints are decoded inline (no call) in their one-byte case, and for the fields that
-    commonly pass 63 (record length, timestampDelta, offsetDelta, valueLength) in their
-    two-byte case too; longer ones go through ``_varint_at``. Reads may run past a record's
-    end into the next one, but never return data from there: every field is checked against
-    the record's end and the record must end exactly where its length says. Timestamps are
-    checked to stay 64-bit.
-
-    Records are Records, or with ``tag = (record_type, topic, partition)`` instances of that
-    7-field tuple type led by the topic and partition (see ``RecordBatch.decode_tagged``).
-    """
-    end = len(buf)
-    pos = start
-    out: list[Any] = []
-    append = out.append
-    new = tuple.__new__
-    record_type, topic, partition = tag if tag is not None else (Record, "", 0)
-    tagged = tag is not None
-    varint_at = _varint_at
-    null = fmt.NULL_LENGTH
-    min_length = fmt.MIN_RECORD_SIZE - 1  # the length varint does not count itself
-    # baseTimestamp + timestampDelta must stay a 64-bit timestamp. An inline-decoded (one- or
-    # two-byte) delta is in [-8192, 8191]: it can only leave the range when baseTimestamp is
-    # that close to a bound, and then every delta takes the checked path.
-    ts_low = fmt.INT64_MIN - base_timestamp
-    ts_high = fmt.INT64_MAX - base_timestamp
-    ts_inline = ts_low <= _TWO_BYTE_VARINT_MIN and _TWO_BYTE_VARINT_MAX <= ts_high
-    ts_one_byte_limit = 0x80 if ts_inline else 0  # a byte is never below 0: no inline path
-    index = 0
-    record_start = start
-    try:
-        for index in range(count):
-            record_start = pos
-            if pos >= end:
-                raise _Malformed(f"records section holds only {index} records, recordCount says {count}")
-            b = buf[pos]
-            if b < 0x80:
-                length = (b >> 1) ^ -(b & 1)
-                pos += 1
-            elif buf[pos + 1] < 0x80:
-                z = (b & 0x7F) | (buf[pos + 1] << 7)
-                length = (z >> 1) ^ -(z & 1)
-                pos += 2
-            else:
-                length, pos = varint_at(buf, pos)
-            record_end = pos + length
-            if length < min_length:
-                raise _Malformed(f"record length {length} is below the minimum {min_length}")
-            if record_end > end:
-                raise _Malformed(
-                    f"record length {length} runs {record_end - end} bytes past the section's end"
-                )
-            pos += 1  # record attributes: no bits defined
-            b = buf[pos]
-            if b < ts_one_byte_limit:
-                ts_delta = (b >> 1) ^ -(b & 1)
-                pos += 1
-            elif ts_inline and buf[pos + 1] < 0x80:
-                z = (b & 0x7F) | (buf[pos + 1] << 7)
-                ts_delta = (z >> 1) ^ -(z & 1)
-                pos += 2
-            else:
-                ts_delta, pos = varint_at(buf, pos)
-                if not ts_low <= ts_delta <= ts_high:
-                    raise _Malformed(
-                        f"timestampDelta {ts_delta} takes baseTimestamp {base_timestamp} out of the "
-                        "64-bit range"
-                    )
-            b = buf[pos]
-            if b < 0x80:
-                offset_delta = (b >> 1) ^ -(b & 1)
-                pos += 1
-            elif buf[pos + 1] < 0x80:
-                z = (b & 0x7F) | (buf[pos + 1] << 7)
-                offset_delta = (z >> 1) ^ -(z & 1)
-                pos += 2
-            else:
-                offset_delta, pos = varint_at(buf, pos)
-            if offset_delta != index:
-                raise _Malformed(f"offsetDelta: expected {index}, found {offset_delta}")
-            b = buf[pos]
-            if b < 0x80:
-                key_length = (b >> 1) ^ -(b & 1)
-                pos += 1
-            else:
-                key_length, pos = varint_at(buf, pos)
-            if key_length >= 0:
-                field_end = pos + key_length
-                if field_end > record_end:
-                    raise _Malformed(f"key length {key_length} runs past the end of the record")
-                key: bytes | None = buf[pos:field_end]
-                pos = field_end
-            elif key_length == null:
-                key = None
-            else:
-                raise _Malformed(f"negative key length {key_length}")
-            b = buf[pos]
-            if b < 0x80:
-                value_length = (b >> 1) ^ -(b & 1)
-                pos += 1
-            elif buf[pos + 1] < 0x80:
-                z = (b & 0x7F) | (buf[pos + 1] << 7)
-                value_length = (z >> 1) ^ -(z & 1)
-                pos += 2
-            else:
-                value_length, pos = varint_at(buf, pos)
-            if value_length >= 0:
-                field_end = pos + value_length
-                if field_end > record_end:
-                    raise _Malformed(f"value length {value_length} runs past the end of the record")
-                value: bytes | None = buf[pos:field_end]
-                pos = field_end
-            elif value_length == null:
-                value = None
-            else:
-                raise _Malformed(f"negative value length {value_length}")
-            if buf[pos] == 0:  # headersCount 0, the common case
-                headers: tuple[Header, ...] = ()
-                pos += 1
-            else:
-                headers, pos = _decode_headers(buf, pos, record_end)
-            if pos != record_end:
-                raise _Malformed(
-                    f"fields end at byte {pos - record_start}, the record's length says {length}"
-                )
-            timestamp = base_timestamp + ts_delta if append_time is None else append_time
-            if tagged:
-                append(
-                    new(
-                        record_type,
-                        (topic, partition, base_offset + offset_delta, timestamp, key, value, headers),
-                    )
-                )
-            else:
-                append(new(record_type, (base_offset + offset_delta, timestamp, key, value, headers)))
-    except _Malformed as exc:
-        raise _bad_record(index, record_start - start, str(exc)) from None
-    except IndexError:
-        raise _bad_record(
-            index, record_start - start, "truncated: a varint runs past the section's end"
-        ) from None
-    except ValueError as exc:  # an over-long varint
-        raise _bad_record(index, record_start - start, str(exc)) from None
-    if pos != end:
-        raise InvalidRecordBatch(
-            f"records section has {end - pos} trailing bytes after the last of the {count} records "
-            "recordCount announces"
-        )
-    return out
-
-
-def _check_records(buf: bytes, start: int, count: int, base_timestamp: int) -> None:
-    """``_decode_records`` without the records: the same walk, checks and messages, but no
-    slices or tuples, so it costs a fraction of a decode. Keep the two in step: a test
-    checks that they accept and reject the same sections with the same message."""
-    end = len(buf)
-    pos = start
-    varint_at = _varint_at
-    null = fmt.NULL_LENGTH
-    min_length = fmt.MIN_RECORD_SIZE - 1
-    ts_low = fmt.INT64_MIN - base_timestamp
-    ts_high = fmt.INT64_MAX - base_timestamp
-    ts_inline = ts_low <= _TWO_BYTE_VARINT_MIN and _TWO_BYTE_VARINT_MAX <= ts_high
-    ts_one_byte_limit = 0x80 if ts_inline else 0
-    index = 0
-    record_start = start
-    try:
-        for index in range(count):
-            record_start = pos
-            if pos >= end:
-                raise _Malformed(f"records section holds only {index} records, recordCount says {count}")
-            b = buf[pos]
-            if b < 0x80:
-                length = (b >> 1) ^ -(b & 1)
-                pos += 1
-            elif buf[pos + 1] < 0x80:
-                z = (b & 0x7F) | (buf[pos + 1] << 7)
-                length = (z >> 1) ^ -(z & 1)
-                pos += 2
-            else:
-                length, pos = varint_at(buf, pos)
-            record_end = pos + length
-            if length < min_length:
-                raise _Malformed(f"record length {length} is below the minimum {min_length}")
-            if record_end > end:
-                raise _Malformed(
-                    f"record length {length} runs {record_end - end} bytes past the section's end"
-                )
-            pos += 1  # record attributes
-            b = buf[pos]
-            if b < ts_one_byte_limit:
-                pos += 1
-            elif ts_inline and buf[pos + 1] < 0x80:
-                pos += 2
-            else:
-                ts_delta, pos = varint_at(buf, pos)
-                if not ts_low <= ts_delta <= ts_high:
-                    raise _Malformed(
-                        f"timestampDelta {ts_delta} takes baseTimestamp {base_timestamp} out of the "
-                        "64-bit range"
-                    )
-            b = buf[pos]
-            if b < 0x80:
-                offset_delta = (b >> 1) ^ -(b & 1)
-                pos += 1
-            elif buf[pos + 1] < 0x80:
-                z = (b & 0x7F) | (buf[pos + 1] << 7)
-                offset_delta = (z >> 1) ^ -(z & 1)
-                pos += 2
-            else:
-                offset_delta, pos = varint_at(buf, pos)
-            if offset_delta != index:
-                raise _Malformed(f"offsetDelta: expected {index}, found {offset_delta}")
-            b = buf[pos]
-            if b < 0x80:
-                key_length = (b >> 1) ^ -(b & 1)
-                pos += 1
-            else:
-                key_length, pos = varint_at(buf, pos)
-            if key_length >= 0:
-                if pos + key_length > record_end:
-                    raise _Malformed(f"key length {key_length} runs past the end of the record")
-                pos += key_length
-            elif key_length != null:
-                raise _Malformed(f"negative key length {key_length}")
-            b = buf[pos]
-            if b < 0x80:
-                value_length = (b >> 1) ^ -(b & 1)
-                pos += 1
-            elif buf[pos + 1] < 0x80:
-                z = (b & 0x7F) | (buf[pos + 1] << 7)
-                value_length = (z >> 1) ^ -(z & 1)
-                pos += 2
-            else:
-                value_length, pos = varint_at(buf, pos)
-            if value_length >= 0:
-                if pos + value_length > record_end:
-                    raise _Malformed(f"value length {value_length} runs past the end of the record")
-                pos += value_length
-            elif value_length != null:
-                raise _Malformed(f"negative value length {value_length}")
-            if buf[pos] == 0:
-                pos += 1
-            else:
-                pos = _decode_headers(buf, pos, record_end)[1]  # rare: decoding them is fine
-            if pos != record_end:
-                raise _Malformed(
-                    f"fields end at byte {pos - record_start}, the record's length says {length}"
-                )
-    except _Malformed as exc:
-        raise _bad_record(index, record_start - start, str(exc)) from None
-    except IndexError:
-        raise _bad_record(
-            index, record_start - start, "truncated: a varint runs past the section's end"
-        ) from None
-    except ValueError as exc:
-        raise _bad_record(index, record_start - start, str(exc)) from None
-    if pos != end:
-        raise InvalidRecordBatch(
-            f"records section has {end - pos} trailing bytes after the last of the {count} records "
-            "recordCount announces"
-        )
-
-
-def _varint_at(buf: bytes, pos: int) -> tuple[int, int]:
-    """A zig-zag varint of at most 64 bits; raises ValueError/IndexError on garbage."""
-    raw, pos = decode_uvarint(buf, pos)
-    if raw >= _UINT64_LIMIT:
-        raise ValueError("varint wider than 64 bits")
-    return (raw >> 1) ^ -(raw & 1), pos
-
-
-def _decode_headers(buf: bytes, pos: int, record_end: int) -> tuple[tuple[Header, ...], int]:
-    count, pos = _varint_at(buf, pos)
-    # Each header takes at least two bytes (its two length varints): a larger count is a lie.
-    if count < 0 or count * 2 > record_end - pos:
-        raise _Malformed(f"headers count {count} does not fit the record")
-    headers: list[Header] = []
-    for _ in range(count):
-        key_length, pos = _varint_at(buf, pos)
-        if key_length < 0 or pos + key_length > record_end:
-            raise _Malformed(f"header key length {key_length} is negative or runs past the record")
-        try:
-            name = buf[pos : pos + key_length].decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _Malformed(f"header key is not valid UTF-8: {exc}") from None
-        pos += key_length
-        value_length, pos = _varint_at(buf, pos)
-        if value_length >= 0:
-            if pos + value_length > record_end:
-                raise _Malformed(f"header value length {value_length} runs past the record")
-            headers.append((name, buf[pos : pos + value_length]))
-            pos += value_length
-        elif value_length == fmt.NULL_LENGTH:
-            headers.append((name, None))
-        else:
-            raise _Malformed(f"negative header value length {value_length}")
-    return tuple(headers), pos
-
-
-def _bad_record(index: int, position: int, detail: str) -> InvalidRecordBatch:
-    return InvalidRecordBatch(f"malformed record {index} at byte {position} of the records section: {detail}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -983,3 +687,80 @@ def split_batches(
 ) -> list[RecordBatch]:
     """Every batch of a concatenation of batches, or ``InvalidRecordBatch`` if any part is bad."""
     return list(iter_batches(data, verify_crc=verify_crc, max_batch_bytes=max_batch_bytes))
+
+
+class TaggedRecordCursor(Generic[TaggedRecord]):
+    """The records of one checked batch (``RecordBatch.tagged_cursor``), decoded on demand.
+
+    ``take(n)`` decodes and returns the next ``n`` records (fewer at the end); ``next_offset``
+    is the offset of the next record (offsets in a batch are consecutive: the decoder
+    checks offsetDelta), ``remaining`` how many are left.
+    """
+
+    __slots__ = (
+        "_append_time",
+        "_batch",
+        "_decoder",
+        "_index",
+        "_partition",
+        "_pos",
+        "_record_type",
+        "_section",
+        "_start",
+        "_topic",
+    )
+
+    def __init__(
+        self,
+        batch: RecordBatch,
+        section: bytes,
+        start: int,
+        append_time: int | None,
+        record_type: type[TaggedRecord],
+        topic: str,
+        partition: int,
+    ) -> None:
+        self._batch = batch
+        self._section = section
+        self._start = start
+        self._pos = start
+        self._index = 0
+        self._append_time = append_time
+        self._record_type = record_type
+        self._topic = topic
+        self._partition = partition
+        self._decoder = _decoders.active  # the build that checked the section decodes it
+
+    @property
+    def batch(self) -> RecordBatch:
+        return self._batch
+
+    @property
+    def remaining(self) -> int:
+        return self._batch.record_count - self._index
+
+    @property
+    def next_offset(self) -> int:
+        return self._batch.base_offset + self._index
+
+    def take(self, n: int) -> list[TaggedRecord]:
+        batch = self._batch
+        first = self._index
+        stop = min(batch.record_count, first + n)
+        records, self._pos = self._decoder.decode_range(
+            self._section,
+            self._start,
+            self._pos,
+            first,
+            stop,
+            batch.record_count,
+            batch.base_offset,
+            batch.base_timestamp,
+            self._append_time,
+            self._record_type,
+            self._topic,
+            self._partition,
+            True,
+        )
+        self._index = stop
+        return records

@@ -70,9 +70,18 @@ def test_consume_bench_json() -> None:
     result = run_json("consume", "--records", "30000")
     assert result["bench"] == "consume"
     assert_rates(result["preload"])
-    assert_rates(result["consume"])
-    # Everything preloaded (whole requests of pre-built batches) is read back.
-    assert result["consume"]["records"] == result["preload"]["records"] >= 30000
+    # getmany, then async for: everything preloaded (whole requests of pre-built batches) is
+    # read back each way, with the CPU each process spent per record.
+    for key, mode in (("consume", "getmany"), ("async_for", "async-for")):
+        row = result[key]
+        assert row["mode"] == mode
+        assert_rates(row)
+        assert row["records"] == result["preload"]["records"] >= 30000
+        rounding = 0.005 * 1e6 / row["records"]  # client_cpu_s is rounded to 10 ms
+        assert row["client_cpu_us_per_record"] == pytest.approx(
+            row["client_cpu_s"] * 1e6 / row["records"], abs=rounding + 0.001
+        )
+        assert row["broker_cpu_us_per_record"] is not None and row["broker_cpu_us_per_record"] >= 0
 
 
 @pytest.mark.slow

@@ -111,6 +111,7 @@ class FakeSentinel(pb.SentinelBase):
         self.groups: dict[str, FakeGroup] = defaultdict(FakeGroup)
         self.calls: Counter[str] = Counter()
         self.produce_requests: list[pb.ProduceRequest] = []
+        self.fetched_from: list[int] = []  # the offset each fetch asked for, in arrival order
         self.failures: dict[str, deque[GRPCError]] = defaultdict(deque)
         self.produce_gate: asyncio.Event | None = None
         self.produce_parked = asyncio.Event()  # set when a produce request waits at the gate
@@ -267,6 +268,7 @@ class FakeSentinel(pb.SentinelBase):
         )
 
     async def fetch(self, message: pb.ConsumeRequest) -> pb.ConsumeResponse:
+        self.fetched_from.append(message.offset)
         self._enter("fetch")
         part = self._partition(message.topic, message.partition)
         offset = message.offset

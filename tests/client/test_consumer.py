@@ -19,10 +19,10 @@ from sentinel.client import (
     TopicPartition,
 )
 from sentinel.client.errors import RequestTimeout
-from sentinel.client.fetching import PartitionState, records_from_batches
+from sentinel.client.fetching import DECODE_AT_LEAST, FetchResult, PartitionState, records_from_batches
 from sentinel.client.reachability import Reachability
 from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from sentinel.records import build_batch
+from sentinel.records import RecordBatch, build_batch
 
 TP = TopicPartition("events", 0)
 
@@ -56,6 +56,55 @@ def test_seek_into_a_batch_skips_the_records_before_the_offset() -> None:
     run(scenario)
 
 
+def test_the_next_answers_are_fetched_while_the_application_works_through_this_one() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        for name in (b"a", b"b", b"c"):
+            await produce(fake, "events", [name + b"%d" % i for i in range(3)])
+        one_batch = fake.topics["events"][0].batches[0].size_in_bytes  # one batch per answer
+        async with Consumer(fake.address, fetch_max_bytes=one_batch, max_poll_records=1) as consumer:
+            consumer.assign([TP])
+            consumer.seek(TP, 0)
+            got = await consumer.getmany(timeout_ms=5000)
+            assert [r.offset for r in got[TP]] == [0]
+            # Offsets 1 and 2 are still buffered; the answer from 3 is fetched, and the one
+            # from 6 as soon as that one arrived (it says where it ends).
+            async with asyncio.timeout(2):
+                await fake.wait_for_calls("fetch", 3)
+            assert fake.fetched_from[:3] == [0, 3, 6]
+            assert await consumer.position(TP) == 1
+            rest: list[ConsumerRecord] = []
+            while len(rest) < 8:
+                rest += (await consumer.getmany(timeout_ms=5000))[TP]
+            assert [r.offset for r in rest] == list(range(1, 9))
+            assert values(rest) == [b"a1", b"a2", b"b0", b"b1", b"b2", b"c0", b"c1", b"c2"]
+            assert await consumer.position(TP) == 9
+
+    run(scenario)
+
+
+def test_a_seek_drops_the_pipelined_answer() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"a%d" % i for i in range(3)])
+        await produce(fake, "events", [b"b%d" % i for i in range(3)])
+        one_batch = fake.topics["events"][0].batches[0].size_in_bytes
+        async with Consumer(fake.address, fetch_max_bytes=one_batch, max_poll_records=1) as consumer:
+            consumer.assign([TP])
+            consumer.seek(TP, 0)
+            await consumer.getmany(timeout_ms=5000)
+            async with asyncio.timeout(2):
+                await fake.wait_for_calls("fetch", 2)  # the answer from offset 3 is fetched
+            consumer.seek(TP, 1)
+            got: list[ConsumerRecord] = []
+            while len(got) < 5:
+                got += (await consumer.getmany(timeout_ms=5000))[TP]
+            assert [r.offset for r in got] == [1, 2, 3, 4, 5]
+            assert 1 in fake.fetched_from[2:]  # read again from the seek
+
+    run(scenario)
+
+
 def test_records_from_batches_skips_before_start_and_keeps_order() -> None:
     first = build_batch([(None, b"a", (), 1), (None, b"b", (), 2)], base_offset=10)
     second = build_batch([(b"k", b"c", (), 3)], base_offset=12)
@@ -81,6 +130,41 @@ def test_partition_state_take_advances_the_position_past_the_answer() -> None:
     state.records = [ConsumerRecord("events", 0, 20, 0, None, b"x", ())]
     state.reset(5)
     assert (state.position, state.records, state.index) == (5, [], 0)
+
+
+def test_buffered_batches_are_decoded_one_at_a_time_as_records_are_taken() -> None:
+    # A record is built shortly before it is handed out: an answer's later batches stay
+    # undecoded bytes until the application reaches them.
+    state = PartitionState(TP)
+    state.position = 11
+    batches = [
+        RecordBatch(build_batch([(None, b"%d" % i, (), i) for i in range(3)], base_offset=10)),
+        RecordBatch(build_batch([(None, b"%d" % i, (), i) for i in range(3, 6)], base_offset=13)),
+    ]
+    state.buffer(FetchResult(11, batches, 16, 16))
+    assert len(state.batches) == 2 and state.records == []
+    assert [r.offset for r in state.take(1)] == [11]
+    assert len(state.batches) == 1 and [r.offset for r in state.records[state.index :]] == [12]
+    assert state.position == 12
+    assert [r.offset for r in state.take(1)] == [12]
+    assert state.position == 13 and len(state.batches) == 1  # the next batch's first offset
+    assert [r.offset for r in state.take(5)] == [13, 14, 15]
+    assert state.position == 16 and not state.buffered()
+
+
+def test_a_large_batch_is_decoded_in_pieces_just_ahead_of_the_application() -> None:
+    state = PartitionState(TP)
+    state.position = 0
+    count = DECODE_AT_LEAST * 2 + 7
+    batch = RecordBatch(build_batch([(None, b"v", (), 0)] * count))
+    state.buffer(FetchResult(0, [batch], count, count))
+    assert [r.offset for r in state.take(1)] == [0]
+    assert len(state.records) == DECODE_AT_LEAST  # not all of the batch
+    assert state.cursor is not None and state.cursor.remaining == count - DECODE_AT_LEAST
+    assert state.position == 1
+    taken = state.take(DECODE_AT_LEAST * 3)
+    assert [r.offset for r in taken] == list(range(1, count))
+    assert state.position == count and not state.buffered()
 
 
 def test_auto_offset_reset_earliest_reads_everything() -> None:
@@ -253,6 +337,26 @@ def test_async_for_yields_records_in_order_and_commits_what_was_consumed() -> No
             assert got == [0, 1, 2, 3, 4]
             assert await consumer.position(TP) == 5  # not 8: read-ahead is not consumed
         assert fake.groups["it"].offsets == {("events", 0): 5}
+
+    run(scenario)
+
+
+def test_async_for_keeps_the_position_just_past_each_record_across_batches_and_answers() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"a%d" % i for i in range(3)])
+        await produce(fake, "events", [b"b%d" % i for i in range(3)])
+        one_batch = fake.topics["events"][0].batches[0].size_in_bytes  # one batch per answer
+        async with Consumer(
+            fake.address, fetch_max_bytes=one_batch, auto_offset_reset="earliest"
+        ) as consumer:
+            consumer.assign([TP])
+            positions = []
+            async for record in consumer:
+                positions.append((record.offset, await consumer.position(TP)))
+                if record.offset == 5:
+                    break
+            assert positions == [(i, i + 1) for i in range(6)]
 
     run(scenario)
 

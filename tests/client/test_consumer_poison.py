@@ -8,6 +8,7 @@ data stored before the broker validated records would be: its produce path refus
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import pytest
@@ -114,6 +115,32 @@ def test_async_for_yields_the_good_records_then_raises() -> None:
                 async for record in consumer:
                     seen.append(record.value)
             assert seen == [b"a", b"b", b"c"]
+
+    run(scenario)
+
+
+def test_damage_met_when_its_batch_is_decoded_drops_the_answer_fetched_past_it() -> None:
+    # Batches are decoded as the application reaches them, and the answer after the
+    # buffered one is fetched meanwhile: damage found late must still stop the position.
+    async def scenario(fake: FakeSentinel) -> None:
+        first, poison = good(b"a", b"b", b"c"), poison_batch()
+        stored(fake, "events", 1, (0, first), (0, poison), (0, good(b"d", b"e")))
+        two_batches = first.size_in_bytes + poison.size_in_bytes
+        options = {"auto_offset_reset": "earliest", "max_poll_records": 2, "fetch_max_bytes": two_batches}
+        async with Consumer(fake.address, **options) as consumer:  # type: ignore[arg-type]
+            consumer.assign([TP])
+            got = await consumer.getmany(timeout_ms=5000)
+            assert offsets_and_values(got[TP]) == [(0, b"a"), (1, b"b")]
+            async with asyncio.timeout(2):
+                await fake.wait_for_calls("fetch", 2)
+            assert fake.fetched_from[:2] == [0, 6]  # the damage is not decoded yet
+            got = await consumer.getmany(timeout_ms=5000)
+            assert offsets_and_values(got[TP]) == [(2, b"c")]
+            for _ in range(2):
+                with pytest.raises(CorruptRecordBatch, match="^" + damaged_message(3) + "$"):
+                    await consumer.getmany(timeout_ms=60_000)
+                assert await consumer.position(TP) == 3  # not 6: the answer from 6 was dropped
+            assert 3 in fake.fetched_from[2:]  # read again from the damage, not past it
 
     run(scenario)
 

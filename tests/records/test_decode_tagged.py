@@ -52,3 +52,30 @@ def test_tagged_decoding_validates_like_decode_records() -> None:
     with pytest.raises(InvalidRecordBatch) as tagged:
         batch.decode_tagged(ConsumerRecord, "t", 0)
     assert str(tagged.value) == str(plain.value)
+
+
+@pytest.mark.parametrize("step", [1, 2, 5])
+def test_a_cursor_decodes_the_records_of_decode_tagged_a_few_at_a_time(step: int) -> None:
+    for options in ({}, {"compression": Compression.GZIP}, {"timestamp_type": TimestampType.LOG_APPEND_TIME}):
+        batch = sample(**options)
+        cursor = batch.tagged_cursor(ConsumerRecord, "orders", 3)
+        assert (cursor.remaining, cursor.next_offset) == (3, 40)
+        pieces: list[ConsumerRecord] = []
+        while cursor.remaining:
+            piece = cursor.take(step)
+            assert 0 < len(piece) <= step
+            pieces += piece
+            assert cursor.next_offset == 40 + len(pieces)
+        assert pieces == batch.decode_tagged(ConsumerRecord, "orders", 3)
+        assert cursor.take(step) == []
+
+
+def test_a_cursor_checks_the_whole_batch_before_building_any_record() -> None:
+    data = bytearray(sample().data)
+    data[-1] ^= 0xFF  # the last record is damaged; the first two are fine
+    batch = RecordBatch(bytes(data), verify_crc=False)
+    with pytest.raises(InvalidRecordBatch) as cursor:
+        batch.tagged_cursor(ConsumerRecord, "t", 0)
+    with pytest.raises(InvalidRecordBatch) as whole:
+        batch.decode_tagged(ConsumerRecord, "t", 0)
+    assert str(cursor.value) == str(whole.value)

@@ -1,0 +1,83 @@
+"""Which build of the records-section decoder (``sentinel.records.decode``) runs.
+
+``setup.py`` compiles ``decode.py`` with mypyc into an extension module beside it; Python
+then imports the extension in place of the source. A compiled module is used only when it
+was built from this very source (the SHA-256 that ``setup.py`` wrote beside it matches
+``decode.py``): after an edit without a rebuild (``pip install -e .`` again) the source
+runs, slower but never stale. Where nothing was compiled (no C compiler,
+``SENTINEL_NO_COMPILE=1`` at install time) the source runs too.
+
+``active`` is the module every ``RecordBatch`` decodes with. ``pure()`` loads the source as
+a module of its own whatever was compiled, so the record tests run against both builds
+(``using`` swaps ``active`` for the duration of a test): one codec of record, two builds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+from sentinel.records import decode as _imported
+
+_SOURCE = os.path.join(os.path.dirname(__file__), "decode.py")
+_STAMP = os.path.join(os.path.dirname(__file__), "decode.source-sha256")  # written by setup.py
+
+
+def is_compiled(module: ModuleType) -> bool:
+    """True for the mypyc build (an extension module), False for the source."""
+    return not (module.__file__ or "").endswith(".py")
+
+
+def is_fresh(stamp: str, source: str) -> bool:
+    """True when the digest in the ``stamp`` file is the SHA-256 of the ``source`` file."""
+    try:
+        with open(stamp) as f:
+            recorded = f.read().strip()
+        with open(source, "rb") as f:
+            actual = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return False  # no stamp: not built by setup.py; no source: nothing to vouch for it
+    return recorded == actual
+
+
+_pure: ModuleType | None = None
+
+
+def pure() -> ModuleType:
+    """``decode.py`` run as Python source (loaded once, under a name of its own)."""
+    global _pure
+    if _pure is None:
+        if not is_compiled(_imported):
+            _pure = _imported
+        else:
+            spec = importlib.util.spec_from_file_location("sentinel.records._decode_source", _SOURCE)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            _pure = module
+    return _pure
+
+
+def compiled() -> ModuleType | None:
+    """The mypyc build of ``decode.py`` if one is installed and up to date, else None."""
+    if is_compiled(_imported) and is_fresh(_STAMP, _SOURCE):
+        return _imported
+    return None
+
+
+active: ModuleType = compiled() or pure()
+
+
+@contextmanager
+def using(module: ModuleType) -> Iterator[None]:
+    """Decode with ``module`` (``compiled()`` or ``pure()``) inside the block: for tests."""
+    global active
+    previous, active = active, module
+    try:
+        yield
+    finally:
+        active = previous
