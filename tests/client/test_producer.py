@@ -226,7 +226,10 @@ def test_batch_size_reached_sends_without_waiting_for_linger() -> None:
         fake.create("b", 1)
         async with Producer(fake.address, linger_ms=60_000, batch_size=500) as producer:
             futures = [await producer.send("b", b"x" * 100) for _ in range(5)]  # crosses 500 bytes
-            await futures[-1]  # would take a minute if the full batch lingered
+            await futures[3]  # the full batch (4 records): would take a minute if it lingered
+            assert not futures[4].done()  # the next batch, not full, lingers (Kafka's batch.size)
+            await producer.flush()
+            assert [(await f).offset for f in futures] == list(range(5))
 
     run(scenario)
 
