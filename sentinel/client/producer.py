@@ -106,7 +106,8 @@ from sentinel.errors import (
     Unavailable,
 )
 from sentinel.generated.sentinel import v1 as pb
-from sentinel.records import Compression, Header, RecordTuple, build_batch
+from sentinel.records import Compression, Header, RecordTuple
+from sentinel.records.builder import encode_batch
 
 __all__ = ["Producer"]
 
@@ -133,6 +134,8 @@ REQUEST_FILL_BYTES: Final = 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
 DEFAULT_RETRIES: Final = 5
 DEFAULT_RETRY_BACKOFF_MS: Final = 100
+_time_ns = time.time_ns
+_monotonic = time.monotonic
 # FetchMetadata / CreateTopic while resolving a topic: retried this often before giving up.
 METADATA_RETRIES: Final = 5
 
@@ -357,7 +360,7 @@ class Producer:
             if key is not None:
                 size += len(key)
         if timestamp_ms is None:
-            timestamp_ms = time.time_ns() // 1_000_000
+            timestamp_ms = _time_ns() // 1_000_000
         elif type(timestamp_ms) is not int or timestamp_ms < 0:
             raise InvalidArgument(f"timestamp_ms must be an int >= 0, got {timestamp_ms!r}")
         if size > self.max_record_bytes:  # before the topic is looked up (and auto-created)
@@ -365,11 +368,20 @@ class Producer:
                 f"record of ~{size} bytes is larger than one request can carry: "
                 f"max_request_bytes is {self.max_request_bytes} (at most {self.max_record_bytes} per record)"
             )
-        count = self._partition_counts.get(topic) or await self._resolve_topic(topic)
-        if partition is None or partition == -1:
-            partition = self._default_partition(topic, key, count)
-        elif type(partition) is not int or not 0 <= partition < count:
-            partition = await self._check_partition(topic, partition)
+        # An explicit partition that has a sender was valid when it got one (partitions are
+        # never removed): no look-up of the partition count.
+        senders = self._senders_by_topic.get(topic)
+        sender = senders.get(partition) if senders is not None and partition is not None else None
+        if sender is None:
+            count = self._partition_counts.get(topic) or await self._resolve_topic(topic)
+            if partition is None or partition == -1:
+                partition = self._default_partition(topic, key, count)
+            elif type(partition) is not int or not 0 <= partition < count:
+                partition = await self._check_partition(topic, partition)
+            senders = self._senders_by_topic.get(topic)
+            sender = senders.get(partition) if senders is not None else None
+            if sender is None:
+                sender = self._start_sender(TopicPartition(topic, partition))
         acc = self._acc
         # acc.can_reserve / acc.reserve, inlined (the per-record path).
         buffered = acc.buffered + size
@@ -377,26 +389,25 @@ class Producer:
             await self._wait_for_room(size)
         else:
             acc.buffered = buffered
-        # _enqueue, inlined (the per-record path): the record joins its partition's open
-        # run, and its future is its place there.
-        senders = self._senders_by_topic.get(topic)
-        sender = senders.get(partition) if senders is not None else None
-        if sender is None:
-            sender = self._start_sender(TopicPartition(topic, partition))
+        # PartitionQueue.add, inlined (the per-record path): the record joins its
+        # partition's open run, and its future is its place there.
         sender.enqueued += 1
         queue = sender.queue
         piece = queue.open
         if piece is None:
             piece = queue.open_piece(RecordRun(self._loop, topic, partition))  # type: ignore[arg-type]
-        future = RecordFuture(piece.completion, piece.start + piece.count, timestamp_ms)  # type: ignore[arg-type]
-        if queue.add(
-            (key, value, header_items, timestamp_ms),
-            size,
-            time.monotonic() if not queue.records else 0.0,
-            self._acc.batch_size,
-        ):
+        index = piece.start + piece.count
+        piece.count += 1
+        records = queue.records
+        if not records:
+            queue.first_at = _monotonic()
+        records.append((key, value, header_items, timestamp_ms))
+        queue.sizes.append(size)
+        before = queue.size
+        queue.size = after = before + size
+        if before == 0 or before < acc.batch_size <= after:  # first record, or just full
             sender.wakeup.set()
-        return future
+        return RecordFuture(piece.completion, index, timestamp_ms)  # type: ignore[arg-type]
 
     async def send_batch(
         self,
@@ -429,7 +440,7 @@ class Producer:
             raise InvalidArgument(f"timestamp_ms must be an int >= 0, got {timestamp_ms!r}")
         if isinstance(values, bytes | str) or not len(values):
             raise InvalidArgument("send_batch needs a non-empty sequence of values")
-        data = build_batch(
+        data = encode_batch(
             [(key, value, header_items, timestamp_ms) for value in values], compression=self._compression
         )
         acc = self._acc
@@ -820,17 +831,17 @@ class Producer:
                 encoded = [
                     batch[0].data
                     if type(batch[0]) is WholeBatch
-                    else build_batch(_records(batch), compression=codec)
+                    else encode_batch(_records(batch), compression=codec)
                     for batch in drained.batches
                 ]
             else:
-                encoded = [build_batch(_records(batch), compression=codec) for batch in drained.batches]
+                encoded = [encode_batch(_records(batch), compression=codec) for batch in drained.batches]
         else:
             producer_id, epoch = binding.producer_id, binding.producer_epoch
             encoded = [
                 stamp_producer(batch[0].data, producer_id, epoch, base)
                 if type(batch[0]) is WholeBatch
-                else build_batch(
+                else encode_batch(
                     _records(batch),
                     compression=codec,
                     producer_id=producer_id,
