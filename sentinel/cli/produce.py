@@ -40,7 +40,7 @@ from sentinel.cli.output import (
     usage_error,
     write_lines,
 )
-from sentinel.client import Producer, RecordMetadata
+from sentinel.client import Producer
 from sentinel.client.delivery import RecordFuture
 from sentinel.client.producer import DEFAULT_MAX_REQUEST_BYTES
 from sentinel.errors import SentinelError
