@@ -30,6 +30,7 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import deque
 from collections.abc import Sequence
@@ -94,11 +95,14 @@ class Piece(Generic[C]):
 class PartitionQueue(Generic[C]):
     """Records of one partition waiting to be sent, oldest first."""
 
-    __slots__ = ("first_at", "open", "pieces", "records", "size", "sizes", "wholes")
+    __slots__ = ("ends", "first_at", "open", "origin", "pieces", "records", "size", "wholes")
 
     def __init__(self) -> None:
         self.records: list[Entry] = []
-        self.sizes: list[int] = []
+        # Estimated bytes queued ever, through each entry: a drain finds where batches and
+        # requests end by bisection, not by a Python loop over its records.
+        self.ends: list[int] = []
+        self.origin = 0  # bytes queued ever before the first queued entry
         self.pieces: deque[Piece[C]] = deque()
         #: The piece the next record joins (None: the next record starts one).
         self.open: Piece[C] | None = None
@@ -126,11 +130,11 @@ class PartitionQueue(Generic[C]):
         if not records:
             self.first_at = now
         records.append(record)
-        self.sizes.append(size)
         self.open.count += 1  # type: ignore[union-attr]
         before = self.size
-        self.size = before + size
-        return before == 0 or before < batch_size <= self.size
+        self.size = after = before + size
+        self.ends.append(self.origin + after)
+        return before == 0 or before < batch_size <= after
 
     def add_whole(self, batch: WholeBatch, completion: C, size: int, now: float, batch_size: int) -> bool:
         """Queue a whole batch, a piece of its own; the next record starts a new piece."""
@@ -216,17 +220,72 @@ class RecordAccumulator(Generic[C]):
         queue = self._queues.get(tp)
         if queue is None or not queue.records:
             return None
-        sizes = queue.sizes
         records = queue.records
-        wholes = queue.wholes
+        if queue.wholes:
+            taken, starts = self._cut_entries(queue, max_batches, full_only)
+        else:
+            taken, starts = self._cut_records(queue, max_batches, full_only)
+        batches = [records[start:end] for start, end in itertools.pairwise(starts)]
+        taken_wholes = sum(1 for batch in batches if type(batch[0]) is WholeBatch) if queue.wholes else 0
+        ends = queue.ends
+        drained_size = ends[taken - 1] - queue.origin
+        pieces = self._take_pieces(queue, records, taken)
+        queue.origin = ends[taken - 1]
+        del records[:taken]
+        del ends[:taken]
+        queue.size -= drained_size
+        queue.wholes -= taken_wholes
+        return Drained(batches, pieces, taken, drained_size, taken_wholes)
+
+    def _cut_records(
+        self, queue: PartitionQueue[C], max_batches: int | None, full_only: bool
+    ) -> tuple[int, list[int]]:
+        """Where a drain of records alone ends, and where its batches start (then the end):
+        one bisection per batch."""
+        ends = queue.ends
+        count = len(ends)
+        origin = queue.origin
+        batch_size = self.batch_size
+        # ends[i] <= this for every entry i of a request of b batches.
+        request_end = origin + self.max_request_bytes
+        starts: list[int] = []
+        position = 0
+        base = origin  # bytes queued ever before the batch being cut
+        while position < count and len(starts) != max_batches:
+            room = request_end - (len(starts) + 1) * BATCH_OVERHEAD
+            full_end = bisect.bisect_right(ends, base + batch_size, position)
+            end = bisect.bisect_right(ends, room, position, full_end)
+            if end == position:
+                # A record larger than a batch goes in a batch of its own; the first record
+                # of a request goes whatever the limits.
+                if not starts or (full_end == position and ends[position] <= room):
+                    end = position + 1
+                else:
+                    break
+            elif full_only and end == count == full_end and starts:
+                break  # the open last batch waits for more records
+            starts.append(position)
+            base = ends[end - 1]
+            position = end
+        starts.append(position)
+        return position, starts
+
+    def _cut_entries(
+        self, queue: PartitionQueue[C], max_batches: int | None, full_only: bool
+    ) -> tuple[int, list[int]]:
+        """``_cut_records`` for a queue that holds whole batches: entry by entry."""
+        records = queue.records
         batch_size = self.batch_size
         limit = self.max_request_bytes
         starts: list[int] = []  # index of each batch's first entry
         open_bytes = -1  # bytes of the batch records may still join; -1: none is open
         request_bytes = 0
         taken = 0
-        for i, size in enumerate(sizes):
-            whole = wholes and type(records[i]) is WholeBatch
+        previous = queue.origin
+        for i, end in enumerate(queue.ends):
+            size = end - previous
+            previous = end
+            whole = type(records[i]) is WholeBatch
             if whole or open_bytes < 0 or open_bytes + size > batch_size:  # starts a batch
                 extra = size + BATCH_OVERHEAD
                 if taken and (len(starts) == max_batches or request_bytes + extra > limit):
@@ -243,15 +302,7 @@ class RecordAccumulator(Generic[C]):
         if full_only and taken == len(records) and len(starts) > 1 and open_bytes >= 0:
             taken = starts.pop()  # the open last batch waits for more records
         starts.append(taken)
-        batches = [records[start:end] for start, end in itertools.pairwise(starts)]
-        taken_wholes = sum(1 for batch in batches if type(batch[0]) is WholeBatch) if wholes else 0
-        drained_size = sum(sizes[:taken])
-        pieces = self._take_pieces(queue, records, taken)
-        del records[:taken]
-        del sizes[:taken]
-        queue.size -= drained_size
-        queue.wholes -= taken_wholes
-        return Drained(batches, pieces, taken, drained_size, taken_wholes)
+        return taken, starts
 
     @staticmethod
     def _take_pieces(
@@ -290,6 +341,7 @@ class RecordAccumulator(Generic[C]):
             return []
         pieces = self._take_pieces(queue, queue.records, len(queue.records))
         self.release(queue.size)
-        queue.records, queue.sizes, queue.size = [], [], 0
+        queue.origin += queue.size
+        queue.records, queue.ends, queue.size = [], [], 0
         queue.wholes = 0
         return pieces

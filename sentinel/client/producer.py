@@ -402,9 +402,9 @@ class Producer:
         if not records:
             queue.first_at = _monotonic()
         records.append((key, value, header_items, timestamp_ms))
-        queue.sizes.append(size)
         before = queue.size
         queue.size = after = before + size
+        queue.ends.append(queue.origin + after)
         if before == 0 or before < acc.batch_size <= after:  # first record, or just full
             sender.wakeup.set()
         return RecordFuture(piece.completion, index, timestamp_ms)  # type: ignore[arg-type]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sentinel.client.accumulator import (
     BATCH_OVERHEAD,
@@ -159,3 +161,25 @@ def test_a_whole_batch_is_a_batch_of_its_own_between_records() -> None:
     tail = acc.drain(TP)
     assert tail is not None and tail.batch_record_counts() == [2] and tail.wholes == 0
     assert tail.pieces == [(2, 0, 2, 2)]
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 400), min_size=1, max_size=60),
+    batch_size=st.integers(1, 1000),
+    limit=st.integers(1, 3000),
+    max_batches=st.one_of(st.none(), st.integers(1, 6)),
+    full_only=st.booleans(),
+)
+def test_bisected_drains_cut_where_the_entry_by_entry_reference_cuts(
+    sizes: list[int], batch_size: int, limit: int, max_batches: int | None, full_only: bool
+) -> None:
+    # Records alone are cut by bisection over the running byte counts; queues holding
+    # whole batches entry by entry. Both must agree wherever both apply.
+    acc = Acc(batch_size=batch_size, max_buffer_bytes=1 << 30, max_request_bytes=limit)
+    acc.queue(TP).origin = 12_345  # bytes queued before: the counts are running totals
+    acc.queue(TP).ends = []
+    for i, size in enumerate(sizes):
+        acc.append(TP, record(i), 0, size, now=0.0)
+    queue = acc.queue(TP)
+    assert acc._cut_records(queue, max_batches, full_only) == acc._cut_entries(queue, max_batches, full_only)
