@@ -372,7 +372,7 @@ class Producer:
         # An explicit partition that has a sender was valid when it got one (partitions are
         # never removed): no look-up of the partition count.
         senders = self._senders_by_topic.get(topic)
-        sender = senders.get(partition) if senders is not None and partition is not None else None
+        sender = senders.get(partition) if senders is not None and type(partition) is int else None
         if sender is None:
             count = self._partition_counts.get(topic) or await self._resolve_topic(topic)
             if partition is None or partition == -1:

@@ -63,6 +63,11 @@ def test_explicit_partition_wins_over_key_and_is_validated() -> None:
             expected = r"partition 4 does not exist in topic 't': valid partitions are 0\.\.3"
             with pytest.raises(InvalidArgument, match=expected):
                 await producer.send("t", b"x", partition=4)
+            # Partition 1 has a sender now: a 1.0 or True that equals it is still refused.
+            await producer.send_and_wait("t", b"x", partition=1)
+            for wrong in (1.0, True):
+                with pytest.raises(InvalidArgument, match="partition must be an int"):
+                    await producer.send("t", b"x", partition=wrong)  # type: ignore[arg-type]
 
     run(scenario)
 
