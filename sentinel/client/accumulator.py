@@ -246,7 +246,8 @@ class RecordAccumulator(Generic[C]):
         count = len(ends)
         origin = queue.origin
         batch_size = self.batch_size
-        # ends[i] <= this for every entry i of a request of b batches.
+        # A request of b batches takes the entries whose running count is at most this
+        # less b batch headers.
         request_end = origin + self.max_request_bytes
         starts: list[int] = []
         position = 0
