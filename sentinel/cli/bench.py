@@ -85,6 +85,12 @@ def _cpu(row: dict) -> str:
     )
 
 
+def _cpu_per_record(row: dict) -> str:
+    client, broker = row.get("client_cpu_us_per_record"), row.get("broker_cpu_us_per_record")
+    broker_text = f"{broker:.2f} us" if broker is not None else "?"
+    return f"per record: client {client:.2f} us, broker {broker_text}"
+
+
 def _latency(figures: dict) -> str:
     return (
         f"p50 {figures['p50']:.2f} ms  p99 {figures['p99']:.2f} ms  p99.9 {figures['p999']:.2f} ms"
@@ -96,9 +102,9 @@ def _print_produce(result: dict) -> None:
     _print_header(result)
     for row in result["throughput"]:
         print(
-            f"produce acks={row['acks']:<4} batch {row['batch_size']:,} B, linger {row['linger_ms']:g} ms"
+            f"produce acks={row['acks']:<4} batch {row['batch_size']:>9,} B, linger {row['linger_ms']:g} ms"
             f"  {row['records_per_s']:>10,} records/s  {row['mb_per_s']:>7.2f} MB/s"
-            f"  ({row['records']:,} in {row['seconds']:.1f} s; {_cpu(row)})"
+            f"  ({row['records']:,} in {row['seconds']:.1f} s; {_cpu(row)}; {_cpu_per_record(row)})"
         )
     for row in result["send_batch"]:
         print(

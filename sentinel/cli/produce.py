@@ -40,7 +40,8 @@ from sentinel.cli.output import (
     usage_error,
     write_lines,
 )
-from sentinel.client import Producer, RecordMetadata
+from sentinel.client import Producer
+from sentinel.client.delivery import RecordFuture
 from sentinel.client.producer import DEFAULT_MAX_REQUEST_BYTES
 from sentinel.errors import SentinelError
 
@@ -92,13 +93,13 @@ class _Run:
         self.interrupted = True
         self.stop.set()
 
-    def track(self, future: asyncio.Future[RecordMetadata], key: bytes | None, value: bytes) -> None:
+    def track(self, future: RecordFuture, key: bytes | None, value: bytes) -> None:
         self.sent += 1
         self.pending += 1
         self._idle.clear()
         future.add_done_callback(lambda f: self._done(f, key, value))
 
-    def _done(self, future: asyncio.Future[RecordMetadata], key: bytes | None, value: bytes) -> None:
+    def _done(self, future: RecordFuture, key: bytes | None, value: bytes) -> None:
         self.pending -= 1
         if self.pending == 0:
             self._idle.set()

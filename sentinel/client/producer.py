@@ -19,9 +19,16 @@ How it works:
 - **Batching.** ``send`` appends to the partition's queue in the accumulator (a pure core)
   and returns at once. One sender task per partition drains the queue when it holds
   ``batch_size`` bytes, when its oldest record has waited ``linger_ms``, or at once while a
-  flush, a close or a sender blocked on memory is waiting. One request carries everything
-  queued (up to 1 MiB, or one larger record) as consecutive RecordBatches of at most
-  ``batch_size`` bytes.
+  flush, a close or a sender blocked on memory is waiting. ``batch_size`` is Kafka's
+  ``batch.size``: the most bytes of one RecordBatch (a larger record goes in a batch of its
+  own). One request carries consecutive batches, up to 1 MiB (or one larger record) and
+  ``max_request_bytes``; a queue drained because it is full leaves its last, partly filled
+  batch to fill up, unless that is all there is.
+- **Futures.** ``send`` returns a :class:`~sentinel.client.delivery.RecordFuture`: a light
+  Future-like object (``await``, ``result``, ``add_done_callback``, ``asyncio.gather``...)
+  that refers to the run of records it was queued with. The producer keeps no per-record
+  object, and settles a whole run part with one call when a request is answered; the
+  record's metadata is built when asked for (see :mod:`sentinel.client.delivery`).
 - **Order.** Offsets follow send order per partition, and each partition's futures are
   resolved in that order. A failed request is sent again before anything formed after it
   (:mod:`sentinel.client.sequencing` decides what goes when).
@@ -54,9 +61,9 @@ How it works:
   (``enable_idempotence=False``, or acks other than "all" left at the default): one
   request in flight per partition, and a request that timed out after the broker appended
   it is appended again on retry (at least once).
-- **Batches under idempotence.** A backlog larger than 5 batches of ``batch_size`` goes in
-  fewer, larger batches, so a request still carries up to 1 MiB: a request costs far more
-  than a batch here, and ``send`` keeps the records/s it has without idempotence.
+- **Batches under idempotence.** At most 5 batches fly per partition, so with the default
+  ``batch_size`` (16 KiB) at most 80 KiB of a partition is unanswered at a time; a larger
+  ``batch_size`` (Kafka users set 64 KiB to 1 MB for throughput) lets more fly.
   ``send_batch`` batches are whole, so at most 5 of them fly: make them large (1000
   records of 100 bytes reach the non-idempotent rate; 150 make about 55-65% of it).
 """
@@ -69,7 +76,7 @@ import enum
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -87,6 +94,7 @@ from sentinel.client.accumulator import (
     estimate_size,
 )
 from sentinel.client.connection import Cluster, retry_delay, with_retries
+from sentinel.client.delivery import Completion, RecordFuture, RecordRun, WholeBatchDelivery
 from sentinel.client.errors import error_from_status, is_retriable
 from sentinel.client.sequencing import PartitionSequencer, Request, stamp_producer
 from sentinel.client.types import BatchMetadata, RecordMetadata, TopicPartition
@@ -98,16 +106,18 @@ from sentinel.errors import (
     Unavailable,
 )
 from sentinel.generated.sentinel import v1 as pb
-from sentinel.records import Compression, Header, RecordTuple, build_batch
+from sentinel.records import Compression, Header, RecordTuple
+from sentinel.records.builder import encode_batch
 
 __all__ = ["Producer"]
 
 DEFAULT_LINGER_MS: Final = 5
 DEFAULT_BATCH_SIZE: Final = 16 * 1024  # Kafka's batch.size
-# Kafka's buffer.memory is 32 MiB; here every buffered record is also a live asyncio Future,
-# and a full garbage collection (every ~10 gen-1 collections) walks them all. Measured with
-# 100-byte records: gen-2 collections took ~1.7 us per record with 32 MiB, ~1 us with 4 MiB,
-# and throughput did not drop (1 or 6 partitions). 4 MiB still holds four full requests.
+# Kafka's buffer.memory is 32 MiB. 4 MiB was chosen while every buffered record was an
+# asyncio Future that full garbage collections walked; queued records are now plain tuples
+# the collector stops tracking, but 32 MiB measured no faster (100-byte records, 1 MB and
+# 16 KiB batches: the broker sets the pace) and makes a flush wait longer. 4 MiB still
+# holds four full requests.
 DEFAULT_MAX_BUFFER_BYTES: Final = 4 * 1024 * 1024
 # Kafka's max.request.size: the largest ProduceRequest message. The default is the broker's
 # default --max-message-bytes (sentinel.node.DEFAULT_MAX_MESSAGE_BYTES), the largest
@@ -125,6 +135,8 @@ REQUEST_FILL_BYTES: Final = 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
 DEFAULT_RETRIES: Final = 5
 DEFAULT_RETRY_BACKOFF_MS: Final = 100
+_time_ns = time.time_ns
+_monotonic = time.monotonic
 # FetchMetadata / CreateTopic while resolving a topic: retried this often before giving up.
 METADATA_RETRIES: Final = 5
 
@@ -142,8 +154,6 @@ _COMPRESSION: Final[dict[str, Compression]] = {
     "zstd": Compression.ZSTD,
 }
 
-RecordFuture = asyncio.Future[RecordMetadata]
-
 
 class _State(enum.Enum):
     NEW = "new"
@@ -158,7 +168,7 @@ class _Payload:
 
     __slots__ = ("drained", "encoded", "message", "outcome")
 
-    def __init__(self, drained: Drained[RecordFuture]) -> None:
+    def __init__(self, drained: Drained[Completion]) -> None:
         self.drained = drained
         self.encoded: list[bytes] = []
         self.message: pb.ProduceRequest | None = None
@@ -171,7 +181,7 @@ class _PartitionSender:
     __slots__ = ("completed", "enqueued", "queue", "sequencer", "task", "tp", "unsettled", "wakeup")
 
     def __init__(
-        self, tp: TopicPartition, queue: PartitionQueue[RecordFuture], sequencer: PartitionSequencer[_Payload]
+        self, tp: TopicPartition, queue: PartitionQueue[Completion], sequencer: PartitionSequencer[_Payload]
     ) -> None:
         self.tp = tp
         self.queue = queue  # the accumulator's queue of this partition
@@ -241,15 +251,14 @@ class Producer:
         self.client_id = client_id
         self.max_request_bytes = max_request_bytes
         # The accumulator packs record batches: what a request holds beside them is set aside.
-        self._acc: RecordAccumulator[RecordFuture] = RecordAccumulator(
+        self._acc: RecordAccumulator[Completion] = RecordAccumulator(
             batch_size=batch_size,
             max_buffer_bytes=max_buffer_bytes,
             max_request_bytes=min(max_request_bytes - REQUEST_FRAMING_BYTES, REQUEST_FILL_BYTES),
         )
         # The largest record (estimated size) or send_batch batch that fits in one request.
         self.max_record_bytes = max_request_bytes - REQUEST_FRAMING_BYTES - BATCH_OVERHEAD
-        # The running loop's create_future, bound in start(): one call per record.
-        self._create_future: Callable[[], RecordFuture] = _no_loop
+        self._loop: asyncio.AbstractEventLoop | None = None  # bound in start()
         # The producer id and epoch new bindings take (InitProducerId, asked once, and again
         # only when a partition's binding broke under the current one).
         self._identity: tuple[int, int] | None = None
@@ -282,7 +291,7 @@ class Producer:
             raise
         self._cluster = cluster
         self._partition_counts = cluster.partition_counts
-        self._create_future = asyncio.get_running_loop().create_future
+        self._loop = asyncio.get_running_loop()
         self._state = _State.OPEN
         self._accepting = True
 
@@ -330,7 +339,8 @@ class Producer:
         headers: Iterable[Header] | None = None,
         timestamp_ms: int | None = None,
     ) -> RecordFuture:
-        """Queue one record; returns a future resolving to its RecordMetadata.
+        """Queue one record; returns a future (a :class:`RecordFuture`) resolving to its
+        RecordMetadata.
 
         Returns as soon as the record is queued; waits only while the buffer is full.
         Invalid arguments raise here; delivery failures arrive through the future.
@@ -351,7 +361,7 @@ class Producer:
             if key is not None:
                 size += len(key)
         if timestamp_ms is None:
-            timestamp_ms = time.time_ns() // 1_000_000
+            timestamp_ms = _time_ns() // 1_000_000
         elif type(timestamp_ms) is not int or timestamp_ms < 0:
             raise InvalidArgument(f"timestamp_ms must be an int >= 0, got {timestamp_ms!r}")
         if size > self.max_record_bytes:  # before the topic is looked up (and auto-created)
@@ -359,11 +369,20 @@ class Producer:
                 f"record of ~{size} bytes is larger than one request can carry: "
                 f"max_request_bytes is {self.max_request_bytes} (at most {self.max_record_bytes} per record)"
             )
-        count = self._partition_counts.get(topic) or await self._resolve_topic(topic)
-        if partition is None or partition == -1:
-            partition = self._default_partition(topic, key, count)
-        elif type(partition) is not int or not 0 <= partition < count:
-            partition = await self._check_partition(topic, partition)
+        # An explicit partition that has a sender was valid when it got one (partitions are
+        # never removed): no look-up of the partition count.
+        senders = self._senders_by_topic.get(topic)
+        sender = senders.get(partition) if senders is not None and type(partition) is int else None
+        if sender is None:
+            count = self._partition_counts.get(topic) or await self._resolve_topic(topic)
+            if partition is None or partition == -1:
+                partition = self._default_partition(topic, key, count)
+            elif type(partition) is not int or not 0 <= partition < count:
+                partition = await self._check_partition(topic, partition)
+            senders = self._senders_by_topic.get(topic)
+            sender = senders.get(partition) if senders is not None else None
+            if sender is None:
+                sender = self._start_sender(TopicPartition(topic, partition))
         acc = self._acc
         # acc.can_reserve / acc.reserve, inlined (the per-record path).
         buffered = acc.buffered + size
@@ -371,9 +390,25 @@ class Producer:
             await self._wait_for_room(size)
         else:
             acc.buffered = buffered
-        future: RecordFuture = self._create_future()
-        self._enqueue(topic, partition, (key, value, header_items, timestamp_ms), future, size)
-        return future
+        # PartitionQueue.add, inlined (the per-record path): the record joins its
+        # partition's open run, and its future is its place there.
+        sender.enqueued += 1
+        queue = sender.queue
+        piece = queue.open
+        if piece is None:
+            piece = queue.open_piece(RecordRun(self._loop, topic, partition))  # type: ignore[arg-type]
+        index = piece.start + piece.count
+        piece.count += 1
+        records = queue.records
+        if not records:
+            queue.first_at = _monotonic()
+        records.append((key, value, header_items, timestamp_ms))
+        before = queue.size
+        queue.size = after = before + size
+        queue.ends.append(queue.origin + after)
+        if before == 0 or before < acc.batch_size <= after:  # first record, or just full
+            sender.wakeup.set()
+        return RecordFuture(piece.completion, index, timestamp_ms)  # type: ignore[arg-type]
 
     async def send_batch(
         self,
@@ -406,7 +441,7 @@ class Producer:
             raise InvalidArgument(f"timestamp_ms must be an int >= 0, got {timestamp_ms!r}")
         if isinstance(values, bytes | str) or not len(values):
             raise InvalidArgument("send_batch needs a non-empty sequence of values")
-        data = build_batch(
+        data = encode_batch(
             [(key, value, header_items, timestamp_ms) for value in values], compression=self._compression
         )
         acc = self._acc
@@ -426,7 +461,8 @@ class Producer:
         else:
             acc.reserve(size)
         future: asyncio.Future[BatchMetadata] = asyncio.get_running_loop().create_future()
-        self._enqueue(topic, partition, WholeBatch(data, len(values), timestamp_ms), future, size, whole=True)
+        delivery = WholeBatchDelivery(future, topic, partition, len(values), timestamp_ms)
+        self._enqueue_whole(topic, partition, WholeBatch(data, len(values), timestamp_ms), delivery, size)
         return future
 
     def _default_partition(self, topic: str, key: bytes | None, count: int) -> int:
@@ -435,19 +471,17 @@ class Producer:
             return partition_for_key(key, count)
         return self._round_robin.next_partition(topic, count)
 
-    def _enqueue(
-        self, topic: str, partition: int, entry: Any, completion: Any, size: int, whole: bool = False
+    def _enqueue_whole(
+        self, topic: str, partition: int, batch: WholeBatch, delivery: WholeBatchDelivery, size: int
     ) -> None:
-        """Queue a record (or a whole batch) whose ``size`` is reserved; wake its sender when
-        the queue needs a look (first entry, or just reached batch_size)."""
+        """Queue a whole batch whose ``size`` is reserved; wake its sender when the queue
+        needs a look (first entry, or just reached batch_size)."""
         senders = self._senders_by_topic.get(topic)
         sender = senders.get(partition) if senders is not None else None
         if sender is None:
             sender = self._start_sender(TopicPartition(topic, partition))
         sender.enqueued += 1
-        queue = sender.queue
-        add = queue.add_whole if whole else queue.add
-        if add(entry, completion, size, time.monotonic(), self._acc.batch_size):
+        if sender.queue.add_whole(batch, delivery, size, time.monotonic(), self._acc.batch_size):
             sender.wakeup.set()
 
     def _not_accepting(self) -> SentinelError:
@@ -656,16 +690,19 @@ class Producer:
                         wakeup.clear()
                         await wakeup.wait()
                         continue
-                    if queue.size < acc.batch_size and not (
-                        self._flushing or self._room_waiters or self._state is not _State.OPEN
-                    ):
+                    # Full: send the full batches, leave the last to fill up. Lingered (or
+                    # flushing, closing, memory wanted): send everything.
+                    full_only = False
+                    if not (self._flushing or self._room_waiters or self._state is not _State.OPEN):
                         delay = queue.first_at + self._linger_s - time.monotonic()
                         if delay > 0:
-                            wakeup.clear()
-                            with contextlib.suppress(TimeoutError):
-                                async with asyncio.timeout(delay):
-                                    await wakeup.wait()
-                            continue
+                            if queue.size < acc.batch_size:
+                                wakeup.clear()
+                                with contextlib.suppress(TimeoutError):
+                                    async with asyncio.timeout(delay):
+                                        await wakeup.wait()
+                                continue
+                            full_only = True
                     if sequencer.needs_binding():
                         error = await self._bind(sender)
                         if error is not None:  # the records this request would have carried fail
@@ -673,7 +710,7 @@ class Producer:
                             assert drained is not None
                             self._fail_unsent(sender, drained, error)
                             continue
-                    drained = acc.drain(sender.tp, sequencer.room())
+                    drained = acc.drain(sender.tp, sequencer.room(), full_only=full_only)
                     assert drained is not None
                     request = sequencer.form(drained.batch_record_counts(), _Payload(drained))
                     sender.unsettled.append(request)
@@ -746,11 +783,10 @@ class Producer:
             drained = payload.drained
             outcome = payload.outcome
             if isinstance(outcome, pb.ProduceResponse):
-                self._resolve(sender.tp, drained, outcome)
+                self._resolve(drained, outcome)
             else:
-                for future in drained.completions:
-                    if not future.done():
-                        future.set_exception(outcome)  # type: ignore[arg-type]
+                assert outcome is not None
+                _fail_pieces(drained.pieces, outcome)
             acc.release(drained.size)
             sender.completed += drained.entry_count
             settled = True
@@ -759,11 +795,9 @@ class Producer:
             self._signal_progress()
 
     def _fail_unsent(
-        self, sender: _PartitionSender, drained: Drained[RecordFuture], error: SentinelError
+        self, sender: _PartitionSender, drained: Drained[Completion], error: SentinelError
     ) -> None:
-        for future in drained.completions:
-            if not future.done():
-                future.set_exception(error)
+        _fail_pieces(drained.pieces, error)
         self._acc.release(drained.size)
         sender.completed += drained.entry_count
         self._grant_room()
@@ -771,17 +805,15 @@ class Producer:
 
     def _abandon(self, sender: _PartitionSender, error: SentinelError) -> None:
         """Fail every record of ``sender`` not yet answered."""
-        futures: list[Any] = []
+        pieces: list[tuple[Completion, int, int, int]] = []
         for request in sender.unsettled:
             drained = request.payload.drained
-            futures.extend(drained.completions)
+            pieces.extend(drained.pieces)
             self._acc.release(drained.size)
         sender.unsettled.clear()
-        futures.extend(self._acc.take_all(sender.tp))
+        pieces.extend(self._acc.take_all(sender.tp))
         sender.completed = sender.enqueued
-        for future in futures:
-            if not future.done():
-                future.set_exception(error)
+        _fail_pieces(pieces, error)
         self._grant_room()
         self._signal_progress()
 
@@ -800,17 +832,17 @@ class Producer:
                 encoded = [
                     batch[0].data
                     if type(batch[0]) is WholeBatch
-                    else build_batch(_records(batch), compression=codec)
+                    else encode_batch(_records(batch), compression=codec)
                     for batch in drained.batches
                 ]
             else:
-                encoded = [build_batch(_records(batch), compression=codec) for batch in drained.batches]
+                encoded = [encode_batch(_records(batch), compression=codec) for batch in drained.batches]
         else:
             producer_id, epoch = binding.producer_id, binding.producer_epoch
             encoded = [
                 stamp_producer(batch[0].data, producer_id, epoch, base)
                 if type(batch[0]) is WholeBatch
-                else build_batch(
+                else encode_batch(
                     _records(batch),
                     compression=codec,
                     producer_id=producer_id,
@@ -842,64 +874,25 @@ class Producer:
             timeout_ms=self._request_timeout_ms,
         )
 
-    def _resolve(
-        self, tp: TopicPartition, drained: Drained[RecordFuture], response: pb.ProduceResponse
-    ) -> None:
-        """Resolve every record's future with its RecordMetadata (the per-record path:
-        tuples built with ``tuple.__new__``, no per-record ``done()`` check)."""
-        base = response.base_offset if self._acks is not pb.Acks.NONE else -1
+    def _resolve(self, drained: Drained[Completion], response: pb.ProduceResponse) -> None:
+        """Settle every piece of an answered request: one call per run of records, not per
+        record (the records' futures build their metadata when asked)."""
+        offset = response.base_offset if self._acks is not pb.Acks.NONE else -1
         append_time = response.log_append_time_ms
-        if drained.wholes:
-            self._resolve_mixed(tp, drained, base, append_time)
-            return
-        topic, partition = tp
-        futures = iter(drained.completions)
-        new = tuple.__new__
-        offset = base
-        for records in drained.batches:
-            for record, future in zip(records, futures, strict=False):
-                metadata = new(
-                    RecordMetadata,
-                    (topic, partition, offset, append_time if append_time > 0 else record[3]),  # type: ignore[index]
-                )
-                try:
-                    future.set_result(metadata)
-                except asyncio.InvalidStateError:
-                    pass  # the application cancelled this record's future
-                if base >= 0:
-                    offset += 1
+        for completion, start, entries, records in drained.pieces:
+            completion.resolve(start, entries, offset, append_time)
+            if offset >= 0:
+                offset += records
 
-    def _resolve_mixed(
-        self, tp: TopicPartition, drained: Drained[RecordFuture], base: int, append_time: int
-    ) -> None:
-        """``_resolve`` for requests that hold whole batches (``send_batch``)."""
-        topic, partition = tp
-        futures = iter(drained.completions)
-        offset = base
-        for records in drained.batches:
-            for record, future in zip(records, futures, strict=False):
-                result: Any
-                if type(record) is WholeBatch:
-                    timestamp = append_time if append_time > 0 else record.timestamp_ms
-                    result = BatchMetadata(topic, partition, offset, record.count, timestamp)
-                    step = record.count
-                else:
-                    timestamp = append_time if append_time > 0 else record[3]  # type: ignore[index]
-                    result = RecordMetadata(topic, partition, offset, timestamp)
-                    step = 1
-                with contextlib.suppress(asyncio.InvalidStateError):
-                    future.set_result(result)
-                if base >= 0:
-                    offset += step
+
+def _fail_pieces(pieces: Iterable[tuple[Completion, int, int, int]], error: BaseException) -> None:
+    for completion, start, entries, _ in pieces:
+        completion.fail(start, entries, error)
 
 
 def _records(batch: list[Entry]) -> list[RecordTuple]:
     """A batch of records (not a WholeBatch), typed as such."""
     return batch  # type: ignore[return-value]
-
-
-def _no_loop() -> RecordFuture:
-    raise FailedPrecondition("producer is not started")
 
 
 def _check_positive(name: str, value: object) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from sentinel.client.producer import DEFAULT_BATCH_SIZE
+
 TIMEOUT_S = 180
 
 
@@ -51,12 +53,17 @@ def assert_latency(figures: dict[str, float]) -> None:
 def test_produce_bench_json() -> None:
     result = run_json("produce", "--records", "20000", "--rate", "2000")
     assert result["bench"] == "produce"
-    assert [row["acks"] for row in result["throughput"]] == ["1", "all"]
+    # acks=1 and acks=all at the default batch size, then acks=all with 1 MB batches.
+    throughput = [(row["acks"], row["batch_size"]) for row in result["throughput"]]
+    assert throughput == [("1", DEFAULT_BATCH_SIZE), ("all", DEFAULT_BATCH_SIZE), ("all", 1_000_000)]
     assert [row["acks"] for row in result["send_batch"]] == ["1", "all"]
     for row in result["throughput"]:
         assert_rates(row)
         assert row["records"] == 20000  # --records: a fixed count, not a timed run
         assert row["client_cpu_s"] > 0 and row["broker_cpu_s"] is not None
+        # CPU per record follows from the CPU seconds (rounded to 0.01 s) and the count.
+        assert row["client_cpu_us_per_record"] == pytest.approx(row["client_cpu_s"] / 20000 * 1e6, abs=1)
+        assert row["broker_cpu_us_per_record"] == pytest.approx(row["broker_cpu_s"] / 20000 * 1e6, abs=1)
     for row in result["send_batch"]:
         assert_rates(row)
     latency = result["latency"]

@@ -63,6 +63,11 @@ def test_explicit_partition_wins_over_key_and_is_validated() -> None:
             expected = r"partition 4 does not exist in topic 't': valid partitions are 0\.\.3"
             with pytest.raises(InvalidArgument, match=expected):
                 await producer.send("t", b"x", partition=4)
+            # Partition 1 has a sender now: a 1.0 or True that equals it is still refused.
+            await producer.send_and_wait("t", b"x", partition=1)
+            for wrong in (1.0, True):
+                with pytest.raises(InvalidArgument, match="partition must be an int"):
+                    await producer.send("t", b"x", partition=wrong)  # type: ignore[arg-type]
 
     run(scenario)
 
@@ -226,7 +231,10 @@ def test_batch_size_reached_sends_without_waiting_for_linger() -> None:
         fake.create("b", 1)
         async with Producer(fake.address, linger_ms=60_000, batch_size=500) as producer:
             futures = [await producer.send("b", b"x" * 100) for _ in range(5)]  # crosses 500 bytes
-            await futures[-1]  # would take a minute if the full batch lingered
+            await futures[3]  # the full batch (4 records): would take a minute if it lingered
+            assert not futures[4].done()  # the next batch, not full, lingers (Kafka's batch.size)
+            await producer.flush()
+            assert [(await f).offset for f in futures] == list(range(5))
 
     run(scenario)
 
