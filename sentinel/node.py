@@ -467,6 +467,9 @@ class NodeCore:
         )
         controller, broker = self.controller, self.broker
         self.ticker = RaftTicker(lambda: [controller, *broker.replicas.values()], config.tick_seconds)
+        self._actors: trio.Nursery | None = None
+        self._actors_scope = trio.CancelScope()
+        self._actors_stopped = trio.Event()
         timeouts = {} if rebalance_timeout is None else {"rebalance_timeout": rebalance_timeout}
         self.coordinator = GroupCoordinator(
             self.controller,
@@ -478,19 +481,33 @@ class NodeCore:
         )
 
     async def start(self, nursery: trio.Nursery) -> None:
-        if self.recovering:
-            nursery.start_soon(self._finish_recovery)
-        await nursery.start(self.controller.run)
-        await nursery.start(self.broker.run)
-        await nursery.start(self.ticker.run)
-        await nursery.start(self.coordinator.run)
+        """Start the node's actors in a nursery of their own (under ``nursery``): whatever
+        of it a graceful :meth:`stop` could not stop in time is cancelled there, before the
+        caller closes the store under it."""
+        await nursery.start(self._supervise)
+
+    async def _supervise(self, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with self._actors_scope:
+                async with trio.open_nursery() as nursery:
+                    self._actors = nursery
+                    if self.recovering:
+                        nursery.start_soon(self._finish_recovery)
+                    await nursery.start(self.controller.run)
+                    await nursery.start(self.broker.run)
+                    await nursery.start(self.ticker.run)
+                    await nursery.start(self.coordinator.run)
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self._actors_stopped.set()
 
     async def register(self, nursery: trio.Nursery, address: tuple[str, int]) -> None:
         """Tell the cluster this node's client address, and keep it told. A cluster of one
         waits until it is registered (it cannot place a topic before) and moves the topics
         of an earlier single-node data directory to the controller."""
         registered = trio.Event()
-        nursery.start_soon(self._register, address, registered)
+        (self._actors or nursery).start_soon(self._register, address, registered)
         if not self.config.peers:
             with trio.move_on_after(STOP_STAGE_SECONDS) as waiting:  # a full disk elects nobody
                 await registered.wait()
@@ -538,6 +555,10 @@ class NodeCore:
         with trio.move_on_after(STOP_STAGE_SECONDS):
             self.controller.close()
             await self.controller.wait_stopped()
+        # What did not stop in its stage (a write stuck behind a slow disk) is cancelled
+        # now: nothing of the node may still be writing when the caller closes the store.
+        self._actors_scope.cancel()
+        await self._actors_stopped.wait()
 
     def route(self, group: int, message: Message) -> None:
         """A Raft message from a peer, to its group (never blocks: a full mailbox drops it)."""
