@@ -70,6 +70,9 @@ async def produce(bootstrap: str, topic: str, partitions: int) -> None:
     report({"done": i})
 
 
+READ_ALL_TIMEOUT_S = 90.0
+
+
 async def read_partitions(bootstrap: str, topic: str, partitions: int) -> dict[int, list[tuple[int, str]]]:
     from sentinel.client import Consumer, TopicPartition
 
@@ -79,7 +82,11 @@ async def read_partitions(bootstrap: str, topic: str, partitions: int) -> dict[i
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+        deadline = asyncio.get_running_loop().time() + READ_ALL_TIMEOUT_S
+        while behind := [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            if asyncio.get_running_loop().time() > deadline:
+                where = {tp.partition: (await consumer.position(tp), ends[tp]) for tp in behind}
+                raise AssertionError(f"reading back stalled: (position, end) by partition {where}")
             batches = await consumer.getmany(timeout_ms=1000)
             for tp, records in batches.items():
                 out[tp.partition].extend((r.offset, (r.value or b"").decode()) for r in records)
