@@ -57,6 +57,23 @@ async def _prepare(bootstrap: str, topics: dict[str, int]) -> dict[str, int]:
             await asyncio.sleep(0.2)
 
 
+async def _leader_now(bootstrap: str, topic: str) -> int:
+    """The partition's leader as the cluster reports it right now (an earlier trial's kill
+    and restart moves leaderships: a leader known from before may no longer lead)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    async with Admin(bootstrap, request_timeout_ms=5000) as admin:
+        while True:
+            try:
+                leaders = {p.topic: p.leader for p in (await admin.cluster_status()).partitions}
+            except SentinelError:
+                leaders = {}
+            if leaders.get(topic, -1) > 0:
+                return leaders[topic]
+            if time.monotonic() > deadline:
+                raise SentinelError(f"{topic} has no leader")
+            await asyncio.sleep(0.2)
+
+
 async def _metadata_or_none(admin: Admin) -> Any:
     try:
         return (await admin.fetch_metadata()).brokers
@@ -117,7 +134,9 @@ def _failover_trial(cluster: LocalCluster, topic: str, leader: int, seconds: flo
         result = probe.result(WORKER_TIMEOUT_S)
     finally:
         probe.kill()
-    after = [t for t in result["acked"] if t > killed_at]
+    # The first acknowledgement of a record sent after the kill: it went to the new leader
+    # (an answer the old leader sent just before it died would say nothing).
+    after = sorted(acked for sent, acked in result["acked"] if sent > killed_at)
     if not after:
         raise SentinelError(f"no acknowledgement arrived in the {seconds * 2 / 3:.1f} s after the kill")
     cluster.nodes[leader].start()
@@ -144,9 +163,7 @@ def run_cluster_bench(*, quick: bool = False, progress: Callable[[str], None] = 
     ):
         progress("starting three nodes")
         failover_topics = {f"bench-failover-{run}-{i}": 3 for i in range(trials)}
-        leaders = asyncio.run(
-            _prepare(cluster.bootstrap, {names["rf1"]: 1, names["rf3"]: 3, **failover_topics})
-        )
+        asyncio.run(_prepare(cluster.bootstrap, {names["rf1"]: 1, names["rf3"]: 3, **failover_topics}))
         for key, topic in names.items():
             progress(f"{key}: throughput for {seconds:g} s")
             row = _throughput(cluster, topic, seconds)
@@ -158,8 +175,9 @@ def run_cluster_bench(*, quick: bool = False, progress: Callable[[str], None] = 
         )
         outages = []
         for i, topic in enumerate(failover_topics):
-            progress(f"failover trial {i + 1}/{trials}: SIGKILL node {leaders[topic]}, the leader")
-            outages.append(_failover_trial(cluster, topic, leaders[topic], seconds=6.0))
+            leader = asyncio.run(_leader_now(cluster.bootstrap, topic))
+            progress(f"failover trial {i + 1}/{trials}: SIGKILL node {leader}, the leader")
+            outages.append(_failover_trial(cluster, topic, leader, seconds=6.0))
             # The restarted node catches up before the next trial kills another leader.
             time.sleep(2.0)
         result["failover_s"] = {

@@ -26,7 +26,7 @@ import struct
 import sys
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sentinel.errors import AlreadyExists
@@ -296,21 +296,25 @@ async def produce_batches(p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def probe(p: dict[str, Any]) -> dict[str, Any]:
-    """Send one record every ``interval_ms`` for ``seconds`` (acks=all, retried) and report
-    when each acknowledgement arrived (``time.monotonic``, comparable across processes on
-    one machine): what a failover benchmark reads the outage from."""
+    """Send one record every ``interval_ms`` for ``seconds`` (acks=all, retried) and report,
+    for each acknowledgement, when its record was sent and when the acknowledgement arrived
+    (``time.monotonic``, comparable across processes on one machine): what a failover
+    benchmark reads the outage from."""
     from sentinel.client import Producer
 
     address, topic = p["address"], p["topic"]
-    acked: list[float] = []
+    acked: list[tuple[float, float]] = []
     failures = 0
 
-    def done(future: asyncio.Future[Any]) -> None:
-        nonlocal failures
-        if future.exception() is None:
-            acked.append(time.monotonic())
-        else:
-            failures += 1
+    def done_at(sent: float) -> Callable[[Any], None]:
+        def done(future: Any) -> None:
+            nonlocal failures
+            if future.exception() is None:
+                acked.append((sent, time.monotonic()))
+            else:
+                failures += 1
+
+        return done
 
     async with Producer(address, acks="all", linger_ms=0, request_timeout_ms=10_000, retries=50) as producer:
         await producer.send_and_wait(topic, b"warm", partition=0)
@@ -318,8 +322,9 @@ async def probe(p: dict[str, Any]) -> dict[str, Any]:
         interval = p["interval_ms"] / 1000
         deadline = time.monotonic() + p["seconds"]
         while time.monotonic() < deadline:
+            sent = time.monotonic()
             future = await producer.send(topic, b"probe", partition=0)
-            future.add_done_callback(done)
+            future.add_done_callback(done_at(sent))
             await asyncio.sleep(interval)
         await producer.flush()
         await asyncio.sleep(0)
