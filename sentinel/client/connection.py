@@ -19,7 +19,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from typing import Final, TypeVar
 
 from grpclib.client import Channel
@@ -27,7 +28,7 @@ from grpclib.client import Channel
 from sentinel.client.convert import cluster_metadata
 from sentinel.client.errors import RETRIABLE_ERRORS, rpc_errors
 from sentinel.client.types import ClusterMetadata, TopicInfo, TopicPartition
-from sentinel.errors import InvalidArgument, SentinelError
+from sentinel.errors import InvalidArgument, SentinelError, Unavailable
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.server.compat import wrap_client_transport  # also checks grpclib/h2 versions
 
@@ -150,6 +151,9 @@ class Cluster:
         self._connections: dict[tuple[str, int], Connection] = {}
         self._bootstrap = [self._connection(host, port) for host, port in parse_bootstrap(bootstrap)]
         self._current = 0  # index of the bootstrap connection that last answered
+        # The group coordinator's address as a broker last named it (None: ask a bootstrap
+        # broker; one that is not the coordinator answers UNAVAILABLE naming it).
+        self._coordinator: tuple[str, int] | None = None
         self._brokers: dict[int, tuple[str, int]] = {}
         self._topics: dict[str, TopicInfo] = {}
         # topic -> partition count, kept beside _topics for the producer's per-record lookup
@@ -174,6 +178,37 @@ class Cluster:
     def bootstrap(self) -> Connection:
         """The connection for requests any broker can answer (metadata, admin, groups)."""
         return self._bootstrap[self._current]
+
+    @property
+    def coordinator(self) -> Connection:
+        """The connection for group requests (join, heartbeat, commit, committed offsets):
+        the coordinator a broker last named, else the bootstrap connection."""
+        if self._coordinator is not None:
+            return self._connection(*self._coordinator)
+        return self._bootstrap[self._current]
+
+    @contextlib.contextmanager
+    def to_coordinator(self) -> Iterator[Connection]:
+        """``with cluster.to_coordinator() as conn, conn.errors: ...``: a group request to
+        the coordinator. An UNAVAILABLE answer naming the coordinator (the broker asked is
+        not it: the controller leader moved) points the next attempt there; a coordinator
+        that cannot be reached is forgotten, so the next attempt asks a bootstrap broker
+        (after a failover, one that knows the new coordinator names it)."""
+        try:
+            yield self.coordinator
+        except Unavailable as exc:
+            hint = exc.leader
+            try:
+                self._coordinator = parse_address(hint) if hint else None
+            except InvalidArgument:
+                self._coordinator = None
+            if self._coordinator is None:
+                self._current = (self._current + 1) % len(self._bootstrap)
+            raise
+        except RETRIABLE_ERRORS:
+            self._coordinator = None
+            self._current = (self._current + 1) % len(self._bootstrap)
+            raise
 
     def leader(self, tp: TopicPartition) -> Connection:
         """The connection to send data requests for ``tp`` to."""

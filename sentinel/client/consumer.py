@@ -476,8 +476,7 @@ class Consumer:
         )
 
         async def call() -> pb.FetchOffsetsResponse:
-            conn = cluster.bootstrap
-            with self._reachability.watch(conn.address), conn.errors:
+            with cluster.to_coordinator() as conn, self._reachability.watch(conn.address), conn.errors:
                 return await conn.stub.fetch_offsets(request, timeout=self._request_timeout_s)
 
         response = await with_retries(call, retries=self._retries, backoff_s=self._backoff_s)
@@ -527,8 +526,7 @@ class Consumer:
         )
 
         async def call() -> None:
-            conn = cluster.bootstrap
-            with self._reachability.watch(conn.address), conn.errors:
+            with cluster.to_coordinator() as conn, self._reachability.watch(conn.address), conn.errors:
                 await conn.stub.commit_offsets(request, timeout=self._request_timeout_s)
 
         try:

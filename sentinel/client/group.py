@@ -28,6 +28,10 @@ from sentinel.generated.sentinel import v1 as pb
 logger = logging.getLogger(__name__)
 
 NO_GENERATION = -1
+# A join keeps trying this long after its first retriable failure, whatever ``retries``
+# says: the coordinator moves with the controller leader, and finding the next one takes
+# an election (1-2 s) plus the brokers' metadata catching up.
+COORDINATOR_WAIT_S = 15.0
 
 
 class GroupMembership:
@@ -75,9 +79,10 @@ class GroupMembership:
         self.stop_heartbeats()
         attempt = 0
         unknown_member_retried = False
+        loop = asyncio.get_running_loop()
+        first_failure: float | None = None
         while True:
             self.rejoin_needed = False
-            conn = self._cluster.bootstrap
             request = pb.JoinGroupRequest(
                 group_id=self.group_id,
                 member_id=self.member_id,
@@ -87,7 +92,11 @@ class GroupMembership:
             )
             timeout = self._session_timeout_ms / 1000 + self._cluster.request_timeout_s
             try:
-                with self._reachability.watch(conn.address), conn.errors:
+                with (
+                    self._cluster.to_coordinator() as conn,
+                    self._reachability.watch(conn.address),
+                    conn.errors,
+                ):
                     response = await conn.stub.join_group(request, timeout=timeout)
             except NotFound:
                 # The coordinator forgot our member id (session expired): join as new.
@@ -99,7 +108,9 @@ class GroupMembership:
                 continue
             except RETRIABLE_ERRORS:
                 self.rejoin_needed = True
-                if attempt >= self._retries:
+                now = loop.time()
+                first_failure = now if first_failure is None else first_failure
+                if attempt >= self._retries and now - first_failure >= COORDINATOR_WAIT_S:
                     raise
                 attempt += 1
                 await asyncio.sleep(retry_delay(self._backoff_s, attempt))
@@ -126,9 +137,12 @@ class GroupMembership:
         )
         while True:
             await asyncio.sleep(interval_s)
-            conn = self._cluster.bootstrap
             try:
-                with self._reachability.watch(conn.address), conn.errors:
+                with (
+                    self._cluster.to_coordinator() as conn,
+                    self._reachability.watch(conn.address),
+                    conn.errors,
+                ):
                     response = await conn.stub.heartbeat(request, timeout=self._cluster.request_timeout_s)
             except FailedPrecondition:  # our generation is stale
                 self.request_rejoin()
@@ -161,9 +175,8 @@ class GroupMembership:
         self.rejoin_needed = True
         if not member_id:
             return
-        conn = self._cluster.bootstrap
         try:
-            with self._reachability.watch(conn.address), conn.errors:
+            with self._cluster.to_coordinator() as conn, self._reachability.watch(conn.address), conn.errors:
                 await conn.stub.leave_group(
                     pb.LeaveGroupRequest(group_id=self.group_id, member_id=member_id),
                     timeout=self._cluster.request_timeout_s,

@@ -296,3 +296,43 @@ def test_a_produce_retried_across_a_leader_change_is_not_duplicated(tmp_path: Pa
         asyncio.run(main())
     finally:
         cluster.stop()
+
+
+def test_a_group_consumer_bootstrapped_on_a_broker_that_is_not_the_coordinator_finds_it(
+    cluster: LocalCluster,
+) -> None:
+    """Group requests are served by the controller leader's coordinator; a member whose
+    bootstrap broker is another node is pointed there by the UNAVAILABLE answer's hint, and
+    finds the next coordinator when that one is killed, with the group's commit kept."""
+    from sentinel.client import Consumer, TopicPartition
+
+    tp = TopicPartition(TOPIC, 0)
+    coordinator = status(cluster).controller
+    other = next(n for i, n in cluster.nodes.items() if i != coordinator)
+
+    async def produce(n: int) -> None:
+        async with Producer(cluster.bootstrap, acks="all") as producer:
+            for i in range(n):
+                await producer.send(TOPIC, b"g%d" % i, partition=0)
+            await producer.flush()
+
+    async def consume(bootstrap: str, at_least: int) -> list[bytes]:
+        """Read as member of group "g" and commit what was read."""
+        got: list[bytes] = []
+        async with Consumer(bootstrap, group_id="g", auto_offset_reset="earliest") as consumer:
+            consumer.subscribe([TOPIC])
+            with_deadline = time.monotonic() + READY_TIMEOUT_S
+            while len(got) < at_least and time.monotonic() < with_deadline:
+                batches = await consumer.getmany(timeout_ms=500, max_records=at_least - len(got))
+                got.extend(r.value or b"" for r in batches.get(tp, []))
+            await consumer.commit({tp: len(got) + committed_before[0]})
+        return got
+
+    committed_before = [0]
+    asyncio.run(produce(20))
+    first = asyncio.run(consume(other.address, 10))
+    assert first == [b"g%d" % i for i in range(10)]
+    committed_before[0] = 10
+    cluster.nodes[coordinator].kill()
+    rest = asyncio.run(consume(other.address, 1))
+    assert rest == [b"g10"]  # resumed at the commit made before the kill
