@@ -267,6 +267,8 @@ class Producer:
         self._senders: dict[TopicPartition, _PartitionSender] = {}
         # topic -> partition -> sender: the per-record lookup, without building a TopicPartition.
         self._senders_by_topic: dict[str, dict[int, _PartitionSender]] = {}
+        # (topic, partition, sender) of the last send to an explicit partition that had one.
+        self._last_sender: tuple[object, object, _PartitionSender | None] = (None, None, None)
         self._room_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._topic_setups: dict[str, asyncio.Task[int]] = {}
         self._progress = asyncio.Event()
@@ -370,9 +372,15 @@ class Producer:
                 f"max_request_bytes is {self.max_request_bytes} (at most {self.max_record_bytes} per record)"
             )
         # An explicit partition that has a sender was valid when it got one (partitions are
-        # never removed): no look-up of the partition count.
-        senders = self._senders_by_topic.get(topic)
-        sender = senders.get(partition) if senders is not None and type(partition) is int else None
+        # never removed): no look-up of the partition count. The last such sender is at hand
+        # for the same topic and partition objects (a loop sending to one partition); an
+        # identity test, so True or 1.0 never pass for 1.
+        last_topic, last_partition, sender = self._last_sender
+        if topic is not last_topic or partition is not last_partition:
+            senders = self._senders_by_topic.get(topic)
+            sender = senders.get(partition) if senders is not None and type(partition) is int else None
+            if sender is not None:
+                self._last_sender = (topic, partition, sender)
         if sender is None:
             count = self._partition_counts.get(topic) or await self._resolve_topic(topic)
             if partition is None or partition == -1:
