@@ -82,20 +82,21 @@ def estimate_size(key: bytes | None, value: bytes | None, headers: Sequence[Head
 
 
 class Piece(Generic[C]):
-    """Queued entries ``[start, start + count)`` of one completion, consecutive in the queue."""
+    """Queued entries ``[start, end)`` of one completion, consecutive in the queue. (An end,
+    not a count: the next record's index is ``end``, one read and one write per record.)"""
 
-    __slots__ = ("completion", "count", "start")
+    __slots__ = ("completion", "end", "start")
 
-    def __init__(self, completion: C, start: int = 0, count: int = 0) -> None:
+    def __init__(self, completion: C, start: int = 0, end: int = 0) -> None:
         self.completion = completion
         self.start = start
-        self.count = count
+        self.end = end
 
 
 class PartitionQueue(Generic[C]):
     """Records of one partition waiting to be sent, oldest first."""
 
-    __slots__ = ("ends", "first_at", "open", "origin", "pieces", "records", "size", "wholes")
+    __slots__ = ("ends", "first_at", "open", "origin", "pieces", "records", "removed", "size", "wholes")
 
     def __init__(self) -> None:
         self.records: list[Entry] = []
@@ -109,9 +110,15 @@ class PartitionQueue(Generic[C]):
         self.size = 0  # estimated bytes queued
         self.first_at = 0.0  # when the oldest queued record arrived (meaningless when empty)
         self.wholes = 0  # WholeBatch entries queued (0: every entry is a record, no checks)
+        self.removed = 0  # entries ever drained or taken (so no per-record count is kept)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def appended(self) -> int:
+        """Entries (records, whole batches) ever queued here."""
+        return self.removed + len(self.records)
 
     def open_piece(self, completion: C) -> Piece[C]:
         """Start the piece the next records join (call when ``open`` is None)."""
@@ -122,7 +129,7 @@ class PartitionQueue(Generic[C]):
 
     def add(self, record: Entry, size: int, now: float, batch_size: int) -> bool:
         """Queue a record whose ``size`` is reserved, as the next entry of the open piece
-        (its index there is ``open.start + open.count`` before the call). True when the
+        (its index there is ``open.end`` before the call). True when the
         partition's sender should look again: the record is the first in an empty queue
         (start lingering), or the queue just reached ``batch_size`` (send without
         lingering)."""
@@ -130,7 +137,7 @@ class PartitionQueue(Generic[C]):
         if not records:
             self.first_at = now
         records.append(record)
-        self.open.count += 1  # type: ignore[union-attr]
+        self.open.end += 1  # type: ignore[union-attr]
         before = self.size
         self.size = after = before + size
         self.ends.append(self.origin + after)
@@ -233,6 +240,7 @@ class RecordAccumulator(Generic[C]):
         queue.origin = ends[taken - 1]
         del records[:taken]
         del ends[:taken]
+        queue.removed += taken
         queue.size -= drained_size
         queue.wholes -= taken_wholes
         return Drained(batches, pieces, taken, drained_size, taken_wholes)
@@ -316,17 +324,17 @@ class RecordAccumulator(Generic[C]):
         position = 0  # queue index of the current piece's first entry
         while position < taken:
             piece = queued[0]
-            n = min(piece.count, taken - position)
+            available = piece.end - piece.start
+            n = min(available, taken - position)
             entry = records[position]
             record_count = entry.count if n == 1 and isinstance(entry, WholeBatch) else n
             pieces.append((piece.completion, piece.start, n, record_count))
             if piece is queue.open:
                 queue.open = None
-            if n == piece.count:
+            if n == available:
                 queued.popleft()
             else:
                 piece.start += n
-                piece.count -= n
             position += n
         return pieces
 
@@ -343,6 +351,7 @@ class RecordAccumulator(Generic[C]):
         pieces = self._take_pieces(queue, queue.records, len(queue.records))
         self.release(queue.size)
         queue.origin += queue.size
+        queue.removed += len(queue.records)
         queue.records, queue.ends, queue.size = [], [], 0
         queue.wholes = 0
         return pieces

@@ -183,3 +183,35 @@ def test_bisected_drains_cut_where_the_entry_by_entry_reference_cuts(
         acc.append(TP, record(i), 0, size, now=0.0)
     queue = acc.queue(TP)
     assert acc._cut_records(queue, max_batches, full_only) == acc._cut_entries(queue, max_batches, full_only)
+
+
+def test_a_queue_counts_every_entry_it_ever_held_across_drains_and_take_all() -> None:
+    """``appended`` is what flush waits for: records and whole batches queued ever, whatever
+    left the queue since (the producer keeps no count of its own per record)."""
+    acc = Acc(batch_size=60, max_buffer_bytes=10_000, max_request_bytes=10_000)
+    queue = acc.queue(TP)
+    fill(acc, 5)
+    assert queue.appended == 5
+    drained = acc.drain(TP, max_batches=1)
+    assert drained is not None and drained.entry_count == 2
+    assert queue.appended == 5 and len(queue) == 3
+    acc.reserve(100)
+    queue.add_whole(WholeBatch(b"encoded", 150, 7), 99, 100, 0.0, acc.batch_size)
+    assert queue.appended == 6
+    acc.take_all(TP)
+    assert queue.appended == 6 and len(queue) == 0
+
+
+def test_a_record_joins_the_open_piece_at_its_end_and_a_partial_drain_keeps_the_rest() -> None:
+    acc = Acc(batch_size=60, max_buffer_bytes=10_000, max_request_bytes=10_000)
+    for i in range(5):
+        acc.reserve(26)
+        acc.append(TP, record(i), 7, 26, now=0.0)  # one completion: one piece
+    piece = acc.queue(TP).open
+    assert piece is not None and (piece.start, piece.end) == (0, 5)
+    drained = acc.drain(TP, max_batches=1)
+    assert drained is not None and drained.pieces == [(7, 0, 2, 2)]
+    # The drain took part of the open piece and closed it; the rest is [2, 5) of it.
+    assert acc.queue(TP).open is None
+    rest = acc.drain(TP)
+    assert rest is not None and rest.pieces == [(7, 2, 3, 3)]

@@ -72,6 +72,26 @@ def test_explicit_partition_wins_over_key_and_is_validated() -> None:
     run(scenario)
 
 
+def test_records_to_alternating_partitions_land_where_each_names() -> None:
+    """The last partition's sender is kept at hand (an identity test on the topic and
+    partition objects): a send naming another partition, or an equal topic string built
+    anew, still goes where it says."""
+
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("ab", 3)
+        async with Producer(fake.address, linger_ms=0) as producer:
+            wanted = [0, 1, 1, 2, 0, 0, 2, 1]
+            futures = []
+            for i, partition in enumerate(wanted):
+                topic = "".join(["a", "b"]) if i % 2 else "ab"  # equal, not the same object
+                futures.append(await producer.send(topic, b"%d" % i, partition=partition))
+            landed = [(await f).partition for f in futures]
+        assert landed == wanted
+        assert fake.topics["ab"][1].records() == [(0, None, b"1"), (1, None, b"2"), (2, None, b"7")]
+
+    run(scenario)
+
+
 def test_keyless_records_go_round_robin() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("rr", 4)
