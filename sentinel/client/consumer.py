@@ -39,16 +39,19 @@ How it works:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from types import TracebackType
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from types import ModuleType, TracebackType
 from typing import Any, Final, Self
 
 from grpclib.const import Cardinality
 
+from sentinel.client import iteration as _iteration_imported
 from sentinel.client.connection import Cluster, with_retries
 from sentinel.client.errors import is_retriable
 from sentinel.client.fetching import (
@@ -61,6 +64,7 @@ from sentinel.client.fetching import (
     scan_answer,
 )
 from sentinel.client.group import GroupMembership
+from sentinel.client.iteration import RecordIterator
 from sentinel.client.reachability import Reachability
 from sentinel.client.types import (
     ConsumerRebalanceListener,
@@ -71,8 +75,9 @@ from sentinel.client.types import (
 )
 from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound, OffsetOutOfRange, SentinelError
 from sentinel.generated.sentinel import v1 as pb
+from sentinel.records.decoder import is_compiled, is_fresh, load_source, stamp_of
 
-__all__ = ["Consumer"]
+__all__ = ["Consumer", "iteration_builds", "using_iteration"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +103,50 @@ _FETCH_ROUTE: Final = "/sentinel.v1.Sentinel/Fetch"
 _POLICY_SPEC: Final = {"latest": pb.OffsetSpec.LATEST, "earliest": pb.OffsetSpec.EARLIEST}
 
 
+# The ``async for`` step (``sentinel.client.iteration``): its mypyc build when that was built
+# from this very source, else the source (like ``sentinel.records.decoder``'s two builds).
+_ITERATION_SOURCE: Final = os.path.join(os.path.dirname(__file__), "iteration.py")
+_iteration_source: ModuleType | None = None
+
+
+def iteration_builds() -> dict[str, ModuleType]:
+    """The builds of ``sentinel.client.iteration`` at hand: "source" always, "compiled" when
+    a fresh mypyc build is installed."""
+    global _iteration_source
+    builds: dict[str, ModuleType] = {}
+    if is_compiled(_iteration_imported):
+        if is_fresh(stamp_of(_ITERATION_SOURCE), _ITERATION_SOURCE):
+            builds["compiled"] = _iteration_imported
+        if _iteration_source is None:
+            _iteration_source = load_source(_ITERATION_SOURCE, "sentinel.client._iteration_source")
+        builds["source"] = _iteration_source
+    else:
+        builds["source"] = _iteration_imported
+    return builds
+
+
+iteration: ModuleType = iteration_builds().get("compiled") or iteration_builds()["source"]
+
+
+@contextlib.contextmanager
+def using_iteration(module: ModuleType) -> Iterator[None]:
+    """``async for`` steps with ``module`` (a value of ``iteration_builds()``): for tests."""
+    global iteration
+    previous, iteration = iteration, module
+    try:
+        yield
+    finally:
+        iteration = previous
+
+
 class _State(enum.Enum):
     NEW = "new"
     OPEN = "open"
     CLOSED = "closed"
 
 
-# ``_State.OPEN`` as a plain global: an enum member looked up through its class costs as much
-# as the rest of the ``async for`` fast path.
+# ``_State.OPEN`` as a plain global: an enum member looked up through its class costs more
+# than a global look-up (``_chain_fetch`` runs once per answer).
 _OPEN: Final = _State.OPEN
 
 
@@ -186,6 +227,8 @@ class Consumer:
         self._next_auto_commit = 0.0
         self._last_committed: dict[TopicPartition, int] = {}
         self._stale_topics: set[str] = set()
+        # The partition the last ``async for`` record came from, where the next step looks
+        # first (``sentinel.client.iteration``); None unless the consumer is open.
         self._iter_state: PartitionState | None = None
         self._state = _State.NEW
 
@@ -211,6 +254,7 @@ class Consumer:
             self._state = _State.CLOSED
             return
         self._state = _State.CLOSED
+        self._iter_state = None  # the async for fast path stops here
         self._wake()  # a getmany waiting in another task raises FailedPrecondition
         group = self._group
         try:
@@ -600,28 +644,17 @@ class Consumer:
             waits.add(self._waiter)
             await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
-    def __aiter__(self) -> Self:
-        return self
+    def __aiter__(self) -> RecordIterator:
+        """``async for record in consumer``: one record a step (``sentinel.client.iteration``)."""
+        return iteration.RecordIterator(self)
 
     async def __anext__(self) -> ConsumerRecord:
-        state = self._iter_state
-        if (
-            state is not None
-            and state.records
-            and self._state is _OPEN
-            and not (self._group is not None and self._group.rejoin_needed)
-            and not (self._auto_commit and time.monotonic() >= self._next_auto_commit)
-        ):
-            # Fast path: no bookkeeping between decoded records (the next answer is
-            # already being fetched: getmany started it when it buffered this one). Inside a
-            # decoded chunk, PartitionState.take_one inlined: a call is a tenth of the cost.
-            records = state.records
-            index = state.index + 1
-            if index < len(records):
-                state.index = index
-                state.position = records[index].offset
-                return records[index - 1]
-            return state.take_one()
+        step: Awaitable[ConsumerRecord] = iteration.RecordIterator(self).__anext__()
+        return await step
+
+    async def _next_record(self) -> ConsumerRecord:
+        """The ``async for`` step when the fast path cannot take it: a ``getmany`` of one
+        record (bookkeeping first), whose partition the fast path continues with."""
         while True:
             if self._state is not _State.OPEN:
                 raise StopAsyncIteration
@@ -632,7 +665,8 @@ class Consumer:
                     raise StopAsyncIteration from None
                 raise
             for tp, records in batch.items():
-                self._iter_state = self._states.get(tp)
+                # Only while open: close() clears it, and the fast path relies on that.
+                self._iter_state = self._states.get(tp) if self._state is _State.OPEN else None
                 return records[0]
 
     def _wake(self) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from sentinel.client import (
     Producer,
     TopicPartition,
 )
+from sentinel.client import consumer as consumer_module
 from sentinel.client.errors import RequestTimeout
 from sentinel.client.fetching import DECODE_AT_LEAST, FetchResult, PartitionState, records_from_batches
 from sentinel.client.reachability import Reachability
@@ -323,7 +326,7 @@ def test_max_records_and_fair_draining_across_partitions() -> None:
     run(scenario)
 
 
-def test_async_for_yields_records_in_order_and_commits_what_was_consumed() -> None:
+def test_async_for_yields_records_in_order_and_commits_what_was_consumed(iteration_build: str) -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("events", 1)
         await produce(fake, "events", [b"%d" % i for i in range(8)])
@@ -341,7 +344,9 @@ def test_async_for_yields_records_in_order_and_commits_what_was_consumed() -> No
     run(scenario)
 
 
-def test_async_for_keeps_the_position_just_past_each_record_across_batches_and_answers() -> None:
+def test_async_for_keeps_the_position_just_past_each_record_across_batches_and_answers(
+    iteration_build: str,
+) -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("events", 1)
         await produce(fake, "events", [b"a%d" % i for i in range(3)])
@@ -357,6 +362,92 @@ def test_async_for_keeps_the_position_just_past_each_record_across_batches_and_a
                 if record.offset == 5:
                     break
             assert positions == [(i, i + 1) for i in range(6)]
+
+    run(scenario)
+
+
+def test_async_for_steps_with_the_compiled_build_when_a_fresh_one_is_installed() -> None:
+    builds = consumer_module.iteration_builds()
+    assert (builds["source"].__file__ or "").endswith("iteration.py")  # always at hand
+    compiled = builds.get("compiled")
+    if compiled is None:
+        pytest.skip("no compiled async-for step installed")
+    assert consumer_module.iteration is compiled
+    assert isinstance(aiter(Consumer("127.0.0.1:1")), compiled.RecordIterator)
+    stamp = Path(compiled.__file__ or "").parent / "iteration.source-sha256"
+    source = Path(builds["source"].__file__ or "")
+    assert stamp.read_text().strip() == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def test_close_in_the_loop_body_ends_async_for_before_the_next_buffered_record(iteration_build: str) -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"%d" % i for i in range(8)])
+        consumer = Consumer(fake.address, auto_offset_reset="earliest")
+        await consumer.start()
+        consumer.assign([TP])
+        got = []
+        async for record in consumer:
+            got.append(record.offset)
+            if len(got) == 2:
+                await consumer.close()  # records 2..7 are buffered: none is handed out
+        assert got == [0, 1]
+
+    run(scenario)
+
+
+def test_anext_of_the_consumer_and_a_new_async_for_continue_where_the_last_left_off(
+    iteration_build: str,
+) -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"%d" % i for i in range(6)])
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([TP])
+            assert (await anext(consumer)).offset == 0
+            got = []
+            async for record in consumer:
+                got.append(record.offset)
+                if record.offset == 2:
+                    break
+            assert (await anext(consumer)).offset == 3
+            async for record in consumer:
+                got.append(record.offset)
+                if record.offset == 5:
+                    break
+            assert got == [1, 2, 4, 5]
+            assert await consumer.position(TP) == 6
+
+    run(scenario)
+
+
+def test_a_cancelled_async_for_waiting_for_records_loses_none(iteration_build: str) -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"0", b"1"])
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([TP])
+            got = []
+            both = asyncio.Event()
+
+            async def iterate() -> None:
+                async for record in consumer:
+                    got.append(record.offset)
+                    if len(got) == 2:
+                        both.set()
+
+            task = asyncio.ensure_future(iterate())
+            await both.wait()
+            await asyncio.sleep(0.05)  # now waiting at the end of the log
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await consumer.position(TP) == 2
+            await produce(fake, "events", [b"2"])
+            async for record in consumer:
+                got.append(record.offset)
+                break
+            assert got == [0, 1, 2]
 
     run(scenario)
 
@@ -435,7 +526,7 @@ def test_subscribe_needs_a_group_and_does_not_mix_with_assign() -> None:
     run(scenario)
 
 
-def test_close_ends_async_iteration_and_getmany() -> None:
+def test_close_ends_async_iteration_and_getmany(iteration_build: str) -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("events", 1)
         consumer = Consumer(fake.address)
