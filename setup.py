@@ -1,5 +1,5 @@
 """Build hook: compile the records-section decoder (sentinel/records/decode.py) and the
-consumer's ``async for`` step (sentinel/client/iteration.py) with mypyc.
+consumer's per-partition state and ``async for`` step (sentinel/client/partition.py) with mypyc.
 
 Everything else is declared in pyproject.toml. The extension is optional: without a C
 compiler, or with SENTINEL_NO_COMPILE=1, the install goes on and the Python source runs
@@ -19,7 +19,7 @@ from setuptools.command.build_ext import build_ext
 
 _MODULES = {
     "sentinel.records.decode": os.path.join("sentinel", "records", "decode.py"),
-    "sentinel.client.iteration": os.path.join("sentinel", "client", "iteration.py"),
+    "sentinel.client.partition": os.path.join("sentinel", "client", "partition.py"),
 }
 
 

@@ -39,19 +39,17 @@ How it works:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import functools
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from types import ModuleType, TracebackType
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
 from typing import Any, Final, Self
 
 from grpclib.const import Cardinality
 
-from sentinel.client import iteration as _iteration_imported
+from sentinel.client import fetching
 from sentinel.client.connection import Cluster, with_retries
 from sentinel.client.errors import is_retriable
 from sentinel.client.fetching import (
@@ -59,12 +57,12 @@ from sentinel.client.fetching import (
     FetchAnswer,
     FetchResult,
     PartitionState,
+    RecordIterator,
     ScannedAnswer,
     read_error,
     scan_answer,
 )
 from sentinel.client.group import GroupMembership
-from sentinel.client.iteration import RecordIterator
 from sentinel.client.reachability import Reachability
 from sentinel.client.types import (
     ConsumerRebalanceListener,
@@ -75,9 +73,8 @@ from sentinel.client.types import (
 )
 from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound, OffsetOutOfRange, SentinelError
 from sentinel.generated.sentinel import v1 as pb
-from sentinel.records.decoder import is_compiled, is_fresh, load_source, stamp_of
 
-__all__ = ["Consumer", "iteration_builds", "using_iteration"]
+__all__ = ["Consumer"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,42 +98,6 @@ _RESET_POLICIES: Final = ("latest", "earliest", "none")
 # The Fetch RPC's route (SentinelStub.fetch's): the consumer calls it with its own reply type.
 _FETCH_ROUTE: Final = "/sentinel.v1.Sentinel/Fetch"
 _POLICY_SPEC: Final = {"latest": pb.OffsetSpec.LATEST, "earliest": pb.OffsetSpec.EARLIEST}
-
-
-# The ``async for`` step (``sentinel.client.iteration``): its mypyc build when that was built
-# from this very source, else the source (like ``sentinel.records.decoder``'s two builds).
-_ITERATION_SOURCE: Final = os.path.join(os.path.dirname(__file__), "iteration.py")
-_iteration_source: ModuleType | None = None
-
-
-def iteration_builds() -> dict[str, ModuleType]:
-    """The builds of ``sentinel.client.iteration`` at hand: "source" always, "compiled" when
-    a fresh mypyc build is installed."""
-    global _iteration_source
-    builds: dict[str, ModuleType] = {}
-    if is_compiled(_iteration_imported):
-        if is_fresh(stamp_of(_ITERATION_SOURCE), _ITERATION_SOURCE):
-            builds["compiled"] = _iteration_imported
-        if _iteration_source is None:
-            _iteration_source = load_source(_ITERATION_SOURCE, "sentinel.client._iteration_source")
-        builds["source"] = _iteration_source
-    else:
-        builds["source"] = _iteration_imported
-    return builds
-
-
-iteration: ModuleType = iteration_builds().get("compiled") or iteration_builds()["source"]
-
-
-@contextlib.contextmanager
-def using_iteration(module: ModuleType) -> Iterator[None]:
-    """``async for`` steps with ``module`` (a value of ``iteration_builds()``): for tests."""
-    global iteration
-    previous, iteration = iteration, module
-    try:
-        yield
-    finally:
-        iteration = previous
 
 
 class _State(enum.Enum):
@@ -228,7 +189,7 @@ class Consumer:
         self._last_committed: dict[TopicPartition, int] = {}
         self._stale_topics: set[str] = set()
         # The partition the last ``async for`` record came from, where the next step looks
-        # first (``sentinel.client.iteration``); None unless the consumer is open.
+        # first (``sentinel.client.partition``); None unless the consumer is open.
         self._iter_state: PartitionState | None = None
         self._state = _State.NEW
 
@@ -363,7 +324,7 @@ class Consumer:
         new: dict[TopicPartition, PartitionState] = {}
         for tp in tps:
             state = old.get(tp)
-            new[tp] = state if state is not None else PartitionState(tp)
+            new[tp] = state if state is not None else fetching.partition.PartitionState(tp)
         for tp, state in old.items():
             if tp not in new:
                 state.reset(None)
@@ -645,12 +606,12 @@ class Consumer:
             await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
     def __aiter__(self) -> RecordIterator:
-        """``async for record in consumer``: one record a step (``sentinel.client.iteration``)."""
-        return iteration.RecordIterator(self)
+        """``async for record in consumer``: one record a step (``sentinel.client.partition``)."""
+        iterator: RecordIterator = fetching.partition.RecordIterator(self)
+        return iterator
 
     async def __anext__(self) -> ConsumerRecord:
-        step: Awaitable[ConsumerRecord] = iteration.RecordIterator(self).__anext__()
-        return await step
+        return await self.__aiter__().__anext__()
 
     async def _next_record(self) -> ConsumerRecord:
         """The ``async for`` step when the fast path cannot take it: a ``getmany`` of one

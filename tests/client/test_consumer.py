@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,13 +17,16 @@ from sentinel.client import (
     OffsetAndTimestamp,
     Producer,
     TopicPartition,
+    fetching,
 )
-from sentinel.client import consumer as consumer_module
 from sentinel.client.errors import RequestTimeout
-from sentinel.client.fetching import DECODE_AT_LEAST, FetchResult, PartitionState, records_from_batches
+from sentinel.client.fetching import DECODE_AT_LEAST, FetchResult, records_from_batches
 from sentinel.client.reachability import Reachability
 from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from sentinel.records import RecordBatch, build_batch
+
+# Every test here runs against each build of sentinel.client.partition (see conftest.py).
+pytestmark = pytest.mark.usefixtures("partition_build")
 
 TP = TopicPartition("events", 0)
 
@@ -120,7 +121,7 @@ def test_records_from_batches_skips_before_start_and_keeps_order() -> None:
 
 
 def test_partition_state_take_advances_the_position_past_the_answer() -> None:
-    state = PartitionState(TP)
+    state = fetching.partition.PartitionState(TP)
     state.position = 11
     state.records = records_from_batches(
         TP, build_batch([(None, b"%d" % i, (), i) for i in range(5)], base_offset=10), 11
@@ -138,7 +139,7 @@ def test_partition_state_take_advances_the_position_past_the_answer() -> None:
 def test_buffered_batches_are_decoded_one_at_a_time_as_records_are_taken() -> None:
     # A record is built shortly before it is handed out: an answer's later batches stay
     # undecoded bytes until the application reaches them.
-    state = PartitionState(TP)
+    state = fetching.partition.PartitionState(TP)
     state.position = 11
     batches = [
         RecordBatch(build_batch([(None, b"%d" % i, (), i) for i in range(3)], base_offset=10)),
@@ -156,7 +157,7 @@ def test_buffered_batches_are_decoded_one_at_a_time_as_records_are_taken() -> No
 
 
 def test_a_large_batch_is_decoded_in_pieces_just_ahead_of_the_application() -> None:
-    state = PartitionState(TP)
+    state = fetching.partition.PartitionState(TP)
     state.position = 0
     count = DECODE_AT_LEAST * 2 + 7
     batch = RecordBatch(build_batch([(None, b"v", (), 0)] * count))
@@ -326,7 +327,7 @@ def test_max_records_and_fair_draining_across_partitions() -> None:
     run(scenario)
 
 
-def test_async_for_yields_records_in_order_and_commits_what_was_consumed(iteration_build: str) -> None:
+def test_async_for_yields_records_in_order_and_commits_what_was_consumed() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("events", 1)
         await produce(fake, "events", [b"%d" % i for i in range(8)])
@@ -344,9 +345,7 @@ def test_async_for_yields_records_in_order_and_commits_what_was_consumed(iterati
     run(scenario)
 
 
-def test_async_for_keeps_the_position_just_past_each_record_across_batches_and_answers(
-    iteration_build: str,
-) -> None:
+def test_async_for_keeps_the_position_just_past_each_record_across_batches_and_answers() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("events", 1)
         await produce(fake, "events", [b"a%d" % i for i in range(3)])
@@ -366,20 +365,20 @@ def test_async_for_keeps_the_position_just_past_each_record_across_batches_and_a
     run(scenario)
 
 
-def test_async_for_steps_with_the_compiled_build_when_a_fresh_one_is_installed() -> None:
-    builds = consumer_module.iteration_builds()
-    assert (builds["source"].__file__ or "").endswith("iteration.py")  # always at hand
-    compiled = builds.get("compiled")
-    if compiled is None:
-        pytest.skip("no compiled async-for step installed")
-    assert consumer_module.iteration is compiled
-    assert isinstance(aiter(Consumer("127.0.0.1:1")), compiled.RecordIterator)
-    stamp = Path(compiled.__file__ or "").parent / "iteration.source-sha256"
-    source = Path(builds["source"].__file__ or "")
-    assert stamp.read_text().strip() == hashlib.sha256(source.read_bytes()).hexdigest()
+def test_each_build_of_the_partition_state_is_what_consumers_create() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"0", b"1"])
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([TP])
+            assert isinstance(consumer._states[TP], fetching.partition.PartitionState)
+            assert isinstance(aiter(consumer), fetching.partition.RecordIterator)
+            assert [(await anext(consumer)).offset, (await anext(consumer)).offset] == [0, 1]
+
+    run(scenario)
 
 
-def test_close_in_the_loop_body_ends_async_for_before_the_next_buffered_record(iteration_build: str) -> None:
+def test_close_in_the_loop_body_ends_async_for_before_the_next_buffered_record() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("events", 1)
         await produce(fake, "events", [b"%d" % i for i in range(8)])
@@ -396,9 +395,7 @@ def test_close_in_the_loop_body_ends_async_for_before_the_next_buffered_record(i
     run(scenario)
 
 
-def test_anext_of_the_consumer_and_a_new_async_for_continue_where_the_last_left_off(
-    iteration_build: str,
-) -> None:
+def test_anext_of_the_consumer_and_a_new_async_for_continue_where_the_last_left_off() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("events", 1)
         await produce(fake, "events", [b"%d" % i for i in range(6)])
@@ -421,7 +418,7 @@ def test_anext_of_the_consumer_and_a_new_async_for_continue_where_the_last_left_
     run(scenario)
 
 
-def test_a_cancelled_async_for_waiting_for_records_loses_none(iteration_build: str) -> None:
+def test_a_cancelled_async_for_waiting_for_records_loses_none() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("events", 1)
         await produce(fake, "events", [b"0", b"1"])
@@ -526,7 +523,7 @@ def test_subscribe_needs_a_group_and_does_not_mix_with_assign() -> None:
     run(scenario)
 
 
-def test_close_ends_async_iteration_and_getmany(iteration_build: str) -> None:
+def test_close_ends_async_iteration_and_getmany() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("events", 1)
         consumer = Consumer(fake.address)

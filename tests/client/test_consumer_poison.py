@@ -26,6 +26,9 @@ from sentinel.errors import (
 )
 from sentinel.records import Compression, RecordBatch, available_codecs, build_batch
 
+# Every test here runs against each build of sentinel.client.partition (see conftest.py).
+pytestmark = pytest.mark.usefixtures("partition_build")
+
 TP = TopicPartition("events", 0)
 
 
@@ -105,7 +108,7 @@ def test_getmany_returns_every_good_record_then_raises_naming_topic_partition_of
     run(scenario)
 
 
-def test_async_for_yields_the_good_records_then_raises(iteration_build: str) -> None:
+def test_async_for_yields_the_good_records_then_raises() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         stored(fake, "events", 1, (0, good(b"a", b"b", b"c")), (0, poison_batch()), (0, good(b"d")))
         async with Consumer(fake.address, auto_offset_reset="earliest", max_poll_records=2) as consumer:
@@ -208,7 +211,7 @@ def test_other_partitions_keep_flowing_and_the_error_follows_its_good_records() 
     run(scenario)
 
 
-def test_a_group_member_gets_the_error_and_commits_up_to_the_damage(iteration_build: str) -> None:
+def test_a_group_member_gets_the_error_and_commits_up_to_the_damage() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         stored(fake, "events", 1, (0, good(b"a", b"b", b"c")), (0, poison_batch()), (0, good(b"d")))
         options = {"group_id": "g", "auto_offset_reset": "earliest"}
