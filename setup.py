@@ -1,10 +1,11 @@
-"""Build hook: compile the records-section decoder with mypyc (see sentinel/records/decode.py).
+"""Build hook: compile the records-section decoder (sentinel/records/decode.py) and the
+consumer's per-partition state and ``async for`` step (sentinel/client/partition.py) with mypyc.
 
 Everything else is declared in pyproject.toml. The extension is optional: without a C
 compiler, or with SENTINEL_NO_COMPILE=1, the install goes on and the Python source runs
-(about four times slower per record; sentinel.records.decoder says which build is active).
-Beside a compiled build, ``decode.source-sha256`` records the source it was built from:
-a build whose source has changed since is not used.
+(the decoder about four times slower per record; sentinel.records.decoder says which build
+is active). Beside each compiled module, ``<name>.source-sha256`` records the source it was
+built from: a build whose source has changed since is not used.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-_MODULE = "sentinel.records.decode"
-_SOURCE = os.path.join("sentinel", "records", "decode.py")
-_STAMP = "decode.source-sha256"
+_MODULES = {
+    "sentinel.records.decode": os.path.join("sentinel", "records", "decode.py"),
+    "sentinel.client.partition": os.path.join("sentinel", "client", "partition.py"),
+}
 
 
 def _extensions() -> list[Any]:
@@ -28,23 +30,26 @@ def _extensions() -> list[Any]:
         from mypyc.build import mypycify
     except ImportError:
         return []
-    extensions = mypycify([_SOURCE], opt_level="3")
+    extensions = mypycify(list(_MODULES.values()), opt_level="3")
     for extension in extensions:
         extension.optional = True  # a failed compile leaves the pure-Python module in charge
     return extensions
 
 
 class _BuildExt(build_ext):
-    """build_ext, then the source's digest beside the compiled decoder (if it was built)."""
+    """build_ext, then each source's digest beside its compiled module (if it was built)."""
 
     def run(self) -> None:
         super().run()
-        built = self.get_ext_fullpath(_MODULE)
-        if any(e.name == _MODULE for e in self.extensions) and os.path.exists(built):
-            with open(_SOURCE, "rb") as source:
-                digest = hashlib.sha256(source.read()).hexdigest()
-            with open(os.path.join(os.path.dirname(built), _STAMP), "w") as stamp:
-                stamp.write(digest + "\n")
+        names = {e.name for e in self.extensions}
+        for module, path in _MODULES.items():
+            built = self.get_ext_fullpath(module)
+            if module in names and os.path.exists(built):
+                with open(path, "rb") as source:
+                    digest = hashlib.sha256(source.read()).hexdigest()
+                stamp = os.path.splitext(os.path.basename(path))[0] + ".source-sha256"
+                with open(os.path.join(os.path.dirname(built), stamp), "w") as out:
+                    out.write(digest + "\n")
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": _BuildExt})

@@ -49,6 +49,7 @@ from typing import Any, Final, Self
 
 from grpclib.const import Cardinality
 
+from sentinel.client import fetching
 from sentinel.client.connection import Cluster, with_retries
 from sentinel.client.errors import is_retriable
 from sentinel.client.fetching import (
@@ -56,6 +57,7 @@ from sentinel.client.fetching import (
     FetchAnswer,
     FetchResult,
     PartitionState,
+    RecordIterator,
     ScannedAnswer,
     read_error,
     scan_answer,
@@ -104,8 +106,8 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-# ``_State.OPEN`` as a plain global: an enum member looked up through its class costs as much
-# as the rest of the ``async for`` fast path.
+# ``_State.OPEN`` as a plain global: an enum member looked up through its class costs more
+# than a global look-up (``_chain_fetch`` runs once per answer).
 _OPEN: Final = _State.OPEN
 
 
@@ -186,6 +188,8 @@ class Consumer:
         self._next_auto_commit = 0.0
         self._last_committed: dict[TopicPartition, int] = {}
         self._stale_topics: set[str] = set()
+        # The partition the last ``async for`` record came from, where the next step looks
+        # first (``sentinel.client.partition``); None unless the consumer is open.
         self._iter_state: PartitionState | None = None
         self._state = _State.NEW
 
@@ -211,6 +215,7 @@ class Consumer:
             self._state = _State.CLOSED
             return
         self._state = _State.CLOSED
+        self._iter_state = None  # the async for fast path stops here
         self._wake()  # a getmany waiting in another task raises FailedPrecondition
         group = self._group
         try:
@@ -319,7 +324,7 @@ class Consumer:
         new: dict[TopicPartition, PartitionState] = {}
         for tp in tps:
             state = old.get(tp)
-            new[tp] = state if state is not None else PartitionState(tp)
+            new[tp] = state if state is not None else fetching.partition.PartitionState(tp)
         for tp, state in old.items():
             if tp not in new:
                 state.reset(None)
@@ -598,28 +603,17 @@ class Consumer:
             waits.add(self._waiter)
             await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
-    def __aiter__(self) -> Self:
-        return self
+    def __aiter__(self) -> RecordIterator:
+        """``async for record in consumer``: one record a step (``sentinel.client.partition``)."""
+        iterator: RecordIterator = fetching.partition.RecordIterator(self)
+        return iterator
 
     async def __anext__(self) -> ConsumerRecord:
-        state = self._iter_state
-        if (
-            state is not None
-            and state.records
-            and self._state is _OPEN
-            and not (self._group is not None and self._group.rejoin_needed)
-            and not (self._auto_commit and time.monotonic() >= self._next_auto_commit)
-        ):
-            # Fast path: no bookkeeping between decoded records (the next answer is
-            # already being fetched: getmany started it when it buffered this one). Inside a
-            # decoded chunk, PartitionState.take_one inlined: a call is a tenth of the cost.
-            records = state.records
-            index = state.index + 1
-            if index < len(records):
-                state.index = index
-                state.position = records[index].offset
-                return records[index - 1]
-            return state.take_one()
+        return await self.__aiter__().__anext__()
+
+    async def _next_record(self) -> ConsumerRecord:
+        """The ``async for`` step when the fast path cannot take it: a ``getmany`` of one
+        record (bookkeeping first), whose partition the fast path continues with."""
         while True:
             if self._state is not _State.OPEN:
                 raise StopAsyncIteration
@@ -630,7 +624,8 @@ class Consumer:
                     raise StopAsyncIteration from None
                 raise
             for tp, records in batch.items():
-                self._iter_state = self._states.get(tp)
+                # Only while open: close() clears it, and the fast path relies on that.
+                self._iter_state = self._states.get(tp) if self._state is _State.OPEN else None
                 return records[0]
 
     def _wake(self) -> None:

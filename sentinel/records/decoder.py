@@ -44,6 +44,22 @@ def is_fresh(stamp: str, source: str) -> bool:
     return recorded == actual
 
 
+def load_source(path: str, name: str) -> ModuleType:
+    """The Python source at ``path`` run as a module named ``name``, whatever was compiled
+    from it (Python would import a compiled build beside the source in its place)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stamp_of(source: str) -> str:
+    """The stamp file ``setup.py`` writes beside the build of ``source`` (``x.py``:
+    ``x.source-sha256``)."""
+    return os.path.splitext(source)[0] + ".source-sha256"
+
+
 _pure: ModuleType | None = None
 
 
@@ -54,11 +70,7 @@ def pure() -> ModuleType:
         if not is_compiled(_imported):
             _pure = _imported
         else:
-            spec = importlib.util.spec_from_file_location("sentinel.records._decode_source", _SOURCE)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            _pure = module
+            _pure = load_source(_SOURCE, "sentinel.records._decode_source")
     return _pure
 
 

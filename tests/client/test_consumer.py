@@ -17,12 +17,16 @@ from sentinel.client import (
     OffsetAndTimestamp,
     Producer,
     TopicPartition,
+    fetching,
 )
 from sentinel.client.errors import RequestTimeout
-from sentinel.client.fetching import DECODE_AT_LEAST, FetchResult, PartitionState, records_from_batches
+from sentinel.client.fetching import DECODE_AT_LEAST, FetchResult, records_from_batches
 from sentinel.client.reachability import Reachability
 from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from sentinel.records import RecordBatch, build_batch
+
+# Every test here runs against each build of sentinel.client.partition (see conftest.py).
+pytestmark = pytest.mark.usefixtures("partition_build")
 
 TP = TopicPartition("events", 0)
 
@@ -117,7 +121,7 @@ def test_records_from_batches_skips_before_start_and_keeps_order() -> None:
 
 
 def test_partition_state_take_advances_the_position_past_the_answer() -> None:
-    state = PartitionState(TP)
+    state = fetching.partition.PartitionState(TP)
     state.position = 11
     state.records = records_from_batches(
         TP, build_batch([(None, b"%d" % i, (), i) for i in range(5)], base_offset=10), 11
@@ -135,7 +139,7 @@ def test_partition_state_take_advances_the_position_past_the_answer() -> None:
 def test_buffered_batches_are_decoded_one_at_a_time_as_records_are_taken() -> None:
     # A record is built shortly before it is handed out: an answer's later batches stay
     # undecoded bytes until the application reaches them.
-    state = PartitionState(TP)
+    state = fetching.partition.PartitionState(TP)
     state.position = 11
     batches = [
         RecordBatch(build_batch([(None, b"%d" % i, (), i) for i in range(3)], base_offset=10)),
@@ -153,7 +157,7 @@ def test_buffered_batches_are_decoded_one_at_a_time_as_records_are_taken() -> No
 
 
 def test_a_large_batch_is_decoded_in_pieces_just_ahead_of_the_application() -> None:
-    state = PartitionState(TP)
+    state = fetching.partition.PartitionState(TP)
     state.position = 0
     count = DECODE_AT_LEAST * 2 + 7
     batch = RecordBatch(build_batch([(None, b"v", (), 0)] * count))
@@ -357,6 +361,90 @@ def test_async_for_keeps_the_position_just_past_each_record_across_batches_and_a
                 if record.offset == 5:
                     break
             assert positions == [(i, i + 1) for i in range(6)]
+
+    run(scenario)
+
+
+def test_each_build_of_the_partition_state_is_what_consumers_create() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"0", b"1"])
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([TP])
+            assert isinstance(consumer._states[TP], fetching.partition.PartitionState)
+            assert isinstance(aiter(consumer), fetching.partition.RecordIterator)
+            assert [(await anext(consumer)).offset, (await anext(consumer)).offset] == [0, 1]
+
+    run(scenario)
+
+
+def test_close_in_the_loop_body_ends_async_for_before_the_next_buffered_record() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"%d" % i for i in range(8)])
+        consumer = Consumer(fake.address, auto_offset_reset="earliest")
+        await consumer.start()
+        consumer.assign([TP])
+        got = []
+        async for record in consumer:
+            got.append(record.offset)
+            if len(got) == 2:
+                await consumer.close()  # records 2..7 are buffered: none is handed out
+        assert got == [0, 1]
+
+    run(scenario)
+
+
+def test_anext_of_the_consumer_and_a_new_async_for_continue_where_the_last_left_off() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"%d" % i for i in range(6)])
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([TP])
+            assert (await anext(consumer)).offset == 0
+            got = []
+            async for record in consumer:
+                got.append(record.offset)
+                if record.offset == 2:
+                    break
+            assert (await anext(consumer)).offset == 3
+            async for record in consumer:
+                got.append(record.offset)
+                if record.offset == 5:
+                    break
+            assert got == [1, 2, 4, 5]
+            assert await consumer.position(TP) == 6
+
+    run(scenario)
+
+
+def test_a_cancelled_async_for_waiting_for_records_loses_none() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"0", b"1"])
+        async with Consumer(fake.address, auto_offset_reset="earliest") as consumer:
+            consumer.assign([TP])
+            got = []
+            both = asyncio.Event()
+
+            async def iterate() -> None:
+                async for record in consumer:
+                    got.append(record.offset)
+                    if len(got) == 2:
+                        both.set()
+
+            task = asyncio.ensure_future(iterate())
+            await both.wait()
+            await asyncio.sleep(0.05)  # now waiting at the end of the log
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await consumer.position(TP) == 2
+            await produce(fake, "events", [b"2"])
+            async for record in consumer:
+                got.append(record.offset)
+                break
+            assert got == [0, 1, 2]
 
     run(scenario)
 

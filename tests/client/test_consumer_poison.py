@@ -26,6 +26,9 @@ from sentinel.errors import (
 )
 from sentinel.records import Compression, RecordBatch, available_codecs, build_batch
 
+# Every test here runs against each build of sentinel.client.partition (see conftest.py).
+pytestmark = pytest.mark.usefixtures("partition_build")
+
 TP = TopicPartition("events", 0)
 
 
