@@ -46,7 +46,17 @@ from sentinel.broker.producer_state import (
     record_batch,
 )
 from sentinel.broker.reader import PartitionReader, ReadResult
-from sentinel.cluster.group import RaftObservers, RaftStats, Send, hand_off, handle_ready, raft_stats
+from sentinel.cluster.group import (
+    HandOff,
+    Inbound,
+    RaftObservers,
+    RaftStats,
+    Send,
+    Tick,
+    hand_off,
+    handle_ready,
+    raft_stats,
+)
 from sentinel.errors import (
     ActorClosed,
     CorruptionError,
@@ -132,18 +142,6 @@ class ReplicaView:
 
 
 @attrs.define(slots=True, eq=False)
-class Tick:
-    """From the RaftTicker."""
-
-
-@attrs.define(slots=True, eq=False)
-class Inbound:
-    """From the peer links: a Raft message of this partition's group."""
-
-    message: Message
-
-
-@attrs.define(slots=True, eq=False)
 class Produce(Request[AppendResult]):
     """From the produce handler: validated batches (records checked) to append."""
 
@@ -166,12 +164,6 @@ class ApplyRetention(Request[int]):
     retention_ms: int
     retention_bytes: int
     now_ms: int
-
-
-@attrs.define(slots=True, eq=False)
-class HandOff(Request[int]):
-    """From a graceful shutdown: transfer leadership to the most caught-up follower that was
-    heard from recently; answered with its id (0: not leading, or nobody to hand to)."""
 
 
 ReplicaMessage = Tick | Inbound | Produce | TransferLeadership | ApplyRetention | HandOff

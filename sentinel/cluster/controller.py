@@ -29,9 +29,12 @@ import trio
 from sentinel.actors import Actor, Request
 from sentinel.cluster.group import (
     GroupStorage,
+    HandOff,
+    Inbound,
     RaftObservers,
     RaftStats,
     Send,
+    Tick,
     hand_off,
     handle_ready,
     raft_stats,
@@ -60,37 +63,13 @@ class ControllerView:
 
 
 @attrs.define(slots=True, eq=False)
-class Tick:
-    """From the RaftTicker: one logical tick."""
-
-
-@attrs.define(slots=True, eq=False)
-class Inbound:
-    """From the transport: a Raft message of group 0."""
-
-    message: Message
-
-
-@attrs.define(slots=True, eq=False)
 class Propose(Request[Result]):
     """From the node's services: append a metadata command (``metadata.*`` encoders)."""
 
     command: bytes
 
 
-@attrs.define(slots=True, eq=False)
-class TransferLeadership(Request[None]):
-    """From an admin command or shutdown: hand controller leadership to ``to``."""
-
-    to: int
-
-
-@attrs.define(slots=True, eq=False)
-class HandOff(Request[int]):
-    """From a graceful shutdown: hand controller leadership to the best follower."""
-
-
-ControllerMessage = Tick | Inbound | Propose | TransferLeadership | HandOff
+ControllerMessage = Tick | Inbound | Propose | HandOff
 
 
 class Controller(Actor[ControllerMessage]):
@@ -170,9 +149,6 @@ class Controller(Actor[ControllerMessage]):
         """Propose on this node only (a forwarded proposal: never forwarded again)."""
         return await self.call(Propose(command))
 
-    async def transfer_leadership(self, to: int) -> None:
-        await self.call(TransferLeadership(to))
-
     @property
     def recovering(self) -> bool:
         """Repairing lost state from its leader (not voting yet): read by the node."""
@@ -237,15 +213,6 @@ class Controller(Actor[ControllerMessage]):
                     message.reply.fail(Unavailable(f"the controller refuses proposals now: {exc}"))
                 else:
                     self._pending[index] = (node.term, message)
-            case TransferLeadership(to=to):
-                try:
-                    node.transfer_leadership(to)
-                except NotLeader:
-                    message.reply.fail(self._not_leader())
-                except ValueError as exc:
-                    message.reply.fail(SentinelError(str(exc)))
-                else:
-                    message.reply.set(None)
             case HandOff():
                 message.reply.set(hand_off(node))
             case _:

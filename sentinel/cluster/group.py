@@ -17,6 +17,7 @@ from typing import Protocol
 import attrs
 import trio
 
+from sentinel.actors import Request
 from sentinel.errors import WriteRefused
 from sentinel.raft.core import RaftNode, Ready
 from sentinel.raft.messages import Message, Role
@@ -28,6 +29,28 @@ Ops = Sequence[tuple[bytes, bytes | None]]
 _RETRY_INITIAL_SECONDS = 0.05
 _RETRY_MAX_SECONDS = 2.0
 Send = Callable[[int, Message], None]  # (group, message): never blocks
+
+
+# -- the messages every Raft group's actor takes (a partition replica, the controller) -------
+
+
+@attrs.define(slots=True, eq=False)
+class Tick:
+    """From the RaftTicker: one logical tick."""
+
+
+@attrs.define(slots=True, eq=False)
+class Inbound:
+    """From the peer links: a Raft message of the actor's group."""
+
+    message: Message
+
+
+@attrs.define(slots=True, eq=False)
+class HandOff(Request[int]):
+    """From a graceful shutdown: transfer leadership to the most caught-up follower that was
+    heard from recently (``hand_off``); answered with its id (0: not leading, or nobody to
+    hand to)."""
 
 
 class GroupStorage(RaftStorage, Protocol):
