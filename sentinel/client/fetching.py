@@ -30,6 +30,7 @@ from sentinel.client.types import ConsumerRecord, TopicPartition
 from sentinel.errors import DataLoss, InvalidRecordBatch, SentinelError
 from sentinel.records import RecordBatch, iter_batches
 from sentinel.records.decoder import is_compiled, is_fresh, load_source, stamp_of
+from sentinel.varint import decode_uvarint
 
 # ``sentinel.client.partition`` (PartitionState and the ``async for`` step): its mypyc build
 # when that was built from this very source, else the source (like the records decoder's two
@@ -130,12 +131,12 @@ class FetchAnswer(NamedTuple):
         pos = 0
         end = len(data)
         while pos < end:
-            key, pos = _wire_varint(data, pos)
+            key, pos = decode_uvarint(data, pos)
             number, wire_type = key >> 3, key & 7
             if wire_type == _WIRE_VARINT:
-                fields[number], pos = _wire_varint(data, pos)
+                fields[number], pos = decode_uvarint(data, pos)
             elif wire_type == _WIRE_LEN:
-                length, pos = _wire_varint(data, pos)
+                length, pos = decode_uvarint(data, pos)
                 if pos + length > end:
                     raise ValueError(f"field {number} of {length} bytes runs past the message")
                 fields[number] = view[pos : pos + length]
@@ -166,22 +167,6 @@ class FetchAnswer(NamedTuple):
 _TOPIC, _PARTITION, _RECORD_BATCHES, _HIGH_WATERMARK, _LOG_START_OFFSET, _NEXT_OFFSET = range(1, 7)
 _WIRE_VARINT, _WIRE_FIXED64, _WIRE_LEN, _WIRE_FIXED32 = 0, 1, 2, 5
 _UINT64: Final = 1 << 64
-
-
-def _wire_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = 0
-    shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
 
 
 def _signed(value: int | memoryview) -> int:
