@@ -119,25 +119,7 @@ class Memtable:
     def put_batch(self, first_seq: int, ops: Sequence[tuple[bytes, bytes | None]]) -> None:
         """Write a batch as the WAL holds it: ``ops[i]`` (``(key, value)``, value None a
         tombstone) gets seq ``first_seq + i``. The write path's form of :meth:`apply`."""
-        if self._frozen:
-            raise self._refuse_write()
-        if not ops:
-            return
-        put = self._list.put
-        added = 0
-        seq = first_seq
-        try:
-            for key, value in ops:
-                added += put(key, seq, value)
-                seq += 1
-        finally:
-            # Even if an entry fails part-way, account for what did reach the list.
-            self._bytes += added
-            if seq > first_seq:
-                if seq - 1 > self._last_seq:
-                    self._last_seq = seq - 1
-                if first_seq < self._first_seq:
-                    self._first_seq = first_seq
+        self.put_batches(((first_seq, ops),))
 
     def put_batches(self, batches: Iterable[tuple[int, Sequence[tuple[bytes, bytes | None]]]]) -> None:
         """``put_batch(first_seq, ops)`` for each ``(first_seq, ops)`` in order, in one loop
