@@ -57,26 +57,20 @@ def encode_batch(
     """``build_batch(records, ...)`` at base offset 0, CREATE_TIME, no partition leader
     epoch: the batches a producer sends."""
     builder_class = _compiled if _looked_up else compiled_builder()
-    if builder_class is None or compression is not Compression.NONE or not records:
-        return build_batch(
-            records,
-            compression=compression,
-            producer_id=producer_id,
-            producer_epoch=producer_epoch,
-            base_sequence=base_sequence,
-        )
-    try:
-        builder = builder_class(_MAGIC, 0, 0, producer_id, producer_epoch, base_sequence, _UNBOUNDED)
-        append = builder.append
-        no_headers = _NO_HEADERS
-        for offset, (key, value, headers, timestamp) in enumerate(records):
-            append(offset, timestamp, key, value, list(headers) if headers else no_headers)
-        return bytes(builder.build())
-    except Exception:  # anything it refuses: ours encodes it, or names the culprit
-        return build_batch(
-            records,
-            compression=compression,
-            producer_id=producer_id,
-            producer_epoch=producer_epoch,
-            base_sequence=base_sequence,
-        )
+    if builder_class is not None and compression is Compression.NONE and records:
+        try:
+            builder = builder_class(_MAGIC, 0, 0, producer_id, producer_epoch, base_sequence, _UNBOUNDED)
+            append = builder.append
+            no_headers = _NO_HEADERS
+            for offset, (key, value, headers, timestamp) in enumerate(records):
+                append(offset, timestamp, key, value, list(headers) if headers else no_headers)
+            return bytes(builder.build())
+        except Exception:
+            pass  # anything it refuses: ours encodes it, or names the culprit
+    return build_batch(
+        records,
+        compression=compression,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=base_sequence,
+    )
