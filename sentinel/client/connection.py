@@ -239,7 +239,7 @@ class Cluster:
         Requested topics that the answer lacks are dropped from the cache.
         """
         request = pb.MetadataRequest(topics=list(topics or ()), allow_auto_create=self.allow_auto_create)
-        response = await self._any_bootstrap(
+        response = await self.any_broker(
             lambda conn: conn.stub.fetch_metadata(request, timeout=self.request_timeout_s)
         )
         metadata = cluster_metadata(response)
@@ -249,7 +249,7 @@ class Cluster:
     async def init_producer_id(self) -> tuple[int, int]:
         """A new idempotent producer id and its epoch (the controller allocates it; any
         broker asks it)."""
-        response = await self._any_bootstrap(
+        response = await self.any_broker(
             lambda conn: conn.stub.init_producer_id(
                 pb.InitProducerIdRequest(), timeout=self.request_timeout_s
             )
@@ -257,13 +257,9 @@ class Cluster:
         return response.producer_id, response.producer_epoch
 
     async def any_broker(self, call: Callable[[Connection], Awaitable[T]]) -> T:
-        """``call`` (a request any broker answers) on the first bootstrap broker that
-        answers: a dead one in the list costs a refused connection, not the request."""
-        return await self._any_bootstrap(call)
-
-    async def _any_bootstrap(self, call: Callable[[Connection], Awaitable[T]]) -> T:
-        """``call`` on the bootstrap broker that answered last, else on the next ones in
-        turn; the last retriable error if none answers."""
+        """``call``, a request any broker answers (metadata, admin), on the bootstrap broker
+        that answered last, else on the next ones in turn: a dead one in the list costs a
+        refused connection, not the request. The last retriable error if none answers."""
         last_error: SentinelError | None = None
         count = len(self._bootstrap)
         for i in range(count):
