@@ -295,3 +295,42 @@ async def test_a_group_of_one_answers_after_one_write_and_its_commit_reaches_the
         with frozen(clock):
             await store.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_fetch_reads_through_the_injected_read_runner_never_on_the_actor(
+    clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Reads that may hit SSTables run where the node says (worker threads in production:
+    sentinel/node.py passes trio.to_thread.run_sync), so a cold read never stalls the loop
+    that runs heartbeats, elections and the WAL writer."""
+    ran: list[tuple[object, tuple[object, ...]]] = []
+
+    async def runner(fn, *args):  # type: ignore[no-untyped-def]
+        ran.append((fn, args))
+        return fn(*args)
+
+    async with trio.open_nursery() as nursery:
+        with frozen(clock):
+            store = await nursery.start(Store(tmp_path, StorageOptions(sync=SyncMode.NONE)).run)
+        replica = PartitionReplica(
+            store,
+            topic="t",
+            topic_id=TOPIC_ID,
+            partition=0,
+            node_id=1,
+            replicas=(1,),
+            send=lambda g, m: None,
+            read_runner=runner,
+        )
+        await nursery.start(replica.run)
+        while not replica.view.leader_ready:
+            await replica.view.changed.wait()
+        await replica.produce([batch(3)])
+        result = await replica.fetch(0, 1 << 20)
+        assert result.high_watermark == 3 and result.data
+        assert ran == [(replica.reader.read, (0, 1 << 20))]
+        replica.close()
+        await replica.wait_stopped()
+        with frozen(clock):
+            await store.aclose()
+        nursery.cancel_scope.cancel()

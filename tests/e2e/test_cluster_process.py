@@ -336,3 +336,38 @@ def test_a_group_consumer_bootstrapped_on_a_broker_that_is_not_the_coordinator_f
     cluster.nodes[coordinator].kill()
     rest = asyncio.run(consume(other.address, 1))
     assert rest == [b"g10"]  # resumed at the commit made before the kill
+
+
+def test_the_cluster_commands_json_carries_the_names_scripts_rely_on(cluster: LocalCluster) -> None:
+    """`cluster status`, `topics describe` and `cluster transfer-leader` with `--format json`:
+    per-partition objects with `partition`, `leader` and `replicas`, and the status names
+    the `controller` node id (the README promises these names to scripts)."""
+    from broker_process import sentinel_command, subprocess_env
+
+    def cli(*args: str) -> Any:
+        done = subprocess.run(
+            sentinel_command(*args, "--broker", cluster.bootstrap, "--format", "json"),
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    status_now = cli("cluster", "status")
+    assert status_now["controller"] in cluster.nodes
+    assert {b["node_id"]: b["reachable"] for b in status_now["brokers"]} == {1: True, 2: True, 3: True}
+    mine = {p["partition"]: p for p in status_now["partitions"] if p["topic"] == TOPIC}
+    assert sorted(mine) == list(range(PARTITIONS))
+    for p in mine.values():
+        assert p["leader"] in p["replicas"] and sorted(p["replicas"]) == [1, 2, 3]
+    described = cli("topics", "describe", TOPIC)
+    assert [(p["partition"], p["leader"]) for p in described["partitions"]] == [
+        (n, mine[n]["leader"]) for n in range(PARTITIONS)
+    ]
+    assert all(sorted(p["replicas"]) == [1, 2, 3] for p in described["partitions"])
+    target = next(n for n in mine[0]["replicas"] if n != mine[0]["leader"])
+    moved = cli("cluster", "transfer-leader", TOPIC, "0", "--to", str(target))
+    assert moved == {"topic": TOPIC, "partition": 0, "leader": target}
+    assert leader_of(cluster, 0) == target
