@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 from sentinel.errors import SentinelError
 
@@ -172,13 +172,14 @@ class Worker:
             env=_env(),
         )
 
-    def wait_for(self, event: str) -> None:
-        """Block until the worker prints ``{"event": event}``."""
+    def wait_for(self, event: str) -> dict[str, Any]:
+        """Block until the worker prints ``{"event": event, ...}``; that line's fields."""
         stdout = self.process.stdout
         assert stdout is not None
         for line in stdout:
-            if json.loads(line).get("event") == event:
-                return
+            fields: dict[str, Any] = json.loads(line)
+            if fields.get("event") == event:
+                return fields
         self._fail()
 
     def result(self, timeout: float) -> dict[str, Any]:
@@ -193,7 +194,7 @@ class Worker:
         result: dict[str, Any] = json.loads(lines[-1])
         return result
 
-    def _fail(self) -> None:
+    def _fail(self) -> NoReturn:
         self.process.wait()
         err = self.process.stderr.read() if self.process.stderr is not None else ""
         raise BenchError(f"{self.role} worker failed (exit {self.process.returncode}): {_last_line(err)}")

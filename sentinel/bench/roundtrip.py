@@ -10,6 +10,9 @@ percentiles the bench reports where the time goes, layer by layer:
   the asyncio half of the bridge in ``sentinel/server/bridge.py``);
 * ``broker_trio_cpu_us``: the broker's Trio thread (the Trio half of the bridge, the produce
   handler, the partition replica and its Raft group, the storage engine);
+* ``grpc``: the floor of HTTP/2 and gRPC alone on this machine: a bare grpclib client and
+  server (each its own process, raw-bytes messages of a produce's sizes, no protobuf, nothing
+  of Sentinel's; ``sentinel/bench/grpc_floor.py``), as latency and each side's CPU per call;
 * measured in process, without gRPC: ``replica`` (a produce through a one-voter partition
   replica: propose, persist, commit, answer) and ``storage`` (one ``Store.write`` of a
   record), each as sequential latency and CPU per call.
@@ -33,7 +36,7 @@ from typing import Any
 import trio
 
 from sentinel.bench.broker import RECORD_BYTES, WORKER_TIMEOUT_S, Progress, _broker, _quiet, _topic
-from sentinel.bench.process import run_worker
+from sentinel.bench.process import Worker, run_worker
 from sentinel.bench.workers import percentiles_ms
 from sentinel.broker.replica import ACKS_ALL, PartitionReplica
 from sentinel.records import RecordBatch, build_batch
@@ -133,6 +136,24 @@ async def bench_replica_layer(calls: int, sync: SyncMode) -> dict[str, Any]:
                 await store.aclose()
 
 
+def bench_grpc_floor(calls: int) -> dict[str, Any]:
+    """Sequential calls of a bare grpclib client to a bare grpclib server (two processes):
+    what HTTP/2 and gRPC alone cost per call, each side's CPU beside the latency."""
+    params = {"calls": calls, "warmup": WARMUP_CALLS}
+    server = Worker("grpc-floor-server", params)
+    try:
+        port = server.wait_for("listening")["port"]
+        client = run_worker("grpc-floor-client", {**params, "port": port}, timeout=WORKER_TIMEOUT_S)
+        served = server.result(WORKER_TIMEOUT_S)
+    finally:
+        server.kill()
+    return {
+        "latency_us": client["latency_us"],
+        "client_cpu_us": client["client_cpu_us"],
+        "server_cpu_us": served["server_cpu_us"],
+    }
+
+
 def run_roundtrip_bench(
     *,
     broker_address: str | None = None,
@@ -167,6 +188,8 @@ def run_roundtrip_bench(
         layers[f"broker_{role}_cpu_us"] = (
             round((after[role] - before[role]) / total * 1e6, 1) if before and after else None
         )
+    progress("the HTTP/2 + gRPC floor: a bare grpclib client and server")
+    layers["grpc"] = bench_grpc_floor(calls)
     mode = SyncMode(sync) if broker_address is None else SyncMode.INTERVAL
     progress("the replica and storage layers in process")
     layers["replica"] = trio.run(bench_replica_layer, calls, mode)

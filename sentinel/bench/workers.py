@@ -51,8 +51,9 @@ def percentiles_ms(
     return out
 
 
-def _event(name: str) -> None:
-    print(json.dumps({"event": name}), flush=True)
+def emit_event(name: str, **fields: Any) -> None:
+    """One ``{"event": name, ...}`` line for the orchestrator (``Worker.wait_for``)."""
+    print(json.dumps({"event": name, **fields}), flush=True)
 
 
 async def _ensure_topic(address: str, topic: str) -> None:
@@ -129,7 +130,7 @@ async def produce_rate(p: dict[str, Any]) -> dict[str, Any]:
     async with Producer(address, acks=p["acks"], linger_ms=p["linger_ms"]) as producer:
         for _ in range(p.get("warmup", 100)):  # connection, metadata, first appends
             await producer.send_and_wait(topic, plain, partition=0)
-        _event("started")
+        emit_event("started")
         send = producer.send
         cpu0 = time.process_time()
         t0 = time.perf_counter()
@@ -248,7 +249,7 @@ async def follow(p: dict[str, Any]) -> dict[str, Any]:
         consumer.assign([tp])
         await consumer.seek_to_end(tp)
         await consumer.position(tp)
-        _event("ready")
+        emit_event("ready")
         received = 0
         unpack = STAMP.unpack_from
         now = time.monotonic_ns
@@ -318,7 +319,7 @@ async def probe(p: dict[str, Any]) -> dict[str, Any]:
 
     async with Producer(address, acks="all", linger_ms=0, request_timeout_ms=10_000, retries=50) as producer:
         await producer.send_and_wait(topic, b"warm", partition=0)
-        _event("started")
+        emit_event("started")
         interval = p["interval_ms"] / 1000
         deadline = time.monotonic() + p["seconds"]
         while time.monotonic() < deadline:
@@ -358,6 +359,18 @@ async def roundtrip(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def grpc_floor_server(p: dict[str, Any]) -> dict[str, Any]:
+    from sentinel.bench import grpc_floor
+
+    return await grpc_floor.serve(p)
+
+
+async def grpc_floor_client(p: dict[str, Any]) -> dict[str, Any]:
+    from sentinel.bench import grpc_floor
+
+    return await grpc_floor.call(p)
+
+
 ROLES = {
     "produce": produce,
     "produce-batches": produce_batches,
@@ -367,6 +380,8 @@ ROLES = {
     "follow": follow,
     "probe": probe,
     "roundtrip": roundtrip,
+    "grpc-floor-server": grpc_floor_server,
+    "grpc-floor-client": grpc_floor_client,
 }
 
 

@@ -277,6 +277,12 @@ def _print_roundtrip(result: dict) -> None:
     )
     for label, key in rows:
         print(f"    {label:<58} {cpu(layers[key])}")
+    floor = layers["grpc"]
+    print(
+        f"  HTTP/2 + gRPC alone (bare grpclib client and server, raw bytes): p50"
+        f" {floor['latency_us']['p50']:,.0f} us, p99 {floor['latency_us']['p99']:,.0f} us,"
+        f" CPU {floor['client_cpu_us']:,.0f} us client + {floor['server_cpu_us']:,.0f} us server per call"
+    )
     for name, what in (
         ("replica", "partition replica (Raft + storage)"),
         ("storage", "storage (Store.write)"),

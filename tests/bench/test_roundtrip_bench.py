@@ -35,6 +35,10 @@ def test_roundtrip_bench_json() -> None:
     # The broker's threads, read from /proc: its Trio thread and its asyncio (gRPC) thread
     # both work on every call.
     assert layers["broker_trio_cpu_us"] > 0 and layers["broker_asyncio_cpu_us"] > 0
+    # The floor of HTTP/2 + gRPC alone: a bare grpclib call, each side's CPU.
+    floor = layers["grpc"]
+    assert 0 < floor["latency_us"]["p50"] <= floor["latency_us"]["max"]
+    assert floor["client_cpu_us"] > 0 and floor["server_cpu_us"] > 0
     for name in ("replica", "storage"):
         assert 0 < layers[name]["latency_us"]["p50"] <= layers[name]["latency_us"]["max"]
         assert layers[name]["cpu_us"] > 0
