@@ -20,7 +20,9 @@ to ``Consumer._next_record`` whenever any of it may be due.
 
 Invariants of a ``PartitionState``:
 - ``position`` is the offset of the next record the application gets; None until it is
-  looked up (committed offset, else the reset policy).
+  looked up (committed offset, else the reset policy). While decoded records remain it is
+  ``records[index].offset`` by construction (a property), so handing out a record moves
+  ``index`` alone.
 - ``records[index:]`` (decoded), then the rest of ``cursor``'s batch (checked, not yet
   decoded), then ``batches`` (scanned only) were fetched from ``position`` on and not yet
   returned; ``records`` is empty rather than used up, ``cursor`` None rather than done. Taking
@@ -101,7 +103,7 @@ class PartitionState:
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
-        self.position: int | None = None  # None: to be looked up (committed offset / policy)
+        self._position: int | None = None  # ``position`` once no decoded record remains
         self.reset_to_policy = False  # True: skip the committed offset (it was out of range)
         self.records: list[ConsumerRecord] = []  # decoded; records[index:] not yet returned
         self.index = 0
@@ -113,6 +115,18 @@ class PartitionState:
         self.fetches: deque[Fetch] = deque()  # in flight or finished, in offset order
         self.retry_at = 0.0  # loop time before which no fetch is started (backoff)
         self.error: SentinelError | None = None  # raised once nothing before it is left
+
+    @property
+    def position(self) -> int | None:
+        """The offset of the next record the application gets; None: to be looked up."""
+        records = self.records
+        if records:
+            return records[self.index].offset
+        return self._position
+
+    @position.setter
+    def position(self, value: int | None) -> None:
+        self._position = value
 
     def reset(self, position: int | None, *, to_policy: bool = False) -> None:
         self.drop_fetches()
@@ -211,7 +225,6 @@ class PartitionState:
         index += 1
         if index < len(records):
             self.index = index
-            self.position = records[index].offset
         else:
             self.records = []
             self.index = 0
@@ -219,9 +232,11 @@ class PartitionState:
         return record
 
     def _settle_position(self) -> None:
+        """``position`` once the decoded records are used up (while some remain it follows
+        ``index``)."""
         if self.records:
-            self.position = self.records[self.index].offset
-        elif self.cursor is not None:
+            return
+        if self.cursor is not None:
             self.position = max(self.cursor.next_offset, self.skip_before)
         elif self.batches:
             self.position = max(self.batches[0].base_offset, self.skip_before)
@@ -276,6 +291,11 @@ class RecordIterator:
 
     def __init__(self, consumer: Consumer) -> None:
         self._consumer = consumer
+        # The chunk of decoded records the bookkeeping was last checked for: the rest of it
+        # is handed out without looking again, as ``getmany`` hands out a whole poll's
+        # records before its next check (a chunk is DECODE_AT_LEAST records, or what a
+        # ``getmany`` decoded).
+        self._checked: list[ConsumerRecord] | None = None
 
     def __aiter__(self) -> RecordIterator:
         return self
@@ -284,20 +304,24 @@ class RecordIterator:
         consumer = self._consumer
         state = consumer._iter_state
         if state is not None:  # only while the consumer is open: close() clears it
-            # The fast path: the next record of a decoded chunk, with no bookkeeping due (the
-            # next answer is already being fetched: getmany started it when it buffered this
-            # one). PartitionState.take_one inlined while records remain in the chunk.
+            # The fast path: the next record of a decoded chunk, with no bookkeeping due when
+            # the chunk was reached (the next answer is already being fetched: getmany
+            # started it when it buffered this one). PartitionState.take_one inlined while
+            # records remain in the chunk.
             records = state.records
-            group = consumer._group
-            if (
-                records
-                and (group is None or not group.rejoin_needed)
-                and (not consumer._auto_commit or time.monotonic() < consumer._next_auto_commit)
-            ):
-                index = state.index + 1
-                if index < len(records):
-                    state.index = index
-                    state.position = records[index].offset
-                    return records[index - 1]
-                return state.take_one()
+            if records is not self._checked:
+                group = consumer._group
+                if (
+                    not records
+                    or (group is not None and group.rejoin_needed)
+                    or (consumer._auto_commit and time.monotonic() >= consumer._next_auto_commit)
+                ):
+                    return await consumer._next_record()
+                self._checked = records
+            index = state.index + 1
+            if index < len(records):
+                state.index = index
+                return records[index - 1]
+            self._checked = None
+            return state.take_one()
         return await consumer._next_record()

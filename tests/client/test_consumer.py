@@ -395,6 +395,33 @@ def test_close_in_the_loop_body_ends_async_for_before_the_next_buffered_record()
     run(scenario)
 
 
+def test_async_for_auto_commits_as_it_goes_and_never_past_the_record_in_hand() -> None:
+    # The async for step checks the consumer's bookkeeping once per decoded chunk, as
+    # getmany does once per poll: a due auto-commit runs between chunks, and what it commits
+    # is the position of the records handed out so far, never one not yet handed out.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        total = 3 * DECODE_AT_LEAST + 7
+        await produce(fake, "events", [b"%d" % i for i in range(total)])
+        options = {"group_id": "g", "auto_offset_reset": "earliest", "auto_commit_interval_ms": 1}
+        committed_seen: set[int] = set()
+        async with Consumer(fake.address, **options) as consumer:  # type: ignore[arg-type]
+            consumer.subscribe(["events"])
+            async for record in consumer:
+                committed = fake.groups["g"].offsets.get(("events", 0), 0)
+                assert committed <= record.offset  # the record in hand is not committed yet
+                committed_seen.add(committed)
+                await asyncio.sleep(0.0002)  # the 1 ms interval passes within a chunk
+                if record.offset == total - 1:
+                    break
+            assert await consumer.position(TP) == total
+        # Commits went on during the loop (between chunks), not only at the close.
+        assert len(committed_seen) >= 3
+        assert fake.groups["g"].offsets == {("events", 0): total}
+
+    run(scenario)
+
+
 def test_anext_of_the_consumer_and_a_new_async_for_continue_where_the_last_left_off() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("events", 1)
