@@ -76,20 +76,32 @@ def retry_delay(backoff_s: float, attempt: int) -> float:
     return min(backoff_s * (2 ** (attempt - 1)), max(backoff_s, MAX_RETRY_BACKOFF_S))
 
 
+# A group request (join, commit, committed offsets) keeps trying this long after its first
+# retriable failure, whatever ``retries`` says: the coordinator moves with the controller
+# leader, and finding the next one takes an election (1-2 s) plus the brokers' metadata
+# catching up. (Kafka's clients wait for a coordinator up to default.api.timeout.ms.)
+COORDINATOR_WAIT_S: Final = 15.0
+
+
 async def with_retries(
     operation: Callable[[], Awaitable[T]],
     *,
     retries: int,
     backoff_s: float,
     on_retry: Callable[[SentinelError], Awaitable[None]] | None = None,
+    at_least_s: float = 0.0,
 ) -> T:
-    """Run ``operation``; on a retriable error try again up to ``retries`` more times."""
+    """Run ``operation``; on a retriable error try again up to ``retries`` more times, and
+    in any case for ``at_least_s`` seconds after the first failure."""
     attempt = 0
+    first_failure: float | None = None
     while True:
         try:
             return await operation()
         except RETRIABLE_ERRORS as exc:
-            if attempt >= retries:
+            now = asyncio.get_running_loop().time()
+            first_failure = now if first_failure is None else first_failure
+            if attempt >= retries and now - first_failure >= at_least_s:
                 raise
             attempt += 1
             if on_retry is not None:

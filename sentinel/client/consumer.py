@@ -50,7 +50,7 @@ from typing import Any, Final, Self
 from grpclib.const import Cardinality
 
 from sentinel.client import fetching
-from sentinel.client.connection import Cluster, with_retries
+from sentinel.client.connection import COORDINATOR_WAIT_S, Cluster, with_retries
 from sentinel.client.errors import is_retriable
 from sentinel.client.fetching import (
     Fetch,
@@ -484,7 +484,9 @@ class Consumer:
             with cluster.to_coordinator() as conn, self._reachability.watch(conn.address), conn.errors:
                 return await conn.stub.fetch_offsets(request, timeout=self._request_timeout_s)
 
-        response = await with_retries(call, retries=self._retries, backoff_s=self._backoff_s)
+        response = await with_retries(
+            call, retries=self._retries, backoff_s=self._backoff_s, at_least_s=COORDINATOR_WAIT_S
+        )
         return {
             TopicPartition(o.topic, o.partition): o.offset for o in response.offsets if o.offset != _NO_OFFSET
         }
@@ -494,12 +496,16 @@ class Consumer:
         metadata string), or the current positions of the whole assignment.
 
         A member whose generation is stale gets FailedPrecondition (and re-joins on the next
-        ``getmany``); a consumer with a manual assignment commits as generation -1.
+        ``getmany``); a consumer with a manual assignment commits as generation -1. While the
+        group's coordinator cannot be found (it moves with the controller leader) the commit
+        keeps trying for ``COORDINATOR_WAIT_S`` seconds, whatever ``retries`` says.
         """
         self._check_open()
-        await self._commit(offsets)
+        await self._commit(offsets, wait_s=COORDINATOR_WAIT_S)
 
-    async def _commit(self, offsets: Mapping[TopicPartition, int | tuple[int, str]] | None) -> None:
+    async def _commit(
+        self, offsets: Mapping[TopicPartition, int | tuple[int, str]] | None, *, wait_s: float = 0.0
+    ) -> None:
         cluster = self._cluster
         assert cluster is not None
         if self.group_id is None:
@@ -535,7 +541,7 @@ class Consumer:
                 await conn.stub.commit_offsets(request, timeout=self._request_timeout_s)
 
         try:
-            await with_retries(call, retries=self._retries, backoff_s=self._backoff_s)
+            await with_retries(call, retries=self._retries, backoff_s=self._backoff_s, at_least_s=wait_s)
         except FailedPrecondition:
             if group is not None:
                 group.request_rejoin()
@@ -553,6 +559,8 @@ class Consumer:
         if not offsets:
             return
         try:
+            # ``retries`` alone: an auto-commit does not hold getmany up through a
+            # coordinator failover; the next one commits the positions then.
             await self._commit(offsets)
         except FailedPrecondition as exc:
             # The member must re-join (a rebalance, or a restarted coordinator forgot it): the

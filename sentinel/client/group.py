@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from sentinel.client.connection import Cluster, retry_delay
+from sentinel.client.connection import COORDINATOR_WAIT_S, Cluster, retry_delay
 from sentinel.client.convert import topic_partitions
 from sentinel.client.errors import RETRIABLE_ERRORS
 from sentinel.client.reachability import Reachability
@@ -28,10 +28,6 @@ from sentinel.generated.sentinel import v1 as pb
 logger = logging.getLogger(__name__)
 
 NO_GENERATION = -1
-# A join keeps trying this long after its first retriable failure, whatever ``retries``
-# says: the coordinator moves with the controller leader, and finding the next one takes
-# an election (1-2 s) plus the brokers' metadata catching up.
-COORDINATOR_WAIT_S = 15.0
 
 
 class GroupMembership:

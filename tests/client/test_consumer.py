@@ -698,6 +698,26 @@ def test_reachability_counts_failures_in_a_row_per_broker(caplog: pytest.LogCapt
     ]
 
 
+def test_commit_and_committed_wait_out_a_coordinator_that_cannot_be_found_yet() -> None:
+    # The coordinator moves with the controller leader: during an election every broker
+    # answers UNAVAILABLE. An explicit commit (and a committed() lookup) keeps trying for
+    # COORDINATOR_WAIT_S whatever ``retries`` says, as a join does; with one retry of 10 ms
+    # it would have given up after the second answer.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        options = {"group_id": "g", "retries": 1, "retry_backoff_ms": 10}
+        async with Consumer(fake.address, **options) as consumer:  # type: ignore[arg-type]
+            fake.fail_next("commit_offsets", Status.UNAVAILABLE, "no controller leader yet", times=6)
+            await consumer.commit({TP: 3})
+            assert fake.calls["commit_offsets"] == 7
+            fake.fail_next("fetch_offsets", Status.UNAVAILABLE, "no controller leader yet", times=6)
+            assert await consumer.committed(TP) == 3
+            assert fake.calls["fetch_offsets"] == 7
+        assert fake.groups["g"].offsets == {("events", 0): 3}
+
+    run(scenario)
+
+
 def test_an_auto_commit_refused_for_a_member_that_must_rejoin_is_not_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
