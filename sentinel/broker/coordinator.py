@@ -261,10 +261,16 @@ class GroupCoordinator(Actor[object]):
         return pb.FetchOffsetsResponse(offsets=out)
 
     async def list_groups(self) -> pb.ListGroupsResponse:
+        """Served by the coordinator only: another node knows the groups with committed
+        offsets but not those whose members have committed nothing yet."""
+        self.check_leading()
         return pb.ListGroupsResponse(group_ids=self.group_ids())
 
     async def describe(self, group_id: str) -> pb.GroupDescription:
+        """Served by the coordinator only: another node would describe a live group as
+        Empty, without its members."""
         validate_group_id(group_id)
+        self.check_leading()
         committed = self.committed(group_id)
         if group_id not in self._groups and not committed:
             raise NotFound(f"consumer group {group_id!r} does not exist")

@@ -8,12 +8,13 @@ safe to repeat blindly, and an operator wants to see a failure rather than wait 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, TypeVar
 
-from sentinel.client.connection import Cluster
+from sentinel.client.connection import COORDINATOR_WAIT_S, Cluster, Connection, retry_delay
 from sentinel.client.convert import group_info, topic_from_description
+from sentinel.client.errors import BrokerUnreachable, RequestTimeout
 from sentinel.client.types import (
     BrokerInfo,
     BrokerStatus,
@@ -24,12 +25,16 @@ from sentinel.client.types import (
     TopicInfo,
     TopicPartition,
 )
-from sentinel.errors import FailedPrecondition, InvalidArgument, SentinelError
+from sentinel.errors import FailedPrecondition, InvalidArgument, SentinelError, Unavailable
 from sentinel.generated.sentinel import v1 as pb
 
 __all__ = ["Admin"]
 
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
+# Between asking again while no broker can name the group coordinator (an election).
+_COORDINATOR_BACKOFF_S: Final = 0.1
+
+T = TypeVar("T")
 INT32_MAX: Final = 2**31 - 1
 INT64_MAX: Final = 2**63 - 1
 # Each broker's status answer is waited for this long: an unreachable one is reported as such.
@@ -144,18 +149,44 @@ class Admin:
     # -- groups ----------------------------------------------------------------------------
 
     async def list_groups(self) -> list[str]:
-        response = await self._cluster_or_fail().any_broker(
+        response = await self._to_coordinator(
             lambda conn: conn.stub.list_groups(pb.ListGroupsRequest(), timeout=self._timeout_s)
         )
         return list(response.group_ids)
 
     async def describe_group(self, group_id: str) -> GroupInfo:
-        response = await self._cluster_or_fail().any_broker(
+        response = await self._to_coordinator(
             lambda conn: conn.stub.describe_group(
                 pb.DescribeGroupRequest(group_id=group_id), timeout=self._timeout_s
             )
         )
         return group_info(response)
+
+    async def _to_coordinator(self, call: Callable[[Connection], Awaitable[T]]) -> T:
+        """``call`` on the group coordinator (the controller leader), which alone knows the
+        groups' members. A broker that is not it names it, and the call goes there; while
+        none can be named (an election) the call is repeated for ``COORDINATOR_WAIT_S``.
+        Brokers that do not answer at all are passed over in turn, and once the named
+        coordinator and every bootstrap broker have not answered, that error is raised."""
+        cluster = self._cluster_or_fail()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        silent = attempt = 0
+        while True:
+            try:
+                with cluster.to_coordinator() as conn, conn.errors:
+                    return await call(conn)
+            except (BrokerUnreachable, RequestTimeout):
+                silent += 1
+                if silent > cluster.bootstrap_count:
+                    raise
+            except Unavailable as exc:  # an answer: "the coordinator is node N", or none yet
+                silent = 0
+                if loop.time() - started >= COORDINATOR_WAIT_S:
+                    raise
+                if exc.leader is None:
+                    attempt += 1
+                    await asyncio.sleep(retry_delay(_COORDINATOR_BACKOFF_S, attempt))
 
     # -- cluster ---------------------------------------------------------------------------
 

@@ -187,6 +187,10 @@ class Cluster:
         return self._connection(host, port)
 
     @property
+    def bootstrap_count(self) -> int:
+        return len(self._bootstrap)
+
+    @property
     def bootstrap(self) -> Connection:
         """The connection for requests any broker can answer (metadata, admin, groups)."""
         return self._bootstrap[self._current]

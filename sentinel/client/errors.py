@@ -61,6 +61,7 @@ from sentinel.errors import (
 
 __all__ = [
     "RETRIABLE_ERRORS",
+    "BrokerUnreachable",
     "CorruptRecordBatch",
     "OutOfOrderSequence",
     "ProducerFenced",
@@ -70,6 +71,11 @@ __all__ = [
     "rpc_errors",
     "translate_error",
 ]
+
+
+class BrokerUnreachable(Unavailable):
+    """No answer at all: the connection to the broker was refused, reset or lost (an
+    Unavailable that a broker answered is the plain class); retriable."""
 
 
 class RequestTimeout(SentinelError, TimeoutError):
@@ -160,11 +166,11 @@ def translate_error(exc: BaseException, address: str) -> SentinelError | None:
     if isinstance(exc, TimeoutError):
         return RequestTimeout(f"request to {address} timed out")
     if isinstance(exc, OSError | StreamTerminatedError | ProtocolError):
-        return Unavailable(f"cannot reach broker {address}: {exc or type(exc).__name__}")
+        return BrokerUnreachable(f"cannot reach broker {address}: {exc or type(exc).__name__}")
     if isinstance(exc, AttributeError) and exc.name == "_transport":
         # grpclib reuses a connection that was just lost: its Connection has dropped its
         # transport (grpclib#110). Seen when a broker dies mid-request; a retry reconnects.
-        return Unavailable(f"cannot reach broker {address}: connection lost")
+        return BrokerUnreachable(f"cannot reach broker {address}: connection lost")
     return None
 
 

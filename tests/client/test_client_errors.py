@@ -178,3 +178,25 @@ def test_admin_topics_and_groups() -> None:
             await admin.list_topics()
 
     run(scenario, default_partitions=2)
+
+
+def test_admin_group_calls_follow_the_coordinator_and_wait_out_an_election() -> None:
+    # Only the group coordinator (the controller leader) knows a group's members: another
+    # broker names it, and during an election none can. A broker that does not answer at
+    # all is passed over, and with none answering the error comes at once.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.groups["g"].offsets[("logs", 0)] = 0
+        async with Admin(f"127.0.0.1:1,{fake.address}") as admin:
+            election = "no group coordinator right now (controller election in progress)"
+            fake.fail_next("list_groups", Status.UNAVAILABLE, election, times=3)
+            assert await admin.list_groups() == ["g"]
+            assert fake.calls["list_groups"] == 4
+            named = f"the group coordinator is node 1 [leader={fake.address}]"
+            fake.fail_next("describe_group", Status.UNAVAILABLE, named)
+            assert (await admin.describe_group("g")).group_id == "g"
+            assert fake.calls["describe_group"] == 2
+        async with Admin("127.0.0.1:1") as admin:
+            with pytest.raises(Unavailable, match=r"cannot reach broker 127\.0\.0\.1:1"):
+                await admin.list_groups()
+
+    run(scenario)

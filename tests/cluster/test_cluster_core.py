@@ -17,6 +17,7 @@ import trio.testing
 from sentinel.broker.replica import ACKS_ALL, PartitionReplica
 from sentinel.cluster.controller import encode_result
 from sentinel.errors import Unavailable
+from sentinel.generated.sentinel import v1 as pb
 from sentinel.node import METHOD_PROPOSE, NodeConfig, NodeCore
 from sentinel.raft.messages import Message
 from sentinel.records import RecordBatch, build_batch
@@ -251,3 +252,30 @@ async def test_a_node_without_a_replica_names_the_leader_its_leader_reported(
         with pytest.raises(Unavailable) as info:
             remote.check_leader()
         assert info.value.leader == f"127.0.0.1:{9090 + other}"
+
+
+async def test_groups_are_listed_and_described_by_the_coordinator_others_name_it(
+    clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with cluster_of_three(clock, tmp_path) as c:
+        await c.cores[1].broker.create_topic("events", 1, 3)
+        await c.until(lambda: c.cores[1].controller.view.leader != 0, "a controller leader")
+        leader = c.cores[1].controller.view.leader
+        other = next(i for i in NODES if i != leader)
+        coordinator = c.cores[leader].coordinator
+        joined = await coordinator.join(
+            pb.JoinGroupRequest(
+                group_id="g", topics=["events"], session_timeout_ms=30_000, client_id="member-1"
+            )
+        )
+        # A member that has committed nothing: only the coordinator knows the group.
+        assert (await coordinator.list_groups()).group_ids == ["g"]
+        description = await coordinator.describe("g")
+        assert description.state == "Stable"
+        assert [m.member_id for m in description.members] == [joined.member_id]
+        # Any other node names the coordinator instead of answering without the members
+        # (it would have listed no group, and described "g" as Empty).
+        for call in (c.cores[other].coordinator.list_groups(), c.cores[other].coordinator.describe("g")):
+            with pytest.raises(Unavailable) as info:
+                await call
+            assert info.value.leader == f"127.0.0.1:{9090 + leader}"
