@@ -396,7 +396,8 @@ class Node:
         )
         for group in coordinator.committed_offsets:  # snapshots only: this is the metrics thread
             for entry in coordinator.lag(group):
-                lag.add_metric([group, entry.topic, str(entry.partition)], entry.lag)
+                if entry.lag >= 0:  # else no replica here: the nodes that hold one report it
+                    lag.add_metric([group, entry.topic, str(entry.partition)], entry.lag)
         yield lag
 
 

@@ -291,21 +291,21 @@ class GroupCoordinator(Actor[object]):
         )
 
     def lag(self, group_id: str) -> list[pb.PartitionLag]:
+        """Each committed partition's lag behind its high watermark; -1 for both where this
+        node holds no replica of the partition (the admin client asks its leader)."""
         out = []
         for (topic, partition), (offset, _meta) in sorted(self.committed(group_id).items()):
             found = self._broker.topics.get(topic)
             if found is None or partition >= found.partitions:
                 continue
             hw = found.logs[partition].high_watermark
-            if hw < 0:
-                continue  # no replica here: its lag is reported by the nodes that hold one
             out.append(
                 pb.PartitionLag(
                     topic=topic,
                     partition=partition,
                     committed_offset=offset,
                     high_watermark=hw,
-                    lag=max(0, hw - offset),
+                    lag=max(0, hw - offset) if hw >= 0 else -1,
                 )
             )
         return out

@@ -51,8 +51,8 @@ def group_json(group: GroupInfo) -> dict[str, Any]:
                 "topic": o.topic,
                 "partition": o.partition,
                 "committed_offset": o.committed_offset if o.committed_offset >= 0 else None,
-                "high_watermark": o.high_watermark,
-                "lag": o.lag,
+                "high_watermark": o.high_watermark if o.high_watermark >= 0 else None,
+                "lag": o.lag if o.lag >= 0 else None,
             }
             for o in group.offsets
         ],
@@ -74,11 +74,18 @@ def describe_lines(group: GroupInfo) -> list[str]:
         rows = [["TOPIC", "PARTITION", "COMMITTED", "HIGH WATERMARK", "LAG"]]
         for o in sorted(group.offsets, key=lambda o: (o.topic, o.partition)):
             committed = str(o.committed_offset) if o.committed_offset >= 0 else "-"
-            rows.append([o.topic, str(o.partition), committed, str(o.high_watermark), str(o.lag)])
+            known = o.high_watermark >= 0
+            high_watermark, lag = (str(o.high_watermark), str(o.lag)) if known else ("?", "?")
+            rows.append([o.topic, str(o.partition), committed, high_watermark, lag])
         lines += ["", *table(rows)]
     else:
         lines.append("no committed offsets")
     return lines
+
+
+def total_lag(group: GroupInfo) -> int:
+    """The lag of the partitions whose lag is known (a leader that did not answer: unknown)."""
+    return sum(o.lag for o in group.offsets if o.lag >= 0)
 
 
 async def _describe_all(admin: Admin) -> list[GroupInfo]:
@@ -106,7 +113,7 @@ def list_groups(broker: str = broker_option(), output_format: OutputFormat = for
                             "group_id": g.group_id,
                             "state": g.state,
                             "members": len(g.members),
-                            "lag": sum(o.lag for o in g.offsets),
+                            "lag": total_lag(g),
                         }
                         for g in groups
                     ]
@@ -119,7 +126,7 @@ def list_groups(broker: str = broker_option(), output_format: OutputFormat = for
         return
     rows = [["GROUP", "STATE", "MEMBERS", "LAG"]]
     for g in groups:
-        rows.append([g.group_id, g.state, str(len(g.members)), str(sum(o.lag for o in g.offsets))])
+        rows.append([g.group_id, g.state, str(len(g.members)), str(total_lag(g))])
     _print(table(rows))
 
 

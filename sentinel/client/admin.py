@@ -155,12 +155,34 @@ class Admin:
         return list(response.group_ids)
 
     async def describe_group(self, group_id: str) -> GroupInfo:
+        """The group's state and members (from its coordinator) and, per committed
+        partition, its lag: the coordinator's own where it holds a replica, else the
+        partition leader's high watermark (-1 where that leader does not answer)."""
         response = await self._to_coordinator(
             lambda conn: conn.stub.describe_group(
                 pb.DescribeGroupRequest(group_id=group_id), timeout=self._timeout_s
             )
         )
+        unknown = [o for o in response.offsets if o.high_watermark < 0]
+        if unknown:
+            await asyncio.gather(*(self._fill_lag(o) for o in unknown))
         return group_info(response)
+
+    async def _fill_lag(self, entry: pb.PartitionLag) -> None:
+        cluster = self._cluster_or_fail()
+        request = pb.ListOffsetsRequest(
+            topic=entry.topic, partition=entry.partition, spec=pb.OffsetSpec.LATEST
+        )
+        try:
+            if cluster.topic(entry.topic) is None:
+                await cluster.fetch_metadata([entry.topic])
+            conn = cluster.leader(TopicPartition(entry.topic, entry.partition))
+            with conn.errors:
+                answer = await conn.stub.list_offsets(request, timeout=self._timeout_s)
+        except SentinelError:
+            return  # left unknown: the describe itself succeeded
+        entry.high_watermark = answer.offset
+        entry.lag = max(0, answer.offset - entry.committed_offset)
 
     async def _to_coordinator(self, call: Callable[[Connection], Awaitable[T]]) -> T:
         """``call`` on the group coordinator (the controller leader), which alone knows the

@@ -163,7 +163,7 @@ class PartitionLag:
     topic: str
     partition: int
     committed_offset: int  # -1: nothing committed
-    high_watermark: int
+    high_watermark: int  # -1 (and lag -1): unknown, the partition's leader did not answer
     lag: int
 
 

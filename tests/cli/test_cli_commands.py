@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from cli_support import ThreadedFake, error_line, invoke
+from client_fakes import FakeSentinel
 from grpclib.const import Status
 from typer.testing import CliRunner
 
@@ -368,6 +369,30 @@ def test_consume_as_group_member_commits_what_it_printed(fake: ThreadedFake) -> 
     result = invoke("groups", "describe", "nope", "-b", fake.address)
     assert result.exit_code == 1
     assert error_line(result) == "error: group 'nope' does not exist"
+
+
+def test_a_lag_nobody_could_report_is_shown_unknown_not_guessed(fake: ThreadedFake) -> None:
+    # The coordinator lacks a replica of events[1] and its leader does not answer: "?" in
+    # the table, null in JSON, and the group's total counts only the lag that is known.
+    fake.call(lambda f: f.create("events", 2))
+    _produce(fake.address, "events", [(p, None, b"v", ()) for p in range(2) for _ in range(3)])
+
+    def setup(f: FakeSentinel) -> None:
+        f.groups["billing"].offsets.update({("events", 0): 1, ("events", 1): 1})
+        f.unhosted.add(("events", 1))
+        f.fail_next("list_offsets", Status.UNAVAILABLE, "no leader", times=3)
+
+    fake.call(setup)
+    result = invoke("groups", "describe", "billing", "-b", fake.address)
+    assert [line.split() for line in result.stdout.splitlines()[-2:]] == [
+        ["events", "0", "1", "3", "2"],
+        ["events", "1", "1", "?", "?"],
+    ]
+    result = invoke("groups", "describe", "billing", "-b", fake.address, "-f", "json")
+    offsets = json.loads(result.stdout)["offsets"]
+    assert [(o["partition"], o["high_watermark"], o["lag"]) for o in offsets] == [(0, 3, 2), (1, None, None)]
+    result = invoke("groups", "list", "-b", fake.address, "-f", "json")
+    assert json.loads(result.stdout) == [{"group_id": "billing", "state": "Empty", "members": 0, "lag": 2}]
 
 
 def test_topics_commands(fake: ThreadedFake) -> None:

@@ -123,6 +123,9 @@ class FakeSentinel(pb.SentinelBase):
         self.appended_unanswered = 0  # requests appended whose answer was lost
         self.next_producer_id = 1
         self.joined = asyncio.Event()  # set (and replaced) on every JoinGroup answer
+        # Partitions the fake, as a group coordinator, holds no replica of: it describes their
+        # lag as unknown (-1), as a cluster's coordinator does.
+        self.unhosted: set[tuple[str, int]] = set()
         self.address = ""
         self._called = asyncio.Event()  # set (and replaced) on every RPC
         self._round_robin = RoundRobinPartitioner()
@@ -493,8 +496,8 @@ class FakeSentinel(pb.SentinelBase):
                     topic=t,
                     partition=p,
                     committed_offset=o,
-                    high_watermark=self.topics[t][p].next_offset,
-                    lag=self.topics[t][p].next_offset - o,
+                    high_watermark=-1 if (t, p) in self.unhosted else self.topics[t][p].next_offset,
+                    lag=-1 if (t, p) in self.unhosted else self.topics[t][p].next_offset - o,
                 )
                 for (t, p), o in sorted(group.offsets.items())
                 if t in self.topics

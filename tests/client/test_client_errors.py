@@ -27,6 +27,8 @@ from sentinel.errors import (
     SentinelError,
     Unavailable,
 )
+from sentinel.generated.sentinel import v1 as pb
+from sentinel.records import build_batch
 from sentinel.server.status import status_of
 
 
@@ -178,6 +180,31 @@ def test_admin_topics_and_groups() -> None:
             await admin.list_topics()
 
     run(scenario, default_partitions=2)
+
+
+def test_admin_asks_a_partitions_leader_for_the_lag_the_coordinator_cannot_know() -> None:
+    # In a cluster the coordinator holds no replica of some partitions: it reports their
+    # high watermark as unknown, and the admin client asks each one's leader; where that
+    # leader does not answer the lag stays unknown (-1) and the describe still succeeds.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("logs", 2)
+        await fake.produce(
+            pb.ProduceRequest(
+                topic="logs", partition=1, record_batches=build_batch([(None, b"x", [], 0)] * 5)
+            )
+        )
+        fake.groups["g"].offsets.update({("logs", 0): 0, ("logs", 1): 2})
+        fake.unhosted.add(("logs", 1))
+        async with Admin(fake.address) as admin:
+            group = await admin.describe_group("g")
+            lags = [(o.partition, o.high_watermark, o.lag) for o in group.offsets]
+            assert lags == [(0, 0, 0), (1, 5, 3)]
+            assert fake.calls["list_offsets"] == 1  # only the partition the coordinator lacks
+            fake.fail_next("list_offsets", Status.UNAVAILABLE, "no leader")
+            group = await admin.describe_group("g")
+            assert [(o.partition, o.high_watermark, o.lag) for o in group.offsets] == [(0, 0, 0), (1, -1, -1)]
+
+    run(scenario)
 
 
 def test_admin_group_calls_follow_the_coordinator_and_wait_out_an_election() -> None:

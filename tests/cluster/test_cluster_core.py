@@ -279,3 +279,27 @@ async def test_groups_are_listed_and_described_by_the_coordinator_others_name_it
             with pytest.raises(Unavailable) as info:
                 await call
             assert info.value.leader == f"127.0.0.1:{9090 + leader}"
+        # Committed partitions the coordinator holds no replica of have no lag it can know:
+        # -1, for the admin client to ask their leaders (tests/client/test_client_errors.py).
+        single = await c.cores[1].broker.create_topic("single", 3, 1)
+        hosted = {p for p, replicas in enumerate(single.replicas) if leader in replicas}
+        here = c.cores[leader].broker
+        await c.until(
+            lambda: (
+                here.topics.get("single") is not None
+                and all(here.topic("single").log(p).high_watermark >= 0 for p in hosted)
+            ),
+            "the topic at the coordinator",
+        )
+        await coordinator.commit(
+            pb.CommitOffsetsRequest(
+                group_id="manual",
+                generation=-1,
+                offsets=[pb.PartitionOffset(topic="single", partition=p, offset=0) for p in range(3)],
+            )
+        )
+        lags = {
+            o.partition: (o.high_watermark, o.lag) for o in (await coordinator.describe("manual")).offsets
+        }
+        assert {p for p, (hw, lag) in lags.items() if hw == -1 and lag == -1} == {0, 1, 2} - hosted
+        assert all(lags[p] == (0, 0) for p in hosted)
