@@ -314,9 +314,19 @@ class Broker:
         wanted: set[int] = set()
         for name, meta in image.topics.items():
             logs: list[Partition] = []
+            previous = self._topics.get(name)
+            if previous is not None and previous.topic_id != meta.topic_id:
+                previous = None  # deleted and created again: a topic of its own
+            kept = previous.logs if previous is not None else ()
             for p, assigned in enumerate(meta.replicas):
                 group = partition_group(meta.topic_id, p)
                 if me not in assigned:
+                    # Kept while its replicas stay: a new object would make a new Topic of an
+                    # unchanged one on every metadata change (a commit, a leader report).
+                    old = kept[p] if p < len(kept) else None
+                    if isinstance(old, RemotePartition) and old.replicas == assigned:
+                        logs.append(old)
+                        continue
                     leader_of = functools.partial(self._reported_leader, meta.topic_id, p, assigned)
                     logs.append(RemotePartition(name, p, assigned, self.address_of, leader_of))
                     continue
@@ -325,14 +335,13 @@ class Broker:
                 if replica is None:
                     replica = replicas[group] = await self._start_replica(name, meta, p, assigned)
                 logs.append(replica)
-            previous = self._topics.get(name)
-            if previous is not None and previous.topic_id == meta.topic_id and previous.logs == tuple(logs):
-                topics[name] = previous  # unchanged: the same object (readers compare identity)
+            if previous is not None and previous.logs == tuple(logs):
+                topics[name] = previous  # unchanged: the same object
             else:
                 topics[name] = Topic(
                     name, meta.topic_id, meta.replicas, meta.config, meta.created_ms, tuple(logs)
                 )
-            if previous is None or previous.topic_id != meta.topic_id:
+            if previous is None:
                 created.append(name)
         for group in [g for g in replicas if g not in wanted]:
             gone = replicas.pop(group)

@@ -140,7 +140,8 @@ class Handlers:
             with trio.move_on_after(request.max_wait_ms / 1000):
                 await log.wait_for_data(request.offset)
             started += time.perf_counter() - waiting  # the long poll is not latency
-            if self.broker.topics.get(request.topic) is not topic:
+            current = self.broker.topics.get(request.topic)
+            if current is None or current.topic_id != topic.topic_id:
                 raise NotFound(f"topic {request.topic!r} was deleted while the fetch waited")
             result = await log.fetch(request.offset, max_bytes)
         if result.data:

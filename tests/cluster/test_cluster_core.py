@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from sentinel.broker.broker import RemotePartition
 from sentinel.broker.replica import ACKS_ALL, PartitionReplica
 from sentinel.cluster.controller import encode_result
 from sentinel.errors import Unavailable
@@ -303,3 +304,25 @@ async def test_groups_are_listed_and_described_by_the_coordinator_others_name_it
         }
         assert {p for p, (hw, lag) in lags.items() if hw == -1 and lag == -1} == {0, 1, 2} - hosted
         assert all(lags[p] == (0, 0) for p in hosted)
+
+
+async def test_a_metadata_change_leaves_a_topic_that_did_not_change_as_it_was(
+    clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    # A node publishes a new Topic only when the topic changed: a long-polling fetch treats
+    # a new Topic object of the same name as "deleted while the fetch waited". Each metadata
+    # change (an offset commit, a leader report, another topic) once made a new Topic of
+    # every topic with partitions held elsewhere, and a consumer following a topic of RF 1
+    # on three nodes failed with that error.
+    async with cluster_of_three(clock, tmp_path) as c:
+        await c.cores[1].broker.create_topic("single", 3, 1)
+        await c.until(
+            lambda: all("single" in c.cores[i].broker.topics for i in NODES), "the topic everywhere"
+        )
+        before = {i: c.cores[i].broker.topics["single"] for i in NODES}
+        assert all(any(isinstance(log, RemotePartition) for log in topic.logs) for topic in before.values())
+        await c.cores[2].broker.create_topic("other", 1, 3)
+        await c.until(
+            lambda: all("other" in c.cores[i].broker.topics for i in NODES), "the change everywhere"
+        )
+        assert all(c.cores[i].broker.topics["single"] is before[i] for i in NODES)
