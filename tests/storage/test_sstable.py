@@ -11,6 +11,7 @@ import attrs
 import pytest
 
 from sentinel.errors import CorruptionError
+from sentinel.storage import builds
 from sentinel.storage.sstable import DamagedBlock, SSTableInfo, SSTableReader, SSTableWriter
 from sentinel.storage.sstable_format import (
     BLOCK_HEADER,
@@ -28,6 +29,9 @@ from sentinel.storage.sstable_format import (
 from sentinel.varint import decode_uvarint
 
 Entry = tuple[bytes, int, bytes | None]
+
+# Every test runs once per build of the block codec and bloom filter (tests/storage/conftest.py).
+pytestmark = pytest.mark.usefixtures("storage_build")
 
 
 def make_entries(seed: int, count: int, *, tombstones: float = 0.1, max_value: int = 300) -> list[Entry]:
@@ -98,11 +102,17 @@ def in_range(entries: list[Entry], start: bytes | None, end: bytes | None) -> li
     return [e for e in entries if (start is None or e[0] >= start) and (end is None or e[0] < end)]
 
 
-@pytest.fixture(scope="module")
-def big_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Entry], SSTableInfo]:
+@pytest.fixture(scope="module", params=builds.BUILDS)
+def big_table(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[Entry], SSTableInfo]:
+    """A table written by each build (and read, in the tests, by each: the two agree)."""
+    if request.param not in builds.builds():
+        pytest.skip("no compiled storage cores installed (pip install -e . with a C compiler)")
     path = tmp_path_factory.mktemp("sst") / "sst-000001.sst"
     entries = make_entries(1, 6000)
-    return path, entries, write_table(path, entries)
+    with builds.using(request.param):
+        return path, entries, write_table(path, entries)
 
 
 # -- layout and round trip ---------------------------------------------------------------
