@@ -20,6 +20,7 @@ Invariants of a :class:`TableBuilder`:
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from typing import Final
 
 from sentinel.storage.bloom import bloom_hash
@@ -75,6 +76,7 @@ class TableBuilder:
         self.last_key = b""
         self.count = 0
         self.max_seq = 0
+        self.data_bytes = 0  # keys and values added: what a caller cuts tables by
 
     @property
     def pending_bytes(self) -> int:
@@ -135,12 +137,23 @@ class TableBuilder:
         self.hashes.append(self._bloom_hash(key))
         self.last_key = key
         self.count = count + 1
+        self.data_bytes += len(key) if value is None else len(key) + len(value)
         if seq > self.max_seq:
             self.max_seq = seq
         self._block_bytes = size
         if size >= self._block_size:
             self.finish_block()
         return len(self._out)
+
+    def add_from(self, entries: Iterator[Entry], pending_limit: int, data_limit: int) -> bool:
+        """``add`` the entries of an iterator, in one compiled loop instead of a call per entry
+        from Python, until it is exhausted (True) or the framed blocks waiting for ``take``
+        reach ``pending_limit`` bytes, or ``data_bytes`` reaches ``data_limit`` (False: the
+        iterator is left just after the last entry added)."""
+        for key, seq, value in entries:
+            if self.add(key, seq, value) >= pending_limit or self.data_bytes >= data_limit:
+                return False
+        return True
 
     def finish_block(self) -> None:
         """Frame the open block (if it holds anything) and index it."""
