@@ -150,7 +150,7 @@ def approximate_overhead_bytes_per_entry() -> int:
 
 
 # The fixed cost ``put`` charges for a new key (memtable size accounting).
-NODE_OVERHEAD_BYTES = approximate_overhead_bytes_per_entry()
+NODE_OVERHEAD_BYTES: Final = approximate_overhead_bytes_per_entry()
 
 
 class SkipList:
@@ -188,11 +188,16 @@ class SkipList:
         stored one is ignored and returns 0 (invariant 1).
         """
         update = self._update
-        x = self._head
+        # Typed locals: the compiled build indexes them as lists, not as generic objects.
+        x: list[Any] = self._head
+        nxt: list[Any] | None = None
         i = self._height + 2  # _NEXT0 + height - 1: the top level in use
         while i >= 3:
             nxt = x[i]
-            while nxt is not None and nxt[0] < key:
+            while nxt is not None:
+                nkey: bytes = nxt[0]
+                if not nkey < key:
+                    break
                 x = nxt
                 nxt = x[i]
             update[i] = x
