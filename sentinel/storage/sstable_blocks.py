@@ -20,6 +20,7 @@ Invariants of a :class:`TableBuilder`:
 from __future__ import annotations
 
 import zlib
+from array import array
 from collections.abc import Iterator
 from typing import Final
 
@@ -71,7 +72,9 @@ class TableBuilder:
         self._out = bytearray()  # framed blocks not yet taken
         self._offset = 0  # file offset of the first byte of ``_out``
         self.index = bytearray()
-        self.hashes: list[int] = []  # bloom_hash of every key: what the bloom filter is built from
+        # bloom_hash of every key, what the bloom filter is built from: 4 bytes a key (a list
+        # would hold an int object of 32 bytes per key).
+        self.hashes = array("I")
         self.min_key: bytes | None = None
         self.last_key = b""
         self.count = 0
