@@ -3,8 +3,8 @@
 An actor is a Trio task that owns its state and a bounded mailbox (a memory channel).
 Other tasks change that state only by sending it messages:
 
-* a :class:`Request` carries a one-shot :class:`Reply`; :meth:`Actor.call` sends it and
-  waits for the answer (request/reply);
+* a :class:`Request` carries a one-shot :class:`Reply`; ``await actor.call(request)``
+  sends it (when ``call`` is called) and waits for the answer (request/reply);
 * any other message is fire-and-forget: :meth:`Actor.cast` (waits while the mailbox is
   full: back-pressure) or :meth:`Actor.cast_nowait` (raises :class:`MailboxFull`).
 
