@@ -3,8 +3,8 @@
 An actor is a Trio task that owns its state and a bounded mailbox (a memory channel).
 Other tasks change that state only by sending it messages:
 
-* a :class:`Request` carries a one-shot :class:`Reply`; :meth:`Actor.call` sends it and
-  waits for the answer (request/reply);
+* a :class:`Request` carries a one-shot :class:`Reply`; ``await actor.call(request)``
+  sends it (when ``call`` is called) and waits for the answer (request/reply);
 * any other message is fire-and-forget: :meth:`Actor.cast` (waits while the mailbox is
   full: back-pressure) or :meth:`Actor.cast_nowait` (raises :class:`MailboxFull`).
 
@@ -28,7 +28,7 @@ per-request errors (bad input) are failed to the caller and do not crash the act
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -155,17 +155,26 @@ class Actor(Generic[M]):
 
     # -- sending ---------------------------------------------------------------------
 
-    async def call(self, request: Request[T]) -> T:
-        """Send a request and wait for its reply (raises what the actor failed it with)."""
+    def call(self, request: Request[T]) -> Awaitable[T]:
+        """Send a request and wait for its reply (raises what the actor failed it with):
+        ``await actor.call(request)``.
+
+        The request is sent when ``call`` is called, not when the result is awaited: with
+        room in the mailbox it goes in at once and what is returned is the reply's wait
+        (the checkpoint). Not a coroutine of its own: every call's suspension and wake-up
+        pass one coroutine frame fewer (the actor path of every storage write)."""
         try:
-            # The fast path skips a scheduler round trip when the mailbox has room; the
-            # wait for the reply below is the checkpoint either way.
             self._send.send_nowait(request)  # type: ignore[arg-type]
         except trio.WouldBlock:
-            try:
-                await self._send.send(request)  # type: ignore[arg-type]
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise ActorClosed(f"{self.name} is not running") from None
+            return self._call_when_room(request)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ActorClosed(f"{self.name} is not running") from None
+        return request.reply.wait()
+
+    async def _call_when_room(self, request: Request[T]) -> T:
+        """``call`` when the mailbox is full: wait for room, then for the reply."""
+        try:
+            await self._send.send(request)  # type: ignore[arg-type]
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ActorClosed(f"{self.name} is not running") from None
         return await request.reply.wait()

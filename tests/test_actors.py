@@ -76,6 +76,27 @@ async def test_start_is_ordered_and_call_returns_reply(autojump_clock: trio.test
     assert record == ["started", "stopped"]
 
 
+async def test_call_sends_when_called_and_the_awaitable_waits_for_the_reply(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    record: list[str] = []
+    async with trio.open_nursery() as nursery:
+        actor = Counter(record, capacity=2)
+        await nursery.start(actor.run)
+        first = actor.call(Add(amount=2))  # sent now, before any await
+        second = actor.call(Add(amount=3))
+        assert await second == 5  # the first was sent (and so served) before the second
+        assert await first == 2
+        # A full mailbox: the call waits for room, then for its reply.
+        actor.cast_nowait(Note("a"))
+        actor.cast_nowait(Note("b"))
+        assert await actor.call(Add(amount=1)) == 6
+        assert record == ["started", "a", "b"]
+        actor.close()
+        with pytest.raises(ActorClosed, match="counter is not running"):
+            actor.call(Add(amount=1))  # raised by the call itself, as by its await before
+
+
 async def test_request_error_goes_to_caller_and_actor_keeps_serving(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

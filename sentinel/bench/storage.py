@@ -27,9 +27,9 @@ from pathlib import Path
 import trio
 
 from sentinel.records import build_batch
+from sentinel.storage import builds
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.options import StorageOptions, SyncMode
-from sentinel.storage.skiplist import SkipList
 from sentinel.storage.store import Store, open_store
 
 KEY = struct.Struct(">QQ")  # 16-byte keys: (writer, counter), ordered like partition/offset
@@ -45,7 +45,7 @@ def _keys(count: int, seed: int) -> list[bytes]:
 def bench_skiplist(count: int) -> dict[str, float]:
     keys = _keys(count, seed=1)
     value = b"v" * VALUE_SIZE
-    skiplist = SkipList()
+    skiplist = builds.skiplist.SkipList()
     put = skiplist.put
     started = time.perf_counter()
     for seq, key in enumerate(keys, 1):

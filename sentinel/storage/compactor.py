@@ -532,23 +532,18 @@ def write_tables(
     written: list[FileMeta] = []
     writer: SSTableWriter | None = None
     number = 0
-    size = 0
+    entries = iter(entries)
     try:
+        # A table is started only for an entry: no entries, no table (and no file number).
         for key, seq, value in entries:
-            if writer is None:
-                number = manifest.new_file_number()
-                writer = SSTableWriter(
-                    sst_path(directory, number),
-                    block_size=options.block_size,
-                    bloom_bits_per_key=options.bloom_bits_per_key,
-                )
-                size = 0
+            number = manifest.new_file_number()
+            writer = SSTableWriter(
+                sst_path(directory, number),
+                block_size=options.block_size,
+                bloom_bits_per_key=options.bloom_bits_per_key,
+            )
             writer.add(key, seq, value)
-            size += len(key) + (0 if value is None else len(value))
-            if target_bytes is not None and size >= target_bytes:
-                written.append(_meta(number, writer.finish()))
-                writer = None
-        if writer is not None:
+            writer.add_from(entries, target_bytes)
             written.append(_meta(number, writer.finish()))
             writer = None
     except BaseException as exc:

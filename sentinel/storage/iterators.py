@@ -30,7 +30,8 @@ def merge_entries(sources: Iterable[Iterable[Entry]], *, drop_tombstones: bool) 
 
 def _merge(iterators: list[Iterator[Entry]], drop_tombstones: bool) -> Iterator[Entry]:
     # Heap items are (key, source_rank, entry, iterator): for equal keys the lower rank
-    # (newer source) pops first. Ranks are unique, so entries are never compared.
+    # (newer source) pops first. Ranks are unique, so entries are never compared. A source
+    # is in the heap at most once, with its next entry.
     heap: list[tuple[bytes, int, Entry, Iterator[Entry]]] = []
     for rank, iterator in enumerate(iterators):
         for entry in iterator:
@@ -38,16 +39,11 @@ def _merge(iterators: list[Iterator[Entry]], drop_tombstones: bool) -> Iterator[
             break
     heapq.heapify(heap)
     heappop = heapq.heappop
+    heappush = heapq.heappush
     heapreplace = heapq.heapreplace
     while heap:
-        key, rank, entry, iterator = heap[0]
-        # Advance this source; its next key is strictly larger.
-        nxt = next(iterator, None)
-        if nxt is None:
-            heappop(heap)
-        else:
-            heapreplace(heap, (nxt[0], rank, nxt, iterator))
-        # Skip the same key in older sources.
+        key, rank, entry, iterator = heappop(heap)
+        # Skip the same key in older sources (they sort after this one: higher ranks).
         while heap and heap[0][0] == key:
             _, older_rank, _, older_iterator = heap[0]
             nxt = next(older_iterator, None)
@@ -55,6 +51,23 @@ def _merge(iterators: list[Iterator[Entry]], drop_tombstones: bool) -> Iterator[
                 heappop(heap)
             else:
                 heapreplace(heap, (nxt[0], older_rank, nxt, older_iterator))
-        if drop_tombstones and entry[2] is None:
-            continue
-        yield entry
+        if not (drop_tombstones and entry[2] is None):
+            yield entry
+        if not heap:
+            # The last source left: the rest of it, as it comes.
+            for entry in iterator:
+                if not (drop_tombstones and entry[2] is None):
+                    yield entry
+            return
+        # A run: this source's next entries that sort before every other source's next key
+        # go out without touching the heap. Sources often hold long runs of keys no other
+        # holds (a compaction's L0 tables each hold a stretch of every partition's offsets),
+        # so most entries cost a comparison instead of a heap operation.
+        bound = heap[0][0]
+        for entry in iterator:
+            key = entry[0]
+            if key >= bound:  # equal: the heap decides which source's entry wins
+                heappush(heap, (key, rank, entry, iterator))
+                break
+            if not (drop_tombstones and entry[2] is None):
+                yield entry

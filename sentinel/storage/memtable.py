@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
+from sentinel.storage import builds
 from sentinel.storage.skiplist import DEFAULT_SEED, SkipList
 
 # Empty-range sentinels: any u64 seq (the WAL's seq type) is below the first and above the
@@ -43,7 +44,8 @@ class Memtable:
 
     def __init__(self, wal_number: int, *, seed: int = DEFAULT_SEED) -> None:
         self._wal_number = wal_number
-        self._list = SkipList(seed)
+        # The build chosen by sentinel.storage.builds (mypyc's when installed and fresh).
+        self._list: SkipList = builds.skiplist.SkipList(seed)
         self._bytes = 0
         self._first_seq = _NO_FIRST_SEQ
         self._last_seq = _NO_LAST_SEQ

@@ -41,6 +41,7 @@ import trio
 
 from sentinel.actors import Actor, Request
 from sentinel.errors import ActorClosed, InvalidArgument, MailboxFull, WriteRefused
+from sentinel.storage import builds
 from sentinel.storage.manifest import Version
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.options import StorageOptions
@@ -216,7 +217,7 @@ class MemtableOwner(Actor[OwnerMessage]):
             # one pass and goes to the WalWriter as ONE message (one write syscall): the
             # per-write cost is an encode, not a task switch.
             limit = self._options.max_group_commit
-            encoder = WalGroupEncoder()
+            encoder: WalGroupEncoder = builds.wal_format.WalGroupEncoder()
             while batch := await self.receive_batch(limit):
                 staged: list[StagedWrite] = []
                 size = 0

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import zlib
-from array import array
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -43,26 +42,24 @@ from types import TracebackType
 import attrs
 
 from sentinel.errors import CorruptionError
-from sentinel.storage.bloom import BloomFilter, bloom_hash
+from sentinel.storage import builds
+from sentinel.storage.bloom import BloomFilter
 from sentinel.storage.files import disk
+from sentinel.storage.sstable_blocks import TableBuilder
 from sentinel.storage.sstable_format import (
     BLOCK_HEADER,
     BLOCK_HEADER_SIZE,
     BLOCK_SIZE,
     FOOTER_TRAILER,
     FOOTER_TRAILER_SIZE,
-    KIND_PUT,
-    KIND_TOMBSTONE,
     MAGIC,
-    MAX_BLOCK_PAYLOAD,
-    MAX_SEQ,
     MIN_FILE_SIZE,
     MIN_FOOTER_LEN,
     Footer,
     decode_footer_body,
     encode_footer,
 )
-from sentinel.varint import decode_uvarint, encode_uvarint
+from sentinel.varint import decode_uvarint
 
 Entry = tuple[bytes, int, bytes | None]
 
@@ -73,8 +70,9 @@ WRITE_BUFFER_BYTES = 256 * 1024
 # costs ~2 us against ~30 us for read + verify + decode. 64 blocks of ~4 KiB each bound the
 # decoded size to roughly 1 MiB per open table.
 DEFAULT_BLOCK_CACHE_BLOCKS = 64
-# The largest uvarint the reader accepts: 64-bit values need at most 10 bytes (shift 63).
-_MAX_VARINT_SHIFT = 63
+# ``add_from`` without a data limit: more than any table holds (a machine-word int, so the
+# compiled loop compares it natively).
+_NO_LIMIT = 1 << 60
 
 
 @attrs.frozen
@@ -120,20 +118,13 @@ class SSTableWriter:
         if bloom_bits_per_key < 1:
             raise ValueError(f"bloom_bits_per_key must be >= 1, got {bloom_bits_per_key}")
         self._path = Path(path)
-        self._block_size = block_size
         self._bloom_bits_per_key = bloom_bits_per_key
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._state = "open"  # "open" -> "finished" | "abandoned"
-        self._block = bytearray()  # payload of the data block being filled
-        self._block_first: bytes = b""
-        self._out = bytearray()  # finished blocks not yet written
+        # The blocks, index and bloom hashes (pure, compiled when built): this class adds the file.
+        self._builder: TableBuilder = builds.sstable_blocks.TableBuilder(block_size)
+        self._bloom_filter = builds.bloom.BloomFilter
         self._written = 0  # bytes already written to the file
-        self._index = bytearray()  # encoded index entries
-        self._hashes = array("I")  # bloom_hash of every key (4 bytes each instead of the keys)
-        self._min_key: bytes | None = None
-        self._last_key: bytes = b""
-        self._count = 0
-        self._max_seq = 0
 
     @property
     def path(self) -> Path:
@@ -141,12 +132,12 @@ class SSTableWriter:
 
     @property
     def count(self) -> int:
-        return self._count
+        return self._builder.count
 
     @property
     def estimated_size(self) -> int:
         """Bytes of data blocks so far (for callers that cut tables at a target size)."""
-        return self._written + len(self._out) + len(self._block)
+        return self._builder.estimated_size
 
     def add(self, key: bytes, seq: int, value: bytes | None) -> None:
         """Append one entry; ``key`` must be greater than every key added before.
@@ -155,74 +146,33 @@ class SSTableWriter:
         """
         if self._state != "open":
             raise RuntimeError(f"SSTableWriter for {self._path} is {self._state}")
-        if key <= self._last_key and self._count:
-            raise ValueError(f"keys must be strictly ascending: {key!r} after {self._last_key!r}")
-        if not 0 <= seq <= MAX_SEQ:
-            raise ValueError(f"sequence number {seq} is outside the u64 range")
-        block = self._block
-        mark = len(block)
-        try:
-            n = len(key)
-            if n < 0x80:
-                block.append(n)
-            else:
-                block += encode_uvarint(n)
-            block += key
-            # The seq's uvarint, inline: seqs are several bytes long, and a call per entry
-            # (with a bytes object to copy) cost a third of a flush's per-entry time.
-            rest = seq
-            while rest >= 0x80:
-                block.append((rest & 0x7F) | 0x80)
-                rest >>= 7
-            block.append(rest)
-            if value is None:
-                block.append(KIND_TOMBSTONE)
-            else:
-                n = len(value)
-                block.append(KIND_PUT)
-                if n < 0x80:
-                    block.append(n)
-                else:
-                    block += encode_uvarint(n)
-                block += value
-        except BaseException:
-            del block[mark:]
-            raise
-        if not mark:
-            self._block_first = key
-        if not self._count:
-            self._min_key = key
-        self._hashes.append(bloom_hash(key))
-        self._last_key = key
-        self._count += 1
-        if seq > self._max_seq:
-            self._max_seq = seq
-        if len(block) >= self._block_size:
-            self._finish_block()
-
-    def _finish_block(self) -> None:
-        block = self._block
-        if len(block) > MAX_BLOCK_PAYLOAD:
-            raise ValueError(f"data block of {len(block)} bytes exceeds the format's u32 length")
-        out = self._out
-        offset = self._written + len(out)
-        out += BLOCK_HEADER.pack(zlib.crc32(block), len(block))
-        out += block
-        first = self._block_first
-        last = self._last_key
-        index = self._index
-        index += encode_uvarint(len(first))
-        index += first
-        index += encode_uvarint(len(last))
-        index += last
-        index += encode_uvarint(offset)
-        index += encode_uvarint(BLOCK_HEADER_SIZE + len(block))
-        block.clear()
-        if len(out) >= WRITE_BUFFER_BYTES:
+        if self._builder.add(key, seq, value) >= WRITE_BUFFER_BYTES:
             self._flush()
 
+    def add_from(self, entries: Iterator[Entry], data_limit: int | None = None) -> bool:
+        """``add`` every entry of the iterator (True), or stop once the keys and values added
+        reach ``data_limit`` bytes (False: the iterator holds the rest, for the next table).
+        The loop runs in the block codec (compiled when built): no Python call per entry."""
+        if self._state != "open":
+            raise RuntimeError(f"SSTableWriter for {self._path} is {self._state}")
+        builder = self._builder
+        limit = _NO_LIMIT if data_limit is None else data_limit
+        while builder.data_bytes < limit:
+            done = builder.add_from(entries, WRITE_BUFFER_BYTES, limit)
+            if builder.pending_bytes >= WRITE_BUFFER_BYTES:
+                self._flush()
+            if done:
+                return True
+        return False
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of keys and values added so far."""
+        return self._builder.data_bytes
+
     def _flush(self) -> None:
-        view = memoryview(self._out)
+        out = self._builder.take()
+        view = memoryview(out)
         try:
             while view:
                 written = disk.write(self._fd, view)
@@ -230,36 +180,32 @@ class SSTableWriter:
                 self._written += written
         finally:
             view.release()
-        self._out.clear()
-
-    def _append_framed(self, payload: bytes | bytearray) -> tuple[int, int]:
-        offset = self._written + len(self._out)
-        self._out += BLOCK_HEADER.pack(zlib.crc32(payload), len(payload))
-        self._out += payload
-        return offset, BLOCK_HEADER_SIZE + len(payload)
 
     def finish(self) -> SSTableInfo:
         """Write the bloom, index and footer, fsync and close the file."""
         if self._state != "open":
             raise RuntimeError(f"SSTableWriter for {self._path} is {self._state}")
-        if self._count == 0 or self._min_key is None:
+        builder = self._builder
+        min_key = builder.min_key
+        if builder.count == 0 or min_key is None:
             raise ValueError(f"refusing to finish an empty SSTable {self._path}: a table holds >= 1 entry")
         try:
-            if self._block:
-                self._finish_block()
-            bloom = BloomFilter.build_from_hashes(self._hashes, self._bloom_bits_per_key)
-            bloom_offset, bloom_size = self._append_framed(bloom)
-            index_offset, index_size = self._append_framed(self._index)
-            self._out += encode_footer(
-                Footer(
-                    index_offset=index_offset,
-                    index_size=index_size,
-                    bloom_offset=bloom_offset,
-                    bloom_size=bloom_size,
-                    count=self._count,
-                    max_seq=self._max_seq,
-                    min_key=self._min_key,
-                    max_key=self._last_key,
+            builder.finish_block()
+            bloom = self._bloom_filter.build_from_hashes(builder.hashes, self._bloom_bits_per_key)
+            bloom_offset, bloom_size = builder.append_framed(bloom)
+            index_offset, index_size = builder.append_framed(builder.index)
+            builder.append_raw(
+                encode_footer(
+                    Footer(
+                        index_offset=index_offset,
+                        index_size=index_size,
+                        bloom_offset=bloom_offset,
+                        bloom_size=bloom_size,
+                        count=builder.count,
+                        max_seq=builder.max_seq,
+                        min_key=min_key,
+                        max_key=builder.last_key,
+                    )
                 )
             )
             self._flush()
@@ -273,10 +219,10 @@ class SSTableWriter:
         return SSTableInfo(
             path=self._path,
             file_size=self._written,
-            count=self._count,
-            min_key=self._min_key,
-            max_key=self._last_key,
-            max_seq=self._max_seq,
+            count=builder.count,
+            min_key=min_key,
+            max_key=builder.last_key,
+            max_seq=builder.max_seq,
         )
 
     def abandon(self) -> None:
@@ -301,72 +247,6 @@ class SSTableWriter:
         self.abandon()
         if exc_type is None:
             raise RuntimeError(f"SSTableWriter for {self._path} left without finish() or abandon()")
-
-
-class _MalformedBlock(Exception):
-    """A CRC-valid block whose contents do not decode; turned into CorruptionError."""
-
-
-def _decode_entries(data: bytes, pos: int) -> tuple[list[bytes], list[Entry]]:
-    """Decode entries from ``pos`` to the end of ``data`` (the verified block)."""
-    keys: list[bytes] = []
-    entries: list[Entry] = []
-    end = len(data)
-    prev: bytes | None = None
-    try:
-        while pos < end:
-            n = data[pos]
-            pos += 1
-            if n >= 0x80:
-                n, pos = decode_uvarint(data, pos - 1)
-            stop = pos + n
-            if stop > end:
-                raise _MalformedBlock(f"key of {n} bytes overruns the block")
-            key = data[pos:stop]
-            pos = stop
-            seq = data[pos]
-            pos += 1
-            if seq >= 0x80:
-                # Inline uvarint: sequence numbers are usually several bytes long and a call
-                # to decode_uvarint per entry costs more than the rest of the entry.
-                seq &= 0x7F
-                shift = 7
-                while True:
-                    b = data[pos]
-                    pos += 1
-                    seq |= (b & 0x7F) << shift
-                    if b < 0x80:
-                        break
-                    shift += 7
-                    if shift > _MAX_VARINT_SHIFT:
-                        raise _MalformedBlock("sequence number varint longer than 10 bytes")
-            kind = data[pos]
-            pos += 1
-            value: bytes | None
-            if kind == KIND_PUT:
-                n = data[pos]
-                pos += 1
-                if n >= 0x80:
-                    n, pos = decode_uvarint(data, pos - 1)
-                stop = pos + n
-                if stop > end:
-                    raise _MalformedBlock(f"value of {n} bytes overruns the block")
-                value = data[pos:stop]
-                pos = stop
-            elif kind == KIND_TOMBSTONE:
-                value = None
-            else:
-                raise _MalformedBlock(f"unknown entry kind {kind}")
-            if prev is not None and key <= prev:
-                raise _MalformedBlock(f"keys out of order: {key!r} after {prev!r}")
-            prev = key
-            keys.append(key)
-            entries.append((key, seq, value))
-    except IndexError:
-        raise _MalformedBlock("entry truncated at the end of the block") from None
-    except ValueError as exc:
-        raise _MalformedBlock(f"bad varint: {exc}") from None
-    return keys, entries
 
 
 class SSTableReader:
@@ -399,6 +279,7 @@ class SSTableReader:
         self._sizes = sizes
         self._cache: OrderedDict[int, tuple[list[bytes], list[Entry]]] = OrderedDict()
         self._cache_capacity = block_cache_blocks
+        self._blocks = builds.sstable_blocks  # the data-block decoder (compiled when built)
 
     @classmethod
     def open(cls, path: Path, *, block_cache_blocks: int = DEFAULT_BLOCK_CACHE_BLOCKS) -> SSTableReader:
@@ -446,7 +327,7 @@ class SSTableReader:
             source, "index", meta, footer.bloom_size, footer.index_size, footer.index_offset
         )
         try:
-            bloom = BloomFilter.from_bytes(bloom_payload)
+            bloom = builds.bloom.BloomFilter.from_bytes(bloom_payload)
         except ValueError as exc:
             raise CorruptionError(source, footer.bloom_offset, f"malformed bloom block: {exc}") from None
         first_keys, last_keys, offsets, sizes = cls._decode_index(source, footer, index_payload)
@@ -587,8 +468,8 @@ class SSTableReader:
             # a record offset in a consumer's error line.
             raise CorruptionError(self._source, offset, f"data block {i} checksum mismatch")
         try:
-            keys, entries = _decode_entries(raw, BLOCK_HEADER_SIZE)
-        except _MalformedBlock as exc:
+            keys, entries = self._blocks.decode_entries(raw, BLOCK_HEADER_SIZE)
+        except self._blocks.MalformedBlock as exc:
             raise CorruptionError(self._source, offset, f"data block {i} malformed: {exc}") from None
         if keys[0] != self._first_keys[i] or keys[-1] != self._last_keys[i]:
             raise CorruptionError(

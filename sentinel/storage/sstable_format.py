@@ -90,6 +90,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Final
 
 import attrs
 
@@ -100,8 +101,9 @@ BLOCK_SIZE = 4096
 BLOCK_HEADER = struct.Struct("<II")
 BLOCK_HEADER_SIZE = BLOCK_HEADER.size
 
-KIND_TOMBSTONE = 0
-KIND_PUT = 1
+# Final: mypyc inlines them into the compiled block codec (sstable_blocks.py).
+KIND_TOMBSTONE: Final = 0
+KIND_PUT: Final = 1
 
 # Sequence numbers are u64 engine-wide (the WAL stores them so); the reader's seq decoder
 # stops at ten uvarint bytes, so the writer must refuse anything wider.

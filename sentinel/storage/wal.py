@@ -39,9 +39,9 @@ from types import TracebackType
 import attrs
 
 from sentinel.errors import CorruptionError, DiskFullError, StorageClosed, StorageError
+from sentinel.storage import builds
 from sentinel.storage.files import disk, disk_full_error, fsync_dir, is_disk_full
 from sentinel.storage.framing import FRAME_HEADER_SIZE, scan_frames
-from sentinel.storage.wal_format import decode_write_batch
 
 
 def _datasync(fd: int) -> None:
@@ -252,7 +252,7 @@ def replay_wal(path: Path) -> WalReplay:
     last_seq: int | None = None
     offset = 0
     for payload in scan.payloads:
-        batch = decode_write_batch(payload, source, offset + FRAME_HEADER_SIZE)
+        batch = builds.wal_format.decode_write_batch(payload, source, offset + FRAME_HEADER_SIZE)
         first = batch[0][1]
         if last_seq is not None and first <= last_seq:
             raise CorruptionError(
@@ -282,7 +282,7 @@ def _seqs_of(frames: Sequence[tuple[int, bytes]], source: str) -> tuple[int, int
     seqs: list[int] = []
     for offset, payload in frames:
         try:
-            batch = decode_write_batch(payload, source, offset + FRAME_HEADER_SIZE)
+            batch = builds.wal_format.decode_write_batch(payload, source, offset + FRAME_HEADER_SIZE)
         except CorruptionError:
             continue
         seqs += (batch[0][1], batch[-1][1])

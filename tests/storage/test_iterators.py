@@ -100,6 +100,22 @@ def test_sources_are_consumed_lazily() -> None:
         [source([b"a", b"c", b"e"], 2), source([b"b", b"d", b"f"], 1)], drop_tombstones=False
     )
     assert pulled == []
-    assert next(merged) == (b"a", 2, b"a")
-    # One look-ahead entry per source, no more: a scan of huge tables stays O(sources) in memory.
-    assert pulled == [b"a", b"b", b"c"]
+    # At most one look-ahead entry per source beyond what was yielded: a scan of huge tables
+    # stays O(sources) in memory.
+    expected = [(b"a", 2, b"a"), (b"b", 1, b"b"), (b"c", 2, b"c"), (b"d", 1, b"d"), (b"e", 2, b"e")]
+    for yielded, entry in enumerate(expected, 1):
+        assert next(merged) == entry
+        assert yielded <= len(pulled) <= yielded + 2
+    assert [entry[0] for entry in merged] == [b"f"]
+
+
+def test_a_source_s_run_before_every_other_key_is_merged_in_order() -> None:
+    # Long runs from one source (each L0 table holds a stretch of every partition's offsets)
+    # go out without the heap; keys equal to another source's next key still go through it.
+    newest = [(b"a1", 9, b"n"), (b"a2", 9, b"n"), (b"b1", 9, None), (b"c1", 9, b"n"), (b"c2", 9, b"n")]
+    older = [(b"b0", 5, b"o"), (b"b1", 5, b"o"), (b"b2", 5, b"o"), (b"c2", 5, b"o"), (b"d", 5, b"o")]
+    oldest = [(b"a0", 1, b"x"), (b"a2", 1, b"x"), (b"e", 1, b"x")]
+    sources = [newest, older, oldest]
+    for drop in (False, True):
+        merged = list(merge_entries([iter(s) for s in sources], drop_tombstones=drop))
+        assert merged == model_merge(sources, drop_tombstones=drop)

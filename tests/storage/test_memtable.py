@@ -10,6 +10,9 @@ import pytest
 from sentinel.storage.memtable import Memtable, MemtableFrozen
 from sentinel.storage.skiplist import NODE_OVERHEAD_BYTES
 
+# Every test runs once per build of the skip list under the memtable (tests/storage/conftest.py).
+pytestmark = pytest.mark.usefixtures("storage_build")
+
 
 def test_empty_memtable() -> None:
     memtable = Memtable(wal_number=7)

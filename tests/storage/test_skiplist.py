@@ -5,16 +5,21 @@ from __future__ import annotations
 import bisect
 import random
 import tracemalloc
+from types import ModuleType
 
 import pytest
 
-from sentinel.storage.skiplist import (
-    MAX_HEIGHT,
-    NODE_OVERHEAD_BYTES,
-    SkipList,
-    XorShift64,
-    approximate_overhead_bytes_per_entry,
-)
+from sentinel.storage import builds
+from sentinel.storage.skiplist import MAX_HEIGHT, NODE_OVERHEAD_BYTES, SkipList
+
+# Every test runs once per build of the skip list (tests/storage/conftest.py).
+pytestmark = pytest.mark.usefixtures("storage_build")
+
+
+def skiplist_module() -> ModuleType:
+    """The build of ``sentinel.storage.skiplist`` under test (the fixture switched it)."""
+    return builds.skiplist
+
 
 Model = dict[bytes, tuple[int, bytes | None]]
 
@@ -36,7 +41,7 @@ def model_items(model: Model, start: bytes | None = None, end: bytes | None = No
 def random_ops(seed: int, count: int, key_space: int) -> tuple[SkipList, Model]:
     """Puts, deletes and stale (older-seq) writes over a small key space, applied to both."""
     rng = random.Random(seed)
-    skiplist = SkipList(seed=seed)
+    skiplist = skiplist_module().SkipList(seed=seed)
     model: Model = {}
     keys = [rng.randbytes(rng.randrange(0, 6)) for _ in range(key_space)]
     seq = 1000
@@ -60,7 +65,7 @@ def random_ops(seed: int, count: int, key_space: int) -> tuple[SkipList, Model]:
 
 
 def test_empty() -> None:
-    skiplist = SkipList()
+    skiplist = skiplist_module().SkipList()
     assert len(skiplist) == 0
     assert list(skiplist) == []
     assert list(skiplist.items(b"a", b"z")) == []
@@ -89,7 +94,7 @@ def test_range_bounds_match_model() -> None:
 
 
 def test_seek_lands_on_first_key_at_or_after_start() -> None:
-    skiplist = SkipList()
+    skiplist = skiplist_module().SkipList()
     for i, key in enumerate([b"b", b"d", b"f"]):
         skiplist.put(key, i, key)
     assert [k for k, _, _ in skiplist.items(b"d")] == [b"d", b"f"]  # inclusive start
@@ -101,7 +106,7 @@ def test_seek_lands_on_first_key_at_or_after_start() -> None:
 
 
 def test_tombstones_are_stored_and_iterated() -> None:
-    skiplist = SkipList()
+    skiplist = skiplist_module().SkipList()
     skiplist.put(b"a", 1, b"x")
     assert skiplist.delete(b"a", 2) == -1  # the value's byte disappears
     assert skiplist.get(b"a") == (2, None)
@@ -113,7 +118,7 @@ def test_tombstones_are_stored_and_iterated() -> None:
 
 
 def test_older_seq_is_ignored_equal_seq_replaces() -> None:
-    skiplist = SkipList()
+    skiplist = skiplist_module().SkipList()
     skiplist.put(b"k", 10, b"ten")
     assert skiplist.put(b"k", 9, b"nine!") == 0
     assert skiplist.delete(b"k", 3) == 0
@@ -124,7 +129,7 @@ def test_older_seq_is_ignored_equal_seq_replaces() -> None:
 
 
 def test_put_byte_deltas() -> None:
-    skiplist = SkipList()
+    skiplist = skiplist_module().SkipList()
     assert skiplist.put(b"key", 1, b"value") == NODE_OVERHEAD_BYTES + 3 + 5
     assert skiplist.put(b"key", 2, b"a longer value") == 14 - 5
     assert skiplist.put(b"key", 3, b"v") == 1 - 14
@@ -133,7 +138,7 @@ def test_put_byte_deltas() -> None:
 
 def test_iteration_survives_interleaved_inserts() -> None:
     rng = random.Random(42)
-    skiplist = SkipList(seed=5)
+    skiplist = skiplist_module().SkipList(seed=5)
     initial = {rng.randbytes(4) for _ in range(2_000)}
     for i, key in enumerate(sorted(initial, key=lambda _: rng.random())):
         skiplist.put(key, i, b"v")
@@ -159,7 +164,7 @@ def test_iteration_survives_interleaved_inserts() -> None:
 
 
 def test_replacing_the_current_key_while_suspended_yields_no_repeat() -> None:
-    skiplist = SkipList()
+    skiplist = skiplist_module().SkipList()
     for i, key in enumerate([b"a", b"b", b"c"]):
         skiplist.put(key, i, b"old")
     it = skiplist.items()
@@ -173,32 +178,38 @@ def test_replacing_the_current_key_while_suspended_yields_no_repeat() -> None:
 def test_xorshift64_known_answer_and_determinism() -> None:
     # Marsaglia's xorshift64 (13, 7, 17) from state 1, worked by hand:
     # 1 ^ 1<<13 = 8193; ^ 8193>>7 = 8257; ^ 8257<<17 = 1082269761.
-    assert XorShift64(1).next_u64() == 1082269761
-    a, b = XorShift64(123), XorShift64(123)
+    assert skiplist_module().XorShift64(1).next_u64() == 1082269761
+    a, b = skiplist_module().XorShift64(123), skiplist_module().XorShift64(123)
     assert [a.next_u64() for _ in range(1000)] == [b.next_u64() for _ in range(1000)]
     assert _heights(9, 1000) == _heights(9, 1000)
     assert _heights(1, 1000) != _heights(2, 1000)
-    zero = XorShift64(0)  # zero is xorshift's fixed point: it must be replaced
+    zero = skiplist_module().XorShift64(0)  # zero is xorshift's fixed point: it must be replaced
     assert zero.next_u64() != 0
 
 
 def test_xorshift64_seed_is_masked_to_64_bits() -> None:
-    assert XorShift64(5 | (1 << 64)).next_u64() == XorShift64(5).next_u64()
+    assert (
+        skiplist_module().XorShift64(5 | (1 << 64)).next_u64() == skiplist_module().XorShift64(5).next_u64()
+    )
     # A seed that masks to zero takes the default seed instead of the fixed point.
-    assert XorShift64(1 << 64).next_u64() == XorShift64().next_u64()
-    rng = XorShift64(1)
+    assert skiplist_module().XorShift64(1 << 64).next_u64() == skiplist_module().XorShift64().next_u64()
+    rng = skiplist_module().XorShift64(1)
     assert all(rng.next_u64() for _ in range(10_000))
 
 
 def _heights(seed: int, n: int) -> list[int]:
-    rng = XorShift64(seed)
+    rng = skiplist_module().XorShift64(seed)
     return [rng.next_height() for _ in range(n)]
 
 
 def test_same_seed_builds_the_same_levels() -> None:
     rng = random.Random(0)
     keys = [rng.randbytes(8) for _ in range(500)]
-    lists = [SkipList(seed=77), SkipList(seed=77), SkipList(seed=78)]
+    lists = [
+        skiplist_module().SkipList(seed=77),
+        skiplist_module().SkipList(seed=77),
+        skiplist_module().SkipList(seed=78),
+    ]
     for skiplist in lists:
         for i, key in enumerate(keys):
             skiplist.put(key, i, b"")
@@ -230,22 +241,23 @@ def test_height_distribution_is_quarter_geometric() -> None:
 
 
 def test_height_is_capped() -> None:
-    class AllZeroLowBits(XorShift64):
-        def next_u64(self) -> int:
-            return 1 << 63  # 63 trailing zeros: 32 levels uncapped
-
-    assert AllZeroLowBits().next_height() == MAX_HEIGHT
+    assert skiplist_module().height_of(1 << 63) == MAX_HEIGHT  # 63 trailing zeros: 32 levels uncapped
+    assert skiplist_module().height_of(1 << 2) == 2  # one all-zero pair
+    rng, twin = skiplist_module().XorShift64(7), skiplist_module().XorShift64(7)
+    assert [rng.next_height() for _ in range(100)] == [
+        skiplist_module().height_of(twin.next_u64()) for _ in range(100)
+    ]
 
 
 def test_overhead_estimate_matches_traced_memory() -> None:
     """The accounting constant must stay close to what the structure really allocates."""
-    assert approximate_overhead_bytes_per_entry() == NODE_OVERHEAD_BYTES
+    assert skiplist_module().approximate_overhead_bytes_per_entry() == NODE_OVERHEAD_BYTES
     rng = random.Random(5)
     n = 20_000
     keys = [rng.randbytes(16) for _ in range(n)]
     values = [rng.randbytes(100) for _ in range(n)]
     seqs = [(1 << 40) + i for i in range(n)]
-    skiplist = SkipList()
+    skiplist = skiplist_module().SkipList()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -264,7 +276,7 @@ def test_overhead_estimate_matches_traced_memory() -> None:
 
 def test_bisect_model_sanity_on_dense_keys() -> None:
     """Dense sequential keys (the engine's offset-ordered keys): seek is exact at every key."""
-    skiplist = SkipList()
+    skiplist = skiplist_module().SkipList()
     keys = [i.to_bytes(8, "big") for i in range(0, 4000, 2)]
     for i, key in enumerate(reversed(keys)):
         skiplist.put(key, i, b"")
@@ -276,7 +288,7 @@ def test_bisect_model_sanity_on_dense_keys() -> None:
 
 
 def test_bulk_heights_are_the_same_sequence_as_one_at_a_time() -> None:
-    one, bulk = XorShift64(99), XorShift64(99)
+    one, bulk = skiplist_module().XorShift64(99), skiplist_module().XorShift64(99)
     expected = [one.next_height() for _ in range(1000)]
     drawn: list[int] = []
     for count in (1, 7, 256, 736):
@@ -290,8 +302,8 @@ def test_levels_follow_the_generator_whatever_the_refills() -> None:
     # More keys than one refill of the height buffer: node heights are the seed's sequence.
     rng = random.Random(4)
     keys = [rng.randbytes(8) for _ in range(1000)]
-    skiplist = SkipList(seed=31)
-    heights = XorShift64(31)
+    skiplist = skiplist_module().SkipList(seed=31)
+    heights = skiplist_module().XorShift64(31)
     expected = {}
     for i, key in enumerate(keys):
         skiplist.put(key, i, b"")

@@ -11,6 +11,7 @@ import attrs
 import pytest
 
 from sentinel.errors import CorruptionError
+from sentinel.storage import builds
 from sentinel.storage.sstable import DamagedBlock, SSTableInfo, SSTableReader, SSTableWriter
 from sentinel.storage.sstable_format import (
     BLOCK_HEADER,
@@ -28,6 +29,9 @@ from sentinel.storage.sstable_format import (
 from sentinel.varint import decode_uvarint
 
 Entry = tuple[bytes, int, bytes | None]
+
+# Every test runs once per build of the block codec and bloom filter (tests/storage/conftest.py).
+pytestmark = pytest.mark.usefixtures("storage_build")
 
 
 def make_entries(seed: int, count: int, *, tombstones: float = 0.1, max_value: int = 300) -> list[Entry]:
@@ -98,11 +102,17 @@ def in_range(entries: list[Entry], start: bytes | None, end: bytes | None) -> li
     return [e for e in entries if (start is None or e[0] >= start) and (end is None or e[0] < end)]
 
 
-@pytest.fixture(scope="module")
-def big_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Entry], SSTableInfo]:
+@pytest.fixture(scope="module", params=builds.BUILDS)
+def big_table(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[Entry], SSTableInfo]:
+    """A table written by each build (and read, in the tests, by each: the two agree)."""
+    if request.param not in builds.builds():
+        pytest.skip("no compiled storage cores installed (pip install -e . with a C compiler)")
     path = tmp_path_factory.mktemp("sst") / "sst-000001.sst"
     entries = make_entries(1, 6000)
-    return path, entries, write_table(path, entries)
+    with builds.using(request.param):
+        return path, entries, write_table(path, entries)
 
 
 # -- layout and round trip ---------------------------------------------------------------
@@ -289,6 +299,47 @@ def test_writer_rejects_bad_input_and_stays_usable(tmp_path: Path) -> None:
         writer.add(b"d", 3, None)
     with pytest.raises(FileExistsError):
         SSTableWriter(path)  # numbers are never reused: never overwrite a table
+
+
+def test_add_from_adds_an_iterator_until_the_data_limit_and_leaves_the_rest(tmp_path: Path) -> None:
+    entries = make_entries(11, 3000)
+    entries_bytes = [len(k) + (0 if v is None else len(v)) for k, _, v in entries]
+    rest = iter(entries)
+    with SSTableWriter(tmp_path / "sst-000011.sst", block_size=512) as writer:
+        assert writer.add_from(rest, 20_000) is False
+        count = writer.count
+        # Stopped at the entry that reached the limit, not one before or after.
+        assert sum(entries_bytes[: count - 1]) < 20_000 <= sum(entries_bytes[:count]) == writer.data_bytes
+        assert writer.add_from(rest, 20_000) is False  # already at the limit: adds nothing
+        assert writer.count == count
+        writer.finish()
+    assert list(rest) == entries[count:]
+    with SSTableReader.open(tmp_path / "sst-000011.sst") as reader:
+        assert list(reader) == entries[:count]
+    # Without a limit: everything, across many write buffers (the same table as add by add).
+    many = make_entries(12, 20_000, max_value=100)
+    with SSTableWriter(tmp_path / "sst-000012.sst") as writer:
+        assert writer.add_from(iter(many)) is True
+        writer.finish()
+    assert (tmp_path / "sst-000012.sst").read_bytes() == _bytes_of(tmp_path / "sst-000013.sst", many)
+
+
+def _bytes_of(path: Path, entries: list[Entry]) -> bytes:
+    write_table(path, entries)
+    return path.read_bytes()
+
+
+def test_add_from_refuses_a_bad_entry_and_keeps_what_came_before(tmp_path: Path) -> None:
+    path = tmp_path / "sst-000014.sst"
+    with SSTableWriter(path) as writer:
+        entries = iter([(b"a", 1, b"x"), (b"c", 2, None), (b"b", 3, b"y"), (b"d", 4, b"z")])
+        with pytest.raises(ValueError, match=r"keys must be strictly ascending: b'b' after b'c'"):
+            writer.add_from(entries)
+        assert writer.count == 2
+        assert writer.add_from(entries) is True  # the rest: (b"d", ...)
+        writer.finish()
+    with SSTableReader.open(path) as reader:
+        assert list(reader) == [(b"a", 1, b"x"), (b"c", 2, None), (b"d", 4, b"z")]
 
 
 def test_writer_refuses_an_empty_table(tmp_path: Path) -> None:

@@ -238,6 +238,21 @@ async def test_put_get_delete_and_overwrite(tmp_path: Path, clock: trio.testing.
         assert store.statistics().last_seq == 7
 
 
+async def test_write_hands_the_batch_on_when_called_and_awaiting_waits_for_durability(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    async with open_store(tmp_path, options()) as store:
+        first = store.write([(b"a", b"1")])  # submitted now: seqs follow the call order
+        second = store.write([(b"b", b"2"), (b"c", None)])
+        assert await second == 3
+        assert await first == 1
+        assert (store.get(b"a"), store.get(b"b")) == (b"1", b"2")
+        with pytest.raises(InvalidArgument, match="keys must be bytes"):
+            store.write([("text", b"v")])  # type: ignore[list-item]  # refused by the call itself
+    with pytest.raises(StorageClosed):
+        store.write([(b"d", b"4")])
+
+
 async def test_bad_writes_fail_the_caller_not_the_store(
     tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sentinel.errors import CorruptionError, StorageClosed, StorageError
+from sentinel.storage import builds
 from sentinel.storage import wal as wal_module
 from sentinel.storage.framing import FRAME_HEADER_SIZE, MAX_FRAME_PAYLOAD, frame, scan_frames
 from sentinel.storage.wal import WalFile, WalReplay, replay_wal, truncate_wal_tail
@@ -21,11 +23,17 @@ from sentinel.storage.wal_format import (
     KIND_DELETE,
     KIND_PUT,
     MAX_SEQ,
-    WalGroupEncoder,
-    decode_write_batch,
-    encode_wal_record,
-    encode_write_batch,
 )
+
+# Every test runs once per build of the WAL record codec (tests/storage/conftest.py): replay
+# decodes with the build under test, and the tests encode with it.
+pytestmark = pytest.mark.usefixtures("storage_build")
+
+
+def wal_codec() -> ModuleType:
+    """The build of ``sentinel.storage.wal_format`` under test (the fixture switched it)."""
+    return builds.wal_format
+
 
 Ops = list[tuple[bytes, bytes | None]]
 
@@ -54,7 +62,9 @@ def test_round_trip_across_varint_widths() -> None:
     rng = random.Random(3)
     for first_seq in [0, 1, 1 << 40, MAX_SEQ - 49]:
         ops = random_ops(rng, 50)
-        assert decode_write_batch(encode_write_batch(first_seq, ops), "w") == expected(first_seq, ops)
+        assert wal_codec().decode_write_batch(
+            wal_codec().encode_write_batch(first_seq, ops), "w"
+        ) == expected(first_seq, ops)
 
 
 @settings(max_examples=200, derandomize=True, deadline=None)
@@ -65,11 +75,13 @@ def test_round_trip_across_varint_widths() -> None:
     ),
 )
 def test_round_trip_property(first_seq: int, ops: Ops) -> None:
-    assert decode_write_batch(encode_write_batch(first_seq, ops), "w") == expected(first_seq, ops)
+    assert wal_codec().decode_write_batch(wal_codec().encode_write_batch(first_seq, ops), "w") == expected(
+        first_seq, ops
+    )
 
 
 def test_encoding_layout() -> None:
-    payload = encode_write_batch(7, [(b"k", b"vv"), (b"d", None)])
+    payload = wal_codec().encode_write_batch(7, [(b"k", b"vv"), (b"d", None)])
     assert (
         payload
         == BATCH_HEADER.pack(7, 2)
@@ -81,33 +93,33 @@ def test_encoding_layout() -> None:
         + b"d"
     )
     # A 200-byte key takes a two-byte uvarint length: 200 = 0x48 | 0x80, then 1.
-    long_key = encode_write_batch(0, [(b"x" * 200, None)])
+    long_key = wal_codec().encode_write_batch(0, [(b"x" * 200, None)])
     assert long_key[BATCH_HEADER_SIZE : BATCH_HEADER_SIZE + 3] == bytes([KIND_DELETE, 0xC8, 0x01])
-    assert encode_wal_record(7, [(b"k", b"vv"), (b"d", None)]) == frame(payload)
+    assert wal_codec().encode_wal_record(7, [(b"k", b"vv"), (b"d", None)]) == frame(payload)
 
 
 def test_encode_rejects_bad_batches() -> None:
     with pytest.raises(ValueError, match="a write batch needs at least one operation"):
-        encode_write_batch(1, [])
+        wal_codec().encode_write_batch(1, [])
     with pytest.raises(ValueError, match=r"seqs -1\.\.-1 do not fit in a u64"):
-        encode_write_batch(-1, [(b"k", None)])
+        wal_codec().encode_write_batch(-1, [(b"k", None)])
     with pytest.raises(ValueError, match=f"seqs {MAX_SEQ}..{MAX_SEQ + 1} do not fit in a u64"):
-        encode_write_batch(MAX_SEQ, [(b"k", None), (b"j", None)])
+        wal_codec().encode_write_batch(MAX_SEQ, [(b"k", None), (b"j", None)])
 
 
 def _records(data: bytes) -> list[list[tuple[bytes, int, bytes | None]]]:
-    return [decode_write_batch(payload, "w") for payload in scan_frames(data).payloads]
+    return [wal_codec().decode_write_batch(payload, "w") for payload in scan_frames(data).payloads]
 
 
 def test_group_encoder_frames_consecutive_batches_as_one_record() -> None:
     rng = random.Random(11)
     batches = [random_ops(rng, rng.randint(1, 5)) for _ in range(20)]
-    encoder = WalGroupEncoder()
+    encoder = wal_codec().WalGroupEncoder()
     assert not encoder
     seq = 100
     wanted: list[tuple[bytes, int, bytes | None]] = []
     for ops in batches:
-        assert encoder.add(seq, ops) == len(encode_write_batch(seq, ops)) - BATCH_HEADER_SIZE
+        assert encoder.add(seq, ops) == len(wal_codec().encode_write_batch(seq, ops)) - BATCH_HEADER_SIZE
         wanted += expected(seq, ops)
         seq += len(ops)
     assert encoder
@@ -115,11 +127,11 @@ def test_group_encoder_frames_consecutive_batches_as_one_record() -> None:
     assert _records(data) == [wanted]  # one record: the group is applied all or nothing
     assert not encoder and encoder.take() == b""
     # The same bytes as one write batch of all the ops (one codec of record).
-    assert data == encode_wal_record(100, [op for ops in batches for op in ops])
+    assert data == wal_codec().encode_wal_record(100, [op for ops in batches for op in ops])
 
 
 def test_group_encoder_starts_a_record_where_seqs_do_not_follow_on() -> None:
-    encoder = WalGroupEncoder()
+    encoder = wal_codec().WalGroupEncoder()
     encoder.add(1, [(b"a", b"1"), (b"b", b"2")])
     encoder.add(3, [(b"c", None)])
     encoder.add(10, [(b"d", b"4")])  # seqs 4..9 went elsewhere (a refused write, say)
@@ -130,7 +142,7 @@ def test_group_encoder_starts_a_record_where_seqs_do_not_follow_on() -> None:
 
 
 def test_group_encoder_cuts_records_at_the_group_record_size() -> None:
-    encoder = WalGroupEncoder()
+    encoder = wal_codec().WalGroupEncoder()
     value = b"v" * (GROUP_RECORD_BYTES // 3)
     for seq in range(1, 8):
         encoder.add(seq, [(b"k%d" % seq, value)])
@@ -139,7 +151,7 @@ def test_group_encoder_cuts_records_at_the_group_record_size() -> None:
 
 
 def test_group_encoder_refuses_bad_batches_and_keeps_what_it_had() -> None:
-    encoder = WalGroupEncoder()
+    encoder = wal_codec().WalGroupEncoder()
     encoder.add(1, [(b"a", b"1")])
     with pytest.raises(ValueError, match="a write batch needs at least one operation"):
         encoder.add(2, [])
@@ -184,7 +196,7 @@ def _payload(first_seq: int, count: int, body: bytes) -> bytes:
 )
 def test_decode_reports_malformed_payloads_with_position(payload: bytes, offset: int, message: str) -> None:
     with pytest.raises(CorruptionError) as info:
-        decode_write_batch(payload, "seg.log", base_position=1000)
+        wal_codec().decode_write_batch(payload, "seg.log", base_position=1000)
     assert info.value.source == "seg.log"
     assert info.value.position == 1000 + offset
     assert message in info.value.detail
@@ -199,7 +211,7 @@ def write_segment(path: Path, batches: list[tuple[int, Ops]]) -> list[int]:
     data = b""
     for first_seq, ops in batches:
         offsets.append(len(data))
-        data += encode_wal_record(first_seq, ops)
+        data += wal_codec().encode_wal_record(first_seq, ops)
     path.write_bytes(data)
     return offsets
 
@@ -289,7 +301,7 @@ def test_zeros_followed_by_a_valid_frame_are_corruption(tmp_path: Path) -> None:
     write_segment(path, BATCHES)
     whole = path.read_bytes()
     for zeros in (1, FRAME_HEADER_SIZE, 512):
-        path.write_bytes(whole + bytes(zeros) + encode_wal_record(20, [(b"z", b"late")]))
+        path.write_bytes(whole + bytes(zeros) + wal_codec().encode_wal_record(20, [(b"z", b"late")]))
         replay = replay_wal(path)
         assert replay.valid_bytes == len(whole)
         assert not replay.torn, zeros
@@ -334,9 +346,9 @@ def test_a_bad_length_in_a_middle_frame_is_corruption_and_says_what_follows(tmp_
 
 def test_checksum_valid_malformed_payload_is_corruption(tmp_path: Path) -> None:
     path = tmp_path / "wal-000001.log"
-    good = encode_wal_record(1, [(b"a", b"1")])
+    good = wal_codec().encode_wal_record(1, [(b"a", b"1")])
     bad_payload = _payload(2, 1, b"\x09\x01k")  # entry kind 9
-    path.write_bytes(good + frame(bad_payload) + encode_wal_record(3, [(b"b", None)]))
+    path.write_bytes(good + frame(bad_payload) + wal_codec().encode_wal_record(3, [(b"b", None)]))
     entry_at = len(good) + FRAME_HEADER_SIZE + BATCH_HEADER_SIZE
     with pytest.raises(CorruptionError) as info:
         replay_wal(path)
@@ -390,7 +402,7 @@ def test_truncate_wal_tail(tmp_path: Path) -> None:
 
 def test_walfile_append_sync_and_replay(tmp_path: Path) -> None:
     path = tmp_path / "wal-000001.log"
-    records = [encode_wal_record(first, ops) for first, ops in BATCHES]
+    records = [wal_codec().encode_wal_record(first, ops) for first, ops in BATCHES]
     with WalFile.create(path) as wal:
         assert (wal.path, wal.size, wal.closed) == (path, 0, False)
         wal.append(records[0])
@@ -410,7 +422,7 @@ def test_open_for_append_cuts_the_torn_tail_first(tmp_path: Path) -> None:
     replay = replay_wal(path)
     with WalFile.open_for_append(path, replay.valid_bytes) as wal:
         assert wal.size == offsets[-1]
-        wal.append(encode_wal_record(50, [(b"z", b"new")]))
+        wal.append(wal_codec().encode_wal_record(50, [(b"z", b"new")]))
         wal.sync()
     replay = replay_wal(path)
     assert replay.tail_error is None
@@ -421,7 +433,7 @@ def test_walfile_refuses_use_after_close(tmp_path: Path) -> None:
     wal = WalFile.create(tmp_path / "wal-000001.log")
     wal.close()
     wal.close()  # idempotent
-    record = encode_wal_record(1, [(b"k", b"v")])
+    record = wal_codec().encode_wal_record(1, [(b"k", b"v")])
     for action in (lambda: wal.append(record), lambda: wal.append_many([record]), wal.sync):
         with pytest.raises(StorageClosed, match=r"WAL .*wal-000001.log is closed"):
             action()
@@ -430,7 +442,7 @@ def test_walfile_refuses_use_after_close(tmp_path: Path) -> None:
 
 def test_walfile_refuses_use_after_a_failed_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wal = WalFile.create(tmp_path / "wal-000001.log")
-    record = encode_wal_record(1, [(b"k", b"v")])
+    record = wal_codec().encode_wal_record(1, [(b"k", b"v")])
     wal.append(record)
 
     def failing_datasync(fd: int) -> None:
@@ -453,7 +465,7 @@ def test_walfile_refuses_use_after_a_failed_write(tmp_path: Path) -> None:
     path.write_bytes(b"")
     fd = os.open(path, os.O_RDONLY)  # writes to it fail with EBADF
     wal = WalFile(path, fd, 0)
-    record = encode_wal_record(1, [(b"k", b"v")])
+    record = wal_codec().encode_wal_record(1, [(b"k", b"v")])
     with pytest.raises(StorageError, match=r"wal-000001.log: write at byte 0 failed"):
         wal.append(record)
     assert wal.size == 0
