@@ -20,6 +20,7 @@ from setuptools.command.build_ext import build_ext
 _MODULES = {
     "sentinel.records.decode": os.path.join("sentinel", "records", "decode.py"),
     "sentinel.client.partition": os.path.join("sentinel", "client", "partition.py"),
+    "sentinel.client.appending": os.path.join("sentinel", "client", "appending.py"),
 }
 
 
