@@ -95,6 +95,7 @@ from sentinel.client.accumulator import (
     estimate_size,
 )
 from sentinel.client.connection import Cluster, retry_delay, with_retries
+from sentinel.client.convert import WireProduceRequest
 from sentinel.client.delivery import Completion, RecordFuture, WholeBatchDelivery
 from sentinel.client.errors import error_from_status, is_retriable
 from sentinel.client.sequencing import PartitionSequencer, Request, stamp_producer
@@ -880,7 +881,7 @@ class Producer:
         payload.message = self._message(tp, payload.encoded)
 
     def _message(self, tp: TopicPartition, encoded: list[bytes]) -> pb.ProduceRequest:
-        return pb.ProduceRequest(
+        return WireProduceRequest(
             topic=tp.topic,
             partition=tp.partition,
             record_batches=b"".join(encoded),
