@@ -1,5 +1,6 @@
-"""Build hook: compile the records-section decoder (sentinel/records/decode.py) and the
-consumer's per-partition state and ``async for`` step (sentinel/client/partition.py) with mypyc.
+"""Build hook: compile the records-section decoder (sentinel/records/decode.py), the
+consumer's per-partition state and ``async for`` step (sentinel/client/partition.py) and the
+producer's per-record path (sentinel/client/appending.py) with mypyc.
 
 Everything else is declared in pyproject.toml. The extension is optional: without a C
 compiler, or with SENTINEL_NO_COMPILE=1, the install goes on and the Python source runs
