@@ -1,6 +1,7 @@
 """Build hook: compile the records-section decoder (sentinel/records/decode.py), the
-consumer's per-partition state and ``async for`` step (sentinel/client/partition.py) and the
-storage write path's pure cores (see sentinel/storage/builds.py) with mypyc.
+consumer's per-partition state and ``async for`` step (sentinel/client/partition.py), the
+producer's per-record path (sentinel/client/appending.py) and the storage write path's pure
+cores (see sentinel/storage/builds.py) with mypyc.
 
 Everything else is declared in pyproject.toml. The extension is optional: without a C
 compiler, or with SENTINEL_NO_COMPILE=1, the install goes on and the Python source runs
@@ -21,6 +22,7 @@ from setuptools.command.build_ext import build_ext
 _MODULES = {
     "sentinel.records.decode": os.path.join("sentinel", "records", "decode.py"),
     "sentinel.client.partition": os.path.join("sentinel", "client", "partition.py"),
+    "sentinel.client.appending": os.path.join("sentinel", "client", "appending.py"),
     # The storage write path's pure cores (sentinel.storage.builds picks the build).
     "sentinel.storage.skiplist": os.path.join("sentinel", "storage", "skiplist.py"),
     "sentinel.storage.wal_format": os.path.join("sentinel", "storage", "wal_format.py"),

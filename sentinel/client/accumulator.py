@@ -31,22 +31,62 @@ Invariants:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
-from collections import deque
-from collections.abc import Sequence
-from typing import Final, Generic, TypeAlias, TypeVar
+import os
+from collections.abc import Iterator, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Final, Generic, TypeAlias, TypeVar
 
 import attrs
 
+from sentinel.client import appending as _appending_imported
 from sentinel.client.types import TopicPartition
 from sentinel.records import Header, RecordTuple
+from sentinel.records.decoder import builds_of
 
 C = TypeVar("C")
 
-# Per-record framing beyond key, value and headers in RecordBatch v2: length (<= 5 bytes),
-# attributes (1), timestamp delta (usually 1-3), offset delta (1-3), key and value lengths
-# (1-3 each) and the header count (1). 16 is a typical record; exactness does not matter.
-RECORD_OVERHEAD: Final = 16
+# The per-partition queue (``Piece``, ``PartitionQueue``) lives with the per-record step of
+# ``Producer.send`` in ``sentinel.client.appending``, which mypyc compiles: its build when that
+# was built from this very source, else the source (like the consumer's
+# ``sentinel.client.partition``). A producer takes its queues, runs, futures and per-record
+# step from the build in use when it is created (``appending``); tests run both.
+_APPENDING_SOURCE: Final = os.path.join(os.path.dirname(__file__), "appending.py")
+
+
+def appending_builds() -> dict[str, ModuleType]:
+    """The builds of ``sentinel.client.appending`` at hand: "source" always, "compiled" when
+    a fresh mypyc build is installed."""
+    return builds_of(_appending_imported, _APPENDING_SOURCE, "sentinel.client._appending_source")
+
+
+appending: ModuleType = appending_builds().get("compiled") or appending_builds()["source"]
+
+
+@contextlib.contextmanager
+def using_appending(module: ModuleType) -> Iterator[None]:
+    """Producers and accumulators created inside the block use ``module`` (a value of
+    ``appending_builds()``): for tests."""
+    global appending
+    previous, appending = appending, module
+    try:
+        yield
+    finally:
+        appending = previous
+
+
+# Per-record framing beyond key, value and headers (see sentinel.client.appending).
+RECORD_OVERHEAD: Final[int] = appending.RECORD_OVERHEAD
+
+if TYPE_CHECKING:
+    from sentinel.client.appending import BufferAccount, PartitionQueue, Piece
+else:  # the build in use at import
+    BufferAccount = appending.BufferAccount
+    PartitionQueue = appending.PartitionQueue
+    Piece = appending.Piece
+
+
 # Per-header framing: the name length and value length varints.
 HEADER_OVERHEAD: Final = 2
 # A RecordBatch v2 header (61 bytes) counts against a request's size.
@@ -81,77 +121,6 @@ def estimate_size(key: bytes | None, value: bytes | None, headers: Sequence[Head
     return size
 
 
-class Piece(Generic[C]):
-    """Queued entries ``[start, end)`` of one completion, consecutive in the queue. (An end,
-    not a count: the next record's index is ``end``, one read and one write per record.)"""
-
-    __slots__ = ("completion", "end", "start")
-
-    def __init__(self, completion: C, start: int = 0, end: int = 0) -> None:
-        self.completion = completion
-        self.start = start
-        self.end = end
-
-
-class PartitionQueue(Generic[C]):
-    """Records of one partition waiting to be sent, oldest first."""
-
-    __slots__ = ("ends", "first_at", "open", "origin", "pieces", "records", "removed", "size", "wholes")
-
-    def __init__(self) -> None:
-        self.records: list[Entry] = []
-        # Estimated bytes queued ever, through each entry: a drain finds where batches and
-        # requests end by bisection, not by a Python loop over its records.
-        self.ends: list[int] = []
-        self.origin = 0  # bytes queued ever before the first queued entry
-        self.pieces: deque[Piece[C]] = deque()
-        #: The piece the next record joins (None: the next record starts one).
-        self.open: Piece[C] | None = None
-        self.size = 0  # estimated bytes queued
-        self.first_at = 0.0  # when the oldest queued record arrived (meaningless when empty)
-        self.wholes = 0  # WholeBatch entries queued (0: every entry is a record, no checks)
-        self.removed = 0  # entries ever drained or taken (so no per-record count is kept)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def appended(self) -> int:
-        """Entries (records, whole batches) ever queued here."""
-        return self.removed + len(self.records)
-
-    def open_piece(self, completion: C) -> Piece[C]:
-        """Start the piece the next records join (call when ``open`` is None)."""
-        piece = Piece(completion)
-        self.pieces.append(piece)
-        self.open = piece
-        return piece
-
-    def add(self, record: Entry, size: int, now: float, batch_size: int) -> bool:
-        """Queue a record whose ``size`` is reserved, as the next entry of the open piece
-        (its index there is ``open.end`` before the call). True when the
-        partition's sender should look again: the record is the first in an empty queue
-        (start lingering), or the queue just reached ``batch_size`` (send without
-        lingering)."""
-        records = self.records
-        if not records:
-            self.first_at = now
-        records.append(record)
-        self.open.end += 1  # type: ignore[union-attr]
-        before = self.size
-        self.size = after = before + size
-        self.ends.append(self.origin + after)
-        return before == 0 or before < batch_size <= after
-
-    def add_whole(self, batch: WholeBatch, completion: C, size: int, now: float, batch_size: int) -> bool:
-        """Queue a whole batch, a piece of its own; the next record starts a new piece."""
-        self.wholes += 1
-        self.open_piece(completion)
-        wake = self.add(batch, size, now, batch_size)
-        self.open = None
-        return wake
-
-
 @attrs.frozen
 class Drained(Generic[C]):
     """Records taken from a partition queue for one produce request."""
@@ -175,32 +144,54 @@ class Drained(Generic[C]):
 class RecordAccumulator(Generic[C]):
     """Per-partition queues plus the reservation account of the producer's buffer."""
 
-    def __init__(self, *, batch_size: int, max_buffer_bytes: int, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        max_buffer_bytes: int,
+        max_request_bytes: int,
+        build: ModuleType | None = None,
+    ) -> None:
+        #: The build of ``sentinel.client.appending`` whose queues this holds (the one in
+        #: use when created, unless given).
+        self.build = appending if build is None else build
         self.batch_size = batch_size
-        self.max_buffer_bytes = max_buffer_bytes
         self.max_request_bytes = max_request_bytes
-        self.buffered = 0
+        #: The memory account (``buffered`` of ``max_buffer_bytes``), a native object in the
+        #: compiled build: ``Producer.send``'s fast path reserves out of it directly.
+        self.account: BufferAccount = self.build.BufferAccount(max_buffer_bytes)
         self._queues: dict[TopicPartition, PartitionQueue[C]] = {}
 
     # -- memory account ------------------------------------------------------------------
 
+    @property
+    def buffered(self) -> int:
+        """Bytes reserved and not yet released."""
+        return self.account.buffered
+
+    @property
+    def max_buffer_bytes(self) -> int:
+        return self.account.max_buffer_bytes
+
     def can_reserve(self, size: int) -> bool:
-        return self.buffered + size <= self.max_buffer_bytes
+        account = self.account
+        return account.buffered + size <= account.max_buffer_bytes
 
     def reserve(self, size: int) -> None:
-        self.buffered += size
+        self.account.buffered += size
 
     def release(self, size: int) -> None:
-        self.buffered -= size
-        if self.buffered < 0:
-            raise AssertionError(f"released more than was reserved ({self.buffered} bytes)")
+        account = self.account
+        account.buffered -= size
+        if account.buffered < 0:
+            raise AssertionError(f"released more than was reserved ({account.buffered} bytes)")
 
     # -- queues ------------------------------------------------------------------------------
 
     def queue(self, tp: TopicPartition) -> PartitionQueue[C]:
         queue = self._queues.get(tp)
         if queue is None:
-            queue = self._queues[tp] = PartitionQueue()
+            queue = self._queues[tp] = self.build.PartitionQueue()
         return queue
 
     def append(self, tp: TopicPartition, record: RecordTuple, completion: C, size: int, now: float) -> bool:
@@ -308,8 +299,10 @@ class RecordAccumulator(Generic[C]):
                 open_bytes += size
             request_bytes += extra
             taken = i + 1
-        if full_only and taken == len(records) and len(starts) > 1 and open_bytes >= 0:
-            taken = starts.pop()  # the open last batch waits for more records
+        if full_only and taken == len(records) and len(starts) > 1 and 0 <= open_bytes <= batch_size:
+            # The open last batch waits for more records (a record larger than a batch is a
+            # full batch on its own: it goes, as _cut_records sends it).
+            taken = starts.pop()
         starts.append(taken)
         return taken, starts
 

@@ -110,7 +110,8 @@ async def with_retries(
 
 
 class _LiveTransport:
-    """A transport that drops writes once it is closing, as grpclib sees it.
+    """The transport grpclib writes to: it drops writes once the transport is closing, and
+    gathers the writes of one event-loop step into one.
 
     When a broker dies, grpclib goes on writing to the lost connection (a reset for each
     stream it ends, requests already on their way), and asyncio's transport answers every
@@ -118,16 +119,44 @@ class _LiveTransport:
     user of ``sentinel produce`` saw those lines before the one error that mattered. A
     closing transport delivers nothing new anyway (lost: asyncio drops it; closed by us:
     the channel's streams are over), so the write is not made; the failure still reaches
-    the caller as grpclib's own "connection lost" (Unavailable)."""
+    the caller as grpclib's own "connection lost" (Unavailable).
 
-    __slots__ = ("_transport",)
+    grpclib writes each HTTP/2 frame as it makes it: a request's HEADERS, then a DATA frame
+    per 16 KiB (the broker's frame size), each a ``send`` system call of its own (64 for a
+    1 MiB produce request; measured with 100-byte records: ~8% of the producer's CPU). The
+    writes made before control returns to the event loop go out together, in order, at the
+    loop's next step (``call_soon``): what a request's frames would have become on the wire
+    anyway. ``close`` writes what is gathered first; ``abort`` drops it, as asyncio's does."""
+
+    __slots__ = ("_gathered", "_loop", "_transport")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._gathered: list[bytes | bytearray | memoryview] | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._transport.is_closing():
-            self._transport.write(data)
+        if self._transport.is_closing():
+            return
+        gathered = self._gathered
+        if gathered is None:
+            self._gathered = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            gathered.append(data)
+
+    def _flush(self) -> None:
+        gathered, self._gathered = self._gathered, None
+        if gathered and not self._transport.is_closing():
+            self._transport.write(gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._gathered = None
+        self._transport.abort()
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._transport, name)

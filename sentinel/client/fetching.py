@@ -29,30 +29,19 @@ from sentinel.client.errors import CorruptRecordBatch
 from sentinel.client.types import ConsumerRecord, TopicPartition
 from sentinel.errors import DataLoss, InvalidRecordBatch, SentinelError
 from sentinel.records import RecordBatch, iter_batches
-from sentinel.records.decoder import is_compiled, is_fresh, load_source, stamp_of
+from sentinel.records.decoder import builds_of
 from sentinel.varint import decode_uvarint
 
 # ``sentinel.client.partition`` (PartitionState and the ``async for`` step): its mypyc build
 # when that was built from this very source, else the source (like the records decoder's two
 # builds, ``sentinel.records.decoder``). The consumer takes both classes from ``partition``.
 _PARTITION_SOURCE: Final = os.path.join(os.path.dirname(__file__), "partition.py")
-_partition_source: ModuleType | None = None
 
 
 def partition_builds() -> dict[str, ModuleType]:
     """The builds of ``sentinel.client.partition`` at hand: "source" always, "compiled" when
     a fresh mypyc build is installed."""
-    global _partition_source
-    builds: dict[str, ModuleType] = {}
-    if is_compiled(_partition_imported):
-        if is_fresh(stamp_of(_PARTITION_SOURCE), _PARTITION_SOURCE):
-            builds["compiled"] = _partition_imported
-        if _partition_source is None:
-            _partition_source = load_source(_PARTITION_SOURCE, "sentinel.client._partition_source")
-        builds["source"] = _partition_source
-    else:
-        builds["source"] = _partition_imported
-    return builds
+    return builds_of(_partition_imported, _PARTITION_SOURCE, "sentinel.client._partition_source")
 
 
 partition: ModuleType = partition_builds().get("compiled") or partition_builds()["source"]

@@ -77,12 +77,13 @@ import random
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from types import TracebackType
-from typing import Any, Final, Self
+from types import MethodType, ModuleType, TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from grpclib.const import Status
 
 from sentinel.broker.partitioner import RoundRobinPartitioner, partition_for_key
+from sentinel.client import accumulator
 from sentinel.client.accumulator import (
     BATCH_OVERHEAD,
     RECORD_OVERHEAD,
@@ -94,7 +95,8 @@ from sentinel.client.accumulator import (
     estimate_size,
 )
 from sentinel.client.connection import Cluster, retry_delay, with_retries
-from sentinel.client.delivery import Completion, RecordFuture, RecordRun, WholeBatchDelivery
+from sentinel.client.convert import WireProduceRequest
+from sentinel.client.delivery import Completion, RecordFuture, WholeBatchDelivery
 from sentinel.client.errors import error_from_status, is_retriable
 from sentinel.client.sequencing import PartitionSequencer, Request, stamp_producer
 from sentinel.client.types import BatchMetadata, RecordMetadata, TopicPartition
@@ -108,6 +110,9 @@ from sentinel.errors import (
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.records import Compression, Header, RecordTuple
 from sentinel.records.builder import encode_batch
+
+if TYPE_CHECKING:
+    from sentinel.client.appending import RecordAppender, SendFastPath
 
 __all__ = ["Producer"]
 
@@ -136,8 +141,6 @@ DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
 DEFAULT_RETRIES: Final = 5
 DEFAULT_RETRY_BACKOFF_MS: Final = 100
 _time_ns = time.time_ns
-_monotonic = time.monotonic
-_new_object = object.__new__
 # FetchMetadata / CreateTopic while resolving a topic: retried this often before giving up.
 METADATA_RETRIES: Final = 5
 
@@ -179,15 +182,24 @@ class _Payload:
 class _PartitionSender:
     """The asyncio side of one partition: its sender task, its requests and its counters."""
 
-    __slots__ = ("completed", "queue", "sequencer", "task", "tp", "unsettled", "wakeup")
+    __slots__ = ("append", "appender", "completed", "queue", "sequencer", "task", "tp", "unsettled", "wakeup")
 
     def __init__(
-        self, tp: TopicPartition, queue: PartitionQueue[Completion], sequencer: PartitionSequencer[_Payload]
+        self,
+        tp: TopicPartition,
+        queue: PartitionQueue[Completion],
+        sequencer: PartitionSequencer[_Payload],
+        build: ModuleType,
     ) -> None:
         self.tp = tp
         self.queue = queue  # the accumulator's queue of this partition
         self.sequencer = sequencer
         self.wakeup = asyncio.Event()
+        #: ``send``'s per-record step for this partition.
+        self.appender: RecordAppender = build.RecordAppender(
+            queue, asyncio.get_running_loop(), tp.topic, tp.partition, self.wakeup, time.monotonic
+        )
+        self.append = self.appender.append  # bound once
         self.task: asyncio.Task[None] | None = None
         self.completed = 0  # entries whose future is resolved (or failed); queue.appended: ever queued
         # Formed requests not yet settled, in formation (offset) order: they settle in it.
@@ -255,6 +267,7 @@ class Producer:
             batch_size=batch_size,
             max_buffer_bytes=max_buffer_bytes,
             max_request_bytes=min(max_request_bytes - REQUEST_FRAMING_BYTES, REQUEST_FILL_BYTES),
+            build=accumulator.appending,  # the build of the per-record path in use now
         )
         # The largest record (estimated size) or send_batch batch that fits in one request.
         self.max_record_bytes = max_request_bytes - REQUEST_FRAMING_BYTES - BATCH_OVERHEAD
@@ -275,7 +288,18 @@ class Producer:
         self._flushing = 0
         self._fatal: BaseException | None = None
         self._state = _State.NEW
-        self._accepting = False  # OPEN and not failed: the one check send() makes per record
+        # send() as most records take it, compiled (sentinel.client.appending.SendFastPath):
+        # it hands every other record to the send written out below (Producer.send), so this
+        # instance's ``send`` is the fast path's. Its ``accepting`` flag is the producer's:
+        # OPEN and not failed.
+        self._fast: SendFastPath = self._acc.build.SendFastPath(
+            self._acc.account,
+            self._room_waiters,
+            self.max_record_bytes,
+            batch_size,
+            MethodType(Producer.send, self),
+        )
+        self.send = self._fast.send  # type: ignore[method-assign]
         self._cluster: Cluster | None = None
         self._partition_counts: dict[str, int] = {}
 
@@ -295,7 +319,7 @@ class Producer:
         self._partition_counts = cluster.partition_counts
         self._loop = asyncio.get_running_loop()
         self._state = _State.OPEN
-        self._accepting = True
+        self._fast.accepting = True
 
     async def close(self) -> None:
         """Send everything queued, wait for the answers, then disconnect. Idempotent."""
@@ -305,7 +329,7 @@ class Producer:
             self._state = _State.CLOSED
             return
         self._state = _State.CLOSING
-        self._accepting = False
+        self._fast.accepting = False
         try:
             await self.flush()
         finally:
@@ -347,7 +371,7 @@ class Producer:
         Returns as soon as the record is queued; waits only while the buffer is full.
         Invalid arguments raise here; delivery failures arrive through the future.
         """
-        if not self._accepting:
+        if not self._fast.accepting:
             raise self._not_accepting()
         if type(value) is not bytes and value is not None:
             value = _as_bytes(value, "value")
@@ -391,38 +415,15 @@ class Producer:
             sender = senders.get(partition) if senders is not None else None
             if sender is None:
                 sender = self._start_sender(TopicPartition(topic, partition))
-        acc = self._acc
-        # acc.can_reserve / acc.reserve, inlined (the per-record path).
-        buffered = acc.buffered + size
-        if self._room_waiters or buffered > acc.max_buffer_bytes:
+        account = self._acc.account
+        # acc.can_reserve / acc.reserve, inlined.
+        buffered = account.buffered + size
+        if self._room_waiters or buffered > account.max_buffer_bytes:
             await self._wait_for_room(size)
         else:
-            acc.buffered = buffered
-        # PartitionQueue.add, inlined (the per-record path): the record joins its
-        # partition's open run, and its future is its place there.
-        queue = sender.queue
-        piece = queue.open
-        if piece is None:
-            piece = queue.open_piece(RecordRun(self._loop, topic, partition))  # type: ignore[arg-type]
-        index = piece.end
-        piece.end = index + 1
-        records = queue.records
-        if not records:
-            queue.first_at = _monotonic()
-        records.append((key, value, header_items, timestamp_ms))
-        before = queue.size
-        queue.size = after = before + size
-        queue.ends.append(queue.origin + after)
-        if before == 0 or before < acc.batch_size <= after:  # first record, or just full
-            sender.wakeup.set()
-        # RecordFuture(piece.completion, index, timestamp_ms), inlined: a class call runs
-        # its __init__ as a frame of its own (~35 ns a record more).
-        future = _new_object(RecordFuture)
-        future._run = piece.completion  # type: ignore[assignment]
-        future._index = index
-        future._timestamp = timestamp_ms
-        future._extra = None
-        return future
+            account.buffered = buffered
+        # The record joins the partition's open run, and its future is its place there.
+        return sender.append(key, value, header_items, timestamp_ms, size, self._acc.batch_size)
 
     async def send_batch(
         self,
@@ -444,7 +445,7 @@ class Producer:
         buffer). Ordered with ``send`` calls to the same partition; waits only while the
         buffer is full.
         """
-        if not self._accepting:
+        if not self._fast.accepting:
             raise self._not_accepting()
         if key is not None and type(key) is not bytes:
             key = _as_bytes(key, "key")
@@ -540,7 +541,7 @@ class Producer:
 
     async def partitions_for(self, topic: str) -> frozenset[int]:
         """The partition ids of ``topic`` (created with the broker's defaults if unknown)."""
-        if not self._accepting:
+        if not self._fast.accepting:
             raise self._not_accepting()
         count = self._partition_counts.get(topic) or await self._resolve_topic(topic)
         return frozenset(range(count))
@@ -670,10 +671,11 @@ class Producer:
         sequencer: PartitionSequencer[_Payload] = PartitionSequencer(
             idempotent=self.idempotent, retries=self._retries
         )
-        sender = _PartitionSender(tp, self._acc.queue(tp), sequencer)
+        sender = _PartitionSender(tp, self._acc.queue(tp), sequencer, self._acc.build)
         sender.task = asyncio.get_running_loop().create_task(self._run_sender(sender), name=f"produce {tp}")
         self._senders[tp] = sender
         self._senders_by_topic.setdefault(tp.topic, {})[tp.partition] = sender
+        self._fast.appenders.setdefault(tp.topic, {})[tp.partition] = sender.appender
         return sender
 
     def _wake_all(self) -> None:
@@ -734,7 +736,7 @@ class Producer:
             raise
         except BaseException as exc:  # a bug: fail loudly, never leave futures hanging
             self._fatal = exc
-            self._accepting = False
+            self._fast.accepting = False
             for other in self._senders.values():
                 self._abandon(other, Unavailable(f"producer failed: {exc!r}"))
             raise
@@ -879,7 +881,7 @@ class Producer:
         payload.message = self._message(tp, payload.encoded)
 
     def _message(self, tp: TopicPartition, encoded: list[bytes]) -> pb.ProduceRequest:
-        return pb.ProduceRequest(
+        return WireProduceRequest(
             topic=tp.topic,
             partition=tp.partition,
             record_batches=b"".join(encoded),

@@ -60,6 +60,27 @@ def stamp_of(source: str) -> str:
     return os.path.splitext(source)[0] + ".source-sha256"
 
 
+_sources: dict[str, ModuleType] = {}
+
+
+def builds_of(imported: ModuleType, source: str, name: str) -> dict[str, ModuleType]:
+    """The builds at hand of a module that ``setup.py`` compiles (``imported``, as Python
+    imported it, from ``source``): "source" always (the Python source, loaded once as a
+    module named ``name`` when the import found a compiled build), "compiled" when the
+    compiled build was made from this very source."""
+    builds: dict[str, ModuleType] = {}
+    if is_compiled(imported):
+        if is_fresh(stamp_of(source), source):
+            builds["compiled"] = imported
+        loaded = _sources.get(name)
+        if loaded is None:
+            loaded = _sources[name] = load_source(source, name)
+        builds["source"] = loaded
+    else:
+        builds["source"] = imported
+    return builds
+
+
 _pure: ModuleType | None = None
 
 

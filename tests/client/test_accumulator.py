@@ -16,6 +16,9 @@ from sentinel.client.accumulator import (
 )
 from sentinel.client.types import TopicPartition
 
+# Each test runs once per build of sentinel.client.appending (see conftest.py).
+pytestmark = pytest.mark.usefixtures("appending_build")
+
 TP = TopicPartition("t", 0)
 Acc = RecordAccumulator[int]
 

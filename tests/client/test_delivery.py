@@ -11,19 +11,29 @@ import pytest
 from client_fakes import FakeSentinel, run
 from grpclib.const import Status
 
-from sentinel.client import Producer, RecordMetadata
-from sentinel.client.delivery import RecordFuture, RecordRun
+from sentinel.client import Producer, RecordMetadata, accumulator, delivery
+from sentinel.client.delivery import RecordFuture
 from sentinel.errors import InvalidArgument, Unavailable
 from sentinel.records import iter_batches
 
+# Each test runs once per build of sentinel.client.appending (see conftest.py).
+pytestmark = pytest.mark.usefixtures("appending_build")
 
-def futures_of(run_: RecordRun, count: int, timestamp: int = 7) -> list[RecordFuture]:
-    return [RecordFuture(run_, i, timestamp + i) for i in range(count)]
+
+def new_run(loop: asyncio.AbstractEventLoop, topic: str, partition: int) -> delivery.RecordRun:
+    """A run of the build under test (``delivery.RecordRun`` is the build in use at import)."""
+    run_: delivery.RecordRun = accumulator.appending.RecordRun(loop, topic, partition)
+    return run_
+
+
+def futures_of(run_: delivery.RecordRun, count: int, timestamp: int = 7) -> list[RecordFuture]:
+    new = accumulator.appending.RecordFuture
+    return [new(run_, i, timestamp + i) for i in range(count)]
 
 
 def test_parts_settle_in_order_and_build_each_records_metadata() -> None:
     async def scenario() -> None:
-        records = RecordRun(asyncio.get_running_loop(), "t", 3)
+        records = new_run(asyncio.get_running_loop(), "t", 3)
         first, second, third = futures_of(records, 3)
         assert not first.done()
         with pytest.raises(asyncio.InvalidStateError):
@@ -44,7 +54,7 @@ def test_parts_settle_in_order_and_build_each_records_metadata() -> None:
 
 def test_log_append_time_and_acks_zero() -> None:
     async def scenario() -> None:
-        records = RecordRun(asyncio.get_running_loop(), "t", 0)
+        records = new_run(asyncio.get_running_loop(), "t", 0)
         a, b = futures_of(records, 2)
         records.resolve(0, 1, -1, 0)  # acks=0: no offsets
         records.resolve(1, 1, 9, 555)  # the broker's log append time replaces the record's
@@ -56,7 +66,7 @@ def test_log_append_time_and_acks_zero() -> None:
 def test_the_asyncio_future_protocol_gather_wait_for_callbacks_and_cancel() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        records = RecordRun(loop, "t", 0)
+        records = new_run(loop, "t", 0)
         futures = futures_of(records, 4)
         assert all(asyncio.isfuture(f) and f.get_loop() is loop for f in futures)
         calls: list[tuple[int, str]] = []

@@ -19,6 +19,9 @@ from sentinel.errors import FailedPrecondition, InvalidArgument, Unavailable
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.records import RecordBatch, iter_batches
 
+# Each test runs once per build of sentinel.client.appending (see conftest.py).
+pytestmark = pytest.mark.usefixtures("appending_build")
+
 NO_ID = -1
 
 

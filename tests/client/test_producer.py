@@ -15,6 +15,9 @@ from sentinel.client import Consumer, Producer, RecordMetadata, TopicPartition
 from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from sentinel.records import Compression, iter_batches
 
+# Each test runs once per build of sentinel.client.appending (see conftest.py).
+pytestmark = pytest.mark.usefixtures("appending_build")
+
 
 def test_offsets_are_contiguous_per_partition_and_follow_send_order() -> None:
     async def scenario(fake: FakeSentinel) -> None:

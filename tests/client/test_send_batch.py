@@ -10,6 +10,9 @@ from sentinel.broker.partitioner import partition_for_key
 from sentinel.client import BatchMetadata, Producer, RecordMetadata
 from sentinel.errors import InvalidArgument
 
+# Each test runs once per build of sentinel.client.appending (see conftest.py).
+pytestmark = pytest.mark.usefixtures("appending_build")
+
 
 def test_a_batch_lands_at_consecutive_offsets_in_order_with_one_metadata() -> None:
     async def scenario(fake: FakeSentinel) -> None:
