@@ -10,7 +10,7 @@ from typing import Any
 from client_fakes import FakeSentinel, run
 
 from sentinel.client import Producer
-from sentinel.client.connection import _LiveTransport
+from sentinel.client.connection import GATHER_FROM, _LiveTransport
 
 
 class RecordingTransport:
@@ -42,20 +42,38 @@ def live(transport: RecordingTransport) -> _LiveTransport:
     return _LiveTransport(transport)  # type: ignore[arg-type]
 
 
+FRAME = b"D" * GATHER_FROM  # a full DATA frame
+
+
 def test_the_writes_of_one_loop_step_leave_together_at_the_next() -> None:
     async def scenario() -> None:
         raw = RecordingTransport()
         transport = live(raw)
-        transport.write(b"HEADERS")
-        transport.write(bytearray(b"DATA-1"))
-        transport.write(memoryview(b"DATA-2"))
-        assert raw.events == []  # nothing before control returns to the loop
+        transport.write(b"HEADERS")  # small, nothing gathered: at once
+        assert raw.events == [b"HEADERS"]
+        transport.write(bytearray(FRAME))  # a full frame: gathering starts
+        transport.write(memoryview(FRAME))
+        transport.write(b"WINDOW_UPDATE")  # after a gathered write: in order, with it
+        assert raw.events == [b"HEADERS"]  # nothing more before control returns to the loop
         await asyncio.sleep(0)
-        assert raw.events == [b"HEADERSDATA-1DATA-2"]
-        transport.write(b"alone")
+        assert raw.events == [b"HEADERS", FRAME + FRAME + b"WINDOW_UPDATE"]
+        transport.write(FRAME)
         await asyncio.sleep(0)
-        assert raw.events == [b"HEADERSDATA-1DATA-2", b"alone"]
+        assert raw.events == [b"HEADERS", FRAME + FRAME + b"WINDOW_UPDATE", FRAME]
         assert transport.get_extra_info("peername") == "info peername"  # the rest passes through
+
+    asyncio.run(scenario())
+
+
+def test_a_small_write_with_nothing_gathered_is_not_held_back_by_a_busy_loop() -> None:
+    # A consumer working through a buffered answer may not yield to the loop for a while:
+    # the WINDOW_UPDATE that lets the broker send the next answer must not wait for it.
+    async def scenario() -> None:
+        raw = RecordingTransport()
+        transport = live(raw)
+        transport.write(b"WINDOW_UPDATE")
+        transport.write(b"HEADERS+DATA of a fetch")
+        assert raw.events == [b"WINDOW_UPDATE", b"HEADERS+DATA of a fetch"]
 
     asyncio.run(scenario())
 
@@ -64,14 +82,16 @@ def test_close_writes_what_was_gathered_first_and_abort_drops_it() -> None:
     async def scenario() -> None:
         raw = RecordingTransport()
         transport = live(raw)
+        transport.write(FRAME)
         transport.write(b"GOAWAY")
         transport.close()
         transport.write(b"too late")  # closing: dropped
         await asyncio.sleep(0)
-        assert raw.events == [b"GOAWAY", "close"]
+        assert raw.events == [FRAME + b"GOAWAY", "close"]
 
         raw = RecordingTransport()
         transport = live(raw)
+        transport.write(FRAME)
         transport.write(b"RST_STREAM")
         transport.abort()
         await asyncio.sleep(0)
@@ -84,7 +104,7 @@ def test_writes_gathered_before_the_transport_started_closing_are_not_written() 
     async def scenario() -> None:
         raw = RecordingTransport()
         transport = live(raw)
-        transport.write(b"frame")
+        transport.write(FRAME)
         raw.closing = True  # the connection was lost meanwhile: asyncio would drop it (and warn)
         await asyncio.sleep(0)
         assert raw.events == []
