@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
+
+from sentinel.bench.grpc_floor import listening_socket
 
 TIMEOUT_S = 180
 
@@ -54,3 +57,14 @@ def test_roundtrip_calls_must_be_positive() -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --calls must be >= 1, got 0"
+
+
+def test_the_grpc_floor_server_listens_on_a_socket_grpclib_sets_nodelay_on() -> None:
+    # grpclib sets TCP_NODELAY only where the socket's proto is IPPROTO_TCP: with proto 0
+    # the floor measured Nagle's algorithm and the delayed ACK (44 ms a call), not gRPC.
+    with listening_socket() as listener:
+        assert (listener.family, listener.type, listener.proto) == (
+            socket.AF_INET,
+            socket.SOCK_STREAM,
+            socket.IPPROTO_TCP,
+        )
