@@ -13,11 +13,20 @@ Each is an async context manager taking the bootstrap address (``"host:port"``) 
 Errors are the typed errors of ``sentinel.errors`` (see ``sentinel.client.errors``); damaged
 stored data a consumer meets is ``CorruptRecordBatch``, naming topic, partition and offset;
 an idempotent producer's batch may fail with ``OutOfOrderSequence`` or ``ProducerFenced``.
+A broker that does not answer at all (connection refused, reset or lost) is
+``BrokerUnreachable``, an ``Unavailable``; one that answers "not now" is a plain
+``Unavailable``; a request whose deadline passed is ``RequestTimeout``.
 """
 
 from sentinel.client.admin import Admin
 from sentinel.client.consumer import Consumer
-from sentinel.client.errors import CorruptRecordBatch, OutOfOrderSequence, ProducerFenced, RequestTimeout
+from sentinel.client.errors import (
+    BrokerUnreachable,
+    CorruptRecordBatch,
+    OutOfOrderSequence,
+    ProducerFenced,
+    RequestTimeout,
+)
 from sentinel.client.producer import Producer
 from sentinel.client.types import (
     BatchMetadata,
@@ -39,6 +48,7 @@ __all__ = [
     "Admin",
     "BatchMetadata",
     "BrokerInfo",
+    "BrokerUnreachable",
     "ClusterMetadata",
     "Consumer",
     "ConsumerRebalanceListener",

@@ -7,7 +7,7 @@ from client_fakes import FakeSentinel, run
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from sentinel.client import Admin, RequestTimeout
+from sentinel.client import Admin, BrokerUnreachable, RequestTimeout
 from sentinel.client.connection import parse_address, parse_bootstrap, retry_delay
 from sentinel.client.errors import (
     OutOfOrderSequence,
@@ -109,8 +109,12 @@ def test_request_timeout_is_both_a_sentinel_error_and_a_timeout_error() -> None:
 def test_transport_failures_are_unavailable_and_other_exceptions_pass() -> None:
     for exc in (ConnectionRefusedError("refused"), StreamTerminatedError("Connection closed")):
         error = translate_error(exc, "h:1")
-        assert isinstance(error, Unavailable)
+        # No answer at all: BrokerUnreachable, an Unavailable (a broker's own UNAVAILABLE
+        # answer is the plain class: the admin client waits on one, passes over the other).
+        assert type(error) is BrokerUnreachable and isinstance(error, Unavailable)
         assert str(error).startswith("cannot reach broker h:1: ")
+    answered = error_from_status(Status.UNAVAILABLE, "no group coordinator right now")
+    assert type(answered) is Unavailable
     assert translate_error(ValueError("bug"), "h:1") is None
     assert translate_error(NotFound("x"), "h:1") is None
     with pytest.raises(ValueError, match="bug"), rpc_errors("h:1"):
