@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sentinel.bench.broker import SETTLE_TIMEOUT_S, SETTLE_WINDOW_S, settle
 from sentinel.client.producer import DEFAULT_BATCH_SIZE
 
 TIMEOUT_S = 180
@@ -89,6 +90,39 @@ def test_consume_bench_json() -> None:
             row["client_cpu_s"] * 1e6 / row["records"], abs=rounding + 0.001
         )
         assert row["broker_cpu_us_per_record"] is not None and row["broker_cpu_us_per_record"] >= 0
+        # Each run started once the broker was quiet (or the wait's bound had passed).
+        assert 0 < row["settled_after_s"] <= SETTLE_TIMEOUT_S + SETTLE_WINDOW_S
+
+
+class FakeProcess:
+    """CPU seconds that grow by ``busy`` per second of the fake clock, then stop growing."""
+
+    def __init__(self, busy: list[float]) -> None:
+        self.busy = busy
+        self.now = 0.0
+        self.cpu = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        share = self.busy.pop(0) if self.busy else 0.0
+        self.cpu += share * seconds
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_settle_waits_until_the_broker_is_quiet_and_no_longer_than_its_bound() -> None:
+    # A broker compacting (a whole core), then finishing (half), then quiet (1% of a core):
+    # three windows, then the consume run starts.
+    broker = FakeProcess([1.0, 0.5, 0.01])
+    assert settle(lambda: broker.cpu, sleep=broker.sleep, clock=broker.clock) == 3 * SETTLE_WINDOW_S
+    # A broker that never quiets down: the wait ends at its bound.
+    busy = FakeProcess([1.0] * 1000)
+    assert settle(lambda: busy.cpu, sleep=busy.sleep, clock=busy.clock) == SETTLE_TIMEOUT_S
+    # An external broker's CPU cannot be read: no wait at all.
+    external = FakeProcess([])
+    assert settle(lambda: None, sleep=external.sleep, clock=external.clock) is None
+    assert external.now == 0.0
 
 
 @pytest.mark.slow
