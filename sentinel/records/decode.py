@@ -69,12 +69,7 @@ def decode_records(
         partition,
         tagged,
     )
-    end = len(buf)
-    if pos != end:
-        raise InvalidRecordBatch(
-            f"records section has {end - pos} trailing bytes after the last of the {count} records "
-            "recordCount announces"
-        )
+    _check_section_end(buf, pos, count)
     return out
 
 
@@ -92,10 +87,13 @@ def decode_range(
     topic: str,
     partition: int,
     tagged: bool,
+    build: bool = True,
 ) -> tuple[list[Any], int]:
     """Records ``first`` to ``stop - 1`` of the ``count`` in the section starting at
     ``buf[section_start]``, the first of them at ``buf[pos]``; and the position after the
-    last. ``decode_records`` is the whole range and a check that nothing follows it.
+    last. ``decode_records`` is the whole range and a check that nothing follows it. Without
+    ``build`` the walk and its checks are the same but no record is made (no slice, no
+    tuple: ``check_records``), and the list is empty.
 
     Varints are decoded inline (no call) in their one-byte case, and for the fields that
     commonly pass 63 (record length, timestampDelta, offsetDelta, valueLength) in their
@@ -179,7 +177,7 @@ def decode_range(
                 field_end = pos + key_length
                 if field_end > record_end:
                     raise _Malformed(f"key length {key_length} runs past the end of the record")
-                key: bytes | None = buf[pos:field_end]
+                key: bytes | None = buf[pos:field_end] if build else None
                 pos = field_end
             elif key_length == null:
                 key = None
@@ -199,7 +197,7 @@ def decode_range(
                 field_end = pos + value_length
                 if field_end > record_end:
                     raise _Malformed(f"value length {value_length} runs past the end of the record")
-                value: bytes | None = buf[pos:field_end]
+                value: bytes | None = buf[pos:field_end] if build else None
                 pos = field_end
             elif value_length == null:
                 value = None
@@ -214,6 +212,8 @@ def decode_range(
                 raise _Malformed(
                     f"fields end at byte {pos - record_start}, the record's length says {length}"
                 )
+            if not build:
+                continue
             timestamp = base_timestamp + ts_delta if append_time is None else append_time
             if tagged:
                 out.append(
@@ -236,110 +236,18 @@ def decode_range(
 
 
 def check_records(buf: bytes, start: int, count: int, base_timestamp: int) -> None:
-    """``decode_records`` without the records: the same walk, checks and messages, but no
-    slices or tuples, so it costs a fraction of a decode. Keep the two in step: a test
-    checks that they accept and reject the same sections with the same message."""
+    """``decode_records`` without the records: the same walk, checks and messages
+    (``decode_range`` without ``build``), but no slices or tuples, so it costs a fraction of
+    a decode."""
+    pos = decode_range(
+        buf, start, start, 0, count, count, 0, base_timestamp, None, tuple, "", 0, False, build=False
+    )[1]
+    _check_section_end(buf, pos, count)
+
+
+def _check_section_end(buf: bytes, pos: int, count: int) -> None:
+    """The last of ``count`` records ended at ``pos``: nothing may follow it."""
     end = len(buf)
-    pos = start
-    null = fmt.NULL_LENGTH
-    min_length = fmt.MIN_RECORD_SIZE - 1
-    ts_low = fmt.INT64_MIN - base_timestamp
-    ts_high = fmt.INT64_MAX - base_timestamp
-    ts_inline = ts_low <= _TWO_BYTE_VARINT_MIN and _TWO_BYTE_VARINT_MAX <= ts_high
-    ts_one_byte_limit = 0x80 if ts_inline else 0
-    index = 0
-    record_start = start
-    try:
-        for index in range(count):
-            record_start = pos
-            if pos >= end:
-                raise _Malformed(f"records section holds only {index} records, recordCount says {count}")
-            b = buf[pos]
-            if b < 0x80:
-                length = (b >> 1) ^ -(b & 1)
-                pos += 1
-            elif buf[pos + 1] < 0x80:
-                z = (b & 0x7F) | (buf[pos + 1] << 7)
-                length = (z >> 1) ^ -(z & 1)
-                pos += 2
-            else:
-                length, pos = _varint_at(buf, pos)
-            record_end = pos + length
-            if length < min_length:
-                raise _Malformed(f"record length {length} is below the minimum {min_length}")
-            if record_end > end:
-                raise _Malformed(
-                    f"record length {length} runs {record_end - end} bytes past the section's end"
-                )
-            pos += 1  # record attributes
-            b = buf[pos]
-            if b < ts_one_byte_limit:
-                pos += 1
-            elif ts_inline and buf[pos + 1] < 0x80:
-                pos += 2
-            else:
-                ts_delta, pos = _varint_at(buf, pos)
-                if not ts_low <= ts_delta <= ts_high:
-                    raise _Malformed(
-                        f"timestampDelta {ts_delta} takes baseTimestamp {base_timestamp} out of the "
-                        "64-bit range"
-                    )
-            b = buf[pos]
-            if b < 0x80:
-                offset_delta = (b >> 1) ^ -(b & 1)
-                pos += 1
-            elif buf[pos + 1] < 0x80:
-                z = (b & 0x7F) | (buf[pos + 1] << 7)
-                offset_delta = (z >> 1) ^ -(z & 1)
-                pos += 2
-            else:
-                offset_delta, pos = _varint_at(buf, pos)
-            if offset_delta != index:
-                raise _Malformed(f"offsetDelta: expected {index}, found {offset_delta}")
-            b = buf[pos]
-            if b < 0x80:
-                key_length = (b >> 1) ^ -(b & 1)
-                pos += 1
-            else:
-                key_length, pos = _varint_at(buf, pos)
-            if key_length >= 0:
-                if pos + key_length > record_end:
-                    raise _Malformed(f"key length {key_length} runs past the end of the record")
-                pos += key_length
-            elif key_length != null:
-                raise _Malformed(f"negative key length {key_length}")
-            b = buf[pos]
-            if b < 0x80:
-                value_length = (b >> 1) ^ -(b & 1)
-                pos += 1
-            elif buf[pos + 1] < 0x80:
-                z = (b & 0x7F) | (buf[pos + 1] << 7)
-                value_length = (z >> 1) ^ -(z & 1)
-                pos += 2
-            else:
-                value_length, pos = _varint_at(buf, pos)
-            if value_length >= 0:
-                if pos + value_length > record_end:
-                    raise _Malformed(f"value length {value_length} runs past the end of the record")
-                pos += value_length
-            elif value_length != null:
-                raise _Malformed(f"negative value length {value_length}")
-            if buf[pos] == 0:
-                pos += 1
-            else:
-                pos = _decode_headers(buf, pos, record_end)[1]  # rare: decoding them is fine
-            if pos != record_end:
-                raise _Malformed(
-                    f"fields end at byte {pos - record_start}, the record's length says {length}"
-                )
-    except _Malformed as exc:
-        raise _bad_record(index, record_start - start, str(exc)) from None
-    except IndexError:
-        raise _bad_record(
-            index, record_start - start, "truncated: a varint runs past the section's end"
-        ) from None
-    except ValueError as bad_varint:
-        raise _bad_record(index, record_start - start, str(bad_varint)) from None
     if pos != end:
         raise InvalidRecordBatch(
             f"records section has {end - pos} trailing bytes after the last of the {count} records "
