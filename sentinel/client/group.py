@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from sentinel.client.connection import COORDINATOR_WAIT_S, Cluster, retry_delay
+from sentinel.client.connection import COORDINATOR_WAIT_S, Cluster, with_retries
 from sentinel.client.convert import topic_partitions
 from sentinel.client.errors import RETRIABLE_ERRORS
 from sentinel.client.reachability import Reachability
@@ -73,48 +73,41 @@ class GroupMembership:
     async def join(self, topics: Sequence[str]) -> tuple[TopicPartition, ...]:
         """Join (or re-join) with ``topics``; returns this member's assignment."""
         self.stop_heartbeats()
-        attempt = 0
         unknown_member_retried = False
-        loop = asyncio.get_running_loop()
-        first_failure: float | None = None
-        while True:
-            self.rejoin_needed = False
-            request = pb.JoinGroupRequest(
-                group_id=self.group_id,
-                member_id=self.member_id,
-                topics=list(topics),
-                session_timeout_ms=self._session_timeout_ms,
-                client_id=self._client_id,
-            )
-            timeout = self._session_timeout_ms / 1000 + self._cluster.request_timeout_s
-            try:
-                with (
-                    self._cluster.to_coordinator() as conn,
-                    self._reachability.watch(conn.address),
-                    conn.errors,
-                ):
-                    response = await conn.stub.join_group(request, timeout=timeout)
-            except NotFound:
-                # The coordinator forgot our member id (session expired): join as new.
-                if not self.member_id or unknown_member_retried:
+
+        async def attempt() -> pb.JoinGroupResponse:
+            nonlocal unknown_member_retried
+            while True:
+                self.rejoin_needed = False
+                request = pb.JoinGroupRequest(
+                    group_id=self.group_id,
+                    member_id=self.member_id,
+                    topics=list(topics),
+                    session_timeout_ms=self._session_timeout_ms,
+                    client_id=self._client_id,
+                )
+                timeout = self._session_timeout_ms / 1000 + self._cluster.request_timeout_s
+                try:
+                    with (
+                        self._cluster.to_coordinator() as conn,
+                        self._reachability.watch(conn.address),
+                        conn.errors,
+                    ):
+                        return await conn.stub.join_group(request, timeout=timeout)
+                except NotFound:
+                    # The coordinator forgot our member id (session expired): join as new.
+                    if not self.member_id or unknown_member_retried:
+                        self.rejoin_needed = True
+                        raise
+                    unknown_member_retried = True
+                    self.member_id = ""
+                except BaseException:
                     self.rejoin_needed = True
                     raise
-                unknown_member_retried = True
-                self.member_id = ""
-                continue
-            except RETRIABLE_ERRORS:
-                self.rejoin_needed = True
-                now = loop.time()
-                first_failure = now if first_failure is None else first_failure
-                if attempt >= self._retries and now - first_failure >= COORDINATOR_WAIT_S:
-                    raise
-                attempt += 1
-                await asyncio.sleep(retry_delay(self._backoff_s, attempt))
-                continue
-            except BaseException:
-                self.rejoin_needed = True
-                raise
-            break
+
+        response = await with_retries(
+            attempt, retries=self._retries, backoff_s=self._backoff_s, at_least_s=COORDINATOR_WAIT_S
+        )
         self.member_id = response.member_id
         self.generation = response.generation
         interval_s = (

@@ -718,6 +718,22 @@ def test_commit_and_committed_wait_out_a_coordinator_that_cannot_be_found_yet() 
     run(scenario)
 
 
+def test_a_join_waits_out_a_coordinator_that_cannot_be_found_yet() -> None:
+    # As commit does: while no broker can name the coordinator the join keeps trying for
+    # COORDINATOR_WAIT_S, whatever ``retries`` says (one retry of 10 ms would give up here).
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"a"])
+        fake.fail_next("join_group", Status.UNAVAILABLE, "no group coordinator right now", times=5)
+        options = {"group_id": "g", "auto_offset_reset": "earliest", "retries": 1, "retry_backoff_ms": 10}
+        async with Consumer(fake.address, **options) as consumer:  # type: ignore[arg-type]
+            consumer.subscribe(["events"])
+            assert values((await consumer.getmany(timeout_ms=5000))[TP]) == [b"a"]
+        assert fake.calls["join_group"] == 6
+
+    run(scenario)
+
+
 def test_an_auto_commit_refused_for_a_member_that_must_rejoin_is_not_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
