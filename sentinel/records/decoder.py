@@ -24,7 +24,6 @@ from types import ModuleType
 from sentinel.records import decode as _imported
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "decode.py")
-_STAMP = os.path.join(os.path.dirname(__file__), "decode.source-sha256")  # written by setup.py
 
 
 def is_compiled(module: ModuleType) -> bool:
@@ -81,25 +80,14 @@ def builds_of(imported: ModuleType, source: str, name: str) -> dict[str, ModuleT
     return builds
 
 
-_pure: ModuleType | None = None
-
-
 def pure() -> ModuleType:
     """``decode.py`` run as Python source (loaded once, under a name of its own)."""
-    global _pure
-    if _pure is None:
-        if not is_compiled(_imported):
-            _pure = _imported
-        else:
-            _pure = load_source(_SOURCE, "sentinel.records._decode_source")
-    return _pure
+    return builds_of(_imported, _SOURCE, "sentinel.records._decode_source")["source"]
 
 
 def compiled() -> ModuleType | None:
     """The mypyc build of ``decode.py`` if one is installed and up to date, else None."""
-    if is_compiled(_imported) and is_fresh(_STAMP, _SOURCE):
-        return _imported
-    return None
+    return builds_of(_imported, _SOURCE, "sentinel.records._decode_source").get("compiled")
 
 
 active: ModuleType = compiled() or pure()
