@@ -19,7 +19,7 @@ import grpclib.const
 from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.server import Server, Stream
 
-from sentinel.bench.workers import emit_event, percentiles_ms
+from sentinel.bench.workers import emit_event, timed_calls
 
 METHOD = "/sentinel.bench.Floor/Echo"
 # A ProduceRequest of one 100-byte record (topic, partition, acks, timeout and a RecordBatch
@@ -101,20 +101,7 @@ async def call(p: dict[str, Any]) -> dict[str, Any]:
     try:
         method: UnaryUnaryMethod[Raw, Raw] = UnaryUnaryMethod(channel, METHOD, Raw, Raw)
         request = Raw(bytes(REQUEST_BYTES))
-        for _ in range(p["warmup"]):
-            await method(request)
-        latencies: list[float] = []
-        clock = time.perf_counter_ns
-        cpu = time.process_time()
-        for _ in range(p["calls"]):
-            started = clock()
-            await method(request)
-            latencies.append(clock() - started)
-        cpu = time.process_time() - cpu
+        latency_us, cpu_us = await timed_calls(lambda: method(request), p["calls"], p["warmup"])
     finally:
         channel.close()
-    ms = percentiles_ms(latencies)
-    return {
-        "latency_us": {key: round(value * 1000, 1) for key, value in ms.items()},
-        "client_cpu_us": round(cpu / p["calls"] * 1e6, 1),
-    }
+    return {"latency_us": latency_us, "client_cpu_us": cpu_us}

@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import trio
 
 from sentinel.bench.broker import RECORD_BYTES, WORKER_TIMEOUT_S, Progress, _broker, _quiet, _topic
 from sentinel.bench.process import Worker, run_worker
-from sentinel.bench.workers import percentiles_ms
+from sentinel.bench.workers import timed_calls
 from sentinel.broker.replica import ACKS_ALL, PartitionReplica
 from sentinel.records import RecordBatch, build_batch
 from sentinel.storage.options import StorageOptions, SyncMode
@@ -76,23 +75,9 @@ def thread_cpu_seconds(pid: int) -> dict[str, float] | None:
     return out
 
 
-def _percentiles_us(samples_s: list[float]) -> dict[str, float]:
-    ms = percentiles_ms([s * 1e9 for s in samples_s])
-    return {key: round(value * 1000, 1) for key, value in ms.items()}
-
-
 async def _timed_calls(call: Callable[[], Any], calls: int) -> dict[str, Any]:
-    for _ in range(WARMUP_CALLS):
-        await call()
-    latencies: list[float] = []
-    perf = time.perf_counter
-    cpu = time.process_time()
-    for _ in range(calls):
-        started = perf()
-        await call()
-        latencies.append(perf() - started)
-    cpu = time.process_time() - cpu
-    return {"latency_us": _percentiles_us(latencies), "cpu_us": round(cpu / calls * 1e6, 1)}
+    latency_us, cpu_us = await timed_calls(call, calls, WARMUP_CALLS)
+    return {"latency_us": latency_us, "cpu_us": cpu_us}
 
 
 async def bench_storage_layer(calls: int, sync: SyncMode) -> dict[str, Any]:

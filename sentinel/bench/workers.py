@@ -26,7 +26,7 @@ import struct
 import sys
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sentinel.errors import AlreadyExists
@@ -49,6 +49,25 @@ def percentiles_ms(
     out["max"] = round(ordered[-1] / 1e6, 3) if n else 0.0
     out["mean"] = round(sum(ordered) / n / 1e6, 3) if n else 0.0
     return out
+
+
+async def timed_calls(
+    call: Callable[[], Awaitable[object]], calls: int, warmup: int
+) -> tuple[dict[str, float], float]:
+    """``warmup`` calls of ``call``, then ``calls`` more one after another, timed: their
+    latency percentiles in microseconds and the process's CPU microseconds per call."""
+    for _ in range(warmup):
+        await call()
+    latencies: list[int] = []
+    clock = time.perf_counter_ns
+    cpu = time.process_time()
+    for _ in range(calls):
+        started = clock()
+        await call()
+        latencies.append(clock() - started)
+    cpu = time.process_time() - cpu
+    latency_us = {key: round(value * 1000, 1) for key, value in percentiles_ms(latencies).items()}
+    return latency_us, round(cpu / calls * 1e6, 1)
 
 
 def emit_event(name: str, **fields: Any) -> None:
@@ -342,21 +361,10 @@ async def roundtrip(p: dict[str, Any]) -> dict[str, Any]:
     value = _value(p["record_bytes"])
     async with Producer(address, acks="all", linger_ms=0) as producer:
         send_and_wait = producer.send_and_wait
-        for _ in range(p["warmup"]):
-            await send_and_wait(topic, value, partition=0)
-        latencies: list[float] = []
-        clock = time.perf_counter_ns
-        cpu = time.process_time()
-        for _ in range(p["calls"]):
-            started = clock()
-            await send_and_wait(topic, value, partition=0)
-            latencies.append(clock() - started)
-        cpu = time.process_time() - cpu
-    ms = percentiles_ms(latencies)
-    return {
-        "latency_us": {key: round(value * 1000, 1) for key, value in ms.items()},
-        "client_cpu_us": round(cpu / p["calls"] * 1e6, 1),
-    }
+        latency_us, cpu_us = await timed_calls(
+            lambda: send_and_wait(topic, value, partition=0), p["calls"], p["warmup"]
+        )
+    return {"latency_us": latency_us, "client_cpu_us": cpu_us}
 
 
 async def grpc_floor_server(p: dict[str, Any]) -> dict[str, Any]:
