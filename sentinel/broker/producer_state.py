@@ -5,8 +5,13 @@ Kafka's rules (RAFT-NOTES.md §3; Kafka's ProducerStateEntry / ProducerAppendInf
 * a producer has an id and an epoch; each batch it sends to a partition carries the
   sequence number of its first record, numbered per partition from 0 and wrapping at
   2**31 - 1 back to 0;
-* the partition keeps the last ``RETAINED_BATCHES`` (5) batches of each producer — which is
-  why a producer may have at most 5 batches in flight per partition;
+* the partition keeps the last ``RETAINED_BATCHES`` batches of each producer — which is
+  why a producer may have at most that many batches in flight per partition. Kafka keeps
+  5 because a Kafka request carries at most one batch of a partition, and a producer has at
+  most 5 requests in flight; a Sentinel request carries many batches of a partition, so a
+  partition keeps 64 (two requests of 32 16-KiB batches in flight: with 5, a partition's
+  default-sized batches went one request at a time, at half the records/s; see
+  ``sentinel/client/sequencing.py``);
 * a batch equal (same first and last sequence) to a retained one is a DUPLICATE: it is not
   appended again, and the answer is the original's offsets;
 * otherwise, within an epoch, the first sequence must follow the last retained one
@@ -23,15 +28,15 @@ has it right once its first entry commits. It travels in snapshots (``encode``/`
 from __future__ import annotations
 
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Final, Protocol
 
 import attrs
 
-from sentinel.errors import FailedPrecondition, SentinelError
+from sentinel.errors import FailedPrecondition, InvalidArgument, SentinelError
 
-RETAINED_BATCHES: Final = 5
+RETAINED_BATCHES: Final = 64
 NO_PRODUCER_ID: Final = -1
 MAX_SEQUENCE: Final = 2**31 - 1
 _VERSION: Final = 1
@@ -93,7 +98,17 @@ def check_request(table: ProducerStateTable, batches: Sequence[BatchHeader]) -> 
     every batch was appended already (a retry), None when all are new; raises
     OutOfOrderSequence for a request that mixes both, or ProducerFenced. A new batch that
     follows another new one of the same producer in the request must continue its sequence
-    (the table knows only what was appended before the request)."""
+    (the table knows only what was appended before the request). More batches of one
+    producer than the partition remembers are refused (InvalidArgument): a retry of the
+    request could not be recognised."""
+    if len(batches) > RETAINED_BATCHES:
+        counts = Counter(batch.producer_id for batch in batches)
+        counts.pop(NO_PRODUCER_ID, None)
+        if counts and max(counts.values()) > RETAINED_BATCHES:
+            raise InvalidArgument(
+                f"a request carries {max(counts.values())} batches of one producer id for one "
+                f"partition; at most {RETAINED_BATCHES} (the batches a partition remembers)"
+            )
     originals: list[BatchMetadata] = []
     fresh = 0
     follows: dict[int, int] = {}  # producer id -> first sequence of its next batch here
@@ -161,16 +176,20 @@ class ProducerStateTable:
                     "a new epoch starts at 0"
                 )
             return None
-        for batch in state.batches:
+        batches = state.batches
+        if not batches:
+            return None
+        expected = next_sequence(batches[-1].last_seq, 1)
+        if first_seq == expected:
+            # The usual case, without a walk of the retained batches: none of them starts
+            # here (they are consecutive, and far fewer than 2**31 records).
+            return None
+        for batch in batches:
             if batch.first_seq == first_seq and batch.last_seq == last_seq:
                 return batch
-        if state.batches:
-            expected = next_sequence(state.batches[-1].last_seq, 1)
-            if first_seq != expected:
-                raise OutOfOrderSequence(
-                    f"producer {producer_id} epoch {epoch} sent sequence {first_seq}, expected {expected}"
-                )
-        return None
+        raise OutOfOrderSequence(
+            f"producer {producer_id} epoch {epoch} sent sequence {first_seq}, expected {expected}"
+        )
 
     def record(self, producer_id: int, epoch: int, batch: BatchMetadata) -> None:
         """A batch of this producer was appended (applied in log order)."""

@@ -53,19 +53,19 @@ How it works:
   the producer asks for a producer id (InitProducerId, once); each batch carries it with a
   sequence number per partition, fixed when the batch is formed and kept by every retry,
   so a retry whose first answer was lost is answered with the original offsets instead of
-  being appended again. Up to 5 batches fly per partition (the broker remembers the last
-  5 of each producer), the first of a producer id alone. A batch refused as out of order
+  being appended again. Up to 64 batches fly per partition (the broker remembers the last
+  64 of each producer), in at most 5 requests of at most 32 batches, the first request of a
+  producer id alone (``sentinel/client/sequencing.py``). A batch refused as out of order
   because an earlier one failed or arrived second is sent again after it, in order; an
   ``OutOfOrderSequence`` nothing explains, or ``ProducerFenced``, fails that batch's
   futures, and the partition goes on under a new producer id. Without idempotence
   (``enable_idempotence=False``, or acks other than "all" left at the default): one
   request in flight per partition, and a request that timed out after the broker appended
   it is appended again on retry (at least once).
-- **Batches under idempotence.** At most 5 batches fly per partition, so with the default
-  ``batch_size`` (16 KiB) at most 80 KiB of a partition is unanswered at a time; a larger
-  ``batch_size`` (Kafka users set 64 KiB to 1 MB for throughput) lets more fly.
-  ``send_batch`` batches are whole, so at most 5 of them fly: make them large (1000
-  records of 100 bytes reach the non-idempotent rate; 150 make about 55-65% of it).
+- **Batches under idempotence.** At most 64 batches fly per partition, a request carrying
+  at most 32 of them, so with the default ``batch_size`` (16 KiB) two requests of up to
+  512 KiB fly, the second formed and sent while the broker appends the first.
+  ``send_batch`` batches are whole, so at most 64 of them fly.
 """
 
 from __future__ import annotations

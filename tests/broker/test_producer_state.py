@@ -3,6 +3,7 @@ steps back refused, epochs fenced (Kafka's ProducerStateEntry rules, RAFT-NOTES.
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,8 +16,10 @@ from sentinel.broker.producer_state import (
     OutOfOrderSequence,
     ProducerFenced,
     ProducerStateTable,
+    check_request,
     next_sequence,
 )
+from sentinel.errors import InvalidArgument
 
 
 def batch(first: int, count: int, base: int) -> BatchMetadata:
@@ -33,7 +36,7 @@ def test_a_retried_batch_is_a_duplicate_answered_with_its_original_offsets() -> 
     assert table.check(7, 0, 10, 14) == batch(10, 5, 110)
 
 
-def test_only_the_last_five_batches_are_remembered() -> None:
+def test_only_the_last_retained_batches_are_remembered() -> None:
     table = ProducerStateTable()
     for i in range(RETAINED_BATCHES + 1):
         table.record(1, 0, batch(i, 1, i))
@@ -42,7 +45,8 @@ def test_only_the_last_five_batches_are_remembered() -> None:
     )
     assert table.check(1, 0, 1, 1) == batch(1, 1, 1)
     # The oldest fell out of the window: a retry of it is no longer recognised, and is out of order.
-    with pytest.raises(OutOfOrderSequence, match="sent sequence 0, expected 6"):
+    assert RETAINED_BATCHES == 64
+    with pytest.raises(OutOfOrderSequence, match=f"sent sequence 0, expected {RETAINED_BATCHES + 1}$"):
         table.check(1, 0, 0, 0)
 
 
@@ -115,3 +119,21 @@ def test_a_damaged_snapshot_is_refused() -> None:
         ProducerStateTable.decode(b"\x09" + data[1:])
     with pytest.raises(ValueError, match="bytes after the last producer"):
         ProducerStateTable.decode(data + b"\x00")
+
+
+def test_a_request_with_more_batches_of_one_producer_than_are_remembered_is_refused() -> None:
+    @attrs.frozen
+    class Header:
+        producer_id: int
+        producer_epoch: int
+        base_sequence: int
+        last_offset_delta: int = 0
+
+    table = ProducerStateTable()
+    most = [Header(5, 0, i) for i in range(RETAINED_BATCHES)]
+    assert check_request(table, most) is None  # a retry of all of them could be recognised
+    # Other producers' and unidentified batches do not count towards producer 5's.
+    others = [Header(6, 0, i) for i in range(3)] + [Header(NO_PRODUCER_ID, -1, -1)] * 3
+    assert check_request(table, most + others) is None
+    with pytest.raises(InvalidArgument, match=f"carries {RETAINED_BATCHES + 1} batches of one producer id"):
+        check_request(table, [*most, Header(5, 0, RETAINED_BATCHES)])

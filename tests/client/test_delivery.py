@@ -128,7 +128,7 @@ def test_the_producer_keeps_no_reference_to_a_records_future() -> None:
 def test_batch_size_bounds_each_batch_and_a_request_carries_several() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("t", 1)
-        # 116-byte records (estimate): 8 to a 1000-byte batch; five batches fly at most.
+        # 116-byte records (estimate): 8 to a 1000-byte batch.
         async with Producer(fake.address, linger_ms=60_000, batch_size=1000) as producer:
             await producer.send("t", b"warm-up")
             await producer.flush()  # the producer id, the first request of it alone

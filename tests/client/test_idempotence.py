@@ -1,6 +1,6 @@
 """The idempotent producer against the fake broker, which applies the broker's own
 producer-state rules (``sentinel.broker.producer_state``): producer ids, sequence numbers,
-retries that are recognised instead of appended twice, order kept with five batches in
+retries that are recognised instead of appended twice, order kept with five requests in
 flight, the wrap of sequence numbers, fencing and what follows a batch that failed."""
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def test_five_in_flight_with_a_failure_in_the_middle_keep_their_order() -> None:
             order = completion_order(futures)
             for _ in range(20):
                 await asyncio.sleep(0)
-            assert len(fake.parked) == 5  # five batches fly; r6 waits for room
+            assert len(fake.parked) == 5  # five requests fly; r6 waits for room
             failed: list[int] = []
 
             def fail_r3_once(message: pb.ProduceRequest, batches: list[RecordBatch]) -> None:
@@ -178,7 +178,10 @@ def test_the_first_request_of_a_producer_id_flies_alone() -> None:
     run(scenario)
 
 
-def test_at_most_five_batches_fly_however_many_are_queued() -> None:
+def test_at_most_the_window_flies_and_a_request_carries_half_of_it() -> None:
+    window, per_request = sequencing.MAX_IN_FLIGHT_BATCHES, sequencing.MAX_BATCHES_PER_REQUEST
+    total = 2 * (2 * window + 10)  # records, 2 to a batch: more batches than the window
+
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("t", 1)
         async with Producer(fake.address, linger_ms=0, batch_size=130) as producer:
@@ -188,18 +191,19 @@ def test_at_most_five_batches_fly_however_many_are_queued() -> None:
             await fake.wait_parked(1)
             for _ in range(20):
                 await asyncio.sleep(0)
-            # A backlog beyond five batches of batch_size waits: batches stay within batch_size.
-            rest = [await producer.send("t", b"%03d" % i + b"x" * 40) for i in range(6, 60)]
-            for _ in range(20):
+            # A backlog beyond the window waits: batches stay within batch_size.
+            rest = [await producer.send("t", b"%03d" % i + b"x" * 40) for i in range(6, total)]
+            for _ in range(50):
                 await asyncio.sleep(0)
             in_flight = [len(list(iter_batches(m.record_batches))) for m, _ in fake.parked]
-            assert sum(in_flight) <= 5
+            assert sum(in_flight) == window  # the whole window flies, in several requests
+            assert len(in_flight) > 1 and max(in_flight) <= per_request
             fake.release_produce()
-            assert [(await f).offset for f in [*first, *rest]] == list(range(1, 61))
-        per_request = [list(iter_batches(r.record_batches)) for r in fake.produce_requests[1:]]
-        assert max(len(batches) for batches in per_request) <= 5
-        assert max(b.record_count for batches in per_request for b in batches) == 2  # batch_size kept
-        assert sum(b.record_count for batches in per_request for b in batches) == 60
+            assert [(await f).offset for f in [*first, *rest]] == list(range(1, total + 1))
+        per_request_sent = [list(iter_batches(r.record_batches)) for r in fake.produce_requests[1:]]
+        assert max(len(batches) for batches in per_request_sent) <= per_request
+        assert max(b.record_count for batches in per_request_sent for b in batches) == 2  # batch_size kept
+        assert sum(b.record_count for batches in per_request_sent for b in batches) == total
 
     run(scenario)
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from sentinel.broker.producer_state import MAX_SEQUENCE, OutOfOrderSequence, ProducerFenced
+from sentinel.broker.producer_state import (
+    MAX_SEQUENCE,
+    RETAINED_BATCHES,
+    OutOfOrderSequence,
+    ProducerFenced,
+)
 from sentinel.client.errors import RequestTimeout
 from sentinel.client.sequencing import (
+    MAX_BATCHES_PER_REQUEST,
     MAX_IN_FLIGHT_BATCHES,
+    MAX_IN_FLIGHT_REQUESTS,
     PartitionSequencer,
     Request,
     stamp_producer,
@@ -55,20 +62,32 @@ def test_sequences_wrap_at_two_to_the_31() -> None:
     assert sequencer.binding.next_sequence == 6
 
 
-def test_the_first_request_of_a_binding_flies_alone_then_five_batches_fly() -> None:
+def test_the_first_request_of_a_binding_flies_alone_then_half_the_window_per_request() -> None:
+    assert MAX_IN_FLIGHT_BATCHES == RETAINED_BATCHES  # all the broker remembers, no more
+    assert (MAX_IN_FLIGHT_BATCHES, MAX_BATCHES_PER_REQUEST, MAX_IN_FLIGHT_REQUESTS) == (64, 32, 5)
     sequencer = bound()
-    assert sequencer.room() == MAX_IN_FLIGHT_BATCHES == 5
+    assert sequencer.room() == MAX_BATCHES_PER_REQUEST
     first = sequencer.form([1, 1], "first")
     assert sequencer.room() == 0  # the broker has no state for us yet
     sequencer.succeeded(first)
-    assert sequencer.room() == 5
-    a = sequencer.form([1, 1], "a")
-    b = sequencer.form([1], "b")
+    assert sequencer.room() == MAX_BATCHES_PER_REQUEST
+    a = sequencer.form([1] * MAX_BATCHES_PER_REQUEST, "a")
+    # Half the window flies: the next request may still go while the broker appends a.
+    assert sequencer.room() == MAX_BATCHES_PER_REQUEST
+    b = sequencer.form([1] * (MAX_BATCHES_PER_REQUEST - 2), "b")
     assert sequencer.room() == 2 and b.behind and not a.behind
     with pytest.raises(AssertionError, match="3 batches formed with room for 2"):
         sequencer.form([1, 1, 1], "too many")
     sequencer.succeeded(a)
-    assert sequencer.room() == 4
+    assert sequencer.room() == MAX_BATCHES_PER_REQUEST
+
+
+def test_at_most_five_requests_fly_however_small() -> None:
+    sequencer = acknowledged()
+    requests = [sequencer.form([1], name) for name in "abcde"]
+    assert len(requests) == MAX_IN_FLIGHT_REQUESTS and sequencer.room() == 0
+    sequencer.succeeded(requests[0])
+    assert sequencer.room() == MAX_BATCHES_PER_REQUEST
 
 
 def test_a_retriable_failure_makes_later_ones_wait_and_they_go_again_in_order_alone() -> None:
@@ -86,11 +105,11 @@ def test_a_retriable_failure_makes_later_ones_wait_and_they_go_again_in_order_al
         assert sequencer.resend(retry) is False  # same binding, same numbers
         assert sequencer.next_retry() is None  # alone
         # New requests wait for every retry; behind the last one they may fly again.
-        assert sequencer.room() == (0 if sequencer.waiting else 4)
+        assert sequencer.room() == (0 if sequencer.waiting else MAX_BATCHES_PER_REQUEST)
         sent.append((retry.payload, retry.base_sequences))
         sequencer.succeeded(retry)
     assert sent == [("a", (1,)), ("b", (2,)), ("c", (3,))]
-    assert sequencer.room() == 5
+    assert sequencer.room() == MAX_BATCHES_PER_REQUEST
 
 
 def test_out_of_order_for_a_request_sent_alone_fails_it_and_breaks_the_binding() -> None:
@@ -122,7 +141,7 @@ def test_requests_after_a_hole_move_to_a_new_binding_once_the_broker_proves_them
     assert sequencer.next_retry() is c and not sequencer.needs_binding()
     assert sequencer.resend(c) is True and c.base_sequences == (2,)  # after b, same new binding
     sequencer.succeeded(c)
-    assert sequencer.room() == 5 and sequencer.form([1], "d").base_sequences == (4,)
+    assert sequencer.room() == MAX_BATCHES_PER_REQUEST and sequencer.form([1], "d").base_sequences == (4,)
 
 
 def test_a_fenced_producer_fails_the_request_and_needs_a_new_binding() -> None:
@@ -164,7 +183,7 @@ def test_without_idempotence_one_request_flies_and_nothing_is_numbered() -> None
     assert sequencer.room() == 0 and sequencer.next_retry() is request
     sequencer.resend(request)
     sequencer.succeeded(request)
-    assert sequencer.room() > 5
+    assert sequencer.room() > MAX_IN_FLIGHT_BATCHES
 
 
 def test_stamp_producer_sets_the_fields_and_a_valid_crc() -> None:

@@ -31,7 +31,7 @@ async def produce_through_cutter(address: str, topic: str, idempotent: bool) -> 
     """Send numbered records through a cutting proxy; (what was sent, Produce calls seen)."""
     sent = values(2000, topic.encode())
     async with ProduceAnswerCutter(address) as cutter:
-        # batch_size 2 KiB: requests of up to five batches, several in flight, so the real
+        # batch_size 2 KiB: requests of several batches, several in flight, so the real
         # partition checks requests of several batches from a producer it knows.
         async with Producer(
             cutter.address, batch_size=2048, retry_backoff_ms=20, enable_idempotence=idempotent
