@@ -20,8 +20,8 @@ already has with the original offsets, and refuses a gap or a step back with
   ``MAX_BATCHES_PER_REQUEST`` (half the window), so the next request is formed and flies
   while the broker appends the one before it. (Kafka's window is 5 batches, one per
   request; with it, a request of Sentinel's took all five and the partition's requests went
-  one at a time, at less than half the records/s with 16 KiB batches: README, Performance.) Not idempotent: one request, of any number of batches, as
-  before.
+  one at a time, at less than half the records/s with 16 KiB batches: README,
+  Performance.) Not idempotent: one request, of any number of batches, as before.
 * **The first request of a binding flies alone.** A broker that has no state for a producer
   accepts any sequence, so a second request that overtook the first (the broker's tasks may
   reach the partition in either order) would be appended ahead of it.
