@@ -31,6 +31,7 @@ from sentinel.client.types import ClusterMetadata, TopicInfo, TopicPartition
 from sentinel.errors import InvalidArgument, SentinelError, Unavailable
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.server.compat import wrap_client_transport  # also checks grpclib/h2 versions
+from sentinel.server.writes import GatheringTransport
 
 T = TypeVar("T")
 
@@ -109,14 +110,9 @@ async def with_retries(
             await asyncio.sleep(retry_delay(backoff_s, attempt))
 
 
-# The size of a write from which the client's transport gathers the writes of an event-loop
-# step (see _LiveTransport): a DATA frame of HTTP/2's default 16 KiB size is one.
-GATHER_FROM: Final = 16 * 1024
-
-
-class _LiveTransport:
-    """The transport grpclib writes to: it drops writes once the transport is closing, and
-    gathers the writes of one event-loop step into one.
+class _LiveTransport(GatheringTransport):
+    """The transport grpclib writes to: it gathers a message's frames into one write
+    (``sentinel/server/writes.py``), and drops writes once the transport is closing.
 
     When a broker dies, grpclib goes on writing to the lost connection (a reset for each
     stream it ends, requests already on their way), and asyncio's transport answers every
@@ -124,54 +120,19 @@ class _LiveTransport:
     user of ``sentinel produce`` saw those lines before the one error that mattered. A
     closing transport delivers nothing new anyway (lost: asyncio drops it; closed by us:
     the channel's streams are over), so the write is not made; the failure still reaches
-    the caller as grpclib's own "connection lost" (Unavailable).
+    the caller as grpclib's own "connection lost" (Unavailable)."""
 
-    grpclib writes each HTTP/2 frame as it makes it: a request's HEADERS, then a DATA frame
-    per 16 KiB (the broker's frame size), each a ``send`` system call of its own (64 for a
-    1 MiB produce request; measured with 100-byte records: ~8% of the producer's CPU). From
-    a large write (``GATHER_FROM`` bytes: a full DATA frame) on, the writes made before
-    control returns to the event loop go out together, in order, at the loop's next step
-    (``call_soon``): what a request's frames would have become on the wire anyway. A small
-    write with nothing gathered goes out at once: a fetch request, and above all the
-    WINDOW_UPDATE frames that let the broker go on sending an answer, which a consumer
-    working through a buffered answer without yielding to the loop would otherwise hold
-    back for milliseconds (consume fell from ~2.0M to ~1.25M records/s). ``close`` writes
-    what is gathered first; ``abort`` drops it, as asyncio's does."""
-
-    __slots__ = ("_gathered", "_loop", "_transport")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._loop = asyncio.get_running_loop()
-        self._gathered: list[bytes | bytearray | memoryview] | None = None
+    __slots__ = ()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._transport.is_closing():
-            return
-        gathered = self._gathered
-        if gathered is not None:
-            gathered.append(data)
-        elif len(data) < GATHER_FROM:
-            self._transport.write(data)
-        else:
-            self._gathered = [data]
-            self._loop.call_soon(self._flush)
+        if not self._transport.is_closing():
+            super().write(data)
 
     def _flush(self) -> None:
-        gathered, self._gathered = self._gathered, None
-        if gathered and not self._transport.is_closing():
-            self._transport.write(gathered[0] if len(gathered) == 1 else b"".join(gathered))
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._gathered = None
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._transport, name)
+        if self._transport.is_closing():
+            self._gathered = None
+        else:
+            super()._flush()
 
 
 class Connection:

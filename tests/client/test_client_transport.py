@@ -10,7 +10,8 @@ from typing import Any
 from client_fakes import FakeSentinel, run
 
 from sentinel.client import Producer
-from sentinel.client.connection import GATHER_FROM, _LiveTransport
+from sentinel.client.connection import _LiveTransport
+from sentinel.server.writes import GATHER_FROM
 
 
 class RecordingTransport:

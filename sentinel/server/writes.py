@@ -1,0 +1,77 @@
+"""The writes of one HTTP/2 connection, gathered so a message's frames leave together.
+
+grpclib writes each HTTP/2 frame as it makes it, each a ``send`` system call of its own: a
+unary call's request is a HEADERS frame then a DATA frame per 16 KiB, its answer HEADERS,
+DATA and the trailers' HEADERS. On loopback a ``send`` runs the receiver's side of TCP in
+the sender's system call, and wakes the receiving thread if it sleeps: the first frame of
+a message woke the receiver, which took that frame alone, went back to sleep and was woken
+again for the next (measured with ``strace`` over 2,000 sequential produce calls: the
+client made 2 sends and 2 receives a call, the broker 5 sends, ~6 receives and ~13
+epoll waits).
+
+``GatheringTransport`` wraps the asyncio transport grpclib writes to. From a write that
+opens a message whose frames follow (a HEADERS frame without END_STREAM) or that is large
+(``GATHER_FROM`` bytes: a full DATA frame), the writes made before control returns to the
+event loop are gathered and go out together, in order, at the loop's next step
+(``call_soon``): what the message's frames would have become on the wire anyway. Any
+other write with nothing gathered goes out at once — above all a WINDOW_UPDATE, which lets
+the peer go on sending, and which a consumer working through a buffered answer without
+yielding to the loop would otherwise hold back for milliseconds (consume fell from ~2.0M
+to ~1.25M records/s when every write was gathered). ``close`` writes what is gathered
+first; ``abort`` drops it, as asyncio's does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+# The size of a write from which the writes of an event-loop step are gathered: a DATA
+# frame of HTTP/2's default 16 KiB size is one.
+GATHER_FROM: Final = 16 * 1024
+_FRAME_HEADER_BYTES: Final = 9
+_HEADERS: Final = 0x1
+_END_STREAM: Final = 0x1
+
+
+def opens_a_message(data: bytes | bytearray | memoryview) -> bool:
+    """``data`` starts with a HEADERS frame whose stream goes on (frames of the message, or
+    its trailers, follow)."""
+    return len(data) >= _FRAME_HEADER_BYTES and data[3] == _HEADERS and not data[4] & _END_STREAM
+
+
+class GatheringTransport:
+    """An asyncio transport whose writes are gathered as the module docstring says."""
+
+    __slots__ = ("_gathered", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._gathered: list[bytes | bytearray | memoryview] | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        gathered = self._gathered
+        if gathered is not None:
+            gathered.append(data)
+        elif len(data) < GATHER_FROM and not opens_a_message(data):
+            self._transport.write(data)
+        else:
+            self._gathered = [data]
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        gathered, self._gathered = self._gathered, None
+        if gathered:
+            self._transport.write(gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._gathered = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)

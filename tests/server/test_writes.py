@@ -1,0 +1,93 @@
+"""Gathered HTTP/2 writes (``sentinel.server.writes``): a message's frames leave in one write
+at the event loop's next step; a write that opens nothing goes at once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hyperframe.frame import DataFrame, HeadersFrame, WindowUpdateFrame
+
+from sentinel.server.writes import GATHER_FROM, GatheringTransport, opens_a_message
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def write(self, data: bytes) -> None:
+        self.events.append(bytes(data))
+
+    def close(self) -> None:
+        self.events.append("close")
+
+    def abort(self) -> None:
+        self.events.append("abort")
+
+
+def headers(*, end_stream: bool) -> bytes:
+    frame = HeadersFrame(1)
+    frame.data = b"\x88"  # HPACK: ":status: 200"
+    frame.flags.add("END_HEADERS")
+    if end_stream:
+        frame.flags.add("END_STREAM")
+    return bytes(frame.serialize())
+
+
+def data(payload: bytes, *, end_stream: bool = False) -> bytes:
+    frame = DataFrame(1)
+    frame.data = payload
+    if end_stream:
+        frame.flags.add("END_STREAM")
+    return bytes(frame.serialize())
+
+
+WINDOW_UPDATE = bytes(WindowUpdateFrame(0, window_increment=1024).serialize())
+
+
+def test_only_a_headers_frame_whose_stream_goes_on_opens_a_message() -> None:
+    assert opens_a_message(headers(end_stream=False))
+    assert not opens_a_message(headers(end_stream=True))  # a trailers-only answer: complete
+    assert not opens_a_message(data(b"x"))
+    assert not opens_a_message(WINDOW_UPDATE)
+    assert not opens_a_message(b"\x00\x00")  # too short to be a frame header
+
+
+def test_a_message_opened_by_headers_leaves_with_its_frames_at_the_next_step() -> None:
+    async def scenario() -> None:
+        raw = RecordingTransport()
+        transport = GatheringTransport(raw)  # type: ignore[arg-type]
+        opening, body, trailers = headers(end_stream=False), data(b"answer"), headers(end_stream=True)
+        transport.write(opening)
+        transport.write(body)
+        transport.write(trailers)
+        assert raw.events == []
+        await asyncio.sleep(0)
+        assert raw.events == [opening + body + trailers]
+        transport.write(WINDOW_UPDATE)  # nothing gathered, opens nothing: at once
+        transport.write(headers(end_stream=True))
+        assert raw.events == [opening + body + trailers, WINDOW_UPDATE, headers(end_stream=True)]
+
+    asyncio.run(scenario())
+
+
+def test_a_full_data_frame_starts_gathering_and_close_writes_the_gathered_first() -> None:
+    async def scenario() -> None:
+        raw = RecordingTransport()
+        transport = GatheringTransport(raw)  # type: ignore[arg-type]
+        big = data(bytes(GATHER_FROM))
+        transport.write(big)
+        transport.write(WINDOW_UPDATE)
+        transport.close()
+        assert raw.events == [big + WINDOW_UPDATE, "close"]
+        await asyncio.sleep(0)  # the scheduled flush finds nothing left
+        assert raw.events == [big + WINDOW_UPDATE, "close"]
+
+        raw = RecordingTransport()
+        transport = GatheringTransport(raw)  # type: ignore[arg-type]
+        transport.write(headers(end_stream=False))
+        transport.abort()
+        await asyncio.sleep(0)
+        assert raw.events == ["abort"]
+
+    asyncio.run(scenario())
