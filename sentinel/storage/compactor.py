@@ -54,7 +54,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, assert_never
+from typing import Any, Protocol, assert_never
 
 import attrs
 import trio
@@ -80,7 +80,7 @@ from sentinel.storage.iterators import Entry, merge_entries
 from sentinel.storage.manifest import NUM_LEVELS, FileMeta, Manifest, ManifestState, Version, VersionEdit
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.memtable_owner import CompactorBlocked, MemtableFlushed, VersionInstalled
-from sentinel.storage.options import RunInThread, StorageOptions
+from sentinel.storage.options import RunInProcess, RunInThread, StorageOptions
 from sentinel.storage.sstable import SSTableInfo, SSTableReader, SSTableWriter
 from sentinel.storage.wal_writer import DeleteWalsBelow, WalWriter
 
@@ -138,6 +138,9 @@ class _DamagedInput(Exception):
         self.number = number
         self.error = error
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _DamagedInput, (self.number, self.error)  # from a worker process: its fields
+
 
 @attrs.frozen
 class FlushMemtable:
@@ -188,9 +191,13 @@ class Compactor(Actor[CompactorMessage]):
         wal: WalWriter,
         notify: Callable[[MemtableFlushed | VersionInstalled | CompactorBlocked], None],
         run_in_thread: RunInThread | None = None,
+        run_in_process: RunInProcess | None = None,
     ) -> None:
         super().__init__("compactor")
         self._thread: Callable[..., Awaitable[Any]] = run_in_thread or trio.to_thread.run_sync
+        # Compactions (pure: table files in, table files out) run here when given (see
+        # _compaction_runner), off this process's GIL; flushes read the memtable: a thread.
+        self._process = run_in_process
         self._directory = directory
         self._manifest = manifest
         self._version = state.version
@@ -453,21 +460,26 @@ class Compactor(Actor[CompactorMessage]):
             await self._install(edit, [])
             self._trivial_moves += 1
         else:
-            sources: list[Iterator[Entry]] = [
-                _checked_scan(f.number, self._tables[f.number]) for f in plan.inputs
-            ]
-            sources.append(_chain_scans([(f.number, self._tables[f.number]) for f in plan.overlaps]))
-            merged = merge_entries(sources, drop_tombstones=plan.drop_tombstones)
-            keep = self._options.compaction_filter
-            if keep is not None:
-                merged = _filtered(merged, keep, drop=plan.drop_tombstones)
+            run, keep = self._compaction_runner()
             target = self._options.compaction.target_file_bytes
+            new_number = self._manifest.new_file_number
+            job = CompactionJob(
+                directory=self._directory,
+                inputs=tuple(f.number for f in plan.inputs),
+                overlaps=tuple(f.number for f in plan.overlaps),
+                drop_tombstones=plan.drop_tombstones,
+                # Enough for any outcome: every table but the last holds >= target bytes of
+                # keys and values, and the inputs hold fewer than their file sizes.
+                numbers=tuple(new_number() for _ in range(plan.input_bytes // target + 1)),
+                target_bytes=target,
+                block_size=self._options.block_size,
+                bloom_bits_per_key=self._options.bloom_bits_per_key,
+                obsolete=keep,
+            )
             try:
-                added = await self._thread(
-                    write_tables, self._directory, self._manifest, self._options, merged, target
-                )
+                added = await run(run_compaction, job)
             except _DamagedInput as exc:
-                # write_tables deleted what it wrote; no edit was made: the version stands.
+                # run_compaction deleted what it wrote; no edit was made: the version stands.
                 self._mark_damaged(exc.number, exc.error)
                 self._seconds += time.perf_counter() - started
                 return False
@@ -507,6 +519,16 @@ class Compactor(Actor[CompactorMessage]):
                 TableReader.open, sst_path(self._directory, meta.number)
             )
 
+    def _compaction_runner(self) -> tuple[Callable[..., Awaitable[Any]], Callable[[bytes], bool] | None]:
+        """Where a compaction runs, and the compaction filter it applies: the worker process
+        when the store has one and no filter is set, else a worker thread. A filter reads
+        the live state of its owner (the broker's topics and log starts), which a worker
+        process cannot see."""
+        obsolete = self._options.compaction_filter
+        if self._process is not None and obsolete is None:
+            return self._process, None
+        return self._thread, obsolete
+
     def _tables_view(self) -> Mapping[int, SSTableReader]:
         return MappingProxyType(dict(self._tables))
 
@@ -516,16 +538,83 @@ class Compactor(Actor[CompactorMessage]):
             reader.close()
 
 
+class FileNumbers(Protocol):
+    """Where new table numbers come from: the manifest, or numbers it handed out ahead."""
+
+    def new_file_number(self) -> int: ...
+
+
+@attrs.define
+class NumbersGiven:
+    """File numbers allocated ahead by the manifest's owner, for a job in a worker process."""
+
+    numbers: tuple[int, ...]
+    used: int = 0
+
+    def new_file_number(self) -> int:
+        if self.used == len(self.numbers):
+            raise RuntimeError(f"a compaction needed more than its {len(self.numbers)} file numbers")
+        self.used += 1
+        return self.numbers[self.used - 1]
+
+
+@attrs.frozen
+class CompactionJob:
+    """One compaction, as a pure job: merge these tables of ``directory`` into new ones.
+
+    Plain data (it is pickled to a worker process): the input tables by number, newest
+    first, each its own merge source; the tables they overlap one level down, in key order
+    (one chained source); the output numbers allocated ahead (unused ones are never named
+    by any version; gaps in table numbers are harmless); and the table parameters."""
+
+    directory: Path
+    inputs: tuple[int, ...]
+    overlaps: tuple[int, ...]
+    drop_tombstones: bool
+    numbers: tuple[int, ...]
+    target_bytes: int
+    block_size: int
+    bloom_bits_per_key: int
+    obsolete: Callable[[bytes], bool] | None = None
+
+
+def run_compaction(job: CompactionJob) -> list[FileMeta]:
+    """Run a compaction job: open its inputs, merge them (newest wins, through the
+    compaction filter ``job.obsolete``) and write fsynced tables of about
+    ``job.target_bytes`` each. In a worker thread or a worker process: it touches nothing
+    but the files it names. A damaged input raises :class:`_DamagedInput` (and, like any
+    failure, leaves no output table behind)."""
+    readers: dict[int, SSTableReader] = {}
+    try:
+        for number in (*job.inputs, *job.overlaps):
+            try:
+                # No block cache: a compaction reads every block once.
+                readers[number] = SSTableReader.open(sst_path(job.directory, number), block_cache_blocks=0)
+            except CorruptionError as exc:
+                raise _DamagedInput(number, exc) from exc
+        sources: list[Iterator[Entry]] = [_checked_scan(number, readers[number]) for number in job.inputs]
+        sources.append(_chain_scans([(number, readers[number]) for number in job.overlaps]))
+        merged = merge_entries(sources, drop_tombstones=job.drop_tombstones)
+        if job.obsolete is not None:
+            merged = _filtered(merged, job.obsolete, drop=job.drop_tombstones)
+        options = StorageOptions(block_size=job.block_size, bloom_bits_per_key=job.bloom_bits_per_key)
+        return write_tables(job.directory, NumbersGiven(job.numbers), options, merged, job.target_bytes)
+    finally:
+        for reader in readers.values():
+            reader.close()
+
+
 def write_tables(
     directory: Path,
-    manifest: Manifest,
+    manifest: FileNumbers,
     options: StorageOptions,
     entries: Iterator[Entry],
     target_bytes: int | None,
 ) -> list[FileMeta]:
     """Write entries into fsynced tables, starting a new one every ``target_bytes`` of
-    keys and values (None: one table). Runs in a worker thread; the only shared state it
-    touches is the manifest's file-number counter, which only its owner's jobs use.
+    keys and values (None: one table). Runs in a worker thread (or process); the only
+    shared state it may touch is the manifest's file-number counter, which only its
+    owner's jobs use.
 
     If anything fails (a full disk, a damaged input met half-way) every table it wrote is
     deleted before the error propagates: no version names them, and none ever will."""
