@@ -521,13 +521,19 @@ class Compactor(Actor[CompactorMessage]):
 
     def _compaction_runner(self) -> tuple[Callable[..., Awaitable[Any]], Callable[[bytes], bool] | None]:
         """Where a compaction runs, and the compaction filter it applies: the worker process
-        when the store has one and no filter is set, else a worker thread. A filter reads
-        the live state of its owner (the broker's topics and log starts), which a worker
-        process cannot see."""
+        when the store has one, with the filter's ``snapshot()`` (its answers now, as plain
+        data: a worker process cannot read the live state a filter asks, such as the
+        broker's topics and log starts); a worker thread when there is no process, or the
+        filter offers no snapshot."""
         obsolete = self._options.compaction_filter
-        if self._process is not None and obsolete is None:
+        if self._process is None:
+            return self._thread, obsolete
+        if obsolete is None:
             return self._process, None
-        return self._thread, obsolete
+        snapshot: Callable[[], Callable[[bytes], bool] | None] | None = getattr(obsolete, "snapshot", None)
+        if snapshot is None:
+            return self._thread, obsolete
+        return self._process, snapshot()
 
     def _tables_view(self) -> Mapping[int, SSTableReader]:
         return MappingProxyType(dict(self._tables))

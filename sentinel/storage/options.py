@@ -49,7 +49,11 @@ class StorageOptions:
     # means the entry is obsolete and is dropped (or turned into a tombstone where older
     # versions may exist deeper). How the broker deletes data of deleted topics and below
     # a partition's log start (retention) without scanning records. Must be thread-safe
-    # and fast; None keeps everything.
+    # and fast; None keeps everything. A filter with a ``snapshot()`` method (returning a
+    # picklable filter answering as it does now, or None: nothing is obsolete) can be
+    # applied by compactions in the store's worker process (``Store(run_in_process=...)``):
+    # each takes a snapshot when it starts. Sound when obsolete keys stay obsolete, as the
+    # broker's do; a filter without one keeps compactions in worker threads.
     compaction_filter: Callable[[bytes], bool] | None = None
     #: Observes each WAL fsync's duration in seconds (the metrics hook; called on the Trio thread).
     on_wal_fsync: Callable[[float], None] | None = None

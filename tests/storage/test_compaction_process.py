@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from storage_checks import check_closed_directory
@@ -48,11 +49,13 @@ class Threads:
         return await trio.to_thread.run_sync(fn, *args)
 
 
-async def put_table(store: Store, model: dict[bytes, bytes], prefix: bytes, numbers: range) -> None:
-    for key in keys(prefix, numbers):
-        value = prefix + key + b"." * VALUE_BYTES
-        await store.put(key, value)
-        model[key] = value
+async def put_table(store: Store, model: dict[bytes, bytes], prefixes: bytes, numbers: range) -> None:
+    """Flush one table of the keys ``<prefix>NNN`` of each prefix byte."""
+    for prefix in prefixes:
+        for key in keys(bytes((prefix,)), numbers):
+            value = key + b"." * VALUE_BYTES
+            await store.put(key, value)
+            model[key] = value
     await store.flush()
 
 
@@ -112,6 +115,51 @@ async def test_damage_met_in_the_worker_process_is_reported_like_damage_met_in_a
         assert store.get(b"a120") == model[b"a120"]  # the store goes on
         await store.aclose()
     check_closed_directory(tmp_path)  # nothing the failed compaction wrote is left
+
+
+@attrs.frozen
+class DropPrefix:
+    """A picklable compaction filter: the keys starting with ``prefix`` are obsolete."""
+
+    prefix: bytes
+
+    def __call__(self, key: bytes) -> bool:
+        return key.startswith(self.prefix)
+
+
+class LiveFilter:
+    """A filter asking live state (here an attribute), like the broker's, and its snapshot."""
+
+    def __init__(self, prefix: bytes) -> None:
+        self.prefix = prefix
+
+    def __call__(self, key: bytes) -> bool:
+        return key.startswith(self.prefix)
+
+    def snapshot(self) -> DropPrefix:
+        return DropPrefix(self.prefix)
+
+
+@pytest.mark.parametrize("with_snapshot", [True, False])
+async def test_a_compaction_filter_goes_to_the_worker_process_as_its_snapshot(
+    tmp_path: Path, with_snapshot: bool
+) -> None:
+    live = LiveFilter(b"a")
+    threads = Threads()
+    opts = attrs.evolve(options(), compaction_filter=live if with_snapshot else live.__call__)
+    model: dict[bytes, bytes] = {}
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(
+            Store(tmp_path, opts, run_in_thread=threads.run_sync, run_in_process=WorkerProcess()).run
+        )
+        for table in range(3):  # the third starts a compaction of all three
+            await put_table(store, model, b"ab", range(table, 100, 2 + table))
+        await wait_for(lambda: store.statistics().compaction.compactions >= 1)
+        # Where it ran: with a snapshot the child applied it; without, a thread asked the filter.
+        assert ("run_compaction" in threads.ran) is not with_snapshot
+        live.prefix = b"b"  # too late for what was compacted
+        assert dict(store.scan()) == {k: v for k, v in model.items() if not k.startswith(b"a")}
+        await store.aclose()
 
 
 def test_sentinel_errors_cross_a_process_boundary_with_their_fields() -> None:
