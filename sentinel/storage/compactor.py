@@ -14,6 +14,16 @@ any point leaves either the old version with some orphan files (deleted on the n
 or the new version with some garbage. File writing and fsyncs run in worker threads so
 the event loop stays responsive.
 
+Where the tables are written: given a worker process (``Store(run_in_process=...)``: the
+broker's and the benchmark's), off this process's GIL, which a thread would hold for ~1 us
+per entry. A compaction is a pure job of table files (``run_compaction``: numbers in, the
+compaction filter's snapshot if it has one, fsynced tables out; the output file numbers
+are allocated here, ahead). A flush writes its table from the memtable's WAL segment
+(``run_flush``), which holds exactly the memtable's records; a segment that does not
+replay to the memtable (checked: key count and seq range) is refused and the memtable is
+flushed from memory in a thread, as it is without a process. Whatever runs where, the
+manifest edit, the readers and every rule below stay here.
+
 A full disk (:class:`DiskFullError` from a table write, the manifest or the directory) is
 not fatal: the work that met it is undone (its new tables deleted at once: they hold
 space the disk lacks; a refused manifest edit is cut back by ``Manifest``), the
@@ -75,6 +85,7 @@ from sentinel.storage.files import (
     is_disk_full,
     probe_free_space,
     sst_path,
+    wal_path,
 )
 from sentinel.storage.iterators import Entry, merge_entries
 from sentinel.storage.manifest import NUM_LEVELS, FileMeta, Manifest, ManifestState, Version, VersionEdit
@@ -82,6 +93,7 @@ from sentinel.storage.memtable import Memtable
 from sentinel.storage.memtable_owner import CompactorBlocked, MemtableFlushed, VersionInstalled
 from sentinel.storage.options import RunInProcess, RunInThread, StorageOptions
 from sentinel.storage.sstable import SSTableInfo, SSTableReader, SSTableWriter
+from sentinel.storage.wal import replay_wal
 from sentinel.storage.wal_writer import DeleteWalsBelow, WalWriter
 
 logger = logging.getLogger(__name__)
@@ -219,6 +231,7 @@ class Compactor(Actor[CompactorMessage]):
         self.needs_repair: StorageNeedsRepair | None = None
         self._l0_checked: Version | None = None  # the version _check_l0 last looked at
         self._flushes = 0
+
         self._compactions = 0
         self._trivial_moves = 0
         self._bytes_read = 0
@@ -431,8 +444,27 @@ class Compactor(Actor[CompactorMessage]):
         if len(memtable):
             # One L0 table per memtable, however large: L0 tables are ordered by number,
             # and one flush must not produce two tables of the same age.
-            added = await self._thread(
-                write_tables, self._directory, self._manifest, self._options, memtable.scan(), None
+            from_wal = None
+            first_seq, last_seq = memtable.first_seq, memtable.last_seq
+            if self._process is not None and first_seq is not None and last_seq is not None:
+                job = FlushJob(
+                    directory=self._directory,
+                    wal_number=memtable.wal_number,
+                    count=len(memtable),
+                    first_seq=first_seq,
+                    last_seq=last_seq,
+                    number=self._manifest.new_file_number(),
+                    block_size=self._options.block_size,
+                    bloom_bits_per_key=self._options.bloom_bits_per_key,
+                )
+                from_wal = await self._process(run_flush, job)
+
+            added = (
+                from_wal
+                if from_wal is not None
+                else await self._thread(
+                    write_tables, self._directory, self._manifest, self._options, memtable.scan(), None
+                )
             )
         edit = VersionEdit(
             added=tuple((0, meta) for meta in added),
@@ -542,6 +574,49 @@ class Compactor(Actor[CompactorMessage]):
         """Close every live table reader: only once the whole storage tree has stopped."""
         for reader in self._tables.values():
             reader.close()
+
+
+@attrs.frozen
+class FlushJob:
+    """One flush, as a pure job for the worker process: the memtable's WAL segment replayed
+    into one table numbered ``number``, if it holds exactly the memtable (plain data)."""
+
+    directory: Path
+    wal_number: int
+    #: What the memtable holds: its key count and seq range. A segment that replays to
+    #: anything else is not flushed from (see run_flush).
+    count: int
+    first_seq: int
+    last_seq: int
+    number: int
+    block_size: int
+    bloom_bits_per_key: int
+
+
+def run_flush(job: FlushJob) -> list[FileMeta] | None:
+    """Write a frozen memtable's table from its WAL segment, in the worker process: the
+    store's process keeps its GIL (the memtable is in its memory, the segment on disk).
+
+    A frozen memtable holds the records of exactly one segment, all written to the OS
+    before it was frozen (the rotation waits for every pending write): the segment
+    replays to the same keys, seqs and values, with the same newest-wins rule. That is
+    checked, not assumed: a segment that does not replay whole (damage, a torn frame) or
+    whose replay differs in key count or seq range (a memtable recovery built from several
+    segments) gives None, and the caller flushes the memtable from memory instead. The WAL
+    frames are checksummed, so a replay matching in count and seqs holds the same data."""
+    try:
+        replay = replay_wal(wal_path(job.directory, job.wal_number))
+    except (FileNotFoundError, CorruptionError):
+        return None
+    if replay.tail_error is not None:
+        return None
+    memtable = Memtable(job.wal_number)
+    for batch in replay.batches:
+        memtable.apply(batch)
+    if (len(memtable), memtable.first_seq, memtable.last_seq) != (job.count, job.first_seq, job.last_seq):
+        return None
+    options = StorageOptions(block_size=job.block_size, bloom_bits_per_key=job.bloom_bits_per_key)
+    return write_tables(job.directory, NumbersGiven((job.number,)), options, memtable.scan(), None)
 
 
 class FileNumbers(Protocol):

@@ -15,9 +15,10 @@ MIB = 1024 * 1024
 #: How the storage actors run blocking file work off the event loop: ``trio.to_thread.run_sync``
 #: in production; tests pass a wrapper that knows when no worker thread is running.
 RunInThread = Callable[..., Awaitable[Any]]
-#: How the Compactor runs a compaction job (``compactor.run_compaction``, picklable) off the
-#: process's GIL: a :class:`sentinel.storage.processes.WorkerProcess` (the broker's and the
-#: benchmark's); without one compactions run through ``RunInThread`` (tests).
+#: How the Compactor runs its flush and compaction jobs (``compactor.run_flush`` and
+#: ``run_compaction``, picklable) off the process's GIL: a
+#: :class:`sentinel.storage.processes.WorkerProcess` (the broker's and the benchmark's);
+#: without one they run through ``RunInThread`` (tests).
 RunInProcess = Callable[..., Awaitable[Any]]
 
 

@@ -1,15 +1,16 @@
 """WorkerProcess: runs the storage engine's pure file jobs in a process of their own.
 
 A compaction is a pure function of its input table files to its output table files
-(``compactor.run_compaction``). In a worker thread it holds the process's GIL for ~1.1 us
-per entry it rewrites, time the event loop's writers wait for; in a process of its own it
-costs the store's process a pickled job and a list of FileMeta back. The manifest edit
-that installs its outputs stays with the Compactor (the one owner of the manifest).
+(``compactor.run_compaction``), and a flush of a frozen memtable one of its WAL segment
+(``compactor.run_flush``). In a worker thread each holds the process's GIL for ~1 us per
+entry it writes, time the event loop's writers wait for; in a process of its own it costs
+the store's process a pickled job and a list of FileMeta back. The manifest edit that
+installs the tables stays with the Compactor (the one owner of the manifest).
 
 Rules of the runner:
 
 * one worker process per runner, started (spawned, never forked: the store's process runs
-  threads) at the first job, so a store that never compacts never starts one;
+  threads) at the first job, so a store that never flushes never starts one;
 * the Store that is given a runner owns it: it closes it when it stops (``close`` waits
   for the idle worker to exit);
 * a job's exception is raised from the awaiting call, as a worker thread's would be

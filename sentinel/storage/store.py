@@ -96,8 +96,8 @@ class Store:
         self.directory = Path(directory)
         self.options = options or StorageOptions()
         self._thread = run_in_thread or trio.to_thread.run_sync
-        # Compactions run in this worker process when given (the store owns it: closed when
-        # the store stops); else in worker threads. See compactor.py.
+        # Flushes and compactions write their tables in this worker process when given (the
+        # store owns it: closed when the store stops); else in worker threads. See compactor.py.
         self._process = run_in_process
         self._view: ReadView | None = None
         self._view_published = trio.Event()  # set (and replaced) whenever _view changes

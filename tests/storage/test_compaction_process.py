@@ -1,4 +1,4 @@
-"""Compactions in a worker process (``WorkerProcess``): the broker's and the benchmark's way.
+"""Flushes and compactions in a worker process (``WorkerProcess``): the broker's and the benchmark's way.
 
 The rest of the storage tests run compactions in worker threads (the same job function,
 ``compactor.run_compaction``); these run them through a real spawned process: the job and
@@ -19,7 +19,7 @@ import attrs
 import pytest
 import trio
 from storage_checks import check_closed_directory
-from test_damaged_compaction import VALUE_BYTES, damage, keys
+from test_damaged_compaction import VALUE_BYTES, damage, flip_byte, keys
 
 from sentinel.client.errors import CorruptRecordBatch
 from sentinel.errors import CorruptionError, DiskFullError
@@ -74,13 +74,13 @@ async def test_compactions_run_in_the_worker_process_and_the_store_closes_it(tmp
         store = await nursery.start(
             Store(tmp_path, options(), run_in_thread=threads.run_sync, run_in_process=runner).run
         )
-        assert not runner.running  # a store that never compacts never starts one
+        assert not runner.running  # a store that never flushes never starts one
         for table in range(3):  # overlapping L0 tables: the third starts a merging compaction
             await put_table(store, model, b"k", range(table, 300, 2 + table))
         await wait_for(lambda: store.statistics().compaction.compactions >= 1)
         assert runner.running
         assert "run_compaction" not in threads.ran  # not in a thread: in the child
-        assert "write_tables" in threads.ran  # flushes read the memtable: a thread
+        assert "write_tables" not in threads.ran  # flushes too: from the WAL (below)
         stats = store.statistics()
         assert stats.tables_per_level[0] == 0 and stats.tables_per_level[1] >= 2  # cut at the target
         assert dict(store.scan()) == model
@@ -159,6 +159,61 @@ async def test_a_compaction_filter_goes_to_the_worker_process_as_its_snapshot(
         assert ("run_compaction" in threads.ran) is not with_snapshot
         live.prefix = b"b"  # too late for what was compacted
         assert dict(store.scan()) == {k: v for k, v in model.items() if not k.startswith(b"a")}
+        await store.aclose()
+
+
+async def test_flushes_are_written_from_the_wal_in_the_worker_process(tmp_path: Path) -> None:
+    threads = Threads()
+    model: dict[bytes, bytes] = {}
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(
+            Store(tmp_path, options(), run_in_thread=threads.run_sync, run_in_process=WorkerProcess()).run
+        )
+        await put_table(store, model, b"ab", range(50))  # flushed on its own: one table
+        for i in range(0, 50, 3):  # overwrites, deletes and batches: newest wins in the replay
+            key = b"a%03d" % i
+            await store.write([(key, None), (b"c%03d" % i, b"new")])
+            await store.put(key, b"again")
+            await store.delete(b"b%03d" % i)
+            model[key] = b"again"
+            model[b"c%03d" % i] = b"new"
+            del model[b"b%03d" % i]
+        await store.flush()
+        assert "write_tables" not in threads.ran
+        assert store.statistics().tables_per_level[0] == 2
+        assert dict(store.scan()) == model
+        await store.aclose()
+    check_closed_directory(tmp_path)
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(tmp_path, options()).run)
+        assert dict(store.scan()) == model
+        await store.aclose()
+
+
+def damage_active_segment(directory: Path) -> None:
+    segment = max(directory.glob("wal-*.log"))
+    flip_byte(segment, segment.stat().st_size // 2)
+
+
+async def test_a_segment_that_does_not_replay_to_the_memtable_is_flushed_from_memory(tmp_path: Path) -> None:
+    threads = Threads()
+    model: dict[bytes, bytes] = {}
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(
+            Store(tmp_path, options(), run_in_thread=threads.run_sync, run_in_process=WorkerProcess()).run
+        )
+        for key in keys(b"k", range(100)):
+            await store.put(key, key * 10)
+            model[key] = key * 10
+        damage_active_segment(tmp_path)  # a record the memtable already has
+        await store.flush()
+        assert threads.ran.count("write_tables") == 1  # the replay was refused: from memory
+        assert dict(store.scan()) == model
+        await store.aclose()
+    check_closed_directory(tmp_path)
+    async with trio.open_nursery() as nursery:  # the table holds the memtable, not the damage
+        store = await nursery.start(Store(tmp_path, options()).run)
+        assert dict(store.scan()) == model
         await store.aclose()
 
 
