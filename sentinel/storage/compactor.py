@@ -18,8 +18,9 @@ Where the tables are written: given a worker process (``Store(run_in_process=...
 broker's and the benchmark's), off this process's GIL, which a thread would hold for ~1 us
 per entry. A compaction is a pure job of table files (``run_compaction``: numbers in, the
 compaction filter's snapshot if it has one, fsynced tables out; the output file numbers
-are allocated here, ahead). A flush writes its table from the memtable's WAL segment
-(``run_flush``), which holds exactly the memtable's records; a segment that does not
+are allocated here, ahead). A flush of small entries (FLUSH_FROM_WAL_MAX_ENTRY_BYTES)
+writes its table from the memtable's WAL segment (``run_flush``), which holds exactly the
+memtable's records; a segment that does not
 replay to the memtable (checked: key count and seq range) is refused and the memtable is
 flushed from memory in a thread, as it is without a process. Whatever runs where, the
 manifest edit, the readers and every rule below stay here.
@@ -106,6 +107,15 @@ logger = logging.getLogger(__name__)
 RETRY_MIN_SECONDS = 0.05
 FLUSH_RETRY_MAX_SECONDS = 1.0
 COMPACTION_RETRY_MAX_SECONDS = 5.0
+# A memtable whose entries average at most this (keys, values and the memtable's ~120 bytes
+# of overhead each) is flushed from its WAL in the worker process, if the store has one: a
+# flush in a thread holds the GIL ~1 us per entry, which is most of its cost for small
+# entries (single puts). Larger entries (record batches as values) cost a thread little
+# GIL (checksums and writes of large buffers release it), while the replay re-reads and
+# re-checks every byte in the worker, which also runs the compactions: measured with
+# batches of 100 KB, flushing from the WAL made the worker the bottleneck (writes stalled
+# for flushes: 1.0-1.16M against 1.2-1.6M records/s from memory).
+FLUSH_FROM_WAL_MAX_ENTRY_BYTES = 1024
 
 
 @attrs.define
@@ -446,7 +456,12 @@ class Compactor(Actor[CompactorMessage]):
             # and one flush must not produce two tables of the same age.
             from_wal = None
             first_seq, last_seq = memtable.first_seq, memtable.last_seq
-            if self._process is not None and first_seq is not None and last_seq is not None:
+            if (
+                self._process is not None
+                and first_seq is not None
+                and last_seq is not None
+                and memtable.approximate_bytes <= len(memtable) * FLUSH_FROM_WAL_MAX_ENTRY_BYTES
+            ):
                 job = FlushJob(
                     directory=self._directory,
                     wal_number=memtable.wal_number,

@@ -24,7 +24,12 @@ from test_damaged_compaction import VALUE_BYTES, damage, flip_byte, keys
 from sentinel.client.errors import CorruptRecordBatch
 from sentinel.errors import CorruptionError, DiskFullError
 from sentinel.storage.compaction import CompactionOptions
-from sentinel.storage.compactor import CompactionJob, NumbersGiven, run_compaction
+from sentinel.storage.compactor import (
+    FLUSH_FROM_WAL_MAX_ENTRY_BYTES,
+    CompactionJob,
+    NumbersGiven,
+    run_compaction,
+)
 from sentinel.storage.files import sst_path
 from sentinel.storage.options import StorageOptions, SyncMode
 from sentinel.storage.processes import WorkerProcess
@@ -187,6 +192,24 @@ async def test_flushes_are_written_from_the_wal_in_the_worker_process(tmp_path: 
     async with trio.open_nursery() as nursery:
         store = await nursery.start(Store(tmp_path, options()).run)
         assert dict(store.scan()) == model
+        await store.aclose()
+
+
+async def test_a_memtable_of_large_entries_is_flushed_from_memory(tmp_path: Path) -> None:
+    # A thread flushing large values holds the GIL little; replaying them would only load
+    # the worker that also compacts (FLUSH_FROM_WAL_MAX_ENTRY_BYTES).
+    threads = Threads()
+    runner = WorkerProcess()
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(
+            Store(tmp_path, options(), run_in_thread=threads.run_sync, run_in_process=runner).run
+        )
+        large = b"v" * (FLUSH_FROM_WAL_MAX_ENTRY_BYTES + 1)
+        for key in keys(b"k", range(20)):
+            await store.put(key, large)
+        await store.flush()
+        assert threads.ran.count("write_tables") == 1 and not runner.running
+        assert dict(store.scan()) == dict.fromkeys(keys(b"k", range(20)), large)
         await store.aclose()
 
 
