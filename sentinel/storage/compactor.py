@@ -18,7 +18,7 @@ Where the tables are written: given a worker process (``Store(run_in_process=...
 broker's and the benchmark's), off this process's GIL, which a thread would hold for ~1 us
 per entry. A compaction is a pure job of table files (``run_compaction``: numbers in, the
 compaction filter's snapshot if it has one, fsynced tables out; the output file numbers
-are allocated here, ahead). A flush of small entries (FLUSH_FROM_WAL_MAX_ENTRY_BYTES)
+are allocated here, ahead). A flush of small entries (PROCESS_MAX_ENTRY_BYTES)
 writes its table from the memtable's WAL segment (``run_flush``), which holds exactly the
 memtable's records; a segment that does not
 replay to the memtable (checked: key count and seq range) is refused and the memtable is
@@ -107,15 +107,15 @@ logger = logging.getLogger(__name__)
 RETRY_MIN_SECONDS = 0.05
 FLUSH_RETRY_MAX_SECONDS = 1.0
 COMPACTION_RETRY_MAX_SECONDS = 5.0
-# A memtable whose entries average at most this (keys, values and the memtable's ~120 bytes
-# of overhead each) is flushed from its WAL in the worker process, if the store has one: a
-# flush in a thread holds the GIL ~1 us per entry, which is most of its cost for small
-# entries (single puts). Larger entries (record batches as values) cost a thread little
-# GIL (checksums and writes of large buffers release it), while the replay re-reads and
-# re-checks every byte in the worker, which also runs the compactions: measured with
-# batches of 100 KB, flushing from the WAL made the worker the bottleneck (writes stalled
-# for flushes: 1.0-1.16M against 1.2-1.6M records/s from memory).
-FLUSH_FROM_WAL_MAX_ENTRY_BYTES = 1024
+# Flushes and compactions of entries averaging at most this many bytes go to the worker
+# process, if the store has one (a memtable's entries are counted with its ~120 bytes of
+# overhead each, a table's as stored): in a thread they hold the GIL ~1 us per entry, most
+# of their cost for small entries (single puts). Larger entries (record batches as values)
+# cost a thread little GIL (checksums and writes of large buffers release it), and in the
+# process they only added CPU on a two-core machine (the worker's start-up, a flush's WAL
+# replay re-reading every byte): measured with batches of 100 KB, 0.95-1.08M records/s
+# against 1.16-1.28M in threads, in interleaved runs.
+PROCESS_MAX_ENTRY_BYTES = 1024
 
 
 @attrs.define
@@ -218,7 +218,7 @@ class Compactor(Actor[CompactorMessage]):
         super().__init__("compactor")
         self._thread: Callable[..., Awaitable[Any]] = run_in_thread or trio.to_thread.run_sync
         # Compactions (pure: table files in, table files out) run here when given (see
-        # _compaction_runner), off this process's GIL; flushes read the memtable: a thread.
+        # _compaction_runner), off this process's GIL, and flushes of small entries (_flush).
         self._process = run_in_process
         self._directory = directory
         self._manifest = manifest
@@ -460,7 +460,7 @@ class Compactor(Actor[CompactorMessage]):
                 self._process is not None
                 and first_seq is not None
                 and last_seq is not None
-                and memtable.approximate_bytes <= len(memtable) * FLUSH_FROM_WAL_MAX_ENTRY_BYTES
+                and memtable.approximate_bytes <= len(memtable) * PROCESS_MAX_ENTRY_BYTES
             ):
                 job = FlushJob(
                     directory=self._directory,
@@ -507,7 +507,7 @@ class Compactor(Actor[CompactorMessage]):
             await self._install(edit, [])
             self._trivial_moves += 1
         else:
-            run, keep = self._compaction_runner()
+            run, keep = self._compaction_runner(plan)
             target = self._options.compaction.target_file_bytes
             new_number = self._manifest.new_file_number
             job = CompactionJob(
@@ -566,14 +566,18 @@ class Compactor(Actor[CompactorMessage]):
                 TableReader.open, sst_path(self._directory, meta.number)
             )
 
-    def _compaction_runner(self) -> tuple[Callable[..., Awaitable[Any]], Callable[[bytes], bool] | None]:
+    def _compaction_runner(
+        self, plan: Compaction
+    ) -> tuple[Callable[..., Awaitable[Any]], Callable[[bytes], bool] | None]:
         """Where a compaction runs, and the compaction filter it applies: the worker process
-        when the store has one, with the filter's ``snapshot()`` (its answers now, as plain
-        data: a worker process cannot read the live state a filter asks, such as the
-        broker's topics and log starts); a worker thread when there is no process, or the
-        filter offers no snapshot."""
+        when the store has one and the inputs' entries are small (PROCESS_MAX_ENTRY_BYTES),
+        with the filter's ``snapshot()`` (its answers now, as plain data: a worker process
+        cannot read the live state a filter asks, such as the broker's topics and log
+        starts); else a worker thread, as without a process or with a filter that offers
+        no snapshot."""
         obsolete = self._options.compaction_filter
-        if self._process is None:
+        entries = sum(meta.count for _level, meta in plan.all_inputs())
+        if self._process is None or plan.input_bytes > entries * PROCESS_MAX_ENTRY_BYTES:
             return self._thread, obsolete
         if obsolete is None:
             return self._process, None

@@ -25,7 +25,7 @@ from sentinel.client.errors import CorruptRecordBatch
 from sentinel.errors import CorruptionError, DiskFullError
 from sentinel.storage.compaction import CompactionOptions
 from sentinel.storage.compactor import (
-    FLUSH_FROM_WAL_MAX_ENTRY_BYTES,
+    PROCESS_MAX_ENTRY_BYTES,
     CompactionJob,
     NumbersGiven,
     run_compaction,
@@ -195,21 +195,26 @@ async def test_flushes_are_written_from_the_wal_in_the_worker_process(tmp_path: 
         await store.aclose()
 
 
-async def test_a_memtable_of_large_entries_is_flushed_from_memory(tmp_path: Path) -> None:
-    # A thread flushing large values holds the GIL little; replaying them would only load
-    # the worker that also compacts (FLUSH_FROM_WAL_MAX_ENTRY_BYTES).
+async def test_large_entries_are_flushed_and_compacted_in_threads(tmp_path: Path) -> None:
+    # A thread writing large values holds the GIL little; in the worker they would only add
+    # CPU (its start-up, the replay of every byte): PROCESS_MAX_ENTRY_BYTES.
     threads = Threads()
     runner = WorkerProcess()
+    large = b"v" * (PROCESS_MAX_ENTRY_BYTES + 1)
+    model: dict[bytes, bytes] = {}
     async with trio.open_nursery() as nursery:
         store = await nursery.start(
             Store(tmp_path, options(), run_in_thread=threads.run_sync, run_in_process=runner).run
         )
-        large = b"v" * (FLUSH_FROM_WAL_MAX_ENTRY_BYTES + 1)
-        for key in keys(b"k", range(20)):
-            await store.put(key, large)
-        await store.flush()
-        assert threads.ran.count("write_tables") == 1 and not runner.running
-        assert dict(store.scan()) == dict.fromkeys(keys(b"k", range(20)), large)
+        for table in range(3):  # the third starts a compaction
+            for key in keys(b"k", range(table, 30, 1 + table)):
+                await store.put(key, large + key)
+                model[key] = large + key
+            await store.flush()
+        await wait_for(lambda: store.statistics().compaction.compactions >= 1)
+        assert threads.ran.count("write_tables") == 3 and "run_compaction" in threads.ran
+        assert not runner.running
+        assert dict(store.scan()) == model
         await store.aclose()
 
 
