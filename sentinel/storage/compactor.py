@@ -15,14 +15,14 @@ or the new version with some garbage. File writing and fsyncs run in worker thre
 the event loop stays responsive.
 
 Where the tables are written: given a worker process (``Store(run_in_process=...)``: the
-broker's and the benchmark's), off this process's GIL, which a thread would hold for ~1 us
-per entry. A compaction is a pure job of table files (``run_compaction``: numbers in, the
-compaction filter's snapshot if it has one, fsynced tables out; the output file numbers
-are allocated here, ahead). A flush of small entries (PROCESS_MAX_ENTRY_BYTES)
-writes its table from the memtable's WAL segment (``run_flush``), which holds exactly the
-memtable's records; a segment that does not
-replay to the memtable (checked: key count and seq range) is refused and the memtable is
-flushed from memory in a thread, as it is without a process. Whatever runs where, the
+broker's and the benchmark's), flushes and compactions of small entries
+(``PROCESS_MAX_ENTRY_BYTES``) write them there, off this process's GIL, which a thread
+would hold ~1 us per entry. A compaction is a pure job of table files (``run_compaction``:
+numbers in, the compaction filter's snapshot if it has one, fsynced tables out; the output
+file numbers are allocated here, ahead). A flush writes its table from the memtable's WAL
+segment (``run_flush``), which holds exactly the memtable's records; a segment that does
+not replay to the memtable (checked: key count and seq range) is refused and the memtable
+is flushed from memory in a thread, as it is without a process. Whatever runs where, the
 manifest edit, the readers and every rule below stay here.
 
 A full disk (:class:`DiskFullError` from a table write, the manifest or the directory) is
@@ -241,7 +241,6 @@ class Compactor(Actor[CompactorMessage]):
         self.needs_repair: StorageNeedsRepair | None = None
         self._l0_checked: Version | None = None  # the version _check_l0 last looked at
         self._flushes = 0
-
         self._compactions = 0
         self._trivial_moves = 0
         self._bytes_read = 0
@@ -473,7 +472,6 @@ class Compactor(Actor[CompactorMessage]):
                     bloom_bits_per_key=self._options.bloom_bits_per_key,
                 )
                 from_wal = await self._process(run_flush, job)
-
             added = (
                 from_wal
                 if from_wal is not None
