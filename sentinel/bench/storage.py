@@ -3,8 +3,7 @@
 Every LSM figure goes through the same path the broker uses: ``Store.write`` -> the
 MemtableOwner actor -> the WalWriter actor (group commit) -> reply, on a real directory
 with real fsyncs, flushes and compactions of small entries in a worker process (as a node's
-store). Writers are concurrent Trio tasks, as
-concurrent producers are.
+store). Writers are concurrent Trio tasks, as concurrent producers are.
 
 * skiplist put/get: the bare memtable structure, 100k random 16-byte keys;
 * lsm put: one 16-byte key + 100-byte value per write, at each sync mode;
