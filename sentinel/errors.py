@@ -7,9 +7,24 @@ errors for humans beyond a precise message.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SentinelError(Exception):
-    """Base class of every error Sentinel raises on purpose."""
+    """Base class of every error Sentinel raises on purpose.
+
+    Picklable whatever a subclass's ``__init__`` takes (its fields are restored as they
+    are, not passed back to ``__init__``): a compaction in a worker process reports damage
+    and a full disk across the process boundary."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_error, (type(self), self.args), self.__dict__
+
+
+def _rebuild_error(cls: type[SentinelError], args: tuple[Any, ...]) -> SentinelError:
+    error = cls.__new__(cls)
+    error.args = args
+    return error
 
 
 class InvalidArgument(SentinelError):

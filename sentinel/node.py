@@ -51,6 +51,7 @@ from sentinel.server.handlers import Handlers
 from sentinel.server.service import SentinelService
 from sentinel.storage.manifest import NUM_LEVELS
 from sentinel.storage.options import StorageOptions, SyncMode
+from sentinel.storage.processes import WorkerProcess
 from sentinel.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,9 @@ class Node:
         )
         async with trio.open_nursery() as nursery:
             try:
-                store = self.store = await nursery.start(Store(config.data_dir, storage_options).run)
+                store = self.store = await nursery.start(
+                    Store(config.data_dir, storage_options, run_in_process=WorkerProcess()).run
+                )
             except CorruptionError as exc:
                 if not peers:
                     raise  # a node on its own has nothing to repair from: the operator decides
@@ -172,7 +175,9 @@ class Node:
                 # recovering replica until the leaders have brought it up to date.
                 logger.warning("storage damaged, rejoining as a recovering replica: %s", exc)
                 damaged = attrs.evolve(storage_options, accept_data_loss=True)
-                store = self.store = await nursery.start(Store(config.data_dir, damaged).run)
+                store = self.store = await nursery.start(
+                    Store(config.data_dir, damaged, run_in_process=WorkerProcess()).run
+                )
                 await store.put(RECOVERING_KEY, b"1")
                 self.repaired_damage = str(exc)
             network = None

@@ -2,7 +2,8 @@
 
 Every LSM figure goes through the same path the broker uses: ``Store.write`` -> the
 MemtableOwner actor -> the WalWriter actor (group commit) -> reply, on a real directory
-with real fsyncs. Writers are concurrent Trio tasks, as concurrent producers are.
+with real fsyncs, flushes and compactions of small entries in a worker process (as a node's
+store). Writers are concurrent Trio tasks, as concurrent producers are.
 
 * skiplist put/get: the bare memtable structure, 100k random 16-byte keys;
 * lsm put: one 16-byte key + 100-byte value per write, at each sync mode;
@@ -30,6 +31,7 @@ from sentinel.records import build_batch
 from sentinel.storage import builds
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.options import StorageOptions, SyncMode
+from sentinel.storage.processes import WorkerProcess
 from sentinel.storage.store import Store, open_store
 
 KEY = struct.Struct(">QQ")  # 16-byte keys: (writer, counter), ordered like partition/offset
@@ -117,7 +119,7 @@ async def bench_lsm_put(sync: SyncMode, writers: int, duration: float) -> dict[s
     value = b"v" * VALUE_SIZE
     pack = KEY.pack
     with tempfile.TemporaryDirectory(prefix="sentinel-bench-") as tmp:
-        async with open_store(Path(tmp), StorageOptions(sync=sync)) as store:
+        async with open_store(Path(tmp), StorageOptions(sync=sync), run_in_process=WorkerProcess()) as store:
             writes, seconds, latencies = await _run_writers(
                 store, writers, duration, lambda wid, n: [(pack(wid, n), value)]
             )
@@ -133,7 +135,7 @@ async def bench_lsm_record_batches(sync: SyncMode, writers: int, duration: float
     batch = build_batch([(None, value, (), 0)] * RECORDS_PER_BATCH)
     pack = KEY.pack
     with tempfile.TemporaryDirectory(prefix="sentinel-bench-") as tmp:
-        async with open_store(Path(tmp), StorageOptions(sync=sync)) as store:
+        async with open_store(Path(tmp), StorageOptions(sync=sync), run_in_process=WorkerProcess()) as store:
             writes, seconds, _ = await _run_writers(
                 store, writers, duration, lambda wid, n: [(pack(wid, n * RECORDS_PER_BATCH), batch)]
             )
@@ -147,7 +149,7 @@ async def bench_lsm_write_batches(sync: SyncMode, writers: int, duration: float)
     value = b"v" * VALUE_SIZE
     pack = KEY.pack
     with tempfile.TemporaryDirectory(prefix="sentinel-bench-") as tmp:
-        async with open_store(Path(tmp), StorageOptions(sync=sync)) as store:
+        async with open_store(Path(tmp), StorageOptions(sync=sync), run_in_process=WorkerProcess()) as store:
 
             def ops(wid: int, n: int) -> list[tuple[bytes, bytes | None]]:
                 base = n * RECORDS_PER_BATCH

@@ -201,6 +201,63 @@ class ObsoleteData:
         broker = self._broker
         return broker is not None and broker.is_obsolete(key)
 
+    def snapshot(self) -> ObsoleteKeys | None:
+        """The answers of this filter now, picklable (None: nothing is obsolete yet): what a
+        compaction in the store's worker process applies (``StorageOptions.compaction_filter``)."""
+        broker = self._broker
+        return None if broker is None else broker.obsolete_keys()
+
+
+@attrs.frozen(eq=False)
+class ObsoleteKeys:
+    """The broker's compaction filter at one moment, as plain data: picklable, so a
+    compaction in a worker process applies it. Obsolete data stays obsolete (a deleted
+    topic's id is never reused, log starts and Raft first indexes only move up), so this
+    copy drops a subset of what the live filter would drop by the time it runs."""
+
+    live_ids: frozenset[int]
+    next_topic_id: int
+    log_starts: dict[tuple[int, int], int]
+    #: Raft group -> its first index (the entries below are obsolete); 0 is the controller's.
+    first_indexes: dict[int, int]
+
+    def __call__(self, key: bytes) -> bool:
+        return _is_obsolete(key, self.live_ids, self.next_topic_id, self.log_starts, self._entry_obsolete)
+
+    def _entry_obsolete(self, group: int, index: int) -> bool:
+        first = self.first_indexes.get(group)
+        return first is not None and index < first
+
+
+def _is_obsolete(
+    key: bytes,
+    live_ids: frozenset[int],
+    next_topic_id: int,
+    log_starts: Mapping[tuple[int, int], int],
+    entry_obsolete: Callable[[int, int], bool],
+) -> bool:
+    """The compaction filter's rule (the live one and its snapshots): ``entry_obsolete(group,
+    index)`` says whether a live group's Raft entry is below its first index."""
+    parsed = keys.parse_data_key(key)
+    if parsed is not None:
+        topic_id, partition, last_offset = parsed
+        if topic_id not in live_ids:
+            return topic_id < next_topic_id
+        return last_offset < log_starts.get((topic_id, partition), 0)
+    entry = lsm_storage.parse_entry_key(key)
+    if entry is not None:
+        group, index = entry
+        if group != 0:
+            topic_id = group >> 32
+            if topic_id not in live_ids:
+                return topic_id < next_topic_id
+        return entry_obsolete(group, index)
+    owner = _partition_key_topic(key)
+    if owner is not None:
+        # A deleted topic's partition state, producer table and Raft hard state.
+        return owner not in live_ids and owner < next_topic_id
+    return False
+
 
 class Broker:
     """Not an actor of its own mailbox: a supervisor task that follows the controller's
@@ -409,28 +466,23 @@ class Broker:
         """Compaction filter: data, partition state and Raft records of deleted topics,
         records below a replica's log start, Raft entries below a group's first index."""
         liveness = self._liveness  # one read: one consistent view, whatever else runs
-        parsed = keys.parse_data_key(key)
-        if parsed is not None:
-            topic_id, partition, last_offset = parsed
-            if topic_id not in liveness.live_ids:
-                return topic_id < liveness.next_topic_id
-            return last_offset < liveness.log_starts.get((topic_id, partition), 0)
-        entry = lsm_storage.parse_entry_key(key)
-        if entry is not None:
-            group, index = entry
-            if group == 0:
-                storage = self._controller_storage
-                return storage is not None and storage.is_obsolete(index)
-            topic_id = group >> 32
-            if topic_id not in liveness.live_ids:
-                return topic_id < liveness.next_topic_id
-            storage = liveness.raft.get(group)
+
+        def entry_obsolete(group: int, index: int) -> bool:
+            storage = self._controller_storage if group == 0 else liveness.raft.get(group)
             return storage is not None and storage.is_obsolete(index)
-        owner = _partition_key_topic(key)
-        if owner is not None:
-            # A deleted topic's partition state, producer table and Raft hard state.
-            return owner not in liveness.live_ids and owner < liveness.next_topic_id
-        return False
+
+        live = liveness.live_ids
+        return _is_obsolete(key, live, liveness.next_topic_id, liveness.log_starts, entry_obsolete)
+
+    def obsolete_keys(self) -> ObsoleteKeys:
+        """What :meth:`is_obsolete` answers now, as plain data (for a compaction in a worker
+        process, which cannot read the broker's state)."""
+        liveness = self._liveness
+        first_indexes = {group: storage.first_index() for group, storage in liveness.raft.items()}
+        if self._controller_storage is not None:
+            first_indexes[0] = self._controller_storage.first_index()
+        log_starts = dict(liveness.log_starts)
+        return ObsoleteKeys(liveness.live_ids, liveness.next_topic_id, log_starts, first_indexes)
 
     # -- topic admin (proposals to the controller) ---------------------------------------
 
@@ -690,4 +742,13 @@ def _validate_records(batches: Sequence[RecordBatch]) -> None:
             raise InvalidRecordBatch(f"batch {index} of the produce request: {exc}") from None
 
 
-__all__ = ["Broker", "BrokerOptions", "ObsoleteData", "RemotePartition", "Topic", "TopicConfig", "describe"]
+__all__ = [
+    "Broker",
+    "BrokerOptions",
+    "ObsoleteData",
+    "ObsoleteKeys",
+    "RemotePartition",
+    "Topic",
+    "TopicConfig",
+    "describe",
+]

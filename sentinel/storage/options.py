@@ -15,6 +15,11 @@ MIB = 1024 * 1024
 #: How the storage actors run blocking file work off the event loop: ``trio.to_thread.run_sync``
 #: in production; tests pass a wrapper that knows when no worker thread is running.
 RunInThread = Callable[..., Awaitable[Any]]
+#: How the Compactor runs its flush and compaction jobs (``compactor.run_flush`` and
+#: ``run_compaction``, picklable) off the process's GIL: a
+#: :class:`sentinel.storage.processes.WorkerProcess` (the broker's and the benchmark's);
+#: without one they run through ``RunInThread`` (tests).
+RunInProcess = Callable[..., Awaitable[Any]]
 
 
 class SyncMode(enum.StrEnum):
@@ -45,7 +50,11 @@ class StorageOptions:
     # means the entry is obsolete and is dropped (or turned into a tombstone where older
     # versions may exist deeper). How the broker deletes data of deleted topics and below
     # a partition's log start (retention) without scanning records. Must be thread-safe
-    # and fast; None keeps everything.
+    # and fast; None keeps everything. A filter with a ``snapshot()`` method (returning a
+    # picklable filter answering as it does now, or None: nothing is obsolete) can be
+    # applied by compactions in the store's worker process (``Store(run_in_process=...)``):
+    # each takes a snapshot when it starts. Sound when obsolete keys stay obsolete, as the
+    # broker's do; a filter without one keeps compactions in worker threads.
     compaction_filter: Callable[[bytes], bool] | None = None
     #: Observes each WAL fsync's duration in seconds (the metrics hook; called on the Trio thread).
     on_wal_fsync: Callable[[float], None] | None = None

@@ -54,6 +54,7 @@ from sentinel.storage.manifest import NUM_LEVELS, Version
 from sentinel.storage.memtable import Memtable
 from sentinel.storage.memtable_owner import Flush, MemtableOwner, Write
 from sentinel.storage.options import RunInThread, StorageOptions
+from sentinel.storage.processes import WorkerProcess
 from sentinel.storage.recovery import Recovered, recover, unlock_directory
 from sentinel.storage.sstable import DamagedBlock
 from sentinel.storage.view import ReadView
@@ -90,10 +91,14 @@ class Store:
         options: StorageOptions | None = None,
         *,
         run_in_thread: RunInThread | None = None,
+        run_in_process: WorkerProcess | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.options = options or StorageOptions()
         self._thread = run_in_thread or trio.to_thread.run_sync
+        # Flushes and compactions write their tables in this worker process when given (the
+        # store owns it: closed when the store stops); else in worker threads. See compactor.py.
+        self._process = run_in_process
         self._view: ReadView | None = None
         self._view_published = trio.Event()  # set (and replaced) whenever _view changes
         self._refused_up_front = 0  # writes refused by check_space (counted with the engine's)
@@ -117,6 +122,7 @@ class Store:
         try:
             recovered: Recovered = await self._thread(recover, self.directory, self.options)
         except BaseException:
+            self._close_process()
             self._closed.set()  # nothing to close: aclose must not wait for a run that never was
             raise
         self.recovery_report = recovered.report
@@ -150,6 +156,7 @@ class Store:
                     wal=wal,
                     notify=notify,
                     run_in_thread=self._thread,
+                    run_in_process=self._process,
                 )
 
                 def request_flush(memtable: Memtable) -> None:
@@ -191,7 +198,14 @@ class Store:
                     reader.close()
             recovered.manifest.close()
             unlock_directory(recovered.lock_fd)
+            self._close_process()
             self._closed.set()
+
+    def _close_process(self) -> None:
+        if self._process is not None:
+            # Idle: the Compactor has stopped, and every job it ran was answered (the wait
+            # for one is not cancellable).
+            self._process.close()
 
     async def aclose(self) -> None:
         """Graceful, ordered shutdown (see the module docstring); idempotent. On a Store
@@ -369,10 +383,15 @@ class Store:
 
 
 @asynccontextmanager
-async def open_store(directory: Path | str, options: StorageOptions | None = None) -> AsyncIterator[Store]:
+async def open_store(
+    directory: Path | str,
+    options: StorageOptions | None = None,
+    *,
+    run_in_process: WorkerProcess | None = None,
+) -> AsyncIterator[Store]:
     """Run a Store for the duration of the block, closing it gracefully at the end."""
     async with trio.open_nursery() as nursery:
-        store: Store = await nursery.start(Store(directory, options).run)
+        store: Store = await nursery.start(Store(directory, options, run_in_process=run_in_process).run)
         try:
             yield store
         finally:

@@ -5,6 +5,7 @@ does with a deleted topic's data) and restart."""
 from __future__ import annotations
 
 import json
+import pickle
 from typing import TYPE_CHECKING
 
 import attrs
@@ -13,7 +14,7 @@ import trio
 import trio.testing
 
 from sentinel.broker import keys
-from sentinel.broker.broker import Broker, Topic, TopicConfig, describe
+from sentinel.broker.broker import Broker, ObsoleteKeys, Topic, TopicConfig, describe
 from sentinel.broker.partitioner import partition_for_key
 from sentinel.broker.replica import ApplyRetention, PartitionReplica, partition_group, producers_key
 from sentinel.cluster import metadata as md
@@ -353,34 +354,46 @@ async def test_compaction_filter_decisions(node: NodeFactory, clock: trio.testin
         broker._publish_liveness(running.controller.view.image.next_topic_id)
         await broker.delete_topic("dead")
 
-        obsolete = broker.is_obsolete
-        assert not obsolete(keys.data_key(live.topic_id, 0, 0))
-        assert obsolete(keys.data_key(live.topic_id, 1, 1))  # below the log start 2
-        assert not obsolete(keys.data_key(live.topic_id, 1, 2))
-        assert obsolete(keys.data_key(dead.topic_id, 0, 12345))
-        assert not obsolete(keys.data_key(99, 0, 0))  # an id not handed out yet
-        # A deleted topic's partition state, producer table and Raft records go with its data
-        # (the broker no longer deletes them itself); a live topic's, the controller's, an
-        # id not handed out yet and the keys of a single-node data directory stay.
-        for gone in (
-            keys.state_key(dead.topic_id, 0),
-            producers_key(dead.topic_id, 0),
-            lsm_storage.entry_key(partition_group(dead.topic_id, 0), 1),
-            lsm_storage.group_prefix(partition_group(dead.topic_id, 0)) + b"h",
-        ):
-            assert obsolete(gone), gone
-        for other in (
-            keys.state_key(live.topic_id, 0),
-            producers_key(live.topic_id, 1),
-            lsm_storage.group_prefix(partition_group(live.topic_id, 1)) + b"h",
-            lsm_storage.entry_key(partition_group(live.topic_id, 1), 10**6),
-            lsm_storage.entry_key(0, 1),
-            keys.state_key(99, 0),
-            keys.topic_key("dead"),
-            keys.COUNTERS,
-            keys.offset_key("g", "dead", 0),
-        ):
-            assert not obsolete(other), other
+        # The live filter (worker threads) and its snapshot as a worker process gets it
+        # (pickled plain data) answer alike.
+        snapshot = pickle.loads(pickle.dumps(broker.obsolete_keys()))
+        for obsolete in (broker.is_obsolete, snapshot):
+            assert not obsolete(keys.data_key(live.topic_id, 0, 0))
+            assert obsolete(keys.data_key(live.topic_id, 1, 1))  # below the log start 2
+            assert not obsolete(keys.data_key(live.topic_id, 1, 2))
+            assert obsolete(keys.data_key(dead.topic_id, 0, 12345))
+            assert not obsolete(keys.data_key(99, 0, 0))  # an id not handed out yet
+            # A deleted topic's partition state, producer table and Raft records go with its data
+            # (the broker no longer deletes them itself); a live topic's, the controller's, an
+            # id not handed out yet and the keys of a single-node data directory stay.
+            for gone in (
+                keys.state_key(dead.topic_id, 0),
+                producers_key(dead.topic_id, 0),
+                lsm_storage.entry_key(partition_group(dead.topic_id, 0), 1),
+                lsm_storage.group_prefix(partition_group(dead.topic_id, 0)) + b"h",
+            ):
+                assert obsolete(gone), gone
+            for other in (
+                keys.state_key(live.topic_id, 0),
+                producers_key(live.topic_id, 1),
+                lsm_storage.group_prefix(partition_group(live.topic_id, 1)) + b"h",
+                lsm_storage.entry_key(partition_group(live.topic_id, 1), 10**6),
+                lsm_storage.entry_key(0, 1),
+                keys.state_key(99, 0),
+                keys.topic_key("dead"),
+                keys.COUNTERS,
+                keys.offset_key("g", "dead", 0),
+            ):
+                assert not obsolete(other), other
+
+
+def test_the_filter_snapshot_drops_raft_entries_below_each_groups_first_index() -> None:
+    group = partition_group(4, 0)
+    snapshot = ObsoleteKeys(frozenset({4}), 5, {}, {group: 10, 0: 3})
+    assert [snapshot(lsm_storage.entry_key(group, i)) for i in (1, 9, 10, 11)] == [True, True, False, False]
+    assert [snapshot(lsm_storage.entry_key(0, i)) for i in (2, 3)] == [True, False]  # the controller's
+    assert not snapshot(lsm_storage.entry_key(partition_group(4, 1), 1))  # a group it does not know
+    assert snapshot(lsm_storage.entry_key(partition_group(3, 0), 10**6))  # a deleted topic's
 
 
 async def test_compaction_filter_reads_one_immutable_snapshot(
