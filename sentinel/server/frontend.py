@@ -302,7 +302,7 @@ class _Protocol(H2Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # An answer's HEADERS, DATA and trailers leave in one write (sentinel/server/writes.py).
-        transport = GatheringTransport(transport)  # type: ignore[arg-type,assignment]
+        transport = GatheringTransport(transport, gather_large=False)  # type: ignore[arg-type,assignment]
         self._transport = transport  # type: ignore[assignment]
         self._handshake_timer = asyncio.get_running_loop().call_later(
             self._owner.handshake_timeout, self._handshake_timed_out
