@@ -131,3 +131,18 @@ def test_a_full_data_frame_starts_gathering_and_close_writes_the_gathered_first(
         assert raw.events == ["abort"]
 
     asyncio.run(scenario())
+
+
+def test_large_requests_of_one_step_leave_together_at_the_next() -> None:
+    async def scenario() -> None:
+        raw = RecordingTransport()
+        transport = GatheringTransport(raw)  # type: ignore[arg-type]
+        first = [headers(end_stream=False), data(bytes(GATHER_FROM), end_stream=True)]
+        second = [headers(end_stream=False), data(b"small", end_stream=True)]
+        for write in (*first, *second):
+            transport.write(write)
+        assert raw.events == []  # a large request's end does not send the step's writes
+        await asyncio.sleep(0)
+        assert raw.events == [b"".join((*first, *second))]
+
+    asyncio.run(scenario())
