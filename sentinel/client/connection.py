@@ -31,7 +31,6 @@ from sentinel.client.types import ClusterMetadata, TopicInfo, TopicPartition
 from sentinel.errors import InvalidArgument, SentinelError, Unavailable
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.server.compat import wrap_client_transport  # also checks grpclib/h2 versions
-from sentinel.server.writes import GatheringTransport
 
 T = TypeVar("T")
 
@@ -110,29 +109,115 @@ async def with_retries(
             await asyncio.sleep(retry_delay(backoff_s, attempt))
 
 
-class _LiveTransport(GatheringTransport):
-    """The transport grpclib writes to: it gathers a message's frames into one write
-    (``sentinel/server/writes.py``), and drops writes once the transport is closing.
+# The size of a write from which the writes of an event-loop step are gathered: a DATA
+# frame of HTTP/2's default 16 KiB size is one.
+GATHER_FROM: Final = 16 * 1024
+_FRAME_HEADER_BYTES: Final = 9
+_DATA: Final = 0x0
+_HEADERS: Final = 0x1
+_END_STREAM: Final = 0x1
 
-    When a broker dies, grpclib goes on writing to the lost connection (a reset for each
-    stream it ends, requests already on their way), and asyncio's transport answers every
-    write past the fifth with a WARNING "socket.send() raised exception." on stderr: a
-    user of ``sentinel produce`` saw those lines before the one error that mattered. A
-    closing transport delivers nothing new anyway (lost: asyncio drops it; closed by us:
-    the channel's streams are over), so the write is not made; the failure still reaches
-    the caller as grpclib's own "connection lost" (Unavailable)."""
 
-    __slots__ = ()
+def opens_a_message(data: bytes | bytearray | memoryview) -> bool:
+    """``data`` starts with a HEADERS frame whose stream goes on (frames of the message, or
+    its trailers, follow)."""
+    return len(data) >= _FRAME_HEADER_BYTES and data[3] == _HEADERS and not data[4] & _END_STREAM
+
+
+def ends_a_stream(data: bytes | bytearray | memoryview) -> bool:
+    """The last whole frame of ``data`` ends its stream (END_STREAM on a DATA or HEADERS
+    frame): a request's or an answer's last frame."""
+    position, end, last = 0, len(data), -1
+    while position + _FRAME_HEADER_BYTES <= end:
+        last = position
+        position += _FRAME_HEADER_BYTES + int.from_bytes(data[position : position + 3], "big")
+    return (
+        last >= 0
+        and position == end
+        and data[last + 3] in (_DATA, _HEADERS)
+        and bool(data[last + 4] & _END_STREAM)
+    )
+
+
+class _LiveTransport:
+    """The transport grpclib writes to: it gathers a request's frames into one write, and
+    drops writes once the transport is closing.
+
+    Gathering. grpclib writes each HTTP/2 frame as it makes it, each a ``send`` system call
+    of its own: a unary call's request is a HEADERS frame, then a DATA frame per 16 KiB.
+    On loopback a ``send`` runs the receiver's side of TCP in the sender's system call and
+    wakes the receiving thread: the broker woke for the HEADERS alone, went back to sleep
+    and was woken again for the DATA (``strace`` over 2,000 sequential produce calls: 2
+    sends a call from the client and ~7.7 futex calls a call in the broker; gathered, 1
+    and ~5.1). Gathering starts at a write that opens a message whose frames follow (a
+    HEADERS frame without END_STREAM) or at a large one (``GATHER_FROM`` bytes: a full
+    DATA frame); the writes made until control returns to the event loop join it, in
+    order, and leave as one write at the loop's next step (``call_soon``): what the frames
+    would have become on the wire anyway (a 1 MiB request was 64 ``send`` calls).
+    A small message leaves as soon as it is whole (a write that ends its stream, nothing
+    large gathered): a consumer's fetch, written in a task's step, must not wait for the
+    rest of the loop's step, the application's work on the records before it (consume fell
+    from ~1.5-1.9M to ~0.84-1.08M records/s). Large requests wait for the step's end: the
+    producer's 1 MiB requests of one step leave together. Any other write with nothing
+    gathered goes out at once, above all a WINDOW_UPDATE, which lets the broker go on
+    sending, and which a consumer working through a buffered answer without yielding to
+    the loop would otherwise hold back for milliseconds (consume fell from ~2.0M to ~1.25M
+    records/s when every write was gathered). ``close`` writes what is gathered first;
+    ``abort`` drops it, as asyncio's does. (The broker's transport is not wrapped: with
+    its answers gathered the same way, consume measured ~15% fewer records/s in the median
+    of interleaved runs.)
+
+    Closing. When a broker dies, grpclib goes on writing to the lost connection (a reset
+    for each stream it ends, requests already on their way), and asyncio's transport
+    answers every write past the fifth with a WARNING "socket.send() raised exception." on
+    stderr: a user of ``sentinel produce`` saw those lines before the one error that
+    mattered. A closing transport delivers nothing new anyway (lost: asyncio drops it;
+    closed by us: the channel's streams are over), so the write is not made; the failure
+    still reaches the caller as grpclib's own "connection lost" (Unavailable)."""
+
+    __slots__ = ("_gathered", "_holds_large", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._gathered: list[bytes | bytearray | memoryview] | None = None
+        # What is gathered holds a large write: it waits for the loop's next step even when a
+        # stream ends (the requests of one step leave in one write).
+        self._holds_large = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._transport.is_closing():
-            super().write(data)
+        if self._transport.is_closing():
+            return
+        gathered = self._gathered
+        large = len(data) >= GATHER_FROM
+        if gathered is not None:
+            gathered.append(data)
+            if large:
+                self._holds_large = True
+            elif not self._holds_large and ends_a_stream(data):
+                self._flush()  # a small message is whole: nothing to wait for
+        elif not (large or opens_a_message(data)) or (not large and ends_a_stream(data)):
+            self._transport.write(data)
+        else:
+            self._gathered = [data]
+            self._holds_large = large
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        if self._transport.is_closing():
-            self._gathered = None
-        else:
-            super()._flush()
+        gathered, self._gathered = self._gathered, None
+        if gathered and not self._transport.is_closing():
+            self._transport.write(gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._gathered = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
 
 
 class Connection:

@@ -82,7 +82,6 @@ from sentinel.server.compat import (
     stream_count,
 )
 from sentinel.server.status import RpcStatus, status_of
-from sentinel.server.writes import GatheringTransport
 
 if TYPE_CHECKING:
     import grpclib.protocol
@@ -301,8 +300,6 @@ class _Protocol(H2Protocol):
         self._frame_header = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # An answer's HEADERS, DATA and trailers leave in one write (sentinel/server/writes.py).
-        transport = GatheringTransport(transport, gather_large=False)  # type: ignore[arg-type,assignment]
         self._transport = transport  # type: ignore[assignment]
         self._handshake_timer = asyncio.get_running_loop().call_later(
             self._owner.handshake_timeout, self._handshake_timed_out

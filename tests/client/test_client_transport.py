@@ -8,10 +8,10 @@ import asyncio
 from typing import Any
 
 from client_fakes import FakeSentinel, run
+from hyperframe.frame import DataFrame, HeadersFrame, WindowUpdateFrame
 
 from sentinel.client import Producer
-from sentinel.client.connection import _LiveTransport
-from sentinel.server.writes import GATHER_FROM
+from sentinel.client.connection import GATHER_FROM, _LiveTransport, ends_a_stream, opens_a_message
 
 
 class RecordingTransport:
@@ -124,3 +124,89 @@ def test_a_mebibyte_request_reaches_the_broker_whole() -> None:
         assert [v for _, _, v in fake.topics["big"][0].records()] == [value, b"after"]
 
     run(scenario)
+
+
+def headers(*, end_stream: bool) -> bytes:
+    frame = HeadersFrame(1)
+    frame.data = b"\x88"  # HPACK: ":status: 200"
+    frame.flags.add("END_HEADERS")
+    if end_stream:
+        frame.flags.add("END_STREAM")
+    return bytes(frame.serialize())
+
+
+def data(payload: bytes, *, end_stream: bool = False) -> bytes:
+    frame = DataFrame(1)
+    frame.data = payload
+    if end_stream:
+        frame.flags.add("END_STREAM")
+    return bytes(frame.serialize())
+
+
+WINDOW_UPDATE = bytes(WindowUpdateFrame(0, window_increment=1024).serialize())
+
+
+def test_only_a_headers_frame_whose_stream_goes_on_opens_a_message() -> None:
+    assert opens_a_message(headers(end_stream=False))
+    assert not opens_a_message(headers(end_stream=True))  # a trailers-only answer: complete
+    assert not opens_a_message(data(b"x"))
+    assert not opens_a_message(WINDOW_UPDATE)
+    assert not opens_a_message(b"\x00\x00")  # too short to be a frame header
+
+
+def test_the_end_of_a_stream_is_the_last_frame_of_a_write_with_end_stream() -> None:
+    assert ends_a_stream(data(b"x", end_stream=True))
+    assert ends_a_stream(headers(end_stream=True))
+    assert ends_a_stream(headers(end_stream=False) + data(b"x", end_stream=True))
+    assert not ends_a_stream(data(b"x", end_stream=True) + headers(end_stream=False))
+    assert not ends_a_stream(data(b"x"))
+    assert not ends_a_stream(data(b"x", end_stream=True)[:-1])  # its last frame is not whole
+
+
+def test_a_message_opened_by_headers_leaves_whole_at_its_end() -> None:
+    async def scenario() -> None:
+        raw = RecordingTransport()
+        transport = live(raw)
+        opening, body, trailers = headers(end_stream=False), data(b"answer"), headers(end_stream=True)
+        transport.write(opening)
+        transport.write(body)
+        assert raw.events == []
+        transport.write(trailers)  # the stream ends: out at once, not at the loop's next step
+        assert raw.events == [opening + body + trailers]
+        await asyncio.sleep(0)
+        assert raw.events == [opening + body + trailers]
+        transport.write(WINDOW_UPDATE)  # nothing gathered, opens nothing: at once
+        whole = headers(end_stream=False) + data(b"request", end_stream=True)
+        transport.write(whole)  # opens and ends a stream: at once
+        assert raw.events[1:] == [WINDOW_UPDATE, whole]
+
+    asyncio.run(scenario())
+
+
+def test_an_unfinished_message_leaves_at_the_next_step_of_the_loop() -> None:
+    async def scenario() -> None:
+        raw = RecordingTransport()
+        transport = live(raw)
+        opening, body = headers(end_stream=False), data(b"first of a stream of answers")
+        transport.write(opening)
+        transport.write(body)
+        assert raw.events == []
+        await asyncio.sleep(0)
+        assert raw.events == [opening + body]
+
+    asyncio.run(scenario())
+
+
+def test_large_requests_of_one_step_leave_together_at_the_next() -> None:
+    async def scenario() -> None:
+        raw = RecordingTransport()
+        transport = live(raw)
+        first = [headers(end_stream=False), data(bytes(GATHER_FROM), end_stream=True)]
+        second = [headers(end_stream=False), data(b"small", end_stream=True)]
+        for write in (*first, *second):
+            transport.write(write)
+        assert raw.events == []  # a large request's end does not send the step's writes
+        await asyncio.sleep(0)
+        assert raw.events == [b"".join((*first, *second))]
+
+    asyncio.run(scenario())

@@ -38,7 +38,6 @@ from sentinel.generated.sentinel import v1 as pb
 from sentinel.server.bridge import AsyncioThread, TrioPortal
 from sentinel.server.frontend import SHUTTING_DOWN_MESSAGE, GrpcFrontEnd
 from sentinel.server.status import INTERNAL_ERROR_MESSAGE
-from sentinel.server.writes import GatheringTransport
 
 SAFETY = 10  # seconds: only reached when something is broken
 HOST = "127.0.0.1"
@@ -308,46 +307,6 @@ async def test_port_zero_binds_a_real_port_and_unary_calls_round_trip(harness: H
     assert [t.name for t in topics.topics] == TOPICS
     assert produced == pb.ProduceResponse(topic="orders", partition=3, base_offset=300)
     assert [r.record_batches for r in harness.backend.produced] == [b"\x01" * 300]
-
-
-def frame_kinds(data: bytes) -> list[tuple[int, int]]:
-    """(type, flags) of each HTTP/2 frame in ``data``."""
-    kinds, position = [], 0
-    while position < len(data):
-        length = int.from_bytes(data[position : position + 3], "big")
-        kinds.append((data[position + 3], data[position + 4]))
-        position += 9 + length
-    assert position == len(data)
-    return kinds
-
-
-async def test_a_unary_answer_leaves_in_one_write(harness: Harness) -> None:
-    # HEADERS, DATA and the trailers, each written by grpclib as it makes it, go out in
-    # one send: the client is woken once for the answer, not three times.
-    channel = await harness.open_channel()
-    writes: list[bytes] = []
-
-    async def record_writes() -> None:
-        (protocol,) = harness.front_end._server._connections  # type: ignore[union-attr]
-        gathering = protocol._transport
-        assert isinstance(gathering, GatheringTransport)
-        real = gathering._transport
-
-        class Recording:
-            def write(self, data: bytes) -> None:
-                writes.append(bytes(data))
-                real.write(data)
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
-
-        gathering._transport = Recording()  # type: ignore[assignment]
-
-    await harness.front_end.bridge.run_asyncio(record_writes)
-    topics = await harness.call("list_topics", pb.ListTopicsRequest(), channel=channel)
-    assert [t.name for t in topics.topics] == TOPICS
-    assert [[kind for kind, _ in frame_kinds(w)] for w in writes] == [[0x1, 0x0, 0x1]]  # HEADERS DATA HEADERS
-    assert frame_kinds(writes[0])[-1][1] & 0x1  # the trailers end the stream
 
 
 @pytest.mark.parametrize("topic", list(ERRORS))
