@@ -196,12 +196,12 @@ class _LiveTransport:
                 self._holds_large = True
             elif not self._holds_large and ends_a_stream(data):
                 self._flush()  # a small message is whole: nothing to wait for
-        elif not (large or opens_a_message(data)) or (not large and ends_a_stream(data)):
-            self._transport.write(data)
-        else:
+        elif large or (opens_a_message(data) and not ends_a_stream(data)):
             self._gathered = [data]
             self._holds_large = large
             self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
 
     def _flush(self) -> None:
         gathered, self._gathered = self._gathered, None
