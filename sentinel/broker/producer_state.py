@@ -102,12 +102,12 @@ def check_request(table: ProducerStateTable, batches: Sequence[BatchHeader]) -> 
     producer than the partition remembers are refused (InvalidArgument): a retry of the
     request could not be recognised."""
     if len(batches) > RETAINED_BATCHES:
-        counts = Counter(batch.producer_id for batch in batches)
-        counts.pop(NO_PRODUCER_ID, None)
-        if counts and max(counts.values()) > RETAINED_BATCHES:
+        counts = Counter(b.producer_id for b in batches if b.producer_id != NO_PRODUCER_ID)
+        most = max(counts.values(), default=0)
+        if most > RETAINED_BATCHES:
             raise InvalidArgument(
-                f"a request carries {max(counts.values())} batches of one producer id for one "
-                f"partition; at most {RETAINED_BATCHES} (the batches a partition remembers)"
+                f"a request carries {most} batches of one producer id for one partition; "
+                f"at most {RETAINED_BATCHES} (the batches a partition remembers)"
             )
     originals: list[BatchMetadata] = []
     fresh = 0
