@@ -42,7 +42,7 @@ from sentinel.cli.output import (
 )
 from sentinel.client import Producer
 from sentinel.client.delivery import RecordFuture
-from sentinel.client.producer import DEFAULT_MAX_REQUEST_BYTES
+from sentinel.client.producer import DEFAULT_LINGER_MS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REQUEST_TIMEOUT_MS
 from sentinel.errors import SentinelError
 
 _ACKS: Final[dict[str, str | int]] = {
@@ -57,6 +57,12 @@ _READ_CHUNK: Final = 64 * 1024
 _READ_AHEAD_CHUNKS: Final = 16
 # The smallest --max-request-bytes worth allowing: a request's framing plus small records.
 _MIN_REQUEST_BYTES: Final = 4096
+# How long a record may take to be acknowledged, retries included: long enough to ride out
+# a leader failover (an election takes 1-2 s), short enough that a command against a broker
+# gone for good ends with its error in seconds (the library's default is Kafka's 2 minutes;
+# Kafka's console producer also gives up sooner than its library).
+DEFAULT_DELIVERY_TIMEOUT_MS: Final = 15_000
+_MIN_DELIVERY_TIMEOUT_MS: Final = 100
 # While sending --message N times, give the event loop a turn this often (acks get printed,
 # Ctrl-C is noticed) even when the producer's buffer never fills.
 _YIELD_EVERY: Final = 256
@@ -254,6 +260,7 @@ async def _produce(
     acks: str | int,
     idempotence: bool | None,
     max_request_bytes: int,
+    delivery_timeout_ms: int,
     run: _Run,
 ) -> None:
     await preflight(broker)
@@ -263,6 +270,9 @@ async def _produce(
         client_id=CLIENT_ID,
         max_request_bytes=max_request_bytes,
         enable_idempotence=idempotence,
+        delivery_timeout_ms=delivery_timeout_ms,
+        # One attempt fits in the delivery timeout (Kafka's rule), linger included.
+        request_timeout_ms=min(DEFAULT_REQUEST_TIMEOUT_MS, delivery_timeout_ms - DEFAULT_LINGER_MS),
     ) as producer:
         with on_interrupt(run.interrupt):
 
@@ -351,6 +361,12 @@ def produce(
         help="Largest produce request in bytes, which bounds the largest record. The default is "
         "the broker's default --max-message-bytes (16 MiB); a broker set lower refuses more.",
     ),
+    delivery_timeout_ms: int = typer.Option(
+        DEFAULT_DELIVERY_TIMEOUT_MS,
+        "--delivery-timeout-ms",
+        help="How long a record may take to be acknowledged, retries included (a leader failover "
+        "costs 1-2 s); after it the command ends with the last error.",
+    ),
     output_format: OutputFormat = format_option(
         "text: a summary at the end (records and offsets per partition). json: one object per acknowledged "
         "record, as it is acknowledged: topic, partition, offset (null with --acks 0), timestamp, key, value "
@@ -370,6 +386,8 @@ def produce(
         usage_error(f"--count must be >= 0, got {count}")
     if max_request_bytes < _MIN_REQUEST_BYTES:
         usage_error(f"--max-request-bytes must be >= {_MIN_REQUEST_BYTES}, got {max_request_bytes}")
+    if delivery_timeout_ms < _MIN_DELIVERY_TIMEOUT_MS:
+        usage_error(f"--delivery-timeout-ms must be >= {_MIN_DELIVERY_TIMEOUT_MS}, got {delivery_timeout_ms}")
     headers: list[tuple[str, bytes]] = []
     for item in header:
         name, sep, value = item.partition("=")
@@ -398,6 +416,7 @@ def produce(
                 acks=acks_value,
                 idempotence=idempotence,
                 max_request_bytes=max_request_bytes,
+                delivery_timeout_ms=delivery_timeout_ms,
                 run=run,
             )
         )

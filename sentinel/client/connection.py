@@ -81,6 +81,9 @@ def retry_delay(backoff_s: float, attempt: int) -> float:
 # leader, and finding the next one takes an election (1-2 s) plus the brokers' metadata
 # catching up. (Kafka's clients wait for a coordinator up to default.api.timeout.ms.)
 COORDINATOR_WAIT_S: Final = 15.0
+# A consumer's request to a partition's leader (ListOffsets: a seek to the end, a position
+# reset) keeps trying this long, for the same reason: the leader may be in an election.
+LEADER_WAIT_S: Final = 15.0
 
 
 async def with_retries(
@@ -312,6 +315,10 @@ class Cluster:
             self._coordinator = None
             self._current = (self._current + 1) % len(self._bootstrap)
             raise
+
+    def leader_id(self, tp: TopicPartition) -> int:
+        """The node the metadata last named as ``tp``'s leader; NO_LEADER when none."""
+        return self._leaders.get(tp, NO_LEADER)
 
     def leader(self, tp: TopicPartition) -> Connection:
         """The connection to send data requests for ``tp`` to."""

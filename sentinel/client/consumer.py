@@ -50,7 +50,7 @@ from typing import Any, Final, Self
 from grpclib.const import Cardinality
 
 from sentinel.client import fetching
-from sentinel.client.connection import COORDINATOR_WAIT_S, Cluster, with_retries
+from sentinel.client.connection import COORDINATOR_WAIT_S, LEADER_WAIT_S, Cluster, with_retries
 from sentinel.client.errors import is_retriable
 from sentinel.client.fetching import (
     Fetch,
@@ -429,7 +429,11 @@ class Consumer:
                 return await conn.stub.list_offsets(request, timeout=self._request_timeout_s)
 
         return await with_retries(
-            call, retries=self._retries, backoff_s=self._backoff_s, on_retry=self._refresh_on_retry(tp.topic)
+            call,
+            retries=self._retries,
+            backoff_s=self._backoff_s,
+            on_retry=self._refresh_on_retry(tp.topic),
+            at_least_s=LEADER_WAIT_S,
         )
 
     def _refresh_on_retry(self, topic: str) -> Callable[[SentinelError], Awaitable[None]]:

@@ -45,9 +45,14 @@ How it works:
   queues it as one unit with one future: the records go to one partition, are appended
   atomically (all or none) and cost no per-record Python work after encoding — the way
   to produce at the broker's full rate from one Python process.
-- **Delivery.** Retriable failures (UNAVAILABLE, which includes a busy broker, or a
-  timeout) are retried ``retries`` times with exponential backoff. A failed record's future
-  carries the typed error.
+- **Delivery.** Retriable failures (UNAVAILABLE, which includes a busy broker, a leader
+  that moved or died, or a timeout) are retried with exponential backoff until the record's
+  ``delivery_timeout_ms`` (Kafka's ``delivery.timeout.ms``, 2 minutes by default) has passed
+  since ``send`` took it, or ``retries`` times if that comes first (by default it does not,
+  as in Kafka): a leader failover (an election takes 1-2 s) costs a wait, never a record.
+  After an UNAVAILABLE the producer asks the cluster where the leader is now and, when it
+  moved, sends there at once. A failed record's future carries the typed error of the
+  last attempt.
 - **Idempotence** (``enable_idempotence``, on by default with ``acks="all"``, as Kafka's
   producer since 3.0): exactly once per partition, across retries. Before its first request
   the producer asks for a producer id (InitProducerId, once); each batch carries it with a
@@ -94,7 +99,7 @@ from sentinel.client.accumulator import (
     WholeBatch,
     estimate_size,
 )
-from sentinel.client.connection import Cluster, retry_delay, with_retries
+from sentinel.client.connection import COORDINATOR_WAIT_S, NO_LEADER, Cluster, retry_delay, with_retries
 from sentinel.client.convert import WireProduceRequest
 from sentinel.client.delivery import Completion, RecordFuture, WholeBatchDelivery
 from sentinel.client.errors import error_from_status, is_retriable
@@ -138,7 +143,9 @@ REQUEST_FRAMING_BYTES: Final = 1024
 # fewer records/s than 1 MiB ones). A record larger than this still goes, alone.
 REQUEST_FILL_BYTES: Final = 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_MS: Final = 30_000
-DEFAULT_RETRIES: Final = 5
+# Kafka's defaults: retries are bounded by the delivery timeout, not counted.
+DEFAULT_RETRIES: Final = 2**31 - 1
+DEFAULT_DELIVERY_TIMEOUT_MS: Final = 120_000
 DEFAULT_RETRY_BACKOFF_MS: Final = 100
 _time_ns = time.time_ns
 # FetchMetadata / CreateTopic while resolving a topic: retried this often before giving up.
@@ -170,13 +177,14 @@ class _Payload:
     """What a request carries besides its place in the sequence: its records and futures,
     its encoded batches (kept: a retry sends the same bytes) and, once decided, its answer."""
 
-    __slots__ = ("drained", "encoded", "message", "outcome")
+    __slots__ = ("drained", "encoded", "message", "outcome", "sent_to")
 
     def __init__(self, drained: Drained[Completion]) -> None:
         self.drained = drained
         self.encoded: list[bytes] = []
         self.message: pb.ProduceRequest | None = None
         self.outcome: pb.ProduceResponse | SentinelError | None = None
+        self.sent_to = NO_LEADER  # the node the last attempt went to, as the metadata named it
 
 
 class _PartitionSender:
@@ -222,6 +230,7 @@ class Producer:
         request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS,
         retries: int = DEFAULT_RETRIES,
         retry_backoff_ms: float = DEFAULT_RETRY_BACKOFF_MS,
+        delivery_timeout_ms: float = DEFAULT_DELIVERY_TIMEOUT_MS,
         client_id: str = "sentinel-producer",
         enable_idempotence: bool | None = None,
     ) -> None:
@@ -251,8 +260,18 @@ class Producer:
                 f"max_request_bytes must be an int > {framing} (framing), got {max_request_bytes!r}"
             )
         _check_positive("request_timeout_ms", request_timeout_ms)
-        if linger_ms < 0 or retries < 0 or retry_backoff_ms < 0:
-            raise InvalidArgument("linger_ms, retries and retry_backoff_ms must be >= 0")
+        if type(retries) is not int or retries < 0:
+            raise InvalidArgument(f"retries must be an int >= 0, got {retries!r}")
+        for name, value in (("linger_ms", linger_ms), ("retry_backoff_ms", retry_backoff_ms)):
+            if not isinstance(value, int | float) or not value >= 0:
+                raise InvalidArgument(f"{name} must be a number >= 0, got {value!r}")
+        # Kafka's rule: a record may wait its linger and one whole attempt.
+        _check_positive("delivery_timeout_ms", delivery_timeout_ms)
+        if not delivery_timeout_ms >= linger_ms + request_timeout_ms:
+            raise InvalidArgument(
+                f"delivery_timeout_ms must be >= linger_ms + request_timeout_ms "
+                f"({linger_ms} + {request_timeout_ms}), got {delivery_timeout_ms!r}"
+            )
         self._bootstrap = bootstrap
         self._compression = codec
         self._linger_s = linger_ms / 1000
@@ -260,6 +279,7 @@ class Producer:
         self._request_timeout_s = request_timeout_ms / 1000
         self._retries = retries
         self._backoff_s = retry_backoff_ms / 1000
+        self._delivery_timeout_s = delivery_timeout_ms / 1000
         self.client_id = client_id
         self.max_request_bytes = max_request_bytes
         # The accumulator packs record batches: what a request holds beside them is set aside.
@@ -642,7 +662,13 @@ class Producer:
             cluster = self._cluster
             assert cluster is not None
             task = asyncio.ensure_future(
-                with_retries(cluster.init_producer_id, retries=self._retries, backoff_s=self._backoff_s)
+                with_retries(
+                    cluster.init_producer_id,
+                    retries=min(self._retries, METADATA_RETRIES),
+                    backoff_s=self._backoff_s,
+                    # The controller answers it: through an election, as group requests do.
+                    at_least_s=min(COORDINATOR_WAIT_S, self._delivery_timeout_s),
+                )
             )
             task.add_done_callback(self._identity_known)
             self._identity_task = task
@@ -725,9 +751,13 @@ class Producer:
                             assert drained is not None
                             self._fail_unsent(sender, drained, error)
                             continue
+                    # Its oldest record, the queue's first, arrived at first_at.
+                    deadline = queue.first_at + self._delivery_timeout_s
                     drained = acc.drain(sender.tp, sequencer.room(), full_only=full_only)
                     assert drained is not None
-                    request = sequencer.form(drained.batch_record_counts(), _Payload(drained))
+                    request = sequencer.form(
+                        drained.batch_record_counts(), _Payload(drained), deadline=deadline
+                    )
                     sender.unsettled.append(request)
                     self._encode(sender.tp, request)
                     requests.create_task(self._send(sender, request))
@@ -748,12 +778,13 @@ class Producer:
         assert cluster is not None
         payload = request.payload
         assert payload.message is not None
+        payload.sent_to = cluster.leader_id(sender.tp)
         conn = cluster.leader(sender.tp)
         try:
             with conn.errors:
                 response = await conn.stub.produce(payload.message, timeout=self._request_timeout_s)
         except SentinelError as exc:
-            if not sender.sequencer.failed(request, exc):
+            if not sender.sequencer.failed(request, exc, now=time.monotonic()):
                 if isinstance(exc, NotFound):
                     cluster.forget(sender.tp.topic)
                 payload.outcome = exc
@@ -772,10 +803,20 @@ class Producer:
         sequencer = sender.sequencer
         error = request.error
         if error is not None and is_retriable(error):
-            if isinstance(error, Unavailable):  # maybe a new leader: ask where
-                assert self._cluster is not None
-                await self._cluster.refresh_quietly([sender.tp.topic])
-            await asyncio.sleep(retry_delay(self._backoff_s, request.attempts))
+            delay = retry_delay(self._backoff_s, request.attempts)
+            if isinstance(error, Unavailable):
+                # Maybe a new leader: ask where. One that moved is tried at once; else wait,
+                # and ask again, so the attempt goes where the cluster says after the wait
+                # (an election ends at any moment of it).
+                cluster = self._cluster
+                assert cluster is not None
+                topic = [sender.tp.topic]
+                await cluster.refresh_quietly(topic)
+                if cluster.leader_id(sender.tp) in (NO_LEADER, request.payload.sent_to):
+                    await asyncio.sleep(delay)
+                    await cluster.refresh_quietly(topic)
+            else:
+                await asyncio.sleep(delay)
         if sequencer.needs_binding():
             bind_error = await self._bind(sender)
             if bind_error is not None:

@@ -31,14 +31,15 @@ already has with the original offsets, and refuses a gap or a step back with
   was unanswered is explained by that one (it failed, or reached the partition second): the
   request waits its turn, it is not an error. The same answer to a request sent with nothing
   before it unanswered proves the request was not appended (nor anything after it).
-* **A broken binding.** A request that fails for good (retries exhausted, a non-retriable
-  error, ``ProducerFenced``, or ``OutOfOrderSequence`` nothing explains) leaves a hole in
-  its binding's sequence. New requests wait for a new binding (a new producer id, from 0)
-  until every request of the old one is settled; requests after the hole that the broker
-  proved unappended move to the new binding with new numbers (safe: never appended). An
-  ``OutOfOrderSequence`` that nothing explains fails its request (the broker lacks a batch
-  it acknowledged, or the client has a bug: worth an error); after a broken binding it is
-  the expected proof, and the request moves on.
+* **A broken binding.** A request that fails for good (retries exhausted or its delivery
+  deadline passed, a non-retriable error, ``ProducerFenced``, or ``OutOfOrderSequence``
+  nothing explains) leaves a hole in its binding's sequence. New requests wait for a new
+  binding (a new producer id, from 0) until every request of the old one is settled;
+  requests after the hole that the broker proved unappended move to the new binding with
+  new numbers (safe: never appended). An ``OutOfOrderSequence`` that nothing explains
+  fails its request (the broker lacks a batch it acknowledged, or the client has a bug:
+  worth an error); after a broken binding it is the expected proof, and the request moves
+  on.
 
 Invariants:
 - ``in_flight`` and ``waiting`` are disjoint; ``waiting`` is sorted by formation order.
@@ -49,6 +50,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import struct
 import sys
 from collections.abc import Sequence
@@ -118,6 +120,9 @@ class Request(Generic[P]):
     binding: Binding | None = None  # None: not idempotent
     base_sequences: tuple[int, ...] = ()  # one per batch, with a binding
     attempts: int = 0  # retriable failures so far
+    #: After this time (the producer's clock) a retriable failure fails the request for good:
+    #: its oldest record's delivery timeout has passed.
+    deadline: float = math.inf
     #: Sent while an earlier request was unanswered: an OutOfOrderSequence answer is
     #: explained by that one.
     behind: bool = False
@@ -167,12 +172,14 @@ class PartitionSequencer(Generic[P]):
         assert self.needs_binding()
         self.binding = Binding(producer_id, producer_epoch, FIRST_SEQUENCE)
 
-    def form(self, batch_counts: Sequence[int], payload: P) -> Request[P]:
+    def form(self, batch_counts: Sequence[int], payload: P, *, deadline: float = math.inf) -> Request[P]:
         """A new request of ``batch_counts`` records per batch, sent at once: its batches
-        take the next sequence numbers."""
+        take the next sequence numbers. A retriable failure after ``deadline`` is final."""
         if not 0 < len(batch_counts) <= self.room():
             raise AssertionError(f"{len(batch_counts)} batches formed with room for {self.room()}")
-        request = Request(self._next_order, tuple(batch_counts), payload, behind=bool(self.in_flight))
+        request = Request(
+            self._next_order, tuple(batch_counts), payload, deadline=deadline, behind=bool(self.in_flight)
+        )
         self._next_order += 1
         self._number(request)
         self.in_flight.append(request)
@@ -207,9 +214,11 @@ class PartitionSequencer(Generic[P]):
         if request.binding is not None:
             request.binding.acknowledged = True
 
-    def failed(self, request: Request[P], error: SentinelError) -> bool:
-        """The request failed with ``error``: True if it will be sent again (it waits its
-        turn), False if it failed for good (fail its records with ``error``)."""
+    def failed(self, request: Request[P], error: SentinelError, *, now: float = -math.inf) -> bool:
+        """The request failed with ``error`` at time ``now``: True if it will be sent again
+        (it waits its turn), False if it failed for good (fail its records with ``error``):
+        a retriable error is retried ``retries`` times, and not once the request's
+        ``deadline`` has passed."""
         self.in_flight.remove(request)
         request.error = error
         binding = request.binding
@@ -226,7 +235,7 @@ class PartitionSequencer(Generic[P]):
                 self._wait(request)
                 return True
             return False
-        if is_retriable(error) and request.attempts < self.retries:
+        if is_retriable(error) and request.attempts < self.retries and now < request.deadline:
             request.attempts += 1
             self._wait(request)
             return True

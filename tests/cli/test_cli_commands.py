@@ -225,6 +225,24 @@ def test_produce_failure_is_one_error_line(fake: ThreadedFake) -> None:
     assert fake.call(lambda f: f.topics["events"][0].records()) == []
 
 
+def test_produce_rides_out_an_outage_and_gives_up_at_its_delivery_timeout(fake: ThreadedFake) -> None:
+    fake.call(lambda f: f.create("events", 1))
+    # Seven refusals in a row, as during a leader failover: more than five retries.
+    fake.call(lambda f: f.fail_next("produce", Status.UNAVAILABLE, "no leader yet", times=7))
+    result = invoke("produce", "-b", fake.address, "-t", "events", "-m", "x")
+    assert result.exit_code == 0, result.output
+    assert fake.call(lambda f: f.topics["events"][0].records()) == [(0, None, b"x")]
+    fake.call(lambda f: f.fail_next("produce", Status.UNAVAILABLE, "no leader yet", times=1_000_000))
+    result = invoke("produce", "-b", fake.address, "-t", "events", "-m", "y", "--delivery-timeout-ms", "600")
+    assert result.exit_code == 1
+    assert error_line(result) == "error: no leader yet"
+    fake.call(lambda f: f.failures["produce"].clear())
+    result = invoke("produce", "-b", fake.address, "-t", "events", "-m", "z", "--delivery-timeout-ms", "99")
+    assert result.exit_code == 2
+    assert error_line(result) == "error: --delivery-timeout-ms must be >= 100, got 99"
+    assert fake.call(lambda f: f.topics["events"][0].records()) == [(0, None, b"x")]
+
+
 def test_produce_size_limit_is_the_brokers_and_checked_before_the_topic_is_created(
     fake: ThreadedFake,
 ) -> None:

@@ -126,6 +126,10 @@ class FakeSentinel(pb.SentinelBase):
         # Partitions the fake, as a group coordinator, holds no replica of: it describes their
         # lag as unknown (-1), as a cluster's coordinator does.
         self.unhosted: set[tuple[str, int]] = set()
+        # What the metadata names as every partition's leader, and the brokers it lists
+        # besides this one (a test of leader moves points both at another fake).
+        self.leader_node = NODE_ID
+        self.other_brokers: list[pb.BrokerInfo] = []
         self.address = ""
         self._called = asyncio.Event()  # set (and replaced) on every RPC
         self._round_robin = RoundRobinPartitioner()
@@ -198,7 +202,7 @@ class FakeSentinel(pb.SentinelBase):
         return [
             pb.PartitionMetadata(
                 partition=i,
-                leader=NODE_ID,
+                leader=self.leader_node,
                 replicas=[NODE_ID],
                 in_sync_replicas=[NODE_ID],
                 log_start_offset=p.log_start,
@@ -336,7 +340,7 @@ class FakeSentinel(pb.SentinelBase):
         host, port = self.address.rsplit(":", 1)
         names = message.topics or sorted(self.topics)
         return pb.MetadataResponse(
-            brokers=[pb.BrokerInfo(node_id=NODE_ID, host=host, port=int(port))],
+            brokers=[pb.BrokerInfo(node_id=NODE_ID, host=host, port=int(port)), *self.other_brokers],
             topics=[
                 pb.TopicMetadata(name=n, partitions=self._metadata(n), replication_factor=1)
                 if n in self.topics

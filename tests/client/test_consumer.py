@@ -288,6 +288,22 @@ def test_retriable_fetch_error_is_retried() -> None:
     run(scenario)
 
 
+def test_list_offsets_waits_out_a_leader_election_whatever_retries_say() -> None:
+    # A seek to the end asks the partition's leader; during a failover none answers for
+    # 1-2 s: more refusals than five retries of 1 ms cover.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("events", 1)
+        await produce(fake, "events", [b"x", b"y"])
+        fake.fail_next("list_offsets", Status.UNAVAILABLE, "no leader yet", times=12)
+        async with Consumer(fake.address, retries=5, retry_backoff_ms=1) as consumer:
+            consumer.assign([TP])
+            await consumer.seek_to_end()
+            assert await consumer.position(TP) == 2
+        assert fake.calls["list_offsets"] == 13
+
+    run(scenario)
+
+
 def test_seek_to_beginning_end_and_offsets_for_times() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("events", 1)

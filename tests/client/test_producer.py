@@ -7,13 +7,15 @@ import asyncio
 import random
 
 import pytest
-from client_fakes import FakeSentinel, run
+from client_fakes import FakeSentinel, fake_broker, run
 from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from sentinel.broker.partitioner import partition_for_key
 from sentinel.client import Consumer, Producer, RecordMetadata, TopicPartition
 from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from sentinel.records import Compression, iter_batches
+from sentinel.generated.sentinel import v1 as pb
+from sentinel.records import Compression, RecordBatch, iter_batches
 
 # Each test runs once per build of sentinel.client.appending (see conftest.py).
 pytestmark = pytest.mark.usefixtures("appending_build")
@@ -154,6 +156,70 @@ def test_retries_exhausted_fail_the_future_with_the_typed_error() -> None:
             assert fake.calls["produce"] == 3
             # The partition keeps working after a failed request.
             assert (await producer.send_and_wait("r", b"y")).offset == 0
+
+    run(scenario)
+
+
+def test_the_defaults_ride_out_an_outage_longer_than_five_retries() -> None:
+    # A leader failover answers UNAVAILABLE for 1-2 s: more attempts than the five retries
+    # the producer used to default to (all of them a record lost). Kafka's defaults bound
+    # retries by the delivery timeout instead.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("r", 1)
+        fake.fail_next("produce", Status.UNAVAILABLE, "no leader yet", times=12)
+        async with Producer(fake.address, retry_backoff_ms=1) as producer:
+            md = await producer.send_and_wait("r", b"once")
+        assert md.offset == 0
+        assert fake.calls["produce"] == 13
+        assert fake.topics["r"][0].records() == [(0, None, b"once")]
+
+    run(scenario)
+
+
+def test_retries_stop_when_the_delivery_timeout_has_passed() -> None:
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("r", 1)
+        fake.fail_next("produce", Status.UNAVAILABLE, "no leader yet", times=1_000_000)
+        async with Producer(
+            fake.address,
+            linger_ms=0,
+            request_timeout_ms=100,
+            delivery_timeout_ms=400,
+            retries=1_000_000,
+            retry_backoff_ms=20,
+        ) as producer:
+            with pytest.raises(Unavailable, match="no leader yet"):
+                await producer.send_and_wait("r", b"x")
+            attempts = fake.calls["produce"]
+            assert attempts >= 2
+            # The partition keeps working: the next record is a new request with its own clock.
+            fake.failures["produce"].clear()
+            assert (await producer.send_and_wait("r", b"y")).offset == 0
+        assert fake.topics["r"][0].records() == [(0, None, b"y")]
+
+    run(scenario)
+
+
+def test_a_retry_goes_at_once_to_a_leader_that_moved() -> None:
+    # The backoff is a minute: the retry must not wait for it when the metadata, asked after
+    # the UNAVAILABLE, names another leader (the scenario times out after 10 s).
+    async def scenario(old: FakeSentinel) -> None:
+        async with fake_broker() as new:
+            for fake in (old, new):
+                fake.create("r", 1)
+            host, port = new.address.rsplit(":", 1)
+            old.other_brokers = [pb.BrokerInfo(node_id=2, host=host, port=int(port))]
+
+            def moved(request: pb.ProduceRequest, batches: list[RecordBatch]) -> None:
+                old.leader_node = 2  # the election ended as the old leader answered
+                raise GRPCError(Status.UNAVAILABLE, "not the leader")
+
+            old.before_append = moved
+            async with Producer(old.address, retry_backoff_ms=60_000) as producer:
+                md = await producer.send_and_wait("r", b"moved")
+            assert md.offset == 0
+            assert (old.calls["produce"], new.calls["produce"]) == (1, 1)
+            assert new.topics["r"][0].records() == [(0, None, b"moved")]
 
     run(scenario)
 
@@ -374,6 +440,19 @@ def test_bad_options_are_rejected() -> None:
         Producer("h:1", compression="brotli")
     with pytest.raises(InvalidArgument, match="batch_size must be > 0"):
         Producer("h:1", batch_size=0)
+    with pytest.raises(InvalidArgument, match="retries must be an int >= 0, got '3'"):
+        Producer("h:1", retries="3")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="linger_ms must be a number >= 0, got nan"):
+        Producer("h:1", linger_ms=float("nan"))
+    with pytest.raises(InvalidArgument, match="delivery_timeout_ms must be > 0, got 'soon'"):
+        Producer("h:1", delivery_timeout_ms="soon")  # type: ignore[arg-type]
+    # Kafka's rule: room for the linger and one whole attempt.
+    with pytest.raises(
+        InvalidArgument,
+        match=r"delivery_timeout_ms must be >= linger_ms \+ request_timeout_ms \(5 \+ 30000\), got 30000",
+    ):
+        Producer("h:1", linger_ms=5, request_timeout_ms=30_000, delivery_timeout_ms=30_000)
+    Producer("h:1", linger_ms=5, request_timeout_ms=30_000, delivery_timeout_ms=30_005)
 
 
 def test_records_in_flight_when_the_producer_is_torn_down_fail_instead_of_hanging() -> None:

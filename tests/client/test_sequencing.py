@@ -162,6 +162,27 @@ def test_retries_are_bounded_and_exhausting_them_breaks_the_binding() -> None:
     assert sequencer.needs_binding()
 
 
+def test_a_retriable_failure_after_the_delivery_deadline_is_final_whatever_retries_are_left() -> None:
+    sequencer = acknowledged(retries=1_000)
+    request = sequencer.form([2], "x", deadline=100.0)
+    assert sequencer.failed(request, Unavailable("no leader"), now=60.0) is True  # before it: again
+    sequencer.resend(request)
+    assert sequencer.failed(request, Unavailable("no leader"), now=99.999) is True
+    sequencer.resend(request)
+    assert sequencer.failed(request, Unavailable("no leader"), now=100.0) is False  # at it: for good
+    assert request.attempts == 2
+    assert sequencer.needs_binding()  # the hole breaks the binding, as exhausted retries do
+
+
+def test_a_request_formed_without_a_deadline_is_bounded_by_retries_alone() -> None:
+    sequencer = acknowledged(retries=2)
+    request = sequencer.form([1], "x")
+    for _ in range(2):
+        assert sequencer.failed(request, Unavailable("busy"), now=1e12) is True
+        sequencer.resend(request)
+    assert sequencer.failed(request, Unavailable("busy"), now=1e12) is False
+
+
 def test_a_request_out_of_order_only_because_it_overtook_an_earlier_one_goes_again() -> None:
     sequencer = acknowledged()
     a, b = sequencer.form([1], "a"), sequencer.form([1], "b")

@@ -269,8 +269,18 @@ def test_no_auto_create_topics_governs_every_client_path(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_a_broker_killed_under_produce_is_one_error_line(broker: BrokerProcess) -> None:
+    # A lost broker is retried until the delivery timeout (a failover takes 1-2 s); 2 s here.
     producer = start(
-        "produce", "--topic", "k", "--format", "json", "--broker", broker.address, stdin=subprocess.PIPE
+        "produce",
+        "--topic",
+        "k",
+        "--format",
+        "json",
+        "--delivery-timeout-ms",
+        "2000",
+        "--broker",
+        broker.address,
+        stdin=subprocess.PIPE,
     )
     assert producer.stdin is not None and producer.stdout is not None and producer.stderr is not None
     acknowledged = threading.Event()
