@@ -51,9 +51,9 @@ async def produce(bootstrap: str, topic: str, partitions: int) -> None:
             report({"ack": value, "partition": meta.partition, "offset": meta.offset})
 
     pending: set[asyncio.Task[None]] = set()
-    async with Producer(
-        bootstrap, acks="all", linger_ms=1, request_timeout_ms=10_000, retries=20
-    ) as producer:
+    # The producer's own retry defaults (bounded by its delivery timeout): a failover must
+    # cost them a wait, never a record.
+    async with Producer(bootstrap, acks="all", linger_ms=1, request_timeout_ms=10_000) as producer:
         i = 0
         report({"started": True})
         while not stop.is_set():
