@@ -7,7 +7,7 @@ import asyncio
 import random
 
 import pytest
-from client_fakes import FakeSentinel, fake_broker, run
+from client_fakes import NODE_ID, FakeSentinel, fake_broker, run
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
@@ -166,11 +166,11 @@ def test_the_defaults_ride_out_an_outage_longer_than_five_retries() -> None:
     # retries by the delivery timeout instead.
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("r", 1)
-        fake.fail_next("produce", Status.UNAVAILABLE, "no leader yet", times=12)
+        fake.fail_next("produce", Status.UNAVAILABLE, "no leader yet", times=7)
         async with Producer(fake.address, retry_backoff_ms=1) as producer:
             md = await producer.send_and_wait("r", b"once")
         assert md.offset == 0
-        assert fake.calls["produce"] == 13
+        assert fake.calls["produce"] == 8
         assert fake.topics["r"][0].records() == [(0, None, b"once")]
 
     run(scenario)
@@ -179,7 +179,7 @@ def test_the_defaults_ride_out_an_outage_longer_than_five_retries() -> None:
 def test_retries_stop_when_the_delivery_timeout_has_passed() -> None:
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("r", 1)
-        fake.fail_next("produce", Status.UNAVAILABLE, "no leader yet", times=1_000_000)
+        fake.fail_next("produce", Status.UNAVAILABLE, "no leader yet", times=100)
         async with Producer(
             fake.address,
             linger_ms=0,
@@ -220,6 +220,24 @@ def test_a_retry_goes_at_once_to_a_leader_that_moved() -> None:
             assert md.offset == 0
             assert (old.calls["produce"], new.calls["produce"]) == (1, 1)
             assert new.topics["r"][0].records() == [(0, None, b"moved")]
+
+    run(scenario)
+
+
+def test_while_the_last_leader_cannot_be_reached_the_metadata_is_polled_during_the_backoff() -> None:
+    # The leader died (its address refuses connections): an election follows, and the retry
+    # goes to the new leader as soon as the metadata names it, not after a minute's backoff.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("r", 1)
+        fake.other_brokers = [pb.BrokerInfo(node_id=2, host="127.0.0.1", port=1)]
+        fake.leader_node = 2
+        async with Producer(fake.address, retry_backoff_ms=60_000) as producer:
+            future = await producer.send("r", b"x", partition=0)
+            asked = fake.calls["fetch_metadata"]
+            await fake.wait_for_calls("fetch_metadata", asked + 3)  # polled while it waits
+            fake.leader_node = NODE_ID  # elected
+            assert (await future).offset == 0
+        assert fake.calls["produce"] == 1
 
     run(scenario)
 
