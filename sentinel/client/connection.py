@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from typing import Final, TypeVar
 
@@ -264,6 +265,7 @@ class Cluster:
         self._leaders: dict[TopicPartition, int] = {}
         self._refresh_lock = asyncio.Lock()
         self._refreshes = 0  # completed refreshes, to coalesce concurrent ones
+        self._refreshed_at = -math.inf  # loop time the last refresh ended
         self._closed = False
 
     def _connection(self, host: str, port: int) -> Connection:
@@ -399,21 +401,27 @@ class Cluster:
             for p in info.partitions:
                 self._leaders[TopicPartition(info.name, p.partition)] = p.leader
 
-    async def refresh(self, topics: Collection[str]) -> None:
-        """Re-fetch the metadata of ``topics`` unless a refresh started meanwhile did it."""
+    async def refresh(self, topics: Collection[str], *, fresh_for: float = 0.0) -> None:
+        """Re-fetch the metadata of ``topics`` unless a refresh started meanwhile did it, or
+        one ended less than ``fresh_for`` seconds ago (partitions polling for a new leader
+        make one request per such interval between them, not one each)."""
         seen = self._refreshes
         async with self._refresh_lock:
-            if self._refreshes != seen and all(t in self._topics for t in topics):
+            loop = asyncio.get_running_loop()
+            if all(t in self._topics for t in topics) and (
+                self._refreshes != seen or loop.time() - self._refreshed_at < fresh_for
+            ):
                 return
             try:
                 await self.fetch_metadata(sorted(topics))
             finally:
                 self._refreshes += 1
+                self._refreshed_at = loop.time()
 
-    async def refresh_quietly(self, topics: Collection[str]) -> None:
+    async def refresh_quietly(self, topics: Collection[str], *, fresh_for: float = 0.0) -> None:
         """``refresh`` for a retry path: a failure here is not the error worth reporting."""
         try:
-            await self.refresh(topics)
+            await self.refresh(topics, fresh_for=fresh_for)
         except SentinelError:
             pass
 

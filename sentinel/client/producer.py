@@ -150,6 +150,9 @@ DEFAULT_DELIVERY_TIMEOUT_MS: Final = 120_000
 # often during a retry's backoff: the attempt follows the election within it (a backoff of
 # up to 250 ms alone added 0-250 ms to a failover, 125 on average).
 LEADER_POLL_S: Final = 0.05
+# Metadata that recent is fresh enough for that poll: many partitions polling at once (the
+# dead broker led them all) make one request per this interval between them, not one each.
+POLL_FRESH_S: Final = 0.02
 DEFAULT_RETRY_BACKOFF_MS: Final = 100
 _time_ns = time.time_ns
 # FetchMetadata / CreateTopic while resolving a topic: retried this often before giving up.
@@ -840,7 +843,7 @@ class Producer:
         until = loop.time() + delay
         step = LEADER_POLL_S if poll else delay
         while True:
-            await cluster.refresh_quietly(topic)
+            await cluster.refresh_quietly(topic, fresh_for=POLL_FRESH_S)
             if cluster.leader_id(tp) not in (NO_LEADER, last):
                 return
             left = until - loop.time()

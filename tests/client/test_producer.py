@@ -13,6 +13,7 @@ from grpclib.exceptions import GRPCError
 
 from sentinel.broker.partitioner import partition_for_key
 from sentinel.client import Consumer, Producer, RecordMetadata, TopicPartition
+from sentinel.client.producer import POLL_FRESH_S
 from sentinel.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from sentinel.generated.sentinel import v1 as pb
 from sentinel.records import Compression, RecordBatch, iter_batches
@@ -238,6 +239,29 @@ def test_while_the_last_leader_cannot_be_reached_the_metadata_is_polled_during_t
             fake.leader_node = NODE_ID  # elected
             assert (await future).offset == 0
         assert fake.calls["produce"] == 1
+
+    run(scenario)
+
+
+def test_partitions_polling_for_a_new_leader_share_one_metadata_request_per_interval() -> None:
+    # A dead broker led every partition: each one's sender polls while it waits, and between
+    # them they ask at most once per POLL_FRESH_S, not once each.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("r", 20)
+        fake.other_brokers = [pb.BrokerInfo(node_id=2, host="127.0.0.1", port=1)]
+        fake.leader_node = 2
+        loop = asyncio.get_running_loop()
+        async with Producer(fake.address, retry_backoff_ms=60_000) as producer:
+            futures = [await producer.send("r", b"x", partition=p) for p in range(20)]
+            await asyncio.sleep(0.2)  # every sender is polling by now
+            asked, start = fake.calls["fetch_metadata"], loop.time()
+            await asyncio.sleep(0.5)
+            polls = fake.calls["fetch_metadata"] - asked
+            elapsed = loop.time() - start
+            assert 2 <= polls <= elapsed / POLL_FRESH_S + 2, (polls, elapsed)  # each alone: ~200
+            fake.leader_node = NODE_ID
+            assert [(await f).offset for f in futures] == [0] * 20
+        assert fake.calls["produce"] == 20
 
     run(scenario)
 
