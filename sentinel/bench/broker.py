@@ -69,22 +69,23 @@ def _quiet(_: str) -> None:
 class _Broker:
     """Either a broker started here or an external one (``address`` given)."""
 
-    def __init__(self, address: str | None, sync: str) -> None:
+    def __init__(self, address: str | None, sync: str, cpu: int | None = None) -> None:
         self.external = address is not None
         self.sync = sync if address is None else "external"
-        self.process = None if address is not None else BrokerProcess(sync=sync)
+        self.cpu = cpu
+        self.process = None if address is not None else BrokerProcess(sync=sync, cpu=cpu)
         self.address = address or ""
 
     def cpu_seconds(self) -> float | None:
         return self.process.cpu_seconds() if self.process is not None else None
 
     def describe(self) -> dict[str, Any]:
-        return {"address": self.address, "external": self.external, "sync": self.sync}
+        return {"address": self.address, "external": self.external, "sync": self.sync, "cpu": self.cpu}
 
 
 @contextmanager
-def _broker(address: str | None, sync: str) -> Iterator[_Broker]:
-    broker = _Broker(address, sync)
+def _broker(address: str | None, sync: str, cpu: int | None = None) -> Iterator[_Broker]:
+    broker = _Broker(address, sync, cpu)
     if broker.process is None:
         yield broker
         return

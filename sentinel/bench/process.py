@@ -57,9 +57,12 @@ class BrokerProcess:
     ``with BrokerProcess(sync="interval") as broker: ... broker.address ...``
     """
 
-    def __init__(self, *, sync: str = "interval", extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, *, sync: str = "interval", extra_args: Sequence[str] = (), cpu: int | None = None
+    ) -> None:
         self.sync = sync
         self.extra_args = list(extra_args)
+        self.cpu = cpu  # the one CPU the broker's threads run on (Linux); None: any
         self.address = ""
         self.process: subprocess.Popen[str] | None = None
         self._dir: str | None = None
@@ -91,14 +94,22 @@ class BrokerProcess:
             self.sync,
             *self.extra_args,
         ]
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
+        # A child starts with the affinity of the thread that forks it: narrowed for the fork.
+        allowed = os.sched_getaffinity(0) if self.cpu is not None else None
+        if self.cpu is not None:
+            os.sched_setaffinity(0, {self.cpu})
+        try:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=_env(),
+            )
+        finally:
+            if allowed is not None:
+                os.sched_setaffinity(0, allowed)
         stderr = self.process.stderr
         assert stderr is not None
         deadline = time.monotonic() + START_TIMEOUT_S

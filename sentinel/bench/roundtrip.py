@@ -145,11 +145,12 @@ def run_roundtrip_bench(
     sync: str = "interval",
     quick: bool = False,
     calls: int | None = None,
+    broker_cpu: int | None = None,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
     calls = calls or (QUICK_CALLS if quick else DEFAULT_CALLS)
     result: dict[str, Any] = {"bench": "roundtrip", "record_bytes": RECORD_BYTES, "calls": calls}
-    with _broker(broker_address, sync) as broker:
+    with _broker(broker_address, sync, broker_cpu) as broker:
         result["broker"] = broker.describe()
         progress(f"{calls:,} sequential send_and_wait calls, acks=all")
         pid = broker.process.pid if broker.process is not None else None

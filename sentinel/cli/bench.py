@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 
 import trio
@@ -74,6 +75,8 @@ def _print_header(result: dict) -> None:
     machine = result["machine"]
     broker = result["broker"]
     where = f"external broker {broker['address']}" if broker["external"] else f"sync {broker['sync']}"
+    if broker.get("cpu") is not None:
+        where += f", on CPU {broker['cpu']}"
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}")
     print(f"one broker ({where}), one client process, {result['record_bytes']}-byte records, 1 partition")
 
@@ -302,6 +305,12 @@ def roundtrip(
     broker: str | None = _BROKER,
     sync: SyncMode = _SYNC,
     calls: int | None = typer.Option(None, "--calls", help="Sequential calls measured."),
+    broker_cpu: int | None = typer.Option(
+        None,
+        "--broker-cpu",
+        help="Run the broker started for the run on this one CPU (Linux; as `taskset -c N sentinel run` "
+        "would): its gRPC thread and its Trio thread then hand each request over on one core.",
+    ),
 ) -> None:
     """Sequential send_and_wait (acks=all): round-trip p50/p99 and the CPU of each layer."""
     from sentinel.bench.roundtrip import run_roundtrip_bench
@@ -309,8 +318,21 @@ def roundtrip(
     _check_broker(broker)
     if calls is not None and calls < 1:
         usage_error(f"--calls must be >= 1, got {calls}")
+    if broker_cpu is not None:
+        if broker is not None:
+            usage_error("--broker-cpu pins a broker this command starts; it cannot go with --broker")
+        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if not allowed:
+            usage_error("--broker-cpu needs Linux (sched_setaffinity)")
+        if broker_cpu not in allowed:
+            usage_error(f"--broker-cpu must be one of this process's CPUs {allowed}, got {broker_cpu}")
     result = run_roundtrip_bench(
-        broker_address=broker, sync=sync.value, quick=quick, calls=calls, progress=_progress(json_output)
+        broker_address=broker,
+        sync=sync.value,
+        quick=quick,
+        calls=calls,
+        broker_cpu=broker_cpu,
+        progress=_progress(json_output),
     )
     _emit(result, json_output, _print_roundtrip)
 

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from sentinel.bench.grpc_floor import listening_socket
+from sentinel.bench.process import BrokerProcess
 
 TIMEOUT_S = 180
 
@@ -57,6 +58,45 @@ def test_roundtrip_calls_must_be_positive() -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --calls must be >= 1, got 0"
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sentinel.cli.main", "bench", "roundtrip", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def test_broker_cpu_is_checked_before_anything_starts() -> None:
+    done = _bench("--broker-cpu", "0", "--broker", "127.0.0.1:1")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: --broker-cpu pins a broker this command starts; it cannot go with --broker"
+    )
+    allowed = sorted(os.sched_getaffinity(0))
+    done = _bench("--broker-cpu", "4096")
+    assert done.returncode == 2
+    expected = f"error: --broker-cpu must be one of this process's CPUs {allowed}, got 4096"
+    assert done.stderr.strip() == expected
+
+
+def _allowed_cpus(pid: int, tid: int | None = None) -> str:
+    path = f"/proc/{pid}/task/{tid}/status" if tid is not None else f"/proc/{pid}/status"
+    with open(path) as status:
+        return next(line.split()[1] for line in status if line.startswith("Cpus_allowed_list:"))
+
+
+def test_a_broker_process_on_one_cpu_runs_every_thread_there_and_leaves_the_caller_as_it_was() -> None:
+    cpu = max(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    with BrokerProcess(cpu=cpu) as broker:
+        threads = [int(t) for t in os.listdir(f"/proc/{broker.pid}/task")]
+        assert len(threads) > 1  # the Trio thread, the gRPC thread and others
+        assert {_allowed_cpus(broker.pid, t) for t in threads} == {str(cpu)}
+    assert os.sched_getaffinity(0) == before
 
 
 def test_the_grpc_floor_server_listens_on_a_socket_grpclib_sets_nodelay_on() -> None:
