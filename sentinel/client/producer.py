@@ -46,10 +46,13 @@ How it works:
   atomically (all or none) and cost no per-record Python work after encoding — the way
   to produce at the broker's full rate from one Python process.
 - **Delivery.** Retriable failures (UNAVAILABLE, which includes a busy broker, a leader
-  that moved or died, or a timeout) are retried with exponential backoff until the record's
-  ``delivery_timeout_ms`` (Kafka's ``delivery.timeout.ms``, 2 minutes by default) has passed
-  since ``send`` took it, or ``retries`` times if that comes first (by default it does not,
-  as in Kafka): a leader failover (an election takes 1-2 s) costs a wait, never a record.
+  that moved or died, or a timeout) are retried with exponential backoff for
+  ``delivery_timeout_ms`` (Kafka's ``delivery.timeout.ms``, 2 minutes by default) after the
+  record's request is formed, or ``retries`` times if that comes first (by default it does
+  not, as in Kafka): a leader failover (an election takes 1-2 s) costs a wait, never a
+  record. A partition that has failed for the whole timeout, with no success between, fails
+  each later request at its first failure: what is queued behind it does not wait the
+  timeout again, request after request.
   After an UNAVAILABLE the producer asks the cluster where the leader is now and, when it
   moved, sends there at once. A failed record's future carries the typed error of the
   last attempt.
@@ -702,7 +705,7 @@ class Producer:
 
     def _start_sender(self, tp: TopicPartition) -> _PartitionSender:
         sequencer: PartitionSequencer[_Payload] = PartitionSequencer(
-            idempotent=self.idempotent, retries=self._retries
+            idempotent=self.idempotent, retries=self._retries, delivery_timeout=self._delivery_timeout_s
         )
         sender = _PartitionSender(tp, self._acc.queue(tp), sequencer, self._acc.build)
         sender.task = asyncio.get_running_loop().create_task(self._run_sender(sender), name=f"produce {tp}")
@@ -758,12 +761,10 @@ class Producer:
                             assert drained is not None
                             self._fail_unsent(sender, drained, error)
                             continue
-                    # Its oldest record, the queue's first, arrived at first_at.
-                    deadline = queue.first_at + self._delivery_timeout_s
                     drained = acc.drain(sender.tp, sequencer.room(), full_only=full_only)
                     assert drained is not None
                     request = sequencer.form(
-                        drained.batch_record_counts(), _Payload(drained), deadline=deadline
+                        drained.batch_record_counts(), _Payload(drained), now=time.monotonic()
                     )
                     sender.unsettled.append(request)
                     self._encode(sender.tp, request)

@@ -121,7 +121,7 @@ class Request(Generic[P]):
     base_sequences: tuple[int, ...] = ()  # one per batch, with a binding
     attempts: int = 0  # retriable failures so far
     #: After this time (the producer's clock) a retriable failure fails the request for good:
-    #: its oldest record's delivery timeout has passed.
+    #: the delivery timeout from its formation has passed.
     deadline: float = math.inf
     #: Sent while an earlier request was unanswered: an OutOfOrderSequence answer is
     #: explained by that one.
@@ -134,9 +134,16 @@ class PartitionSequencer(Generic[P]):
     docstring). The caller forms requests when ``room()`` allows, sends again what
     ``next_retry()`` returns, binds when ``needs_binding()``, and reports every answer."""
 
-    def __init__(self, *, idempotent: bool, retries: int) -> None:
+    def __init__(self, *, idempotent: bool, retries: int, delivery_timeout: float = math.inf) -> None:
         self.idempotent = idempotent
         self.retries = retries
+        #: How long a request is retried after it is formed, and how long the partition may
+        #: fail (retriable failures with no success between them) before a failure is final
+        #: for every request: behind a partition that stays down, what is queued fails at its
+        #: first attempt instead of each request waiting the whole timeout in turn.
+        self.delivery_timeout = delivery_timeout
+        #: When the partition's current run of retriable failures began; None after a success.
+        self.failing_since: float | None = None
         self.binding: Binding | None = None
         self.in_flight: list[Request[P]] = []
         self.waiting: list[Request[P]] = []
@@ -172,13 +179,17 @@ class PartitionSequencer(Generic[P]):
         assert self.needs_binding()
         self.binding = Binding(producer_id, producer_epoch, FIRST_SEQUENCE)
 
-    def form(self, batch_counts: Sequence[int], payload: P, *, deadline: float = math.inf) -> Request[P]:
-        """A new request of ``batch_counts`` records per batch, sent at once: its batches
-        take the next sequence numbers. A retriable failure after ``deadline`` is final."""
+    def form(self, batch_counts: Sequence[int], payload: P, *, now: float = 0.0) -> Request[P]:
+        """A new request of ``batch_counts`` records per batch, formed at time ``now`` and
+        sent at once: its batches take the next sequence numbers."""
         if not 0 < len(batch_counts) <= self.room():
             raise AssertionError(f"{len(batch_counts)} batches formed with room for {self.room()}")
         request = Request(
-            self._next_order, tuple(batch_counts), payload, deadline=deadline, behind=bool(self.in_flight)
+            self._next_order,
+            tuple(batch_counts),
+            payload,
+            deadline=now + self.delivery_timeout,
+            behind=bool(self.in_flight),
         )
         self._next_order += 1
         self._number(request)
@@ -211,14 +222,15 @@ class PartitionSequencer(Generic[P]):
 
     def succeeded(self, request: Request[P]) -> None:
         self.in_flight.remove(request)
+        self.failing_since = None
         if request.binding is not None:
             request.binding.acknowledged = True
 
-    def failed(self, request: Request[P], error: SentinelError, *, now: float = -math.inf) -> bool:
+    def failed(self, request: Request[P], error: SentinelError, *, now: float = 0.0) -> bool:
         """The request failed with ``error`` at time ``now``: True if it will be sent again
-        (it waits its turn), False if it failed for good (fail its records with ``error``):
-        a retriable error is retried ``retries`` times, and not once the request's
-        ``deadline`` has passed."""
+        (it waits its turn), False if it failed for good (fail its records with ``error``).
+        A retriable error is retried ``retries`` times, and not once the request's
+        ``deadline`` has passed or the partition has failed for ``delivery_timeout``."""
         self.in_flight.remove(request)
         request.error = error
         binding = request.binding
@@ -235,7 +247,7 @@ class PartitionSequencer(Generic[P]):
                 self._wait(request)
                 return True
             return False
-        if is_retriable(error) and request.attempts < self.retries and now < request.deadline:
+        if is_retriable(error) and self._may_retry(request, now):
             request.attempts += 1
             self._wait(request)
             return True
@@ -244,6 +256,12 @@ class PartitionSequencer(Generic[P]):
         return False
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _may_retry(self, request: Request[P], now: float) -> bool:
+        if self.failing_since is None:
+            self.failing_since = now
+        give_up_at = min(request.deadline, self.failing_since + self.delivery_timeout)
+        return request.attempts < self.retries and now < give_up_at
 
     def _moves(self, request: Request[P]) -> bool:
         """The request goes again under a new binding: its own was proven not to have it."""

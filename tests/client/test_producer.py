@@ -201,6 +201,45 @@ def test_retries_stop_when_the_delivery_timeout_has_passed() -> None:
     run(scenario)
 
 
+def test_a_producer_held_back_longer_than_the_delivery_timeout_still_retries() -> None:
+    # The timeout counts from a request's formation. A producer at its window's limit for
+    # longer than the timeout (a slow broker: the queue never empties) forms requests of
+    # records queued all along; a failover then must still be retried, not fail them.
+    async def scenario(fake: FakeSentinel) -> None:
+        fake.create("r", 1)
+        fake.hold_produce()
+
+        async def trickle() -> None:  # the broker answers what it holds every 10 ms
+            while True:
+                await asyncio.sleep(0.01)
+                fake.release_produce()
+                fake.hold_produce()
+
+        async with Producer(
+            fake.address,
+            linger_ms=0,
+            batch_size=1024,
+            max_buffer_bytes=256 * 1024,
+            request_timeout_ms=200,
+            delivery_timeout_ms=400,
+            retry_backoff_ms=1,
+        ) as producer:
+            loop = asyncio.get_running_loop()
+            broker = asyncio.ensure_future(trickle())
+            futures = []
+            for seconds, failures in ((0.8, 0), (0.1, 3)):  # twice the timeout, then a failover
+                fake.fail_next("produce", Status.UNAVAILABLE, "leader moved", times=failures)
+                end = loop.time() + seconds
+                while loop.time() < end:
+                    futures.append(await producer.send("r", b"x" * 100, partition=0))
+            broker.cancel()
+            fake.release_produce()
+            offsets = [(await f).offset for f in futures]
+        assert offsets == list(range(len(futures)))
+
+    run(scenario)
+
+
 def test_a_retry_goes_at_once_to_a_leader_that_moved() -> None:
     # The backoff is a minute: the retry must not wait for it when the metadata, asked after
     # the UNAVAILABLE, names another leader (the scenario times out after 10 s).

@@ -163,15 +163,39 @@ def test_retries_are_bounded_and_exhausting_them_breaks_the_binding() -> None:
 
 
 def test_a_retriable_failure_after_the_delivery_deadline_is_final_whatever_retries_are_left() -> None:
-    sequencer = acknowledged(retries=1_000)
-    request = sequencer.form([2], "x", deadline=100.0)
-    assert sequencer.failed(request, Unavailable("no leader"), now=60.0) is True  # before it: again
+    sequencer = Seq(idempotent=True, retries=1_000, delivery_timeout=100.0)
+    sequencer.bind(7, 0)
+    warm = sequencer.form([1], "warm", now=0.0)
+    sequencer.succeeded(warm)
+    request = sequencer.form([2], "x", now=5.0)  # retried until 105
+    assert sequencer.failed(request, Unavailable("no leader"), now=60.0) is True
     sequencer.resend(request)
-    assert sequencer.failed(request, Unavailable("no leader"), now=99.999) is True
+    assert sequencer.failed(request, Unavailable("no leader"), now=104.999) is True
     sequencer.resend(request)
-    assert sequencer.failed(request, Unavailable("no leader"), now=100.0) is False  # at it: for good
+    assert sequencer.failed(request, Unavailable("no leader"), now=105.0) is False  # for good
     assert request.attempts == 2
     assert sequencer.needs_binding()  # the hole breaks the binding, as exhausted retries do
+
+
+def test_behind_a_partition_failing_for_the_whole_timeout_a_new_request_fails_at_once() -> None:
+    # Without idempotence one request flies at a time: behind a partition that stays down,
+    # each queued request would otherwise wait the whole timeout in turn.
+    sequencer = Seq(idempotent=False, retries=1_000, delivery_timeout=100.0)
+    a = sequencer.form([1], "a", now=0.0)
+    assert sequencer.failed(a, Unavailable("down"), now=10.0) is True  # failing since 10
+    sequencer.resend(a)
+    assert sequencer.failed(a, Unavailable("down"), now=100.0) is False  # its own deadline
+    b = sequencer.form([1], "b", now=101.0)  # its own deadline would be 201
+    assert sequencer.failed(b, Unavailable("down"), now=102.0) is True  # down since 10: < 110
+    sequencer.resend(b)
+    assert sequencer.failed(b, Unavailable("down"), now=110.0) is False  # down for 100
+    c = sequencer.form([1], "c", now=111.0)
+    assert sequencer.failed(c, Unavailable("down"), now=111.5) is False  # at its first failure
+    # A success ends the run of failures: the next one starts a new one.
+    d = sequencer.form([1], "d", now=112.0)
+    sequencer.succeeded(d)
+    e = sequencer.form([1], "e", now=113.0)
+    assert sequencer.failed(e, Unavailable("down again"), now=114.0) is True
 
 
 def test_a_request_formed_without_a_deadline_is_bounded_by_retries_alone() -> None:
