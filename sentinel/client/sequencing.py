@@ -247,21 +247,19 @@ class PartitionSequencer(Generic[P]):
                 self._wait(request)
                 return True
             return False
-        if is_retriable(error) and self._may_retry(request, now):
-            request.attempts += 1
-            self._wait(request)
-            return True
+        if is_retriable(error):
+            if self.failing_since is None:
+                self.failing_since = now  # a run of failures begins
+            give_up_at = min(request.deadline, self.failing_since + self.delivery_timeout)
+            if request.attempts < self.retries and now < give_up_at:
+                request.attempts += 1
+                self._wait(request)
+                return True
         if binding is not None:
             binding.broken = True
         return False
 
     # -- internals ---------------------------------------------------------------------------
-
-    def _may_retry(self, request: Request[P], now: float) -> bool:
-        if self.failing_since is None:
-            self.failing_since = now
-        give_up_at = min(request.deadline, self.failing_since + self.delivery_timeout)
-        return request.attempts < self.retries and now < give_up_at
 
     def _moves(self, request: Request[P]) -> bool:
         """The request goes again under a new binding: its own was proven not to have it."""
