@@ -95,8 +95,9 @@ class BrokerProcess:
             *self.extra_args,
         ]
         # A child starts with the affinity of the thread that forks it: narrowed for the fork.
-        allowed = os.sched_getaffinity(0) if self.cpu is not None else None
+        allowed = None
         if self.cpu is not None:
+            allowed = os.sched_getaffinity(0)
             os.sched_setaffinity(0, {self.cpu})
         try:
             self.process = subprocess.Popen(
