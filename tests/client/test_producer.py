@@ -264,13 +264,19 @@ def test_a_retry_goes_at_once_to_a_leader_that_moved() -> None:
     run(scenario)
 
 
+def led_by_a_dead_broker(fake: FakeSentinel) -> None:
+    """The metadata names node 2 as every partition's leader, at an address that refuses
+    connections (a leader that died, its election not over)."""
+    fake.other_brokers = [pb.BrokerInfo(node_id=2, host="127.0.0.1", port=1)]
+    fake.leader_node = 2
+
+
 def test_while_the_last_leader_cannot_be_reached_the_metadata_is_polled_during_the_backoff() -> None:
     # The leader died (its address refuses connections): an election follows, and the retry
     # goes to the new leader as soon as the metadata names it, not after a minute's backoff.
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("r", 1)
-        fake.other_brokers = [pb.BrokerInfo(node_id=2, host="127.0.0.1", port=1)]
-        fake.leader_node = 2
+        led_by_a_dead_broker(fake)
         async with Producer(fake.address, retry_backoff_ms=60_000) as producer:
             future = await producer.send("r", b"x", partition=0)
             asked = fake.calls["fetch_metadata"]
@@ -287,8 +293,7 @@ def test_partitions_polling_for_a_new_leader_share_one_metadata_request_per_inte
     # them they ask at most once per POLL_FRESH_S, not once each.
     async def scenario(fake: FakeSentinel) -> None:
         fake.create("r", 20)
-        fake.other_brokers = [pb.BrokerInfo(node_id=2, host="127.0.0.1", port=1)]
-        fake.leader_node = 2
+        led_by_a_dead_broker(fake)
         loop = asyncio.get_running_loop()
         async with Producer(fake.address, retry_backoff_ms=60_000) as producer:
             futures = [await producer.send("r", b"x", partition=p) for p in range(20)]

@@ -54,6 +54,13 @@ class Threads:
         return await trio.to_thread.run_sync(fn, *args)
 
 
+def watched_store(
+    directory: Path, threads: Threads, runner: WorkerProcess, opts: StorageOptions | None = None
+) -> Store:
+    """A store with a worker process whose worker threads ``threads`` records."""
+    return Store(directory, opts or options(), run_in_thread=threads.run_sync, run_in_process=runner)
+
+
 async def put_table(store: Store, model: dict[bytes, bytes], prefixes: bytes, numbers: range) -> None:
     """Flush one table of the keys ``<prefix>NNN`` of each prefix byte."""
     for prefix in prefixes:
@@ -76,9 +83,7 @@ async def test_compactions_run_in_the_worker_process_and_the_store_closes_it(tmp
     threads = Threads()
     model: dict[bytes, bytes] = {}
     async with trio.open_nursery() as nursery:
-        store = await nursery.start(
-            Store(tmp_path, options(), run_in_thread=threads.run_sync, run_in_process=runner).run
-        )
+        store = await nursery.start(watched_store(tmp_path, threads, runner).run)
         assert not runner.running  # a store that never flushes never starts one
         for table in range(3):  # overlapping L0 tables: the third starts a merging compaction
             await put_table(store, model, b"k", range(table, 300, 2 + table))
@@ -154,9 +159,7 @@ async def test_a_compaction_filter_goes_to_the_worker_process_as_its_snapshot(
     opts = attrs.evolve(options(), compaction_filter=live if with_snapshot else live.__call__)
     model: dict[bytes, bytes] = {}
     async with trio.open_nursery() as nursery:
-        store = await nursery.start(
-            Store(tmp_path, opts, run_in_thread=threads.run_sync, run_in_process=WorkerProcess()).run
-        )
+        store = await nursery.start(watched_store(tmp_path, threads, WorkerProcess(), opts).run)
         for table in range(3):  # the third starts a compaction of all three
             await put_table(store, model, b"ab", range(table, 100, 2 + table))
         await wait_for(lambda: store.statistics().compaction.compactions >= 1)
@@ -171,9 +174,7 @@ async def test_flushes_are_written_from_the_wal_in_the_worker_process(tmp_path: 
     threads = Threads()
     model: dict[bytes, bytes] = {}
     async with trio.open_nursery() as nursery:
-        store = await nursery.start(
-            Store(tmp_path, options(), run_in_thread=threads.run_sync, run_in_process=WorkerProcess()).run
-        )
+        store = await nursery.start(watched_store(tmp_path, threads, WorkerProcess()).run)
         await put_table(store, model, b"ab", range(50))  # flushed on its own: one table
         for i in range(0, 50, 3):  # overwrites, deletes and batches: newest wins in the replay
             key = b"a%03d" % i
@@ -203,9 +204,7 @@ async def test_large_entries_are_flushed_and_compacted_in_threads(tmp_path: Path
     large = b"v" * (PROCESS_MAX_ENTRY_BYTES + 1)
     model: dict[bytes, bytes] = {}
     async with trio.open_nursery() as nursery:
-        store = await nursery.start(
-            Store(tmp_path, options(), run_in_thread=threads.run_sync, run_in_process=runner).run
-        )
+        store = await nursery.start(watched_store(tmp_path, threads, runner).run)
         for table in range(3):  # the third starts a compaction
             for key in keys(b"k", range(table, 30, 1 + table)):
                 await store.put(key, large + key)
@@ -227,9 +226,7 @@ async def test_a_segment_that_does_not_replay_to_the_memtable_is_flushed_from_me
     threads = Threads()
     model: dict[bytes, bytes] = {}
     async with trio.open_nursery() as nursery:
-        store = await nursery.start(
-            Store(tmp_path, options(), run_in_thread=threads.run_sync, run_in_process=WorkerProcess()).run
-        )
+        store = await nursery.start(watched_store(tmp_path, threads, WorkerProcess()).run)
         for key in keys(b"k", range(100)):
             await store.put(key, key * 10)
             model[key] = key * 10
